@@ -1,0 +1,1 @@
+"""What only serving needs: settings, API schemas, model loading, HTTP guards."""

@@ -1,0 +1,14 @@
+"""Prometheus counters served on /metrics next to BentoML's own."""
+
+from __future__ import annotations
+
+import bentoml
+
+COLD_STARTS = bentoml.metrics.Counter(
+    name="recsys_cold_start_total",
+    documentation="Answers from the popularity fallback for users the model has not seen",
+)
+FILTERED_ITEMS = bentoml.metrics.Counter(
+    name="recsys_filtered_items_total",
+    documentation="Items removed from answers as already seen or explicitly excluded",
+)

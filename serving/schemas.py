@@ -1,0 +1,127 @@
+"""Request and response bodies of the HTTP API (pydantic, strict)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+
+MAX_K = 100
+MAX_BATCH = 100
+MAX_EXCLUDED = 1000
+
+
+def _id_text(value: object) -> object:
+    """Ids arrive as JSON strings or integers and are matched as strings."""
+    if isinstance(value, bool):
+        raise ValueError("an id must be a string or an integer, not a boolean")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("an id must not be empty")
+        return value.strip()
+    raise ValueError("an id must be a string or an integer")
+
+
+Id = Annotated[str, BeforeValidator(_id_text)]
+K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
+Attribute = str | float | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendRequest(_Strict):
+    """Who to recommend for and how many."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"user_id": "196", "k": 10, "exclude_seen": True, "exclude_items": []},
+                {"user_id": "new-user-1", "k": 5, "user_attributes": {"age": 25, "gender": "F"}},
+            ]
+        },
+    )
+
+    user_id: Id
+    k: K = 10
+    exclude_seen: StrictBool = True
+    exclude_items: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDED)
+    user_attributes: dict[str, Attribute] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="attributes of a user the model has not seen, to pick a better fallback",
+    )
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    rank: int
+    title: str | None = None
+
+
+class ModelTags(BaseModel):
+    candidates: str
+    ranker: str
+
+
+class RecommendResponse(BaseModel):
+    """The reference design's envelope: recommendations, status, message."""
+
+    user_id: str
+    recommendations: list[RecommendedItem]
+    status: Literal["success", "error"] = "success"
+    message: str | None = None
+    strategy: Literal["two_stage", "popular"] | None = None
+    model: ModelTags | None = None
+
+
+class BatchRequest(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"requests": [{"user_id": "196", "k": 3}, {"user_id": "1", "k": 3}]}]},
+    )
+
+    requests: list[RecommendRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchResponse(BaseModel):
+    results: list[RecommendResponse]
+    status: Literal["success", "error"] = "success"
+    message: str | None = None
+
+
+class SimilarItemsRequest(_Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"item_id": "50", "k": 5}]})
+
+    item_id: Id
+    k: K = 10
+
+
+class SimilarItemsResponse(BaseModel):
+    item_id: str
+    recommendations: list[RecommendedItem]
+    status: Literal["success", "error"] = "success"
+    message: str | None = None
+    model: ModelTags | None = None
+
+
+class ModelInfo(BaseModel):
+    """What is being served and how well it scored offline."""
+
+    model: ModelTags
+    trained_at: str
+    data_fingerprint: str
+    dataset: str
+    n_users: int
+    n_items: int
+    n_candidates: int
+    feature_version: str
+    feature_source: str
+    feature_refresh_error: str | None = None
+    features: list[str]
+    evaluation: dict

@@ -1,0 +1,38 @@
+"""Service settings, read once from ``RECSYS_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Everything an operator can change without touching code."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="forbid")
+
+    ranker_tag: str = Field("recsys-ranker:latest", description="ranker model in the BentoML store")
+    candidates_tag: str | None = Field(
+        None, description="candidates model; by default the one the ranker was trained against"
+    )
+    feature_store: str | None = Field(
+        None,
+        description="feature store root (path or pyarrow URI); by default the snapshot packed with the model",
+    )
+    n_candidates: int | None = Field(None, ge=1, le=2000, description="ALS candidates per request (default: as trained)")
+    default_k: int = Field(10, ge=1, le=100)
+    max_k: int = Field(100, ge=1, le=1000)
+    max_batch: int = Field(64, ge=1, le=10_000, description="most requests in one /recommend_batch call")
+    refresh_seconds: float = Field(30.0, ge=0, description="feature store poll interval; 0 turns refresh off")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
+    api_key: str | None = Field(None, description="when set, every endpoint but the probes needs it")
+    workers: int = Field(1, ge=1, le=64)
+    timeout_seconds: float = Field(10.0, gt=0, description="BentoML traffic timeout")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ServiceSettings:
+    """The process-wide settings (validated on first use)."""
+    return ServiceSettings()

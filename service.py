@@ -39,14 +39,10 @@ class Recommender:
     """Two-stage recommendations: ALS candidates re-ranked by CatBoost."""
 
     ranker_model = bentoml.models.BentoModel(settings.ranker_tag)
-    candidates_model = bentoml.models.BentoModel(
-        paired_candidates_tag(settings.ranker_tag, settings.candidates_tag)
-    )
+    candidates_model = bentoml.models.BentoModel(paired_candidates_tag(settings.ranker_tag, settings.candidates_tag))
 
     def __init__(self) -> None:
-        self.runtime = Runtime(
-            self.candidates_model, self.ranker_model, settings.feature_store, settings.n_candidates
-        )
+        self.runtime = Runtime(self.candidates_model, self.ranker_model, settings.feature_store, settings.n_candidates)
         self.tags = ModelTags(**self.runtime.tags)
         self.runtime.start_refresh(settings.refresh_seconds)
 
@@ -75,9 +71,7 @@ class Recommender:
         )
 
     def _answer(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
-        queries = [
-            Query(r.user_id, r.k, r.exclude_seen, r.exclude_items, r.user_attributes) for r in requests
-        ]
+        queries = [Query(r.user_id, r.k, r.exclude_seen, r.exclude_items, r.user_attributes) for r in requests]
         pipeline = self.runtime.pipeline
         FILTERED_ITEMS.inc(sum(pipeline.filtered_count(q) for q in queries))
         return [self._respond(rec, q) for rec, q in zip(pipeline.recommend(queries), queries, strict=True)]

@@ -188,9 +188,7 @@ def user_segment_values(users: pd.DataFrame, kinds: dict[str, str], buckets: dic
     return values
 
 
-def _segments(
-    inter: pd.DataFrame, users: pd.DataFrame, kinds: dict[str, str], buckets: dict
-) -> pd.DataFrame:
+def _segments(inter: pd.DataFrame, users: pd.DataFrame, kinds: dict[str, str], buckets: dict) -> pd.DataFrame:
     parts = []
     for attribute, per_user in user_segment_values(users, kinds, buckets).items():
         joined = inter[[Columns.user, Columns.item, Columns.weight]].assign(

@@ -33,9 +33,7 @@ LIST_SEPARATOR = "|"
 class DataError(ValueError):
     """Bad input data; the message names the file, the column and the row."""
 
-    def __init__(
-        self, path: str | Path, problem: str, column: str | None = None, row: int | None = None
-    ) -> None:
+    def __init__(self, path: str | Path, problem: str, column: str | None = None, row: int | None = None) -> None:
         where = [str(path)]
         if column is not None:
             where.append(f"column '{column}'")
@@ -242,9 +240,7 @@ def _typed_attribute(raw: pd.Series, column: str) -> pd.Series:
             return numeric.astype(np.float64)
         if text.dropna().astype(str).str.contains(LIST_SEPARATOR, regex=False).any():
             return text.map(
-                lambda v: tuple(p.strip() for p in str(v).split(LIST_SEPARATOR) if p.strip())
-                if v is not None
-                else ()
+                lambda v: tuple(p.strip() for p in str(v).split(LIST_SEPARATOR) if p.strip()) if v is not None else ()
             )
     return text.map(lambda v: None if v is None else str(v))
 
@@ -256,9 +252,7 @@ def _na(value: object) -> bool:
         return False
 
 
-def load_dataset(
-    interactions: str | Path, users: str | Path | None = None, items: str | Path | None = None
-) -> Dataset:
+def load_dataset(interactions: str | Path, users: str | Path | None = None, items: str | Path | None = None) -> Dataset:
     """Load the user's files (CSV or parquet) through the documented schema."""
     inter = validate_interactions(read_table(interactions), interactions)
     user_table = validate_attributes(read_table(users), Columns.user, users) if users else None

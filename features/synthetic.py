@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.schema import Columns, Dataset, LIST_SEPARATOR, finalize
+from features.schema import LIST_SEPARATOR, Columns, Dataset, finalize
 
 START = 1_704_067_200  # 2024-01-01T00:00:00Z
 SPAN_SECONDS = 365 * 24 * 3600
@@ -110,8 +110,7 @@ def _items(config: SyntheticConfig, clusters: np.ndarray, rng: np.random.Generat
     extra = rng.integers(0, config.n_clusters, config.n_items)
     noisy = rng.random(config.n_items) >= config.attribute_signal
     genres = [
-        tuple(sorted({f"g{c}", f"g{e}"})) if n else (f"g{c}",)
-        for c, e, n in zip(clusters, extra, noisy, strict=True)
+        tuple(sorted({f"g{c}", f"g{e}"})) if n else (f"g{c}",) for c, e, n in zip(clusters, extra, noisy, strict=True)
     ]
     return pd.DataFrame(
         {

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import bentoml
 from bentoml.exceptions import NotFound
+from threadpoolctl import threadpool_limits
 
 from features.store import SnapshotError, current_version, read_snapshot
 from stages.candidates import CandidateModel
@@ -26,7 +27,7 @@ class IncompatibleModels(RuntimeError):
     """The loaded models or features do not belong together: refuse to serve."""
 
 
-def ranker_model_tag(tag: str) -> bentoml.Model:
+def stored_ranker(tag: str) -> bentoml.Model:
     """The ranker in the store, or an error that says how to get one."""
     try:
         return bentoml.models.get(tag)
@@ -38,7 +39,7 @@ def ranker_model_tag(tag: str) -> bentoml.Model:
 
 def paired_candidates_tag(ranker_tag: str, override: str | None = None) -> str:
     """The candidates model to load: the configured one, or the ranker's partner."""
-    return override or ranker_model_tag(ranker_tag).info.metadata["candidates_tag"]
+    return override or stored_ranker(ranker_tag).info.metadata["candidates_tag"]
 
 
 class Runtime:
@@ -51,6 +52,8 @@ class Runtime:
         feature_store: str | None = None,
         n_candidates: int | None = None,
     ) -> None:
+        # One BLAS/OpenMP thread per worker: requests are small, workers give the parallelism.
+        threadpool_limits(1)
         meta = ranker_model.info.metadata
         self.tags = {"candidates": str(candidates_model.tag), "ranker": str(ranker_model.tag)}
         if meta.get("candidates_tag") != self.tags["candidates"]:

@@ -38,12 +38,8 @@ class RecommendRequest(_Strict):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"user_id": "196", "k": 10, "exclude_seen": True, "exclude_items": []},
-                {"user_id": "new-user-1", "k": 5, "user_attributes": {"age": 25, "gender": "F"}},
-            ]
-        },
+        # BentoML's OpenAPI schema takes a single "example" (not "examples").
+        json_schema_extra={"example": {"user_id": "196", "k": 10, "exclude_seen": True, "exclude_items": []}},
     )
 
     user_id: Id
@@ -83,7 +79,7 @@ class RecommendResponse(BaseModel):
 class BatchRequest(_Strict):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"requests": [{"user_id": "196", "k": 3}, {"user_id": "1", "k": 3}]}]},
+        json_schema_extra={"example": {"requests": [{"user_id": "196", "k": 3}, {"user_id": "1", "k": 3}]}},
     )
 
     requests: list[RecommendRequest] = Field(min_length=1, max_length=MAX_BATCH)
@@ -96,7 +92,7 @@ class BatchResponse(BaseModel):
 
 
 class SimilarItemsRequest(_Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"item_id": "50", "k": 5}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"item_id": "50", "k": 5}})
 
     item_id: Id
     k: K = 10

@@ -21,7 +21,9 @@ class ServiceSettings(BaseSettings):
         None,
         description="feature store root (path or pyarrow URI); by default the snapshot packed with the model",
     )
-    n_candidates: int | None = Field(None, ge=1, le=2000, description="ALS candidates per request (default: as trained)")
+    n_candidates: int | None = Field(
+        None, ge=1, le=2000, description="ALS candidates per request (default: as trained)"
+    )
     default_k: int = Field(10, ge=1, le=100)
     max_k: int = Field(100, ge=1, le=1000)
     max_batch: int = Field(64, ge=1, le=10_000, description="most requests in one /recommend_batch call")

@@ -112,7 +112,8 @@ class CandidateModel:
     @classmethod
     def load(cls, directory: Path, params: dict | None = None) -> CandidateModel:
         """Read what :meth:`save` wrote, without pickle."""
-        als = AlternatingLeastSquares.load(str(directory / "als.npz"))
+        with threadpool_limits(1, "blas"):
+            als = AlternatingLeastSquares.load(str(directory / "als.npz"))
         with np.load(directory / "ids.npz", allow_pickle=False) as ids:
             users, items = ids["users"].astype(object), ids["items"].astype(object)
         seen = sp.load_npz(directory / "seen.npz").tocsr()
@@ -147,8 +148,10 @@ class CandidateModel:
             for row, items in enumerate(exclude):
                 scores[row, items] = -np.inf
         n = min(n, self.n_items)
-        top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < self.n_items else np.tile(
-            np.arange(self.n_items), (len(users), 1)
+        top = (
+            np.argpartition(-scores, n - 1, axis=1)[:, :n]
+            if n < self.n_items
+            else np.tile(np.arange(self.n_items), (len(users), 1))
         )
         out_items, out_scores = [], []
         for row in range(len(users)):

@@ -80,12 +80,13 @@ class FeatureView:
             for c in [*USER_AGGREGATES, *(c for c, k in user_kinds.items() if k == "numeric")]
         }
         self._user_cat: dict[str, np.ndarray] = {
-            c: _with_unknown(_categories(users[c]), UNKNOWN)
-            for c, k in user_kinds.items()
-            if k == "categorical"
+            c: _with_unknown(_categories(users[c]), UNKNOWN) for c, k in user_kinds.items() if k == "categorical"
         }
         self._taste: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            c: (self._item_num[c], _with_unknown(users[f"taste_{c}"].to_numpy(np.float32, na_value=np.nan), np.nan))
+            c: (
+                self._item_num[c],
+                _with_unknown(users[f"taste_{c}"].to_numpy(np.float32, na_value=np.nan), np.nan),
+            )
             for c, k in item_kinds.items()
             if k == "numeric" and f"taste_{c}" in users
         }
@@ -129,9 +130,9 @@ class FeatureView:
             matrix = np.zeros((len(values) + 1, len(self.item_ids)), dtype=np.float32)
             cols = seg[Columns.item].map(item_pos)
             known = cols.notna().to_numpy()
-            matrix[
-                seg["value"].map(code).to_numpy()[known], cols.to_numpy()[known].astype(np.int64)
-            ] = seg["share"].to_numpy(dtype=np.float32)[known]
+            matrix[seg["value"].map(code).to_numpy()[known], cols.to_numpy()[known].astype(np.int64)] = seg[
+                "share"
+            ].to_numpy(dtype=np.float32)[known]
             user_codes = values_of_users.map(lambda v, c=code: c.get(str(v), -1) if v is not None else -1)
             user_codes = _with_unknown(user_codes.to_numpy(dtype=np.int64), -1)
             self._segments[attribute] = (code, matrix, user_codes)

@@ -125,9 +125,7 @@ class TwoStageRecommender:
         names = names or self.ranker.names
         return self.view.rows(names, flat_users, flat_items, np.concatenate(als_scores), ranks)
 
-    def score_pairs(
-        self, users: np.ndarray, items: list[np.ndarray], als_scores: list[np.ndarray]
-    ) -> list[np.ndarray]:
+    def score_pairs(self, users: np.ndarray, items: list[np.ndarray], als_scores: list[np.ndarray]) -> list[np.ndarray]:
         """Ranker scores for each user's candidates (one CatBoost call)."""
         numeric, categorical = self.pair_rows(users, items, als_scores)
         scores = self.ranker.score(numeric, categorical)

@@ -33,6 +33,4 @@ class Ranker:
         if len(numeric) == 0:
             return np.empty(0, dtype=np.float32)
         data = self.data(self.names, numeric, categorical)
-        return self.model.predict(data, prediction_type="RawFormulaVal", thread_count=threads).astype(
-            np.float32
-        )
+        return self.model.predict(data, prediction_type="RawFormulaVal", thread_count=threads).astype(np.float32)

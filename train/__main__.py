@@ -28,7 +28,9 @@ def parser() -> argparse.ArgumentParser:
     for name, field in TrainConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
-            cli.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {field.default})")
+            cli.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {field.default})"
+            )
         else:
             cli.add_argument(flag, default=None, help=f"{field.description or ''} (default {field.default})".strip())
     return cli

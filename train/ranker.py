@@ -34,9 +34,7 @@ class RankerParams:
     threads: int = 2
 
 
-def build_stage(
-    dataset: Dataset, als: ALSParams, recent_days: int
-) -> tuple[CandidateModel, FeatureView]:
+def build_stage(dataset: Dataset, als: ALSParams, recent_days: int) -> tuple[CandidateModel, FeatureView]:
     """ALS plus a feature view, both from the same interactions only."""
     candidates = CandidateModel.fit(dataset.interactions, als)
     tables = compute_features(dataset, recent_days)
@@ -69,7 +67,10 @@ def fit_ranker_on_stage(
     pool = training_pool(candidates, view, names, before, after, params.n_candidates)
     model = CatBoost(catboost_params(params))
     with tqdm(
-        total=params.iterations, desc=f"ranker ({params.loss})", unit="it", leave=False,
+        total=params.iterations,
+        desc=f"ranker ({params.loss})",
+        unit="it",
+        leave=False,
         disable=None if show_progress else True,  # None: only on a terminal
     ) as bar:
         model.fit(pool, callbacks=[_Progress(bar)])
@@ -77,7 +78,7 @@ def fit_ranker_on_stage(
     label = pool.get_label()
     stats = {
         "rows": int(pool.num_row()),
-        "groups": int(len(np.unique(pool.get_group_id_hash()))),
+        "groups": len(np.unique(pool.get_group_id_hash())),
         "positives": int(np.sum(np.asarray(label, dtype=np.float32))),
         "feature_importance": {
             name: round(float(value), 3)

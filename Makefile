@@ -1,0 +1,44 @@
+# The README's two commands are `make serve` and `make test`; CI runs `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 3000
+FEATURE_STORE ?= feature_store
+
+.PHONY: install train serve test test-fast lint format build containerize clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+train: install
+	$(BIN)/python -m train --feature-store $(FEATURE_STORE)
+
+serve: train
+	RECSYS_FEATURE_STORE=$(abspath $(FEATURE_STORE)) $(BIN)/bentoml serve service:Recommender --port $(PORT)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow and not container"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+build: install
+	$(BIN)/bentoml build
+
+clean:
+	rm -rf $(VENV) var $(FEATURE_STORE)

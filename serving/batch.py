@@ -1,0 +1,91 @@
+"""Offline batch recommendations: top-k for every user into one parquet file.
+
+For teams that run recommendations as a nightly job instead of an API. It
+loads the same models and feature snapshot as the service and calls the same
+pipeline, so its answers are the service's answers::
+
+    python -m serving.batch --out var/recommendations.parquet --k 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from features.schema import Columns
+from serving.runtime import IncompatibleModels, Runtime, paired_candidates_tag
+from serving.settings import get_settings
+from stages.pipeline import Query
+
+CHUNK = 512
+
+
+def load_runtime() -> Runtime:
+    """The service's runtime, built from the same settings."""
+    import bentoml
+
+    settings = get_settings()
+    ranker = bentoml.models.get(settings.ranker_tag)
+    candidates = bentoml.models.get(paired_candidates_tag(settings.ranker_tag, settings.candidates_tag))
+    return Runtime(candidates, ranker, settings.feature_store, settings.n_candidates)
+
+
+def recommend_all(runtime: Runtime, users: list[str], k: int, exclude_seen: bool = True) -> pa.Table:
+    """One row per (user, rank); unknown users get the popularity fallback."""
+    columns: dict[str, list] = {
+        Columns.user: [],
+        Columns.rank: [],
+        Columns.item: [],
+        Columns.score: [],
+        "strategy": [],
+    }
+    for start in tqdm(range(0, len(users), CHUNK), desc="users", unit="chunk", disable=None):
+        queries = [Query(u, k, exclude_seen) for u in users[start : start + CHUNK]]
+        for answer in runtime.pipeline.recommend(queries):
+            n = len(answer.item_ids)
+            columns[Columns.user] += [answer.user_id] * n
+            columns[Columns.rank] += list(range(1, n + 1))
+            columns[Columns.item] += answer.item_ids
+            columns[Columns.score] += answer.scores
+            columns["strategy"] += [answer.strategy] * n
+    return pa.table(columns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = argparse.ArgumentParser(
+        prog="python -m serving.batch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cli.add_argument("--out", type=Path, required=True, help="parquet file to write")
+    cli.add_argument("--k", type=int, default=10)
+    cli.add_argument("--users", type=Path, help="text file with one user id per line (default: every known user)")
+    cli.add_argument("--include-seen", action="store_true", help="do not filter items the user already has")
+    args = cli.parse_args(argv)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    try:
+        runtime = load_runtime()
+    except IncompatibleModels as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.users:
+        users = [line.strip() for line in args.users.read_text().splitlines() if line.strip()]
+    else:
+        users = [str(u) for u in runtime.candidates.user_ids]
+    table = recommend_all(runtime, users, args.k, not args.include_seen)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(args.out)  # readers never see a half-written file
+    print(f"wrote {table.num_rows} rows for {len(users)} users to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

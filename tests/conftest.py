@@ -1,0 +1,57 @@
+"""Shared fixtures. BentoML reads BENTOML_HOME once, so it is set before any import of bentoml."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_STORE = tempfile.mkdtemp(prefix="recsys-test-bentoml-")
+os.environ["BENTOML_HOME"] = _STORE
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.pop("RECSYS_FEATURE_STORE", None)
+os.environ.pop("RECSYS_API_KEY", None)
+
+import pytest  # noqa: E402
+
+from features.synthetic import SyntheticConfig, generate, write  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+from train.run import RunResult, train  # noqa: E402
+
+SMALL = SyntheticConfig(n_users=300, n_items=200, n_interactions=12_000, n_clusters=4, seed=7)
+
+
+@pytest.fixture(scope="session")
+def bentoml_home() -> Path:
+    return Path(_STORE)
+
+
+@pytest.fixture(scope="session")
+def small_dataset():
+    return generate(SMALL)
+
+
+@pytest.fixture(scope="session")
+def synthetic_files(tmp_path_factory, small_dataset) -> dict[str, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("synthetic")
+    return {fmt: write(small_dataset, root / fmt, fmt) for fmt in ("csv", "parquet")}
+
+
+def quick_config(tmp: Path, **overrides) -> TrainConfig:
+    """A fast configuration for tests on small data."""
+    values = {
+        "ranker_iterations": 60,
+        "n_candidates": 50,
+        "feature_store": str(tmp / "feature_store"),
+        "report_dir": tmp / "reports",
+        **overrides,
+    }
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def movielens_run(tmp_path_factory) -> tuple[RunResult, Path]:
+    """One real training run on MovieLens-100K, saved to the session's store."""
+    tmp = tmp_path_factory.mktemp("movielens")
+    config = TrainConfig(feature_store=str(tmp / "feature_store"), report_dir=tmp / "reports")
+    return train(config, echo=False), tmp

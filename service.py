@@ -10,23 +10,25 @@ from __future__ import annotations
 import bentoml
 
 from serving.guards import RequestGuard
-from serving.metrics import COLD_STARTS, FILTERED_ITEMS
-from serving.runtime import Runtime, paired_candidates_tag
+from serving.responses import answer, ranked
+from serving.runtime import Runtime, paired_candidates_tag, preflight
 from serving.schemas import (
     BatchRequest,
     BatchResponse,
     ModelInfo,
     ModelTags,
-    RecommendedItem,
     RecommendRequest,
     RecommendResponse,
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
 from serving.settings import get_settings
-from stages.pipeline import POPULAR, Query, Recommendation
 
 settings = get_settings()
+CANDIDATES_TAG = paired_candidates_tag(settings.ranker_tag, settings.candidates_tag)
+# Checked here, in the process that `bentoml serve` starts first: a failure in a
+# worker's __init__ only restarts the worker, while this makes the server exit.
+preflight(settings.ranker_tag, CANDIDATES_TAG, settings.feature_store)
 
 
 @bentoml.service(
@@ -39,7 +41,7 @@ class Recommender:
     """Two-stage recommendations: ALS candidates re-ranked by CatBoost."""
 
     ranker_model = bentoml.models.BentoModel(settings.ranker_tag)
-    candidates_model = bentoml.models.BentoModel(paired_candidates_tag(settings.ranker_tag, settings.candidates_tag))
+    candidates_model = bentoml.models.BentoModel(CANDIDATES_TAG)
 
     def __init__(self) -> None:
         self.runtime = Runtime(self.candidates_model, self.ranker_model, settings.feature_store, settings.n_candidates)
@@ -53,28 +55,8 @@ class Recommender:
     def stop(self) -> None:
         self.runtime.stop_refresh()
 
-    def _respond(self, recommendation: Recommendation, query: Query) -> RecommendResponse:
-        if recommendation.strategy == POPULAR:
-            COLD_STARTS.inc()
-        return RecommendResponse(
-            user_id=recommendation.user_id,
-            recommendations=[
-                RecommendedItem(item_id=i, score=s, rank=r, title=t)
-                for r, (i, s, t) in enumerate(
-                    zip(recommendation.item_ids, recommendation.scores, recommendation.titles, strict=True),
-                    start=1,
-                )
-            ],
-            message=recommendation.message,
-            strategy=recommendation.strategy,
-            model=self.tags,
-        )
-
     def _answer(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
-        queries = [Query(r.user_id, r.k, r.exclude_seen, r.exclude_items, r.user_attributes) for r in requests]
-        pipeline = self.runtime.pipeline
-        FILTERED_ITEMS.inc(sum(pipeline.filtered_count(q) for q in queries))
-        return [self._respond(rec, q) for rec, q in zip(pipeline.recommend(queries), queries, strict=True)]
+        return answer(self.runtime.pipeline, requests, self.tags)
 
     @bentoml.api
     async def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
@@ -101,14 +83,7 @@ class Recommender:
                 model=self.tags,
             )
         similar = pipeline.similar(index, request.k)
-        return SimilarItemsResponse(
-            item_id=request.item_id,
-            recommendations=[
-                RecommendedItem(item_id=i, score=s, rank=r, title=t)
-                for r, (i, s, t) in enumerate(zip(*similar, strict=True), start=1)
-            ],
-            model=self.tags,
-        )
+        return SimilarItemsResponse(item_id=request.item_id, recommendations=ranked(*similar), model=self.tags)
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> ModelInfo:

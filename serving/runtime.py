@@ -42,6 +42,15 @@ def paired_candidates_tag(ranker_tag: str, override: str | None = None) -> str:
     return override or stored_ranker(ranker_tag).info.metadata["candidates_tag"]
 
 
+def preflight(ranker_tag: str, candidates_tag: str, feature_store: str | None) -> None:
+    """Load everything once and throw it away: raises :class:`IncompatibleModels` if it does not fit."""
+    try:
+        candidates = bentoml.models.get(candidates_tag)
+    except NotFound as exc:
+        raise IncompatibleModels(f"candidates model {candidates_tag!r} is not in the BentoML store") from exc
+    Runtime(candidates, stored_ranker(ranker_tag), feature_store)
+
+
 class Runtime:
     """Both models, the live feature view and the pipeline over them."""
 

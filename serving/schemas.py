@@ -26,7 +26,7 @@ def _id_text(value: object) -> object:
 
 Id = Annotated[str, BeforeValidator(_id_text)]
 K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
-Attribute = str | float | None
+Attribute = str | int | float | None
 
 
 class _Strict(BaseModel):

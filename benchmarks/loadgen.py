@@ -1,0 +1,138 @@
+"""A small asyncio load generator for 127.0.0.1 (aiohttp, which BentoML already ships).
+
+Two modes: a fixed arrival rate (open loop: latency at a given load) and a
+fixed number of connections each sending back to back (closed loop:
+saturation throughput). Every run is bounded in time and count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    """Latencies in milliseconds and what failed."""
+
+    label: str
+    seconds: float
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    rss_mb_start: float | None = None
+    rss_mb_end: float | None = None
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def n_errors(self) -> int:
+        return sum(self.errors.values())
+
+    def summary(self) -> dict:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+        return {
+            "label": self.label,
+            "requests": self.ok + self.n_errors,
+            "errors": self.n_errors,
+            "rps": round(self.ok / self.seconds, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p95_ms": round(float(np.percentile(lat, 95)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "rss_mb_start": self.rss_mb_start,
+            "rss_mb_end": self.rss_mb_end,
+        }
+
+
+def process_tree_rss_mb(root_pid: int) -> float:
+    """Resident memory of a process and all its descendants (BentoML forks workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return round(total / 1024, 1)
+
+
+def recommend_bodies(users: list[str], n: int, seed: int = 0, unknown_share: float = 0.1) -> list[dict]:
+    """Request bodies: mostly known users, some unknown ones (cold start)."""
+    rng = random.Random(seed)
+    return [{"user_id": f"new-{i}" if rng.random() < unknown_share else rng.choice(users), "k": 10} for i in range(n)]
+
+
+async def _send(session, url, body, result: LoadResult) -> None:
+    start = time.perf_counter()
+    try:
+        async with session.post(url, json=body) as response:
+            await response.read()
+            if response.status == 200:
+                result.latencies_ms.append((time.perf_counter() - start) * 1000)
+            else:
+                result.errors[str(response.status)] = result.errors.get(str(response.status), 0) + 1
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        result.errors[type(exc).__name__] = result.errors.get(type(exc).__name__, 0) + 1
+
+
+async def fixed_rate(url: str, bodies: list[dict], rate: float, seconds: float, label: str = "") -> LoadResult:
+    """Open loop: one request every 1/rate seconds whatever the server does."""
+    result = LoadResult(label or f"{rate:.0f} req/s", seconds)
+    connector = aiohttp.TCPConnector(limit=512)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+        tasks, start = [], time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_send(session, url, bodies[i % len(bodies)], result)))
+        await asyncio.gather(*tasks)
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+async def fixed_concurrency(url: str, bodies: list[dict], concurrency: int, seconds: float) -> LoadResult:
+    """Closed loop: ``concurrency`` connections, each sending as soon as it has an answer."""
+    result = LoadResult(f"{concurrency} connections", seconds)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+        deadline = time.perf_counter() + seconds
+        start = time.perf_counter()
+
+        async def worker(offset: int) -> None:
+            i = offset
+            while time.perf_counter() < deadline:
+                await _send(session, url, bodies[i % len(bodies)], result)
+                i += concurrency
+
+        await asyncio.gather(*(worker(c) for c in range(concurrency)))
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def markdown(rows: list[dict]) -> str:
+    """Rows of summaries as a Markdown table."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,35 @@
+"""From pipeline answers to API responses; shared by the service and the FastAPI reference."""
+
+from __future__ import annotations
+
+from serving.metrics import COLD_STARTS, FILTERED_ITEMS
+from serving.schemas import ModelTags, RecommendedItem, RecommendRequest, RecommendResponse
+from stages.pipeline import POPULAR, Query, TwoStageRecommender
+
+
+def ranked(item_ids: list[str], scores: list[float], titles: list[str | None]) -> list[RecommendedItem]:
+    """Items with 1-based ranks in the order given."""
+    return [
+        RecommendedItem(item_id=i, score=s, rank=r, title=t)
+        for r, (i, s, t) in enumerate(zip(item_ids, scores, titles, strict=True), start=1)
+    ]
+
+
+def answer(pipeline: TwoStageRecommender, requests: list[RecommendRequest], tags: ModelTags) -> list[RecommendResponse]:
+    """Run validated requests through the pipeline (together) and count what the metrics need."""
+    queries = [Query(r.user_id, r.k, r.exclude_seen, r.exclude_items, r.user_attributes) for r in requests]
+    FILTERED_ITEMS.inc(sum(pipeline.filtered_count(q) for q in queries))
+    responses = []
+    for recommendation in pipeline.recommend(queries):
+        if recommendation.strategy == POPULAR:
+            COLD_STARTS.inc()
+        responses.append(
+            RecommendResponse(
+                user_id=recommendation.user_id,
+                recommendations=ranked(recommendation.item_ids, recommendation.scores, recommendation.titles),
+                message=recommendation.message,
+                strategy=recommendation.strategy,
+                model=tags,
+            )
+        )
+    return responses

@@ -25,6 +25,7 @@ from serving.schemas import (
 from serving.settings import get_settings
 
 settings = get_settings()
+API_ROUTES = ("/recommend", "/recommend_batch", "/similar_items", "/model_info")
 CANDIDATES_TAG = paired_candidates_tag(settings.ranker_tag, settings.candidates_tag)
 # Checked here, in the process that `bentoml serve` starts first: a failure in a
 # worker's __init__ only restarts the worker, while this makes the server exit.
@@ -36,6 +37,7 @@ preflight(settings.ranker_tag, CANDIDATES_TAG, settings.feature_store)
     workers=settings.workers,
     traffic={"timeout": settings.timeout_seconds},
     logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": [] if settings.trace_requests else list(API_ROUTES)},
 )
 class Recommender:
     """Two-stage recommendations: ALS candidates re-ranked by CatBoost."""

@@ -102,6 +102,7 @@ class Runtime:
         missing = view.missing(self.names)
         if missing:
             raise SnapshotError(f"snapshot {snapshot.version} lacks features the ranker needs: {missing}")
+        view.prepare(self.names)
         return view
 
     def refresh_once(self) -> bool:

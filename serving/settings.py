@@ -30,6 +30,9 @@ class ServiceSettings(BaseSettings):
     refresh_seconds: float = Field(30.0, ge=0, description="feature store poll interval; 0 turns refresh off")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
     api_key: str | None = Field(None, description="when set, every endpoint but the probes needs it")
+    trace_requests: bool = Field(
+        False, description="OpenTelemetry spans for the API routes (off: they cost ~10% of a request)"
+    )
     workers: int = Field(1, ge=1, le=64)
     timeout_seconds: float = Field(10.0, gt=0, description="BentoML traffic timeout")
 

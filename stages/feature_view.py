@@ -54,6 +54,7 @@ class FeatureView:
         version: str = "",
     ) -> None:
         self.version = version
+        self._plans: dict[FeatureNames, _RowPlan] = {}
         self.info = tables.info
         self.item_ids = np.asarray(item_ids, dtype=object)
         items = tables.items.reindex(self.item_ids)
@@ -176,18 +177,45 @@ class FeatureView:
         ``user_rows`` (snapshot rows, -1 unknown) and ``items`` (candidate
         model indices) are parallel arrays, one entry per (user, item) pair.
         """
-        n = len(items)
-        numeric = np.empty((n, len(names.numeric)), dtype=np.float32)
-        for j, name in enumerate(names.numeric):
+        plan = self._plan(names)
+        numeric = np.empty((len(items), len(names.numeric)), dtype=np.float32)
+        numeric[:, plan.item_cols] = plan.item_block[items]
+        numeric[:, plan.user_cols] = plan.user_block[user_rows]
+        for j, name in plan.pair_cols:
             numeric[:, j] = self._numeric(name, user_rows, items, als_scores, als_ranks)
-        categorical = np.empty((n, len(names.categorical)), dtype=object)
-        for j, name in enumerate(names.categorical):
-            column = name.removeprefix("cat_")
-            if column in self._item_cat:
-                categorical[:, j] = self._item_cat[column][items]
-            else:
-                categorical[:, j] = self._user_cat[column][user_rows]
+        categorical = np.empty((len(items), len(names.categorical)), dtype=object)
+        categorical[:, plan.item_cat_cols] = plan.item_cat_block[items]
+        categorical[:, plan.user_cat_cols] = plan.user_cat_block[user_rows]
         return numeric, categorical
+
+    def prepare(self, names: FeatureNames) -> None:
+        """Build the row plan for a ranker now, not on the first request."""
+        self._plan(names)
+
+    def _plan(self, names: FeatureNames) -> _RowPlan:
+        """Per-item and per-user columns stacked once, so a request gathers each block in one step."""
+        plan = self._plans.get(names)
+        if plan is None:
+            per_item = {**self._item_num, **self._one_hot}
+            item_cols = [j for j, n in enumerate(names.numeric) if n in per_item]
+            user_cols = [j for j, n in enumerate(names.numeric) if n in self._user_num]
+            cats = [n.removeprefix("cat_") for n in names.categorical]
+            item_cat_cols = [j for j, c in enumerate(cats) if c in self._item_cat]
+            user_cat_cols = [j for j, c in enumerate(cats) if c not in self._item_cat]
+            n_items, n_users = len(self.item_ids), self.n_users + 1
+            plan = _RowPlan(
+                item_cols=item_cols,
+                item_block=_stack([per_item[names.numeric[j]] for j in item_cols], n_items, np.float32),
+                user_cols=user_cols,
+                user_block=_stack([self._user_num[names.numeric[j]] for j in user_cols], n_users, np.float32),
+                pair_cols=[(j, n) for j, n in enumerate(names.numeric) if j not in {*item_cols, *user_cols}],
+                item_cat_cols=item_cat_cols,
+                item_cat_block=_stack([self._item_cat[cats[j]] for j in item_cat_cols], n_items, object),
+                user_cat_cols=user_cat_cols,
+                user_cat_block=_stack([self._user_cat[cats[j]] for j in user_cat_cols], n_users, object),
+            )
+            self._plans[names] = plan
+        return plan
 
     def _numeric(
         self, name: str, users: np.ndarray, items: np.ndarray, scores: np.ndarray, ranks: np.ndarray
@@ -252,6 +280,27 @@ class FeatureView:
     def segment_attributes(self) -> list[str]:
         """User attributes that can steer the cold-start fallback."""
         return list(self._segments)
+
+
+@dataclass
+class _RowPlan:
+    """Where each block of a ranker row comes from (see :meth:`FeatureView._plan`)."""
+
+    item_cols: list[int]
+    item_block: np.ndarray
+    user_cols: list[int]
+    user_block: np.ndarray
+    pair_cols: list[tuple[int, str]]
+    item_cat_cols: list[int]
+    item_cat_block: np.ndarray
+    user_cat_cols: list[int]
+    user_cat_block: np.ndarray
+
+
+def _stack(columns: list[np.ndarray], rows: int, dtype: type) -> np.ndarray:
+    if not columns:
+        return np.empty((rows, 0), dtype=dtype)
+    return np.ascontiguousarray(np.column_stack(columns).astype(dtype, copy=False))
 
 
 def _categories(column: pd.Series) -> np.ndarray:

@@ -1,0 +1,25 @@
+"""The alternative a user would otherwise write: the same pipeline behind plain FastAPI.
+
+Same models, same feature snapshot, same request/response schemas, same
+pipeline call; only the HTTP framework differs. Used by the serving
+benchmark as a reference point::
+
+    uvicorn benchmarks.fastapi_app:app --port 3100 --no-access-log --loop uvloop --http httptools
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from serving.batch import load_runtime
+from serving.responses import answer
+from serving.schemas import ModelTags, RecommendRequest, RecommendResponse
+
+runtime = load_runtime()
+tags = ModelTags(**runtime.tags)
+app = FastAPI(title="recsys (FastAPI reference)")
+
+
+@app.post("/recommend", response_model=RecommendResponse)
+async def recommend(request: RecommendRequest) -> RecommendResponse:
+    return answer(runtime.pipeline, [request], tags)[0]

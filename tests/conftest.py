@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,7 @@ os.environ.pop("RECSYS_API_KEY", None)
 import pytest  # noqa: E402
 
 from features.synthetic import SyntheticConfig, generate, write  # noqa: E402
+from tests.server import BENTOML, REPO  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.run import RunResult, train  # noqa: E402
 
@@ -55,3 +57,18 @@ def movielens_run(tmp_path_factory) -> tuple[RunResult, Path]:
     tmp = tmp_path_factory.mktemp("movielens")
     config = TrainConfig(feature_store=str(tmp / "feature_store"), report_dir=tmp / "reports")
     return train(config, echo=False), tmp
+
+
+@pytest.fixture(scope="session")
+def bento_tag(movielens_run) -> str:
+    """`bentoml build` of the repo, with the models just trained."""
+    run, _ = movielens_run
+    out = subprocess.run(
+        [BENTOML, "build", "--output", "tag"],
+        cwd=REPO,
+        env={**os.environ, "RECSYS_RANKER_TAG": run.ranker_tag},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")

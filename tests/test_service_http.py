@@ -7,6 +7,7 @@ called with good and bad input the way a user would.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 from features.store import current_version, read_snapshot, write_snapshot
 from serving.runtime import Runtime
 from stages.pipeline import Query
-from tests.server import BENTOML, REPO, run_until_exit, serve
+from tests.server import REPO, run_until_exit, serve
 
 pytestmark = pytest.mark.slow
 KNOWN_USER = "196"
@@ -29,21 +30,6 @@ KNOWN_USER = "196"
 
 def runtime_of(run, feature_store: str | None = None) -> Runtime:
     return Runtime(bentoml.models.get(run.candidates_tag), bentoml.models.get(run.ranker_tag), feature_store)
-
-
-@pytest.fixture(scope="session")
-def bento_tag(movielens_run) -> str:
-    """`bentoml build` of the repo, with the models just trained."""
-    run, _ = movielens_run
-    out = subprocess.run(
-        [BENTOML, "build", "--output", "tag"],
-        cwd=REPO,
-        env={**__import__("os").environ, "RECSYS_RANKER_TAG": run.ranker_tag},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
 
 
 @pytest.fixture(scope="session", params=["repo", "bento"])
@@ -355,7 +341,7 @@ def test_batch_cli_matches_pipeline(movielens_run, tmp_path, offline):
     subprocess.run(
         [sys.executable, "-m", "serving.batch", "--out", str(out), "--k", "5", "--users", str(users)],
         cwd=REPO,
-        env={**__import__("os").environ, "RECSYS_RANKER_TAG": movielens_run[0].ranker_tag},
+        env={**os.environ, "RECSYS_RANKER_TAG": movielens_run[0].ranker_tag},
         check=True,
     )
     table = pd.read_parquet(out)

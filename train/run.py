@@ -151,6 +151,8 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
     if config.save:
         with steps.step("save models and feature store"):
             save(config, final, ranker, tables, data_fingerprint, results, result)
+            if echo:
+                print(f"  saved {result.candidates_tag}, {result.ranker_tag}; feature store {config.feature_store}")
     if echo:
         print(f"total: {sum(steps.timings.values()):.1f}s")
     return result
@@ -197,4 +199,3 @@ def save(config, final, ranker, tables, data_fingerprint, results, result: RunRe
     result.feature_version = write_snapshot(
         tables, config.feature_store, data_fingerprint, version=version, created_at=created_at
     )
-    print(f"  saved {result.candidates_tag}, {result.ranker_tag}; feature store {config.feature_store} @ {version}")

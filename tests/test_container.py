@@ -1,0 +1,150 @@
+"""The image `bentoml containerize` builds from our Bento answers over HTTP.
+
+Builds the Bento, the local python:3.11-slim stand-in (scripts/build_base_image.sh),
+the image (buildah backend), runs it with nothing mounted as BentoML's non-root
+user, queries it, then stops it by process id and removes what it created.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import bentoml
+import httpx
+import pytest
+
+from serving.runtime import Runtime
+from stages.pipeline import Query
+from tests.server import BENTOML, REPO, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.container]
+IN_IMAGE = "/home/bentoml/bento"
+
+
+def builder_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "building and running images with buildah's chroot isolation needs root"
+    if shutil.which("buildah") is None and shutil.which("apt-get") is None:
+        return "no buildah and no apt-get to install it: no container builder on this machine"
+    return None
+
+
+def run(*command: str, timeout: float = 1800) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result.stdout
+
+
+def image_processes() -> list[int]:
+    """Host pids of the server started inside the image (chroot isolation shares the pid space)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            root = os.readlink(entry / "root")
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if root != "/" and "bentoml" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+@pytest.fixture(scope="module")
+def image(bento_tag):
+    reason = builder_unavailable()
+    if reason:
+        pytest.skip(reason)
+    start = time.monotonic()
+    run("bash", str(REPO / "scripts" / "build_base_image.sh"))
+    name = f"recsys-test:{bento_tag.split(':')[1]}"
+    run(BENTOML, "containerize", "--backend", "buildah", "--opt", "isolation=chroot", bento_tag, "-t", name)
+    size = run("buildah", "images", "--format", "{{.Size}}", f"localhost/{name}").strip()
+    print(f"\nimage localhost/{name}: {size}, built in {time.monotonic() - start:.0f}s")
+    yield f"localhost/{name}", size
+    subprocess.run(["buildah", "rmi", "-f", f"localhost/{name}"], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def container(image):
+    name, _ = image
+    working = run("buildah", "from", name).strip()
+    port = free_port()
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"recsys-container-{port}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["buildah", "run", "--isolation", "chroot", "--network", "host", "--user", "bentoml", working, "--",
+             f"{IN_IMAGE}/env/docker/entrypoint.sh", "bentoml", "serve", IN_IMAGE, "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, f"container exited:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"not ready after 180s:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+        yield url
+    finally:
+        # `buildah run` with chroot isolation leaves the server as plain host
+        # processes: stop them by pid, then the run itself.
+        for pid in image_processes():
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(3)
+        for pid in image_processes():
+            os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        subprocess.run(["buildah", "rm", working], capture_output=True)
+
+
+def test_image_serves_real_recommendations(container, image, movielens_run):
+    run_result, _ = movielens_run
+    offline = Runtime(
+        bentoml.models.get(run_result.candidates_tag), bentoml.models.get(run_result.ranker_tag)
+    ).pipeline.recommend([Query("196", k=10)])[0]
+    with httpx.Client(base_url=container, timeout=30) as http:
+        body = http.post("/recommend", json={"user_id": "196", "k": 10}).json()
+        assert body["status"] == "success" and body["strategy"] == "two_stage"
+        assert [r["item_id"] for r in body["recommendations"]] == offline.item_ids
+        info = http.post("/model_info", json={}).json()
+        assert info["model"] == {"candidates": run_result.candidates_tag, "ranker": run_result.ranker_tag}
+        assert info["feature_source"].startswith(IN_IMAGE)  # packed in the image, nothing mounted
+
+
+def test_image_rejects_bad_input(container):
+    with httpx.Client(base_url=container, timeout=30) as http:
+        response = http.post("/recommend", json={"user_id": "196", "k": 0})
+        assert response.status_code == 400 and response.json()["detail"][0]["loc"] == ["k"]
+        response = http.post("/similar_items", json={"item_id": "no-such-item"})
+        assert response.status_code == 404
+        response = http.post("/recommend", content=b"{" + b" " * 70_000 + b"}")
+        assert response.status_code == 413
+
+
+def test_image_runs_as_non_root(container):
+    pids = image_processes()
+    assert pids, "no server processes found"
+    assert all(uid_of(pid) != 0 for pid in pids)

@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 FEATURE_STORE ?= feature_store
+SOURCES := features stages serving train service.py benchmarks
 
 .PHONY: install train serve test test-fast lint format build containerize clean
 
@@ -24,6 +25,7 @@ serve: train
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit -q -r $(SOURCES)
 	$(BIN)/pytest
 
 test-fast: install
@@ -32,6 +34,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit -q -r $(SOURCES)
 
 format: install
 	$(BIN)/ruff format .

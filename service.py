@@ -32,12 +32,16 @@ CANDIDATES_TAG = paired_candidates_tag(settings.ranker_tag, settings.candidates_
 preflight(settings.ranker_tag, CANDIDATES_TAG, settings.feature_store)
 
 
+TLS = {"enabled": True, "certfile": settings.ssl_certfile, "keyfile": settings.ssl_keyfile}
+
+
 @bentoml.service(
     name="recsys",
     workers=settings.workers,
     traffic={"timeout": settings.timeout_seconds},
     logging={"access": {"enabled": False}},
     tracing={"excluded_urls": [] if settings.trace_requests else list(API_ROUTES)},
+    ssl=TLS if settings.ssl_certfile else {"enabled": False},
 )
 class Recommender:
     """Two-stage recommendations: ALS candidates re-ranked by CatBoost."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema
 
 MAX_K = 100
 MAX_BATCH = 100
@@ -18,13 +18,18 @@ def _id_text(value: object) -> object:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
-        if not value.strip():
+        if not value:
             raise ValueError("an id must not be empty")
-        return value.strip()
+        return value  # matched exactly as written, like the ids in the data
     raise ValueError("an id must be a string or an integer")
 
 
-Id = Annotated[str, BeforeValidator(_id_text)]
+# The documented schema says what the validator enforces, so clients and fuzzers agree with it.
+Id = Annotated[
+    str,
+    BeforeValidator(_id_text),
+    WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]}),
+]
 K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
 Attribute = str | int | float | None
 

@@ -33,6 +33,8 @@ class ServiceSettings(BaseSettings):
     trace_requests: bool = Field(
         False, description="OpenTelemetry spans for the API routes (off: they cost ~10% of a request)"
     )
+    ssl_certfile: str | None = Field(None, description="PEM certificate: serve HTTPS (BentoML's SSL settings)")
+    ssl_keyfile: str | None = Field(None, description="PEM private key for ssl_certfile")
     workers: int = Field(1, ge=1, le=64)
     timeout_seconds: float = Field(10.0, gt=0, description="BentoML traffic timeout")
 

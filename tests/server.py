@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -46,7 +47,13 @@ def stop(process: subprocess.Popen) -> None:
 
 @contextmanager
 def serve(
-    target: str, env: dict[str, str] | None = None, cwd: Path = REPO, log: Path | None = None, timeout: float = 90
+    target: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    log: Path | None = None,
+    timeout: float = 90,
+    scheme: str = "http",
+    verify: ssl.SSLContext | bool = True,
 ) -> Iterator[Server]:
     port = free_port()
     log = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"recsys-serve-{port}.log"
@@ -59,14 +66,14 @@ def serve(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{scheme}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=2, verify=verify).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

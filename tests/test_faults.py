@@ -1,0 +1,144 @@
+"""Faults while serving and while training: what is lost, and what is kept."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server import REPO, serve
+from tests.test_training import store_state
+
+pytestmark = pytest.mark.slow
+CONNECTIONS = 4
+
+
+def worker_pids(root: int) -> list[int]:
+    """BentoML worker processes under a `bentoml serve` process."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if "_bentoml_impl.worker" in cmdline and int(stat.rsplit(")", 1)[1].split()[1]) in {root, *children(root)}:
+            pids.append(int(entry.name))
+    return pids
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+class Load:
+    """A few connections sending /recommend back to back, counting outcomes."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.stop = url, threading.Event()
+        self.outcomes: Counter[str] = Counter()
+        self.log: list[tuple[float, str]] = []  # (start time, outcome) of every request
+        self.threads = [threading.Thread(target=self.run) for _ in range(CONNECTIONS)]
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as http:
+            while not self.stop.is_set():
+                start = time.monotonic()
+                try:
+                    outcome = str(http.post("/recommend", json={"user_id": "196", "k": 10}).status_code)
+                except httpx.ConnectError:
+                    outcome = "refused"  # nobody listening: nothing was in flight
+                    time.sleep(0.05)
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__  # accepted, then lost
+                self.outcomes[outcome] += 1
+                self.log.append((start, outcome))
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def test_killed_worker_is_restarted_and_loses_at_most_the_requests_in_flight(movielens_run):
+    env = {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_WORKERS": "2", "RECSYS_REFRESH_SECONDS": "0"}
+    with serve("service:Recommender", env) as live:
+        before = worker_pids(live.process.pid)
+        assert len(before) == 2
+        with Load(live.url) as load:
+            time.sleep(2)
+            os.kill(before[0], signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while len(set(worker_pids(live.process.pid)) - {before[0]}) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            time.sleep(2)
+        after = worker_pids(live.process.pid)
+        lost = sum(n for outcome, n in load.outcomes.items() if outcome != "200")
+        print(f"\nworker killed under load: {dict(load.outcomes)}")
+        assert len(after) == 2 and before[0] not in after  # the supervisor started a new one
+        assert load.outcomes["200"] > 100
+        assert lost <= CONNECTIONS  # only what that worker had in flight
+        assert httpx.post(f"{live.url}/recommend", json={"user_id": "196"}).status_code == 200
+
+
+def test_sigterm_under_load_finishes_in_flight_requests(movielens_run):
+    env = {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_REFRESH_SECONDS": "0"}
+    with serve("service:Recommender", env) as live, Load(live.url) as load:
+        time.sleep(2)
+        signalled = time.monotonic()
+        live.process.send_signal(signal.SIGTERM)
+        code = live.process.wait(timeout=30)
+        time.sleep(0.5)
+    before = Counter(outcome for start, outcome in load.log if start < signalled)
+    after = Counter(outcome for start, outcome in load.log if start >= signalled)
+    print(f"\nSIGTERM under load: sent before {dict(before)}, sent after {dict(after)}, exit code {code}")
+    assert code == 0
+    # Every request sent before the signal was answered. Requests sent after it
+    # are refused or cut: a load balancer must stop sending first, which is what
+    # the readiness probe and the preStop delay in deploy/kubernetes are for.
+    assert set(before) == {"200"} and before["200"] > 100, dict(before)
+    assert after["refused"] > 0  # and then it really was gone
+
+
+def test_training_killed_midway_leaves_stores_as_they_were(bentoml_home, tmp_path, synthetic_files):
+    files = synthetic_files["csv"]
+    store = tmp_path / "feature_store"
+    args = [
+        sys.executable, "-m", "train", "--interactions", str(files["interactions"]), "--items", str(files["items"]),
+        "--ranker-iterations", "400", "--feature-store", str(store), "--report-dir", str(tmp_path / "reports"),
+    ]  # fmt: skip
+    assert subprocess.run(args, cwd=REPO, capture_output=True).returncode == 0
+    before = store_state(bentoml_home, store)
+    for step in ("→ evaluation: ranker", "→ final ranker", "→ final candidates"):
+        process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        for line in process.stdout:
+            if line.startswith(step):
+                process.kill()
+                break
+        assert process.wait() == -signal.SIGKILL, f"run ended before {step!r}"
+        assert store_state(bentoml_home, store) == before, f"stores changed by a run killed at {step!r}"
+    assert subprocess.run(args, cwd=REPO, capture_output=True).returncode == 0
+    assert store_state(bentoml_home, store) != before

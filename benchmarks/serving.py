@@ -5,7 +5,8 @@ All in one run, so the noise of a shared machine hits every row alike:
 1. the limit: the same pipeline called in-process, no HTTP (CPU per request);
 2. `bentoml serve service:Recommender` at a fixed rate (latency target) and at
    fixed concurrencies (saturation), with server memory before and after;
-3. the same pipeline behind plain FastAPI on uvicorn, same concurrencies.
+3. the same pipeline behind plain FastAPI on uvicorn, same concurrencies;
+4. the stages as two BentoML services (``benchmarks/composed_service.py``).
 
 Uses the models in the BentoML store (train first: ``python -m train``).
 Client and servers share this machine's cores; traffic goes to 127.0.0.1 only.
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--rate-seconds", type=float, default=60)
     cli.add_argument("--workers", type=int, default=1, help="BentoML and uvicorn workers")
     cli.add_argument("--skip-fastapi", action="store_true")
+    cli.add_argument("--skip-composed", action="store_true", help="skip the two-service topology")
     cli.add_argument("--out", type=Path, default=Path("var/bench"))
     args = cli.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -157,10 +159,23 @@ def main(argv: list[str] | None = None) -> int:
             str(c): round(b["rps"] / f["rps"], 2)
             for c, b, f in zip(concurrencies, report["bentoml"], report["fastapi"], strict=True)
         }
+    if not args.skip_composed:
+        port = free_port()
+        composed = [
+            str(BIN / "bentoml"),
+            "serve",
+            "benchmarks.composed_service:ComposedRecommender",
+            "--port",
+            str(port),
+        ]
+        composed += ["--host", "127.0.0.1"]
+        with server(composed, port, {"RECSYS_REFRESH_SECONDS": "0"}, args.out / "composed.log") as (url, pid):
+            print("\nBentoML, stages as two services (bentoml.depends), closed loop", flush=True)
+            report["composed"] = run_load(url, pid, bodies, concurrencies, args.seconds, "bentoml-composed")
     best = max(row["rps"] for row in report["bentoml"])
     report["ratio_bentoml_to_limit_rps"] = round(best / (limit["rps_per_core"] * args.workers), 2)
 
-    rows = report["bentoml"] + report.get("fastapi", [])
+    rows = report["bentoml"] + report.get("fastapi", []) + report.get("composed", [])
     print("\n" + markdown(rows))
     print(f"\nratios: {json.dumps({k: v for k, v in report.items() if k.startswith('ratio')})}")
     (args.out / "serving.json").write_text(json.dumps(report, indent=2))
@@ -176,7 +191,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in ("bentoml", "fastapi"):
+    for name in ("bentoml", "fastapi", "composed"):
         rows = report.get(name)
         if not rows:
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from serving.metrics import COLD_STARTS, FILTERED_ITEMS
 from serving.schemas import ModelTags, RecommendedItem, RecommendRequest, RecommendResponse
-from stages.pipeline import POPULAR, Query, TwoStageRecommender
+from stages.pipeline import POPULAR, Query, Recommendation, TwoStageRecommender
 
 
 def ranked(item_ids: list[str], scores: list[float], titles: list[str | None]) -> list[RecommendedItem]:
@@ -17,10 +17,20 @@ def ranked(item_ids: list[str], scores: list[float], titles: list[str | None]) -
 
 def answer(pipeline: TwoStageRecommender, requests: list[RecommendRequest], tags: ModelTags) -> list[RecommendResponse]:
     """Run validated requests through the pipeline (together) and count what the metrics need."""
-    queries = [Query(r.user_id, r.k, r.exclude_seen, r.exclude_items, r.user_attributes) for r in requests]
+    queries = to_queries(requests)
     FILTERED_ITEMS.inc(sum(pipeline.filtered_count(q) for q in queries))
+    return to_responses(pipeline.recommend(queries), tags)
+
+
+def to_queries(requests: list[RecommendRequest]) -> list[Query]:
+    """Validated API requests as pipeline queries."""
+    return [Query(r.user_id, r.k, r.exclude_seen, r.exclude_items, r.user_attributes) for r in requests]
+
+
+def to_responses(recommendations: list[Recommendation], tags: ModelTags) -> list[RecommendResponse]:
+    """Pipeline answers in the API's envelope (cold starts counted)."""
     responses = []
-    for recommendation in pipeline.recommend(queries):
+    for recommendation in recommendations:
         if recommendation.strategy == POPULAR:
             COLD_STARTS.inc()
         responses.append(

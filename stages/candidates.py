@@ -19,6 +19,8 @@ from threadpoolctl import threadpool_limits
 
 from features.schema import Columns
 
+SCORE_CHUNK = 1024  # users scored at once: 1024 x 27k items of float32 is about 110 MB
+
 
 @dataclass(frozen=True)
 class ALSParams:
@@ -138,8 +140,22 @@ class CandidateModel:
     ) -> CandidateBatch:
         """Top-``n`` items per known user (model indices), best first.
 
-        ``exclude`` holds, per user, extra item indices to leave out.
+        ``exclude`` holds, per user, extra item indices to leave out. Users are
+        scored in chunks so a whole catalogue times all users never sits in memory.
         """
+        batch = CandidateBatch([], [])
+        for start in range(0, len(users), SCORE_CHUNK):
+            chunk = slice(start, start + SCORE_CHUNK)
+            part = self._candidates(users[chunk], n, exclude_seen, exclude[chunk] if exclude else None)
+            batch.items += part.items
+            batch.scores += part.scores
+        return batch
+
+    def _candidates(
+        self, users: np.ndarray, n: int, exclude_seen: bool, exclude: list[np.ndarray] | None
+    ) -> CandidateBatch:
+        # A plain dot product rather than implicit's recommend(): it takes a
+        # different exclusion list per user in one batched call.
         scores = self.als.user_factors[users] @ self.als.item_factors.T
         if exclude_seen:
             rows = self.seen[users]

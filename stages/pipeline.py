@@ -93,6 +93,11 @@ class TwoStageRecommender:
         return np.array([index[i] for i in query.exclude_items if i in index], dtype=np.int64)
 
     def _two_stage(self, queries: list[Query]) -> list[Recommendation]:
+        items, als_scores = self.candidate_lists(queries)
+        return self.rank(queries, items, als_scores)
+
+    def candidate_lists(self, queries: list[Query]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Stage one for known users: ALS candidates (item indices) and scores, per query."""
         users = np.array([self.candidates.user_index[q.user_id] for q in queries], dtype=np.int64)
         exclude_seen = [q.exclude_seen for q in queries]
         batches = {}
@@ -103,11 +108,12 @@ class TwoStageRecommender:
             )
             for slot, row in enumerate(rows):
                 batches[row] = (batch.items[slot], batch.scores[slot])
-        items = [batches[i][0] for i in range(len(queries))]
-        als_scores = [batches[i][1] for i in range(len(queries))]
-        final = als_scores
-        if self.ranker is not None:
-            final = self.score_pairs(users, items, als_scores)
+        return [batches[i][0] for i in range(len(queries))], [batches[i][1] for i in range(len(queries))]
+
+    def rank(self, queries: list[Query], items: list[np.ndarray], als_scores: list[np.ndarray]) -> list[Recommendation]:
+        """Stage two: re-rank each query's candidates and keep its top k (ALS order without a ranker)."""
+        users = np.array([self.candidates.user_index[q.user_id] for q in queries], dtype=np.int64)
+        final = self.score_pairs(users, items, als_scores) if self.ranker is not None else als_scores
         out = []
         for query, cand, score in zip(queries, items, final, strict=True):
             order = np.lexsort((np.arange(len(cand)), -score))[: query.k]

@@ -148,3 +148,11 @@ def test_failed_write_keeps_previous_snapshot_live(tmp_path, tiny, monkeypatch):
         write_snapshot(broken, root, "b" * 64)
     assert current_version(root) == first
     assert [p.name for p in (Path(root) / "snapshots").iterdir()] == [first]
+
+
+def test_store_through_a_pyarrow_filesystem_uri(tmp_path, tiny):
+    uri = f"file://{tmp_path}/uri-store"
+    version = write_snapshot(compute_features(tiny), uri, "d" * 64)
+    assert current_version(uri) == version
+    assert read_snapshot(uri).tables.items.loc["a", "title"] == "A"
+    assert (tmp_path / "uri-store" / "CURRENT").read_text() == version

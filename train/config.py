@@ -33,6 +33,8 @@ class TrainConfig(BaseModel):
     holdout: float = Field(RankerParams.holdout, gt=0, lt=1)
     recent_days: int = Field(30, ge=1)
     threads: int = Field(RankerParams.threads, ge=1)
+    max_train_users: int = Field(RankerParams.max_users, ge=100, description="users sampled for ranker training")
+    max_eval_users: int = Field(20_000, ge=100, description="users sampled for the evaluation")
     feature_store: str = Field("feature_store", description="feature store root (path or pyarrow URI)")
     report_dir: Path = Path("var/reports")
     save: bool = True
@@ -54,6 +56,7 @@ class TrainConfig(BaseModel):
             self.holdout,
             self.seed,
             self.threads,
+            self.max_train_users,
         )
 
 

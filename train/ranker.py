@@ -32,6 +32,7 @@ class RankerParams:
     holdout: float = 0.2
     seed: int = 42
     threads: int = 2
+    max_users: int = 20_000  # users sampled for the training pool; bounds its rows on big data
 
 
 def build_stage(dataset: Dataset, als: ALSParams, recent_days: int) -> tuple[CandidateModel, FeatureView]:
@@ -64,7 +65,7 @@ def fit_ranker_on_stage(
 ) -> tuple[Ranker, dict]:
     """Train on candidates from a stage fitted on ``before``, labelled by ``after``."""
     names = view.available()
-    pool = training_pool(candidates, view, names, before, after, params.n_candidates)
+    pool = training_pool(candidates, view, names, before, after, params)
     model = CatBoost(catboost_params(params))
     with tqdm(
         total=params.iterations,
@@ -111,9 +112,12 @@ def training_pool(
     names: FeatureNames,
     before: pd.DataFrame,
     after: pd.DataFrame,
-    n_candidates: int,
+    params: RankerParams,
 ) -> Pool:
-    """(user, candidate) rows labelled 1 when the user took the item after the cut."""
+    """(user, candidate) rows labelled 1 when the user took the item after the cut.
+
+    At most ``params.max_users`` users (a seeded sample) contribute rows.
+    """
     seen = before.groupby(Columns.user)[Columns.item].agg(set)
     labels = {
         candidates.user_index[u]: set(items) - seen.get(u, set())
@@ -121,20 +125,28 @@ def training_pool(
         if u in candidates.user_index
     }
     users = np.array(sorted(u for u, items in labels.items() if items), dtype=np.int64)
-    batch = candidates.candidates(users, n_candidates)
+    users = sample_users(users, params.max_users, params.seed)
+    batch = candidates.candidates(users, params.n_candidates)
     hits = [np.isin(candidates.item_ids[c], list(labels[u])) for u, c in zip(users, batch.items, strict=True)]
     # A ranking pool needs each group (user) in one contiguous block, which
     # iterating users in order gives; groups without a positive teach nothing.
     keep = [i for i, h in enumerate(hits) if h.any()]
     users = users[keep]
     items = [batch.items[i] for i in keep]
-    pipeline = TwoStageRecommender(candidates, None, view, n_candidates)
+    pipeline = TwoStageRecommender(candidates, None, view, params.n_candidates)
     numeric, categorical = pipeline.pair_rows(users, items, [batch.scores[i] for i in keep], names)
     return Pool(
         Ranker.data(names, numeric, categorical),
         label=np.concatenate([hits[i] for i in keep]).astype(np.float32),
         group_id=np.repeat(users, [len(c) for c in items]),
     )
+
+
+def sample_users(users: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """A seeded, sorted sample of at most ``limit`` users (all of them when fewer)."""
+    if len(users) <= limit:
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, size=limit, replace=False))
 
 
 class _Progress:

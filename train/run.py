@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from train.evaluate import (
     temporal_split,
     write_report,
 )
-from train.ranker import build_stage, fit_ranker, fit_ranker_on_stage
+from train.ranker import build_stage, fit_ranker, fit_ranker_on_stage, sample_users
 
 CANDIDATES_MODEL = "recsys-candidates"
 RANKER_MODEL = "recsys-ranker"
@@ -41,6 +42,7 @@ class RunResult:
 
     evaluation: dict
     timings: dict[str, float] = field(default_factory=dict)
+    peak_mb: dict[str, int] = field(default_factory=dict)
     candidates_tag: str = ""
     ranker_tag: str = ""
     feature_version: str = ""
@@ -51,6 +53,7 @@ class Steps:
 
     def __init__(self, echo: bool = True) -> None:
         self.timings: dict[str, float] = {}
+        self.peak_mb: dict[str, int] = {}
         self.echo = echo
 
     @contextmanager
@@ -60,8 +63,9 @@ class Steps:
             print(f"→ {name} ...", flush=True)
         yield
         self.timings[name] = round(time.perf_counter() - start, 2)
+        self.peak_mb[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         if self.echo:
-            print(f"  {name}: {self.timings[name]:.2f}s", flush=True)
+            print(f"  {name}: {self.timings[name]:.2f}s (peak memory so far {self.peak_mb[name]} MB)", flush=True)
 
 
 def load_data(config: TrainConfig) -> Dataset:
@@ -88,7 +92,8 @@ def evaluate(
     with steps.step("evaluation: scoring held-out users"):
         candidates, view = stage
         relevant = relevant_items(train_part, test_part, candidates)
-        users = sorted(relevant)
+        users = sample_users(np.array(sorted(relevant), dtype=np.int64), config.max_eval_users, config.seed).tolist()
+        relevant = {u: relevant[u] for u in users}
         recent_from = int(train_part["timestamp"].max()) - config.recent_days * 86_400
         als_only = TwoStageRecommender(candidates, None, view, config.n_candidates)
         two_stage = TwoStageRecommender(candidates, ranker, view, config.n_candidates)
@@ -143,7 +148,7 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
     if echo:
         print()
         print(markdown_table(results))
-    result = RunResult(results, steps.timings)
+    result = RunResult(results, steps.timings, steps.peak_mb)
     with steps.step("report"):
         paths = write_report(results, Path(config.report_dir))
         if echo:

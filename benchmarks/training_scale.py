@@ -1,0 +1,151 @@
+"""Training at scale: synthetic data at MovieLens-1M and MovieLens-20M sizes.
+
+For each size: generate the data (seeded), write parquet, run the whole
+training pipeline (in a fresh process, with a throwaway BentoML store and
+feature store), and report wall time and peak resident memory per step; then
+time single requests through the trained pipeline with the larger catalogue::
+
+    python -m benchmarks.training_scale --sizes 1m,20m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess  # nosec B404
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZES = {
+    "100k": {"users": 943, "items": 1_682, "interactions": 100_000},
+    "1m": {"users": 6_040, "items": 3_706, "interactions": 1_000_000},
+    "20m": {"users": 138_493, "items": 26_744, "interactions": 20_000_000},
+}
+
+
+def run_size(name: str, out: Path) -> dict:
+    """One size in a child process, so peak memory is that run's own."""
+    with tempfile.TemporaryDirectory(prefix=f"recsys-scale-{name}-") as tmp:
+        env = {**os.environ, "BENTOML_HOME": f"{tmp}/bentoml", "OPENBLAS_NUM_THREADS": "1"}
+        # B603 (bandit): this interpreter running this module, no shell
+        result = subprocess.run(  # nosec B603
+            [sys.executable, "-m", "benchmarks.training_scale", "--child", name, "--tmp", tmp],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        print(result.stdout[-4000:], result.stderr[-2000:] if result.returncode else "", flush=True)
+        if result.returncode != 0:
+            return {"size": name, "error": f"exit {result.returncode}"}
+        return json.loads(Path(tmp, "result.json").read_text())
+
+
+def child(name: str, tmp: Path) -> None:
+    import bentoml
+    import numpy as np
+
+    from features.synthetic import SyntheticConfig, generate, write
+    from serving.runtime import Runtime
+    from stages.pipeline import Query
+    from train.config import TrainConfig
+    from train.run import train
+
+    size = SIZES[name]
+    start = time.perf_counter()
+    dataset = generate(SyntheticConfig(size["users"], size["items"], size["interactions"], n_clusters=20, seed=42))
+    files = write(dataset, tmp / "data", "parquet")
+    del dataset
+    generate_s = time.perf_counter() - start
+    generate_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    config = TrainConfig(
+        interactions=files["interactions"],
+        users=files["users"],
+        items=files["items"],
+        feature_store=str(tmp / "feature_store"),
+        report_dir=tmp / "reports",
+    )
+    run = train(config)
+    runtime = Runtime(bentoml.models.get(run.candidates_tag), bentoml.models.get(run.ranker_tag))
+    users = [str(u) for u in runtime.candidates.user_ids[:: max(1, len(runtime.candidates.user_ids) // 2000)]]
+    for user in users[:50]:
+        runtime.pipeline.recommend([Query(user, 10)])
+    latencies = []
+    for user in users:
+        begin = time.perf_counter()
+        runtime.pipeline.recommend([Query(user, 10)])
+        latencies.append((time.perf_counter() - begin) * 1000)
+    result = {
+        "size": name,
+        **size,
+        "generate_seconds": round(generate_s, 1),
+        "generate_peak_mb": round(generate_peak),
+        "step_seconds": run.timings,
+        "peak_mb_after_step": run.peak_mb,
+        "train_seconds": round(sum(run.timings.values()), 1),
+        "peak_mb": max(run.peak_mb.values()),
+        "ndcg@10": {k: round(v["ndcg@10"], 4) for k, v in run.evaluation["models"].items()},
+        "request_p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "request_p99_ms": round(float(np.percentile(latencies, 99)), 2),
+    }
+    (tmp / "result.json").write_text(json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("--sizes", default="1m,20m")
+    cli.add_argument("--out", type=Path, default=Path("var/bench"))
+    cli.add_argument("--child", help=argparse.SUPPRESS)
+    cli.add_argument("--tmp", type=Path, help=argparse.SUPPRESS)
+    args = cli.parse_args(argv)
+    if args.child:
+        child(args.child, args.tmp)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "training_scale.json"
+    # Sizes run separately accumulate in one file (the 20M run alone takes a while).
+    results = {row["size"]: row for row in json.loads(path.read_text())} if path.exists() else {}
+    for name in args.sizes.split(","):
+        results[name] = run_size(name, args.out)
+    ordered = [results[name] for name in SIZES if name in results]
+    path.write_text(json.dumps(ordered, indent=2))
+    plot([row for row in ordered if "error" not in row], args.out / "training_scale.png")
+    for row in ordered:
+        print(json.dumps(row))
+    return 0
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    sizes = [row["interactions"] for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    steps = list(rows[-1]["step_seconds"])
+    bottom = [0.0] * len(rows)
+    for step in steps:
+        values = [row["step_seconds"].get(step, 0) for row in rows]
+        left.bar([row["size"] for row in rows], values, bottom=bottom, label=step)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    left.set_ylabel("seconds")
+    left.set_title("training wall time by step (2 cores)")
+    left.legend(fontsize=6)
+    right.plot(sizes, [row["peak_mb"] / 1024 for row in rows], marker="o")
+    right.set_xscale("log")
+    right.set_xlabel("interactions")
+    right.set_ylabel("peak resident memory (GiB)")
+    right.set_title("training peak memory")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 FEATURE_STORE ?= feature_store
+WORKERS ?= $(shell nproc)
 SOURCES := features stages serving train service.py benchmarks
 
 .PHONY: install train serve test test-fast lint format build containerize clean
@@ -20,7 +21,8 @@ train: install
 	$(BIN)/python -m train --feature-store $(FEATURE_STORE)
 
 serve: train
-	RECSYS_FEATURE_STORE=$(abspath $(FEATURE_STORE)) $(BIN)/bentoml serve service:Recommender --port $(PORT)
+	RECSYS_FEATURE_STORE=$(abspath $(FEATURE_STORE)) RECSYS_WORKERS=$(WORKERS) \
+		$(BIN)/bentoml serve service:Recommender --port $(PORT)
 
 test: install
 	$(BIN)/ruff check .

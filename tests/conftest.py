@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,6 +22,11 @@ from train.config import TrainConfig  # noqa: E402
 from train.run import RunResult, train  # noqa: E402
 
 SMALL = SyntheticConfig(n_users=300, n_items=200, n_interactions=12_000, n_clusters=4, seed=7)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The session's model store and Bentos are throwaway: remove them."""
+    shutil.rmtree(_STORE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -102,10 +102,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 sep=None if path.suffix.lower() in {".tsv", ".txt"} else ",",
                 engine="python" if path.suffix.lower() in {".tsv", ".txt"} else "c",
             )
+    except pd.errors.EmptyDataError as exc:  # whitespace only: non-zero size, no header
+        raise DataError(path, "file is empty") from exc
     except (OSError, pa.ArrowException, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(path, f"cannot be read ({type(exc).__name__}: {exc})") from exc
-    except pd.errors.EmptyDataError as exc:  # pragma: no cover - caught by the size check
-        raise DataError(path, "file is empty") from exc
     if frame.empty:
         raise DataError(path, "has a header but no rows")
     frame.columns = [str(c).strip() for c in frame.columns]

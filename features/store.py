@@ -29,6 +29,7 @@ from features.schema import Columns, Dataset
 
 FORMAT_VERSION = 1
 TABLES = ("items", "users", "affinity", "segments")
+MODEL_SNAPSHOT_DIR = "features"  # training packs a snapshot here inside the candidates model
 INDEXED = {"items": Columns.item, "users": Columns.user}
 
 

@@ -13,13 +13,12 @@ import bentoml
 from bentoml.exceptions import NotFound
 from threadpoolctl import threadpool_limits
 
-from features.store import SnapshotError, current_version, read_snapshot
+from features.store import MODEL_SNAPSHOT_DIR, SnapshotError, current_version, read_snapshot
 from stages.candidates import CandidateModel
 from stages.feature_view import FeatureNames, FeatureView
 from stages.pipeline import TwoStageRecommender
 from stages.ranker import Ranker
 
-SNAPSHOT_DIR = "features"  # where training packs the feature snapshot inside the candidates model
 logger = logging.getLogger("recsys")
 
 
@@ -76,7 +75,7 @@ class Runtime:
         self.candidates = CandidateModel.load(Path(candidates_model.path), self.candidates_meta.get("params"))
         self.names = FeatureNames(tuple(meta["features_numeric"]), tuple(meta["features_categorical"]))
         self.ranker = Ranker(bentoml.catboost.load_model(ranker_model), self.names)
-        self.feature_source = feature_store or str(Path(candidates_model.path) / SNAPSHOT_DIR)
+        self.feature_source = feature_store or str(Path(candidates_model.path) / MODEL_SNAPSHOT_DIR)
         try:
             view = self.load_view()
         except SnapshotError as exc:

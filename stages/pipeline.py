@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stages.candidates import CandidateModel
-from stages.feature_view import FeatureView
+from stages.feature_view import FeatureNames, FeatureView
 from stages.ranker import Ranker
 
 TWO_STAGE = "two_stage"
@@ -121,9 +121,16 @@ class TwoStageRecommender:
         return out
 
     def pair_rows(
-        self, users: np.ndarray, items: list[np.ndarray], als_scores: list[np.ndarray], names=None
+        self,
+        users: np.ndarray,
+        items: list[np.ndarray],
+        als_scores: list[np.ndarray],
+        names: FeatureNames | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Feature rows for each user's candidates, users in order, best ALS first."""
+        """Feature rows for each user's candidates, users in order, best ALS first.
+
+        ``names`` defaults to the ranker's; training passes the view's own.
+        """
         lengths = [len(c) for c in items]
         flat_items = np.concatenate(items) if items else np.empty(0, np.int64)
         flat_users = np.repeat(self._user_rows[users], lengths)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,12 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from features import movielens
-from features.compute import compute_features
+from features.compute import FeatureTables, compute_features
 from features.schema import Dataset, load_dataset
-from features.store import fingerprint, write_snapshot
+from features.store import MODEL_SNAPSHOT_DIR, fingerprint, write_snapshot
 from stages.candidates import CandidateModel
 from stages.feature_view import FeatureView
 from stages.pipeline import Query, TwoStageRecommender
+from stages.ranker import Ranker
 from train.config import TrainConfig
 from train.evaluate import (
     K,
@@ -33,7 +35,6 @@ from train.ranker import build_stage, fit_ranker, fit_ranker_on_stage, sample_us
 
 CANDIDATES_MODEL = "recsys-candidates"
 RANKER_MODEL = "recsys-ranker"
-SNAPSHOT_DIR = "features"  # the feature snapshot packed inside the candidates model
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Steps:
         self.echo = echo
 
     @contextmanager
-    def step(self, name: str):
+    def step(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         if self.echo:
             print(f"→ {name} ...", flush=True)
@@ -163,7 +164,15 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
     return result
 
 
-def save(config, final, ranker, tables, data_fingerprint, results, result: RunResult) -> None:
+def save(
+    config: TrainConfig,
+    final: CandidateModel,
+    ranker: Ranker,
+    tables: FeatureTables,
+    data_fingerprint: str,
+    results: dict,
+    result: RunResult,
+) -> None:
     """Model store first (candidates, then the ranker naming it), feature store last.
 
     If the ranker cannot be saved the new candidates model is deleted again,
@@ -179,7 +188,9 @@ def save(config, final, ranker, tables, data_fingerprint, results, result: RunRe
         labels={"stage": "candidates"},
     ) as model:
         final.save(Path(model.path))
-        version = write_snapshot(tables, str(Path(model.path) / SNAPSHOT_DIR), data_fingerprint, created_at=created_at)
+        version = write_snapshot(
+            tables, str(Path(model.path) / MODEL_SNAPSHOT_DIR), data_fingerprint, created_at=created_at
+        )
     result.candidates_tag = str(model.tag)
     try:
         saved = bentoml.catboost.save_model(

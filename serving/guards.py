@@ -69,10 +69,13 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send, int(declared))
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_body_bytes:
+                await self._too_large(send, int(declared))
+            else:  # the HTTP parser holds the body to its declared length
+                await self.app(scope, receive, send)
             return
-        # Without a trustworthy length (chunked upload), read up to the limit first.
+        # Without a declared length (chunked upload), read up to the limit first.
         chunks, size = [], 0
         while True:
             message = await receive()

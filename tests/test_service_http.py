@@ -217,6 +217,19 @@ def test_oversized_body(client):
     assert response.json() == {"error": "request body too large: 70002 bytes, the limit is 65536"}
 
 
+def test_oversized_chunked_body(client):
+    chunks = iter([b'{"user_id": "196", "pad": "', b"x" * 40_000, b"x" * 40_000, b'"}'])
+    response = client.post("/recommend", content=chunks, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"].startswith("request body too large")
+
+
+def test_chunked_body_within_limit_is_served(client):
+    chunks = iter([b'{"user_id": ', b'"196", "k": 2}'])
+    response = client.post("/recommend", content=chunks, headers={"content-type": "application/json"})
+    assert response.status_code == 200 and len(response.json()["recommendations"]) == 2
+
+
 def test_error_bodies_carry_no_traces_or_paths(client):
     for path, body in [("/recommend", {"user_id": None}), ("/similar_items", {"item_id": "x"})]:
         text = client.post(path, json=body).text

@@ -23,6 +23,7 @@ from features.schema import LIST_SEPARATOR, Columns, Dataset, finalize
 
 START = 1_704_067_200  # 2024-01-01T00:00:00Z
 SPAN_SECONDS = 365 * 24 * 3600
+MAX_ROUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -64,21 +65,25 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> Dataset:
     activity = rng.lognormal(0.0, 0.8, config.n_users)
     activity /= activity.sum()
 
-    draws = int(config.n_interactions * 1.6) + 100
-    user_idx = rng.choice(config.n_users, size=draws, p=activity)
-    in_cluster = rng.random(draws) < config.in_cluster_share
-    item_idx = rng.choice(config.n_items, size=draws, p=popularity / popularity.sum())
-    for cluster in range(config.n_clusters):
-        members = np.flatnonzero(items_c == cluster)
-        take = np.flatnonzero(in_cluster & (users_c[user_idx] == cluster))
-        if members.size and take.size:
-            p = popularity[members] / popularity[members].sum()
-            item_idx[take] = members[rng.choice(members.size, size=take.size, p=p)]
-
-    pair = user_idx.astype(np.int64) * config.n_items + item_idx
-    _, first = np.unique(pair, return_index=True)
+    # Repeated (user, item) pairs are dropped, so draw more until the target is
+    # met; skewed popularity inside small clusters can make it unreachable.
+    user_idx, item_idx = np.empty(0, np.int64), np.empty(0, np.int64)
+    for _ in range(MAX_ROUNDS):
+        users, items = _draw(
+            config, rng, users_c, items_c, popularity, activity, int(config.n_interactions * 1.6) + 100
+        )
+        user_idx, item_idx = np.concatenate([user_idx, users]), np.concatenate([item_idx, items])
+        _, first = np.unique(user_idx * config.n_items + item_idx, return_index=True)
+        if len(first) >= config.n_interactions:
+            break
     keep = np.sort(first)[: config.n_interactions]
     user_idx, item_idx = user_idx[keep], item_idx[keep]
+    notes = []
+    if len(keep) < config.n_interactions:
+        notes.append(
+            f"asked for {config.n_interactions:,} interactions; {len(keep):,} distinct (user, item) pairs "
+            "came out at this many users and items: add users or items for more"
+        )
     match = users_c[user_idx] == items_c[item_idx]
     rating = np.where(match, rng.integers(4, 6, keep.size), rng.integers(1, 4, keep.size))
     timestamps = START + rng.integers(0, SPAN_SECONDS, keep.size)
@@ -91,7 +96,29 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> Dataset:
             Columns.weight: rating.astype(np.float32),
         }
     )
-    return finalize(Dataset(interactions, _users(config, users_c, rng), _items(config, items_c, rng)))
+    return finalize(Dataset(interactions, _users(config, users_c, rng), _items(config, items_c, rng), notes))
+
+
+def _draw(
+    config: SyntheticConfig,
+    rng: np.random.Generator,
+    users_c: np.ndarray,
+    items_c: np.ndarray,
+    popularity: np.ndarray,
+    activity: np.ndarray,
+    size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` (user, item) draws: users by activity, items mostly from the user's cluster."""
+    user_idx = rng.choice(config.n_users, size=size, p=activity).astype(np.int64)
+    in_cluster = rng.random(size) < config.in_cluster_share
+    item_idx = rng.choice(config.n_items, size=size, p=popularity / popularity.sum()).astype(np.int64)
+    for cluster in range(config.n_clusters):
+        members = np.flatnonzero(items_c == cluster)
+        take = np.flatnonzero(in_cluster & (users_c[user_idx] == cluster))
+        if members.size and take.size:
+            p = popularity[members] / popularity[members].sum()
+            item_idx[take] = members[rng.choice(members.size, size=take.size, p=p)]
+    return user_idx, item_idx
 
 
 def _users(config: SyntheticConfig, clusters: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
@@ -160,7 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
     config = SyntheticConfig(args.users, args.items, args.interactions, args.clusters, seed=args.seed)
-    paths = write(generate(config), args.out, args.format)
+    dataset = generate(config)
+    for note in dataset.notes:
+        print(f"note: {note}")
+    paths = write(dataset, args.out, args.format)
+    print(f"{len(dataset.interactions):,} interactions")
     for name, path in paths.items():
         print(f"{name}: {path}")
 

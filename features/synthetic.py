@@ -5,7 +5,7 @@ cluster most of the time, item popularity is Zipf-skewed, the user's
 ``region`` and the item's ``genres`` reveal the cluster. A working model
 recovers the clusters; a broken one does not. Usage::
 
-    python -m features.synthetic --out var/synthetic --format parquet --interactions 1000000
+    python -m features.synthetic --out var/synthetic --format parquet --users 6040 --items 3706 --interactions 1000000
 """
 
 from __future__ import annotations

@@ -24,6 +24,16 @@ from train.run import RunResult, train  # noqa: E402
 SMALL = SyntheticConfig(n_users=300, n_items=200, n_interactions=12_000, n_clusters=4, seed=7)
 
 
+FIGURES: list[str] = []  # measurements tests want in the CI log (image size, faults)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
 def pytest_sessionfinish(session, exitstatus) -> None:
     """The session's model store and Bentos are throwaway: remove them."""
     shutil.rmtree(_STORE, ignore_errors=True)

@@ -20,6 +20,7 @@ import pytest
 
 from serving.runtime import Runtime
 from stages.pipeline import Query
+from tests.conftest import FIGURES
 from tests.server import BENTOML, REPO, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.container]
@@ -76,7 +77,7 @@ def image(bento_tag):
     name = f"recsys-test:{bento_tag.split(':')[1]}"
     run(BENTOML, "containerize", "--backend", "buildah", "--opt", "isolation=chroot", bento_tag, "-t", name)
     size = run("buildah", "images", "--format", "{{.Size}}", f"localhost/{name}").strip()
-    print(f"\nimage localhost/{name}: {size}, built in {time.monotonic() - start:.0f}s")
+    FIGURES.append(f"container image localhost/{name}: {size}, Bento to image in {time.monotonic() - start:.0f}s")
     yield f"localhost/{name}", size
     subprocess.run(["buildah", "rmi", "-f", f"localhost/{name}"], capture_output=True)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import FIGURES
 from tests.server import REPO, serve
 from tests.test_training import store_state
 
@@ -97,7 +98,7 @@ def test_killed_worker_is_restarted_and_loses_at_most_the_requests_in_flight(mov
             time.sleep(2)
         after = worker_pids(live.process.pid)
         lost = sum(n for outcome, n in load.outcomes.items() if outcome != "200")
-        print(f"\nworker killed under load: {dict(load.outcomes)}")
+        FIGURES.append(f"worker SIGKILLed under load: {dict(load.outcomes)}")
         assert len(after) == 2 and before[0] not in after  # the supervisor started a new one
         assert load.outcomes["200"] > 100
         assert lost <= CONNECTIONS  # only what that worker had in flight
@@ -114,7 +115,7 @@ def test_sigterm_under_load_finishes_in_flight_requests(movielens_run):
         time.sleep(0.5)
     before = Counter(outcome for start, outcome in load.log if start < signalled)
     after = Counter(outcome for start, outcome in load.log if start >= signalled)
-    print(f"\nSIGTERM under load: sent before {dict(before)}, sent after {dict(after)}, exit code {code}")
+    FIGURES.append(f"SIGTERM under load: sent before {dict(before)}, sent after {dict(after)}, exit code {code}")
     assert code == 0
     # Every request sent before the signal was answered. Requests sent after it
     # are refused or cut: a load balancer must stop sending first, which is what

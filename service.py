@@ -11,7 +11,7 @@ import bentoml
 
 from serving.guards import RequestGuard
 from serving.responses import answer, ranked
-from serving.runtime import Runtime, paired_candidates_tag, preflight
+from serving.runtime import Runtime, in_bentoml_worker, paired_candidates_tag, preflight
 from serving.schemas import (
     BatchRequest,
     BatchResponse,
@@ -29,7 +29,9 @@ API_ROUTES = ("/recommend", "/recommend_batch", "/similar_items", "/model_info")
 CANDIDATES_TAG = paired_candidates_tag(settings.ranker_tag, settings.candidates_tag)
 # Checked here, in the process that `bentoml serve` starts first: a failure in a
 # worker's __init__ only restarts the worker, while this makes the server exit.
-preflight(settings.ranker_tag, CANDIDATES_TAG, settings.feature_store)
+# Workers skip it: the server already checked, and __init__ loads the same again.
+if not in_bentoml_worker():
+    preflight(settings.ranker_tag, CANDIDATES_TAG, settings.feature_store)
 
 
 TLS = {"enabled": True, "certfile": settings.ssl_certfile, "keyfile": settings.ssl_keyfile}
@@ -53,9 +55,6 @@ class Recommender:
         self.runtime = Runtime(self.candidates_model, self.ranker_model, settings.feature_store, settings.n_candidates)
         self.tags = ModelTags(**self.runtime.tags)
         self.runtime.start_refresh(settings.refresh_seconds)
-
-    def __is_ready__(self) -> bool:
-        return self.runtime.pipeline is not None
 
     @bentoml.on_shutdown
     def stop(self) -> None:

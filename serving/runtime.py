@@ -6,6 +6,7 @@ Everything here runs at start-up or in the refresh thread, never per request.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from pathlib import Path
 
@@ -39,6 +40,11 @@ def stored_ranker(tag: str) -> bentoml.Model:
 def paired_candidates_tag(ranker_tag: str, override: str | None = None) -> str:
     """The candidates model to load: the configured one, or the ranker's partner."""
     return override or stored_ranker(ranker_tag).info.metadata["candidates_tag"]
+
+
+def in_bentoml_worker() -> bool:
+    """True in a worker process `bentoml serve` spawned (`python -m _bentoml_impl.worker.service`)."""
+    return Path(sys.argv[0]).match("_bentoml_impl/worker/*.py")
 
 
 def preflight(ranker_tag: str, candidates_tag: str, feature_store: str | None) -> None:

@@ -8,15 +8,16 @@ Loading, compatibility checks and feature refresh live in
 from __future__ import annotations
 
 import bentoml
+from threadpoolctl import threadpool_limits
 
+from serving import startup
 from serving.guards import RequestGuard
 from serving.responses import answer, ranked
-from serving.runtime import Runtime, in_bentoml_worker, paired_candidates_tag, preflight
+from serving.runtime import Runtime, paired_candidates_tag
 from serving.schemas import (
     BatchRequest,
     BatchResponse,
     ModelInfo,
-    ModelTags,
     RecommendRequest,
     RecommendResponse,
     SimilarItemsRequest,
@@ -26,12 +27,13 @@ from serving.settings import get_settings
 
 settings = get_settings()
 API_ROUTES = ("/recommend", "/recommend_batch", "/similar_items", "/model_info")
+# Resolved at import: BentoML packs only models declared at class scope
+# (BentoML #4702, #5319), so the pair must be known before the class exists.
 CANDIDATES_TAG = paired_candidates_tag(settings.ranker_tag, settings.candidates_tag)
-# Checked here, in the process that `bentoml serve` starts first: a failure in a
-# worker's __init__ only restarts the worker, while this makes the server exit.
-# Workers skip it: the server already checked, and __init__ loads the same again.
-if not in_bentoml_worker():
-    preflight(settings.ranker_tag, CANDIDATES_TAG, settings.feature_store)
+if not startup.in_worker():
+    # The server process refuses to start on a mismatched pair (see serving/startup.py);
+    # workers skip it, since __init__ loads the same again.
+    startup.check(settings)
 
 
 TLS = {"enabled": True, "certfile": settings.ssl_certfile, "keyfile": settings.ssl_keyfile}
@@ -52,8 +54,12 @@ class Recommender:
     candidates_model = bentoml.models.BentoModel(CANDIDATES_TAG)
 
     def __init__(self) -> None:
-        self.runtime = Runtime(self.candidates_model, self.ranker_model, settings.feature_store, settings.n_candidates)
-        self.tags = ModelTags(**self.runtime.tags)
+        # One BLAS/OpenMP thread per worker: requests are small, workers give the parallelism.
+        threadpool_limits(1)
+        self.runtime = Runtime.from_store(
+            str(self.ranker_model.tag), str(self.candidates_model.tag), settings.feature_store, settings.n_candidates
+        )
+        self.tags = self.runtime.tags
         self.runtime.start_refresh(settings.refresh_seconds)
 
     @bentoml.on_shutdown
@@ -93,22 +99,7 @@ class Recommender:
     @bentoml.api(route="/model_info")
     async def model_info(self) -> ModelInfo:
         """Tags, training time, data fingerprint, offline metrics, feature version."""
-        runtime = self.runtime
-        meta = runtime.ranker_meta
-        return ModelInfo(
-            model=self.tags,
-            trained_at=meta["trained_at"],
-            data_fingerprint=meta["data_fingerprint"],
-            dataset=meta["dataset"],
-            n_users=len(runtime.candidates.user_ids),
-            n_items=runtime.candidates.n_items,
-            n_candidates=runtime.pipeline.n_candidates,
-            feature_version=runtime.view.version,
-            feature_source=runtime.feature_source,
-            feature_refresh_error=runtime.refresh_error,
-            features=runtime.names.all,
-            evaluation=meta.get("evaluation", {}),
-        )
+        return self.runtime.info()
 
 
 Recommender.add_asgi_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key)

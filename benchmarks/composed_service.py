@@ -18,9 +18,10 @@ import numpy as np
 
 from serving.responses import to_queries, to_responses
 from serving.runtime import Runtime, paired_candidates_tag
-from serving.schemas import ModelTags, RecommendRequest, RecommendResponse
+from serving.schemas import RecommendRequest, RecommendResponse
 from serving.settings import get_settings
 from stages.candidates import CandidateModel
+from stages.card import CandidatesCard
 from stages.pipeline import Query
 
 settings = get_settings()
@@ -35,7 +36,8 @@ class CandidateStage:
     candidates_model = bentoml.models.BentoModel(CANDIDATES_TAG)
 
     def __init__(self) -> None:
-        self.model = CandidateModel.load(Path(self.candidates_model.path))
+        card = CandidatesCard.from_metadata(self.candidates_model.info.metadata)
+        self.model = CandidateModel.load(Path(self.candidates_model.path), card.params)
 
     @bentoml.api
     async def candidates(
@@ -44,7 +46,7 @@ class CandidateStage:
         users = np.array([self.model.user_index[u] for u in user_ids], dtype=np.int64)
         index = self.model.item_index
         exclude = [np.array([index[i] for i in ids if i in index], dtype=np.int64) for ids in exclude_items]
-        batch = self.model.candidates(users, n, exclude_seen, exclude)
+        batch = self.model.top_n(users, n, exclude_seen, exclude)
         return {"items": [i.tolist() for i in batch.items], "scores": [s.tolist() for s in batch.scores]}
 
 
@@ -57,8 +59,10 @@ class ComposedRecommender:
     candidates_model = bentoml.models.BentoModel(CANDIDATES_TAG)
 
     def __init__(self) -> None:
-        self.runtime = Runtime(self.candidates_model, self.ranker_model, settings.feature_store)
-        self.tags = ModelTags(**self.runtime.tags)
+        self.runtime = Runtime.from_store(
+            str(self.ranker_model.tag), str(self.candidates_model.tag), settings.feature_store
+        )
+        self.tags = self.runtime.tags
 
     @bentoml.api
     async def recommend(self, request: RecommendRequest, /) -> RecommendResponse:

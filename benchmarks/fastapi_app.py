@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from serving.batch import load_runtime
 from serving.responses import answer
+from serving.runtime import Runtime
 from serving.schemas import ModelTags, RecommendRequest, RecommendResponse
+from serving.settings import get_settings
 
-runtime = load_runtime()
+runtime = Runtime.from_settings(get_settings())
 tags = ModelTags(**runtime.tags)
 app = FastAPI(title="recsys (FastAPI reference)")
 

@@ -22,7 +22,7 @@ from features.schema import Dataset
 from stages.candidates import ALSParams
 from stages.pipeline import Query, TwoStageRecommender
 from train.evaluate import K, ranking_metrics, relevant_items, temporal_split
-from train.ranker import RankerParams, build_stage, fit_ranker
+from train.ranker_training import RankerParams, build_stage, fit_ranker
 
 LOSSES = ("Logloss", "YetiRank", "YetiRank:permutations=1", "PairLogit")
 

@@ -32,7 +32,8 @@ import httpx
 import numpy as np
 
 from benchmarks.loadgen import fixed_concurrency, fixed_rate, markdown, process_tree_rss_mb, recommend_bodies
-from serving.batch import load_runtime
+from serving.runtime import Runtime
+from serving.settings import get_settings
 from stages.pipeline import Query
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,7 +80,7 @@ def server(command: list[str], port: int, env: dict[str, str] | None = None, log
 
 def in_process_limit(n: int = 2000) -> dict:
     """CPU time per single-user request with no HTTP at all."""
-    runtime = load_runtime()
+    runtime = Runtime.from_settings(get_settings())
     users = [str(u) for u in runtime.candidates.user_ids]
     bodies = recommend_bodies(users, n, seed=1)
     queries = [Query(b["user_id"], b["k"]) for b in bodies]
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     limit = in_process_limit()
     print(markdown([limit]), flush=True)
-    runtime = load_runtime()
+    runtime = Runtime.from_settings(get_settings())
     bodies = recommend_bodies([str(u) for u in runtime.candidates.user_ids], 5000, seed=2)
     del runtime
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from benchmarks.loadgen import fixed_concurrency, fixed_rate, markdown, process_tree_rss_mb, recommend_bodies
 from benchmarks.serving import BIN, free_port, server
-from serving.batch import load_runtime
+from serving.runtime import Runtime
+from serving.settings import get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
-    runtime = load_runtime()
+    runtime = Runtime.from_settings(get_settings())
     bodies = recommend_bodies([str(u) for u in runtime.candidates.user_ids], 20_000, seed=3)
     del runtime
 

@@ -45,7 +45,6 @@ def run_size(name: str, out: Path) -> dict:
 
 
 def child(name: str, tmp: Path) -> None:
-    import bentoml
     import numpy as np
 
     from features.synthetic import SyntheticConfig, generate, write
@@ -69,7 +68,7 @@ def child(name: str, tmp: Path) -> None:
         report_dir=tmp / "reports",
     )
     run = train(config)
-    runtime = Runtime(bentoml.models.get(run.candidates_tag), bentoml.models.get(run.ranker_tag))
+    runtime = Runtime.from_store(run.ranker_tag)
     users = [str(u) for u in runtime.candidates.user_ids[:: max(1, len(runtime.candidates.user_ids) // 2000)]]
     for user in users[:50]:
         runtime.pipeline.recommend([Query(user, 10)])

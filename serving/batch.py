@@ -10,30 +10,20 @@ pipeline, so its answers are the service's answers::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from features.schema import Columns
-from serving.runtime import IncompatibleModels, Runtime, paired_candidates_tag
+from serving.runtime import IncompatibleModels, Runtime
 from serving.settings import get_settings
 from stages.pipeline import Query
 
 CHUNK = 512
-
-
-def load_runtime() -> Runtime:
-    """The service's runtime, built from the same settings."""
-    import bentoml
-
-    settings = get_settings()
-    ranker = bentoml.models.get(settings.ranker_tag)
-    candidates = bentoml.models.get(paired_candidates_tag(settings.ranker_tag, settings.candidates_tag))
-    return Runtime(candidates, ranker, settings.feature_store, settings.n_candidates)
 
 
 def recommend_all(runtime: Runtime, users: list[str], k: int, exclude_seen: bool = True) -> pa.Table:
@@ -68,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--users", type=Path, help="text file with one user id per line (default: every known user)")
     cli.add_argument("--include-seen", action="store_true", help="do not filter items the user already has")
     args = cli.parse_args(argv)
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    threadpool_limits(1)  # one thread per process, as in the service
     try:
-        runtime = load_runtime()
+        runtime = Runtime.from_settings(get_settings())
     except IncompatibleModels as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -6,17 +6,18 @@ Everything here runs at start-up or in the refresh thread, never per request.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from pathlib import Path
 
 import bentoml
 from bentoml.exceptions import NotFound
-from threadpoolctl import threadpool_limits
 
 from features.store import MODEL_SNAPSHOT_DIR, SnapshotError, current_version, read_snapshot
+from serving.schemas import ModelInfo, ModelTags
+from serving.settings import ServiceSettings
 from stages.candidates import CandidateModel
-from stages.feature_view import FeatureNames, FeatureView
+from stages.card import RANKER_MODEL, CandidatesCard, CardError, RankerCard
+from stages.feature_view import FeatureView
 from stages.pipeline import TwoStageRecommender
 from stages.ranker import Ranker
 
@@ -27,37 +28,35 @@ class IncompatibleModels(RuntimeError):
     """The loaded models or features do not belong together: refuse to serve."""
 
 
-def stored_ranker(tag: str) -> bentoml.Model:
-    """The ranker in the store, or an error that says how to get one."""
+def stored_model(tag: str, role: str) -> bentoml.Model:
+    """A model from the store, or an error that says how to get one."""
     try:
         return bentoml.models.get(tag)
     except NotFound as exc:
         raise IncompatibleModels(
-            f"model {tag!r} is not in the BentoML store; train first with `python -m train`"
+            f"{role} model {tag!r} is not in the BentoML store; train first with `python -m train`"
         ) from exc
+
+
+def ranker_card(model: bentoml.Model) -> RankerCard:
+    """The ranker's model card, or :class:`IncompatibleModels` saying why it cannot be read."""
+    try:
+        return RankerCard.from_metadata(model.info.metadata, str(model.tag))
+    except CardError as exc:
+        raise IncompatibleModels(str(exc)) from exc
 
 
 def paired_candidates_tag(ranker_tag: str, override: str | None = None) -> str:
     """The candidates model to load: the configured one, or the ranker's partner."""
-    return override or stored_ranker(ranker_tag).info.metadata["candidates_tag"]
-
-
-def in_bentoml_worker() -> bool:
-    """True in a worker process `bentoml serve` spawned (`python -m _bentoml_impl.worker.service`)."""
-    return Path(sys.argv[0]).match("_bentoml_impl/worker/*.py")
-
-
-def preflight(ranker_tag: str, candidates_tag: str, feature_store: str | None) -> None:
-    """Load everything once and throw it away: raises :class:`IncompatibleModels` if it does not fit."""
-    try:
-        candidates = bentoml.models.get(candidates_tag)
-    except NotFound as exc:
-        raise IncompatibleModels(f"candidates model {candidates_tag!r} is not in the BentoML store") from exc
-    Runtime(candidates, stored_ranker(ranker_tag), feature_store)
+    return override or ranker_card(stored_model(ranker_tag, "ranker")).candidates_tag
 
 
 class Runtime:
-    """Both models, the live feature view and the pipeline over them."""
+    """Both models, the live feature view and the pipeline over them.
+
+    Build it with :meth:`from_store`; the constructor takes models already
+    resolved (the service's class-scope models).
+    """
 
     def __init__(
         self,
@@ -66,33 +65,69 @@ class Runtime:
         feature_store: str | None = None,
         n_candidates: int | None = None,
     ) -> None:
-        # One BLAS/OpenMP thread per worker: requests are small, workers give the parallelism.
-        threadpool_limits(1)
-        meta = ranker_model.info.metadata
-        self.tags = {"candidates": str(candidates_model.tag), "ranker": str(ranker_model.tag)}
-        if meta.get("candidates_tag") != self.tags["candidates"]:
+        self.card = ranker_card(ranker_model)
+        self.tags = ModelTags(candidates=str(candidates_model.tag), ranker=str(ranker_model.tag))
+        if self.card.candidates_tag != self.tags.candidates:
             raise IncompatibleModels(
-                f"ranker {self.tags['ranker']} was trained against candidates model "
-                f"{meta.get('candidates_tag')}, but {self.tags['candidates']} is loaded; "
+                f"ranker {self.tags.ranker} was trained against candidates model "
+                f"{self.card.candidates_tag}, but {self.tags.candidates} is loaded; "
                 "unset RECSYS_CANDIDATES_TAG or retrain"
             )
-        self.ranker_meta = meta
-        self.candidates_meta = candidates_model.info.metadata
-        self.candidates = CandidateModel.load(Path(candidates_model.path), self.candidates_meta.get("params"))
-        self.names = FeatureNames(tuple(meta["features_numeric"]), tuple(meta["features_categorical"]))
+        try:
+            candidates_card = CandidatesCard.from_metadata(candidates_model.info.metadata, self.tags.candidates)
+        except CardError as exc:
+            raise IncompatibleModels(str(exc)) from exc
+        self.candidates = CandidateModel.load(Path(candidates_model.path), candidates_card.params)
+        self.names = self.card.features
         self.ranker = Ranker(bentoml.catboost.load_model(ranker_model), self.names)
         self.feature_source = feature_store or str(Path(candidates_model.path) / MODEL_SNAPSHOT_DIR)
         try:
             view = self.load_view()
         except SnapshotError as exc:
             raise IncompatibleModels(f"feature store {self.feature_source}: {exc}") from exc
-        self.pipeline = TwoStageRecommender(
-            self.candidates, self.ranker, view, n_candidates or int(meta.get("n_candidates", 100))
-        )
+        self.pipeline = TwoStageRecommender(self.candidates, self.ranker, view, n_candidates or self.card.n_candidates)
         self.refresh_error: str | None = None
         self._failed_version: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_store(
+        cls,
+        ranker_tag: str = f"{RANKER_MODEL}:latest",
+        candidates_tag: str | None = None,
+        feature_store: str | None = None,
+        n_candidates: int | None = None,
+    ) -> Runtime:
+        """The runtime for a ranker in the model store and (by default) the candidates model it names."""
+        ranker = stored_model(ranker_tag, "ranker")
+        candidates = stored_model(candidates_tag or ranker_card(ranker).candidates_tag, "candidates")
+        return cls(candidates, ranker, feature_store, n_candidates)
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> Runtime:
+        """The runtime the service's settings describe (the batch CLI, benchmarks, the start-up check)."""
+        return cls.from_store(
+            settings.ranker_tag, settings.candidates_tag, settings.feature_store, settings.n_candidates
+        )
+
+    def info(self) -> ModelInfo:
+        """What is being served and how it scored offline (``/model_info``)."""
+        card = self.card
+        return ModelInfo(
+            model=self.tags,
+            trained_at=card.trained_at,
+            data_fingerprint=card.data_fingerprint,
+            dataset=card.dataset,
+            n_users=len(self.candidates.user_ids),
+            n_items=self.candidates.n_items,
+            n_candidates=self.pipeline.n_candidates,
+            feature_version=self.view.version,
+            feature_source=self.feature_source,
+            feature_refresh_error=self.refresh_error,
+            features=self.names.all,
+            evaluation=card.evaluation,
+        )
 
     @property
     def view(self) -> FeatureView:

@@ -8,7 +8,7 @@ cold-start ranking.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +112,7 @@ class CandidateModel:
         np.save(directory / "popular.npy", self.popular, allow_pickle=False)
 
     @classmethod
-    def load(cls, directory: Path, params: dict | None = None) -> CandidateModel:
+    def load(cls, directory: Path, params: ALSParams) -> CandidateModel:
         """Read what :meth:`save` wrote, without pickle."""
         with threadpool_limits(1, "blas"):
             als = AlternatingLeastSquares.load(str(directory / "als.npz"))
@@ -120,18 +120,13 @@ class CandidateModel:
             users, items = ids["users"].astype(object), ids["items"].astype(object)
         seen = sp.load_npz(directory / "seen.npz").tocsr()
         popular = np.load(directory / "popular.npy", allow_pickle=False)
-        return cls(als, users, items, seen, popular, ALSParams(**(params or {})))
+        return cls(als, users, items, seen, popular, params)
 
-    def metadata(self) -> dict:
-        """Hyperparameters and counts, for the model store."""
-        return {
-            "params": asdict(self.params),
-            "n_users": len(self.user_ids),
-            "n_items": len(self.item_ids),
-            "n_interactions": int(self.seen.nnz),
-        }
+    def counts(self) -> dict[str, int]:
+        """Users, items and interactions it was fitted on (for the model card)."""
+        return {"n_users": len(self.user_ids), "n_items": len(self.item_ids), "n_interactions": int(self.seen.nnz)}
 
-    def candidates(
+    def top_n(
         self,
         users: np.ndarray,
         n: int,
@@ -146,12 +141,12 @@ class CandidateModel:
         batch = CandidateBatch([], [])
         for start in range(0, len(users), SCORE_CHUNK):
             chunk = slice(start, start + SCORE_CHUNK)
-            part = self._candidates(users[chunk], n, exclude_seen, exclude[chunk] if exclude else None)
+            part = self._top_n(users[chunk], n, exclude_seen, exclude[chunk] if exclude else None)
             batch.items += part.items
             batch.scores += part.scores
         return batch
 
-    def _candidates(
+    def _top_n(
         self, users: np.ndarray, n: int, exclude_seen: bool, exclude: list[np.ndarray] | None
     ) -> CandidateBatch:
         # A plain dot product rather than implicit's recommend(): it takes a

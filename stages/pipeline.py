@@ -103,7 +103,7 @@ class TwoStageRecommender:
         batches = {}
         for flag in set(exclude_seen):
             rows = [i for i, f in enumerate(exclude_seen) if f == flag]
-            batch = self.candidates.candidates(
+            batch = self.candidates.top_n(
                 users[rows], self.n_candidates, flag, [self._excluded(queries[i]) for i in rows]
             )
             for slot, row in enumerate(rows):

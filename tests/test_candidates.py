@@ -21,7 +21,7 @@ def checkerboard(n_users: int = 40, n_items: int = 20) -> pd.DataFrame:
 def test_candidates_stay_in_the_users_block():
     model = CandidateModel.fit(checkerboard(), ALSParams(factors=4, iterations=10, seed=1))
     users = np.array([model.user_index["u0"], model.user_index["u3"]])
-    batch = model.candidates(users, n=1)
+    batch = model.top_n(users, n=1)
     assert model.item_ids[batch.items[0]].tolist() == ["i0"]  # the one even item u0 has not seen
     assert model.item_ids[batch.items[1]].tolist() == ["i3"]
 
@@ -29,9 +29,9 @@ def test_candidates_stay_in_the_users_block():
 def test_exclusions_and_seen_filter():
     model = CandidateModel.fit(checkerboard(), ALSParams(factors=4, iterations=10, seed=1))
     user = np.array([model.user_index["u0"]])
-    unfiltered = model.candidates(user, n=20, exclude_seen=False)
+    unfiltered = model.top_n(user, n=20, exclude_seen=False)
     assert len(unfiltered.items[0]) == 20
-    filtered = model.candidates(user, n=20, exclude=[np.array([model.item_index["i0"]])])
+    filtered = model.top_n(user, n=20, exclude=[np.array([model.item_index["i0"]])])
     # 9 seen even items and i0 excluded leave the 10 odd items
     assert sorted(model.item_ids[filtered.items[0]]) == sorted(f"i{i}" for i in range(1, 20, 2))
 
@@ -39,7 +39,7 @@ def test_exclusions_and_seen_filter():
 def test_save_load_round_trip(tmp_path):
     model = CandidateModel.fit(checkerboard(), ALSParams(factors=4, iterations=5, seed=3))
     model.save(tmp_path)
-    loaded = CandidateModel.load(tmp_path)
+    loaded = CandidateModel.load(tmp_path, model.params)
     np.testing.assert_array_equal(loaded.als.item_factors, model.als.item_factors)
     np.testing.assert_array_equal(loaded.user_ids, model.user_ids)
     np.testing.assert_array_equal(loaded.popular, model.popular)

@@ -14,7 +14,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import bentoml
 import httpx
 import pytest
 
@@ -123,9 +122,7 @@ def container(image):
 
 def test_image_serves_real_recommendations(container, image, movielens_run):
     run_result, _ = movielens_run
-    offline = Runtime(
-        bentoml.models.get(run_result.candidates_tag), bentoml.models.get(run_result.ranker_tag)
-    ).pipeline.recommend([Query("196", k=10)])[0]
+    offline = Runtime.from_store(run_result.ranker_tag).pipeline.recommend([Query("196", k=10)])[0]
     with httpx.Client(base_url=container, timeout=30) as http:
         body = http.post("/recommend", json={"user_id": "196", "k": 10}).json()
         assert body["status"] == "success" and body["strategy"] == "two_stage"

@@ -29,7 +29,7 @@ KNOWN_USER = "196"
 
 
 def runtime_of(run, feature_store: str | None = None) -> Runtime:
-    return Runtime(bentoml.models.get(run.candidates_tag), bentoml.models.get(run.ranker_tag), feature_store)
+    return Runtime.from_store(run.ranker_tag, feature_store=feature_store)
 
 
 @pytest.fixture(scope="session", params=["repo", "bento"])

@@ -17,7 +17,7 @@ from train.run import train
 
 
 def runtime_for(result) -> Runtime:
-    return Runtime(bentoml.models.get(result.candidates_tag), bentoml.models.get(result.ranker_tag))
+    return Runtime.from_store(result.ranker_tag)
 
 
 def store_state(home: Path, feature_store: Path) -> list[str]:

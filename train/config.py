@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from stages.candidates import ALSParams
-from train.ranker import LOSSES, RankerParams
+from train.ranker_training import LOSSES, RankerParams
 
 
 class TrainConfig(BaseModel):

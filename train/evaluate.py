@@ -93,7 +93,7 @@ def popularity_lists(
 def candidate_recall(model: CandidateModel, relevant: dict[int, set[str]], n: int) -> float:
     """Share of held-out items inside ALS top-``n``: the ranker's ceiling."""
     users = np.fromiter(relevant, dtype=np.int64)
-    batch = model.candidates(users, n)
+    batch = model.top_n(users, n)
     recalls = []
     for user, items in zip(users, batch.items, strict=True):
         found = set(model.item_ids[items]) & relevant[user]

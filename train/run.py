@@ -17,6 +17,7 @@ from features.compute import FeatureTables, compute_features
 from features.schema import Dataset, load_dataset
 from features.store import MODEL_SNAPSHOT_DIR, fingerprint, write_snapshot
 from stages.candidates import CandidateModel
+from stages.card import CANDIDATES_MODEL, RANKER_MODEL, CandidatesCard, RankerCard
 from stages.feature_view import FeatureView
 from stages.pipeline import Query, TwoStageRecommender
 from stages.ranker import Ranker
@@ -31,10 +32,7 @@ from train.evaluate import (
     temporal_split,
     write_report,
 )
-from train.ranker import build_stage, fit_ranker, fit_ranker_on_stage, sample_users
-
-CANDIDATES_MODEL = "recsys-candidates"
-RANKER_MODEL = "recsys-ranker"
+from train.ranker_training import build_stage, fit_ranker, fit_ranker_on_stage, sample_users
 
 
 @dataclass
@@ -182,31 +180,25 @@ def save(
 
     created_at = datetime.now(UTC).isoformat()
     common = {"data_fingerprint": data_fingerprint, "dataset": config.dataset_name, "trained_at": created_at}
-    with bentoml.models.create(
-        CANDIDATES_MODEL,
-        metadata={**common, **final.metadata()},
-        labels={"stage": "candidates"},
-    ) as model:
+    card = CandidatesCard(**common, **final.counts(), params=final.params)
+    with bentoml.models.create(CANDIDATES_MODEL, metadata=card.to_metadata(), labels={"stage": "candidates"}) as model:
         final.save(Path(model.path))
         version = write_snapshot(
             tables, str(Path(model.path) / MODEL_SNAPSHOT_DIR), data_fingerprint, created_at=created_at
         )
     result.candidates_tag = str(model.tag)
     try:
+        ranker_card = RankerCard(
+            **common,
+            candidates_tag=result.candidates_tag,
+            feature_version=version,
+            features=ranker.names,
+            n_candidates=config.n_candidates,
+            evaluation={k: v for k, v in results.items() if "ranker_training" not in k},
+            timings=result.timings,
+        )
         saved = bentoml.catboost.save_model(
-            RANKER_MODEL,
-            ranker.model,
-            labels={"stage": "ranker"},
-            metadata={
-                **common,
-                "candidates_tag": result.candidates_tag,
-                "feature_version": version,
-                "features_numeric": list(ranker.names.numeric),
-                "features_categorical": list(ranker.names.categorical),
-                "n_candidates": config.n_candidates,
-                "evaluation": {k: v for k, v in results.items() if "ranker_training" not in k},
-                "timings": result.timings,
-            },
+            RANKER_MODEL, ranker.model, labels={"stage": "ranker"}, metadata=ranker_card.to_metadata()
         )
     except BaseException:
         bentoml.models.delete(result.candidates_tag)

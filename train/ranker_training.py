@@ -126,7 +126,7 @@ def training_pool(
     }
     users = np.array(sorted(u for u, items in labels.items() if items), dtype=np.int64)
     users = sample_users(users, params.max_users, params.seed)
-    batch = candidates.candidates(users, params.n_candidates)
+    batch = candidates.top_n(users, params.n_candidates)
     hits = [np.isin(candidates.item_ids[c], list(labels[u])) for u, c in zip(users, batch.items, strict=True)]
     # A ranking pool needs each group (user) in one contiguous block, which
     # iterating users in order gives; groups without a positive teach nothing.

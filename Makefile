@@ -20,9 +20,12 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 train: install
 	$(BIN)/python -m train --feature-store $(FEATURE_STORE)
 
+SERVE_ENV := RECSYS_FEATURE_STORE=$(abspath $(FEATURE_STORE)) RECSYS_WORKERS=$(WORKERS)
+
+# The start-up check first: a mismatched model pair or feature store stops here with one clear message.
 serve: train
-	RECSYS_FEATURE_STORE=$(abspath $(FEATURE_STORE)) RECSYS_WORKERS=$(WORKERS) \
-		$(BIN)/bentoml serve service:Recommender --port $(PORT)
+	$(SERVE_ENV) $(BIN)/python -m serving.startup
+	$(SERVE_ENV) $(BIN)/bentoml serve service:Recommender --port $(PORT)
 
 test: install
 	$(BIN)/ruff check .

@@ -11,10 +11,7 @@ import bentoml
 from threadpoolctl import threadpool_limits
 
 from serving import startup
-from serving.guards import RequestGuard
-from serving.responses import answer, ranked
-from serving.runtime import Runtime, paired_candidates_tag
-from serving.schemas import (
+from serving.api_models import (
     BatchRequest,
     BatchResponse,
     ModelInfo,
@@ -23,6 +20,9 @@ from serving.schemas import (
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
+from serving.guards import RequestGuard
+from serving.responses import answer, ranked
+from serving.runtime import Runtime, paired_candidates_tag
 from serving.settings import get_settings
 
 settings = get_settings()

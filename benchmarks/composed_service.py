@@ -16,9 +16,9 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
+from serving.api_models import RecommendRequest, RecommendResponse
 from serving.responses import to_queries, to_responses
 from serving.runtime import Runtime, paired_candidates_tag
-from serving.schemas import RecommendRequest, RecommendResponse
 from serving.settings import get_settings
 from stages.candidates import CandidateModel
 from stages.card import CandidatesCard

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from serving.api_models import ModelTags, RecommendRequest, RecommendResponse
 from serving.responses import answer
 from serving.runtime import Runtime
-from serving.schemas import ModelTags, RecommendRequest, RecommendResponse
 from serving.settings import get_settings
 
 runtime = Runtime.from_settings(get_settings())

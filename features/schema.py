@@ -59,10 +59,10 @@ class Dataset:
     @property
     def list_columns(self) -> list[str]:
         """Multi-valued item attributes (e.g. genres)."""
-        return _list_columns(self.items)
+        return list_columns(self.items)
 
 
-def _list_columns(table: pd.DataFrame | None) -> list[str]:
+def list_columns(table: pd.DataFrame | None) -> list[str]:
     if table is None:
         return []
     return [c for c in table.columns if table[c].dtype == object and _is_tuple_column(table[c])]
@@ -132,11 +132,16 @@ def _ids(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
     missing = raw.isna()
     if missing.any():
         raise DataError(path, "empty id", column=column, row=data_row(np.argmax(missing.values)))
-    return raw.map(_id_text).astype(object)
+    return raw.map(id_text).astype(object)
 
 
-def _id_text(value: object) -> str:
-    # Parquet may store ids as integers; responses show them as the data spells them.
+def id_text(value: object) -> str:
+    """The one rule for turning an id into the text it is matched by, in the data and in the API.
+
+    Integers (and integral floats, as parquet or pandas may store integer ids)
+    lose any decimal part, surrounding whitespace is dropped, anything else is
+    kept as written: ``160.0`` and ``160`` are ``"160"``, ``"007"`` stays ``"007"``.
+    """
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from serving.api_models import ModelTags, RecommendedItem, RecommendRequest, RecommendResponse
 from serving.metrics import COLD_STARTS, FILTERED_ITEMS
-from serving.schemas import ModelTags, RecommendedItem, RecommendRequest, RecommendResponse
 from stages.pipeline import POPULAR, Query, Recommendation, TwoStageRecommender
 
 

@@ -13,7 +13,7 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from features.store import MODEL_SNAPSHOT_DIR, SnapshotError, current_version, read_snapshot
-from serving.schemas import ModelInfo, ModelTags
+from serving.api_models import ModelInfo, ModelTags
 from serving.settings import ServiceSettings
 from stages.candidates import CandidateModel
 from stages.card import RANKER_MODEL, CandidatesCard, CardError, RankerCard

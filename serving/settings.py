@@ -24,9 +24,6 @@ class ServiceSettings(BaseSettings):
     n_candidates: int | None = Field(
         None, ge=1, le=2000, description="ALS candidates per request (default: as trained)"
     )
-    default_k: int = Field(10, ge=1, le=100)
-    max_k: int = Field(100, ge=1, le=1000)
-    max_batch: int = Field(64, ge=1, le=10_000, description="most requests in one /recommend_batch call")
     refresh_seconds: float = Field(30.0, ge=0, description="feature store poll interval; 0 turns refresh off")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
     api_key: str | None = Field(None, description="when set, every endpoint but the probes needs it")

@@ -1,4 +1,8 @@
-"""Request and response bodies of the HTTP API (pydantic, strict)."""
+"""Request and response bodies of the HTTP API (pydantic, strict).
+
+The API's limits are the constants below, not settings: the OpenAPI schema
+documents them, so changing one is a change of the API.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +10,32 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema
 
+from features.schema import id_text
+
 MAX_K = 100
 MAX_BATCH = 100
 MAX_EXCLUDED = 1000
 
 
-def _id_text(value: object) -> object:
-    """Ids arrive as JSON strings or integers and are matched as strings."""
+def _api_id(value: object) -> str:
+    """Ids arrive as JSON strings or integers; they become text by the data's rule (:func:`id_text`)."""
     if isinstance(value, bool):
         raise ValueError("an id must be a string or an integer, not a boolean")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        if not value:
-            raise ValueError("an id must not be empty")
-        return value  # matched exactly as written, like the ids in the data
-    raise ValueError("an id must be a string or an integer")
+    if not isinstance(value, str | int):
+        raise ValueError("an id must be a string or an integer")
+    text = id_text(value)
+    if not text:
+        raise ValueError("an id must not be empty")
+    return text
 
 
 # The documented schema says what the validator enforces, so clients and fuzzers agree with it.
 Id = Annotated[
     str,
-    BeforeValidator(_id_text),
-    WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]}),
+    BeforeValidator(_api_id),
+    WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1, "pattern": r"\S"}, {"type": "integer"}]}),
 ]
-K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
+TopK = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
 Attribute = str | int | float | None
 
 
@@ -48,7 +53,7 @@ class RecommendRequest(_Strict):
     )
 
     user_id: Id
-    k: K = 10
+    k: TopK = 10
     exclude_seen: StrictBool = True
     exclude_items: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDED)
     user_attributes: dict[str, Attribute] = Field(
@@ -100,7 +105,7 @@ class SimilarItemsRequest(_Strict):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"item_id": "50", "k": 5}})
 
     item_id: Id
-    k: K = 10
+    k: TopK = 10
 
 
 class SimilarItemsResponse(BaseModel):

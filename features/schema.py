@@ -56,13 +56,9 @@ class Dataset:
     items: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def list_columns(self) -> list[str]:
-        """Multi-valued item attributes (e.g. genres)."""
-        return list_columns(self.items)
-
 
 def list_columns(table: pd.DataFrame | None) -> list[str]:
+    """Multi-valued attribute columns (tuples, e.g. genres)."""
     if table is None:
         return []
     return [c for c in table.columns if table[c].dtype == object and _is_tuple_column(table[c])]

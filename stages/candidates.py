@@ -146,9 +146,7 @@ class CandidateModel:
             batch.scores += part.scores
         return batch
 
-    def _top_n(
-        self, users: np.ndarray, n: int, exclude_seen: bool, exclude: list[np.ndarray] | None
-    ) -> CandidateBatch:
+    def _top_n(self, users: np.ndarray, n: int, exclude_seen: bool, exclude: list[np.ndarray] | None) -> CandidateBatch:
         # A plain dot product rather than implicit's recommend(): it takes a
         # different exclusion list per user in one batched call.
         scores = self.als.user_factors[users] @ self.als.item_factors.T

@@ -1,0 +1,201 @@
+"""What every feature family shares: the contexts it computes and gathers in, and its columns.
+
+A family owns a few ranker features end to end: how they are computed from
+interactions as of a time (:meth:`FeatureFamily.compute`, at training and
+snapshot time) and how their values are gathered for (user, item) pairs
+(:meth:`FeatureFamily.columns`, once per snapshot; the request path only
+indexes the arrays they return).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+
+from features.schema import Columns, Dataset, list_columns
+
+DAY = 86_400.0
+UNKNOWN = "<unknown>"
+MAX_AFFINITY_VALUES = 64  # item attribute values kept for user-item affinities and one-hot columns
+
+
+@dataclass
+class FeatureTables:
+    """Everything the ranker reads, as plain tables (what the store persists).
+
+    ``items``/``users`` are indexed by id. ``affinity`` is long-format
+    ``(user_id, attribute, value, share)``: the share of the user's weight on
+    items with that attribute value. ``segments`` is long-format
+    ``(attribute, value, item_id, share)``: an item's share of the weight of
+    users in a segment (a categorical or bucketed numeric user attribute),
+    used as a feature and as the cold-start fallback.
+    """
+
+    items: pd.DataFrame
+    users: pd.DataFrame
+    affinity: pd.DataFrame
+    segments: pd.DataFrame
+    info: dict = field(default_factory=dict)
+
+
+def column_kinds(table: pd.DataFrame | None, skip: set[str]) -> dict[str, str]:
+    """``numeric``, ``categorical`` or ``list`` for each attribute column."""
+    if table is None:
+        return {}
+    lists = set(list_columns(table))
+    kinds = {}
+    for column in table.columns:
+        if column in skip:
+            continue
+        if column in lists:
+            kinds[column] = "list"
+        elif pd.api.types.is_numeric_dtype(table[column]):
+            kinds[column] = "numeric"
+        else:
+            kinds[column] = "categorical"
+    return kinds
+
+
+@dataclass
+class ComputeContext:
+    """The data as of ``as_of`` and the tables the families fill in, in order.
+
+    ``interactions`` holds only what happened before ``as_of``; every time
+    feature is measured from ``as_of``, so a snapshot for time T reads
+    nothing from T on.
+    """
+
+    dataset: Dataset
+    interactions: pd.DataFrame
+    as_of: int
+    recent_days: int
+    items: pd.DataFrame = field(default_factory=pd.DataFrame)
+    users: pd.DataFrame = field(default_factory=pd.DataFrame)
+    affinity: pd.DataFrame = field(default_factory=pd.DataFrame)
+    segments: pd.DataFrame = field(default_factory=pd.DataFrame)
+    info: dict = field(default_factory=dict)
+
+    @cached_property
+    def item_kinds(self) -> dict[str, str]:
+        return column_kinds(self.dataset.items, skip={Columns.title})
+
+    @cached_property
+    def user_kinds(self) -> dict[str, str]:
+        return column_kinds(self.dataset.users, skip=set())
+
+    def tables(self) -> FeatureTables:
+        return FeatureTables(self.items, self.users, self.affinity, self.segments, self.info)
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """The (user, candidate) pairs a ranker scores: parallel arrays, one entry per pair.
+
+    ``user_rows`` are snapshot rows (-1: unknown user), ``items`` candidate
+    model indices, ``als_scores``/``als_ranks`` from the candidate stage.
+    """
+
+    user_rows: np.ndarray
+    items: np.ndarray
+    als_scores: np.ndarray
+    als_ranks: np.ndarray
+
+
+@dataclass(frozen=True)
+class Column:
+    """One ranker feature and where its value comes from.
+
+    ``item`` columns are an array over the catalogue, ``user`` columns an
+    array over snapshot users plus the unknown-user row at -1; both are
+    gathered by indexing. ``pair`` columns are computed per pair.
+    """
+
+    name: str
+    scope: Literal["item", "user", "pair"]
+    values: np.ndarray | None = None
+    compute: Callable[[Pairs], np.ndarray] | None = None
+    categorical: bool = False
+
+
+class ViewContext:
+    """A snapshot's tables aligned with the candidate model's items, for families to build columns from."""
+
+    def __init__(self, tables: FeatureTables, item_ids: np.ndarray, item_vectors: np.ndarray | None) -> None:
+        self.tables = tables
+        self.info = tables.info
+        self.item_ids = np.asarray(item_ids, dtype=object)
+        self.items = tables.items.reindex(self.item_ids)
+        self.users = tables.users
+        self.user_row = {uid: i for i, uid in enumerate(self.users.index)}
+        self.n_users = len(self.users)
+        self.item_vectors = item_vectors
+        self.item_kinds: dict[str, str] = tables.info["item_attributes"]
+        self.user_kinds: dict[str, str] = tables.info["user_attributes"]
+        self._value_matrices: dict[str, tuple[list[str], np.ndarray]] = {}
+
+    @cached_property
+    def item_position(self) -> dict[str, int]:
+        return {iid: i for i, iid in enumerate(self.item_ids)}
+
+    def item_values(self, attribute: str) -> tuple[list[str], np.ndarray]:
+        """The values of a list or categorical item attribute and an items x values 0/1 matrix."""
+        if attribute not in self._value_matrices:
+            share = self.tables.affinity[self.tables.affinity["attribute"] == attribute]
+            values = sorted(share["value"].unique())
+            kind = self.item_kinds[attribute]
+            self._value_matrices[attribute] = (values, _item_value_matrix(self.items[attribute], kind, values))
+        return self._value_matrices[attribute]
+
+    def user_numbers(self, column: str) -> np.ndarray:
+        """A numeric users-table column as float32, with the unknown-user row (NaN) appended."""
+        return with_unknown(self.users[column].to_numpy(dtype=np.float32, na_value=np.nan), np.nan)
+
+    def item_numbers(self, column: str) -> np.ndarray:
+        return self.items[column].to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+class FeatureFamily:
+    """A few related features: computed together from interactions, gathered together per pair.
+
+    Subclasses set ``name`` and override :meth:`compute` (to add columns or
+    tables to the context; the default adds nothing) and :meth:`columns`.
+    """
+
+    name: ClassVar[str]
+
+    @staticmethod
+    def compute(data: ComputeContext) -> None:
+        """Add this family's columns or tables from ``data.interactions`` only (all before ``data.as_of``)."""
+
+    def __init__(self, view: ViewContext) -> None:
+        self.view = view
+
+    def columns(self) -> list[Column]:
+        raise NotImplementedError
+
+
+def categories(column: pd.Series) -> np.ndarray:
+    """A categorical column as strings, missing values as :data:`UNKNOWN`."""
+    return column.map(lambda v: UNKNOWN if v is None or v != v else str(v)).to_numpy(dtype=object)
+
+
+def with_unknown(values: np.ndarray, fill: object) -> np.ndarray:
+    """Append the row that index -1 reads for unknown users."""
+    return np.concatenate([values, np.array([fill], dtype=values.dtype)])
+
+
+def _item_value_matrix(column: pd.Series, kind: str, values: list[str]) -> np.ndarray:
+    index = {v: j for j, v in enumerate(values)}
+    matrix = np.zeros((len(column), len(values)), dtype=np.float32)
+    for i, cell in enumerate(column.to_numpy()):
+        cells = cell if kind == "list" and isinstance(cell, tuple) else (cell,)
+        for value in cells:
+            j = index.get(str(value)) if value is not None else None
+            if j is not None:
+                matrix[i, j] = 1.0
+    return matrix

@@ -1,0 +1,122 @@
+"""What users like this one take: item shares within user segments (age band, gender, occupation).
+
+The same tables answer cold start: a new user's attributes pick the segments
+whose favourite items they get.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.families.base import Column, ComputeContext, FeatureFamily, Pairs, with_unknown
+from features.schema import Columns
+
+NUMERIC_BUCKETS = 5
+MAX_SEGMENT_VALUES = 64  # user attributes with more values (zip codes) are not segments
+
+
+def bucket_edges(values: pd.Series) -> list[float]:
+    """Quantile edges that turn a numeric user attribute into a segment."""
+    clean = values.dropna().to_numpy(dtype=np.float64)
+    if clean.size == 0:
+        return []
+    edges = np.unique(np.quantile(clean, np.linspace(0, 1, NUMERIC_BUCKETS + 1)[1:-1]))
+    return [float(e) for e in edges]
+
+
+def bucket_label(value: float | None, edges: list[float]) -> str | None:
+    """The segment value of a numeric attribute: ``q0`` .. ``qN``."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return f"q{int(np.searchsorted(edges, value, side='right'))}"
+
+
+def user_segment_values(users: pd.DataFrame, kinds: dict[str, str], buckets: dict) -> dict[str, pd.Series]:
+    """Each segment attribute's value per user (numeric ones bucketed)."""
+    values = {}
+    for attribute, kind in kinds.items():
+        if kind == "numeric":
+            edges = buckets.get(attribute, [])
+            values[attribute] = users[attribute].map(lambda v, e=edges: bucket_label(v, e))
+        elif kind == "categorical":
+            column = users[attribute]
+            if column.nunique(dropna=True) <= MAX_SEGMENT_VALUES:
+                values[attribute] = column
+    return values
+
+
+class Segments(FeatureFamily):
+    """``seg_<attr>``: the candidate's share of the weight of users in the user's segment."""
+
+    name = "segments"
+
+    @staticmethod
+    def compute(data: ComputeContext) -> None:
+        inter, users = data.interactions, data.users
+        buckets = {c: bucket_edges(users[c]) for c, k in data.user_kinds.items() if k == "numeric"}
+        data.info["buckets"] = buckets
+        parts = []
+        for attribute, per_user in user_segment_values(users, data.user_kinds, buckets).items():
+            joined = inter[[Columns.user, Columns.item, Columns.weight]].assign(
+                value=per_user.reindex(inter[Columns.user]).to_numpy()
+            )
+            joined = joined.dropna(subset=["value"])
+            weight = joined.groupby(["value", Columns.item])[Columns.weight].sum()
+            total = joined.groupby("value")[Columns.weight].sum()
+            share = (weight / total.reindex(weight.index.get_level_values(0)).to_numpy()).rename("share")
+            frame = share.reset_index()
+            frame.insert(0, "attribute", attribute)
+            parts.append(frame)
+        if not parts:
+            data.segments = pd.DataFrame({"attribute": [], "value": [], Columns.item: [], "share": []})
+            return
+        out = pd.concat(parts, ignore_index=True)
+        out["value"] = out["value"].astype(str)
+        out["share"] = out["share"].astype(np.float32)
+        data.segments = out
+
+    def __init__(self, view) -> None:
+        super().__init__(view)
+        # attribute -> (value code, segments x items share matrix, each snapshot user's code or -1)
+        self.tables: dict[str, tuple[dict[str, int], np.ndarray, np.ndarray]] = {}
+        segments = view.tables.segments
+        per_user = user_segment_values(view.users, view.user_kinds, view.info.get("buckets", {}))
+        for attribute, values_of_users in per_user.items():
+            seg = segments[segments["attribute"] == attribute]
+            values = sorted(seg["value"].unique())
+            code = {v: i for i, v in enumerate(values)}
+            matrix = np.zeros((len(values) + 1, len(view.item_ids)), dtype=np.float32)
+            cols = seg[Columns.item].map(view.item_position)
+            known = cols.notna().to_numpy()
+            matrix[seg["value"].map(code).to_numpy()[known], cols.to_numpy()[known].astype(np.int64)] = seg[
+                "share"
+            ].to_numpy(dtype=np.float32)[known]
+            user_codes = values_of_users.map(lambda v, c=code: c.get(str(v), -1) if v is not None else -1)
+            self.tables[attribute] = (code, matrix, with_unknown(user_codes.to_numpy(dtype=np.int64), -1))
+
+    def columns(self) -> list[Column]:
+        return [Column(f"seg_{a}", "pair", compute=_segment_share(*self.tables[a][1:])) for a in self.tables]
+
+    def scores(self, attributes: dict[str, object]) -> tuple[np.ndarray, list[str]] | None:
+        """Item scores from the segments a new user's attributes fall into; ``None`` when none matches."""
+        total = np.zeros(len(self.view.item_ids), dtype=np.float32)
+        used = []
+        buckets = self.view.info.get("buckets", {})
+        for attribute, raw in attributes.items():
+            if attribute not in self.tables or raw is None:
+                continue
+            value = bucket_label(float(raw), buckets[attribute]) if attribute in buckets else str(raw)
+            code, matrix, _ = self.tables[attribute]
+            if value in code:
+                total += matrix[code[value]]
+                used.append(f"{attribute}={raw}")
+        return (total, used) if used else None
+
+
+def _segment_share(matrix: np.ndarray, user_codes: np.ndarray):
+    def compute(pairs: Pairs) -> np.ndarray:
+        codes = user_codes[pairs.user_rows]
+        return np.where(codes >= 0, matrix[codes, pairs.items], np.nan)
+
+    return compute

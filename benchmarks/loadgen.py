@@ -8,13 +8,14 @@ saturation throughput). Every run is bounded in time and count.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
 import numpy as np
+
+from benchmarks.servers import process_tree, status_field
 
 
 @dataclass
@@ -53,27 +54,11 @@ class LoadResult:
 
 def process_tree_rss_mb(root_pid: int) -> float:
     """Resident memory of a process and all its descendants (BentoML forks workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    total, stack = 0, [root_pid]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        try:
-            with open(f"/proc/{pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return round(total / 1024, 1)
+    kib = 0
+    for pid in [root_pid, *process_tree(root_pid)]:
+        rss = status_field(pid, "VmRSS")  # "123456 kB"
+        kib += int(rss.split()[0]) if rss else 0
+    return round(kib / 1024, 1)
 
 
 def recommend_bodies(users: list[str], n: int, seed: int = 0, unknown_share: float = 0.1) -> list[dict]:

@@ -20,9 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-
-# B404 (bandit): starts the servers under test, fixed argv
-import subprocess  # nosec B404
 import sys
 import time
 from contextlib import contextmanager
@@ -32,6 +29,7 @@ import httpx
 import numpy as np
 
 from benchmarks.loadgen import fixed_concurrency, fixed_rate, markdown, process_tree_rss_mb, recommend_bodies
+from benchmarks.servers import free_port, running
 from serving.runtime import Runtime
 from serving.settings import get_settings
 from stages.pipeline import Query
@@ -40,42 +38,19 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _answers(url: str) -> bool:
+    try:
+        return httpx.post(f"{url}/recommend", json={"user_id": "warmup"}, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @contextmanager
 def server(command: list[str], port: int, env: dict[str, str] | None = None, log: Path | None = None):
-    """Run a server in its own process group until the block ends."""
-    out = (log or Path(os.devnull)).open("w")
-    # B603 (bandit): argv built here, no shell
-    process = subprocess.Popen(  # nosec B603
-        command,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    """Run a server in its own process group until the block ends; yields its URL and pid."""
     url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited with {process.returncode}")
-            try:
-                if httpx.post(f"{url}/recommend", json={"user_id": "warmup"}, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+    with running(command, lambda: _answers(url), REPO, env, log, timeout=90) as process:
         yield url, process.pid
-    finally:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=30)
-        out.close()
 
 
 def in_process_limit(n: int = 2000) -> dict:

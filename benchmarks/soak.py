@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.loadgen import fixed_concurrency, fixed_rate, markdown, process_tree_rss_mb, recommend_bodies
-from benchmarks.serving import BIN, free_port, server
+from benchmarks.servers import free_port
+from benchmarks.serving import BIN, server
 from serving.runtime import Runtime
 from serving.settings import get_settings
 

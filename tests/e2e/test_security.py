@@ -8,7 +8,7 @@ import subprocess
 import httpx
 import pytest
 
-from tests.server import serve
+from tests.support import serve
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-0123456789"

@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.conftest import FIGURES
-from tests.server import serve
+from tests.support import FIGURES, serve
 
 pytestmark = pytest.mark.slow
 EXAMPLES = 250  # per operation and mode: the 4 POST routes x 250 (probes need one each), ~1,000 per mode

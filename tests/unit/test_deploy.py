@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import kubernetes_validate
 import pytest
 import yaml
 
-MANIFESTS = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "recsys.yaml"
+from tests.support import REPO
+
+MANIFESTS = REPO / "deploy" / "kubernetes" / "recsys.yaml"
 KUBERNETES = "1.30.0"
 
 

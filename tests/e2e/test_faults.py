@@ -9,14 +9,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import FIGURES
-from tests.server import REPO, serve
-from tests.test_training import store_state
+from tests.support import FIGURES, REPO, cmdline, process_tree, serve, store_state
 
 pytestmark = pytest.mark.slow
 CONNECTIONS = 4
@@ -24,30 +21,7 @@ CONNECTIONS = 4
 
 def worker_pids(root: int) -> list[int]:
     """BentoML worker processes under a `bentoml serve` process."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if "_bentoml_impl.worker" in cmdline and int(stat.rsplit(")", 1)[1].split()[1]) in {root, *children(root)}:
-            pids.append(int(entry.name))
-    return pids
-
-
-def children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.add(int(entry.name))
-            except OSError:
-                continue
-    return found
+    return [pid for pid in process_tree(root) if "_bentoml_impl.worker" in (cmdline(pid) or "")]
 
 
 class Load:

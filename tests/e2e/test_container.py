@@ -19,8 +19,7 @@ import pytest
 
 from serving.runtime import Runtime
 from stages.pipeline import Query
-from tests.conftest import FIGURES
-from tests.server import BENTOML, REPO, free_port
+from tests.support import BENTOML, FIGURES, REPO, cmdline, free_port, status_field
 
 pytestmark = [pytest.mark.slow, pytest.mark.container]
 IN_IMAGE = "/home/bentoml/bento"
@@ -51,19 +50,18 @@ def image_processes() -> list[int]:
             continue
         try:
             root = os.readlink(entry / "root")
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if root != "/" and "bentoml" in cmdline:
+        command = cmdline(int(entry.name))
+        if root != "/" and command is not None and "bentoml" in command:
             pids.append(int(entry.name))
     return pids
 
 
 def uid_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no Uid line for {pid}")
+    uids = status_field(pid, "Uid")  # real, effective, saved, filesystem
+    assert uids is not None, f"no Uid line for {pid}"
+    return int(uids.split()[0])
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,31 @@
+"""`bentoml serve` refuses to start, with a message, on models or features that do not fit together."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import quick_config, run_until_exit
+from train.run import train
+
+pytestmark = pytest.mark.slow
+
+
+def test_refuses_mismatched_candidates_model(movielens_run, tmp_path, synthetic_files):
+    other = train(quick_config(tmp_path, interactions=synthetic_files["csv"]["interactions"]), echo=False)
+    code, output = run_until_exit(
+        "service:Recommender",
+        {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_CANDIDATES_TAG": other.candidates_tag},
+    )
+    assert code != 0
+    assert f"was trained against candidates model {movielens_run[0].candidates_tag}" in output
+
+
+def test_refuses_feature_store_without_needed_features(movielens_run, tmp_path, synthetic_files):
+    config = quick_config(tmp_path, interactions=synthetic_files["csv"]["interactions"])
+    train(config, echo=False)
+    code, output = run_until_exit(
+        "service:Recommender",
+        {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_FEATURE_STORE": config.feature_store},
+    )
+    assert code != 0
+    assert "lacks features the ranker needs" in output

@@ -1,0 +1,133 @@
+"""Helpers the tests share: real servers, quick training configs, store snapshots, HTTP calls.
+
+Plain functions and constants only; fixtures live in ``tests/conftest.py``.
+Test modules import from here, never from each other. Ports, process groups
+and the process tree come from :mod:`benchmarks.servers` (the one copy).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from benchmarks.servers import cmdline, free_port, parent_pid, process_tree, running, status_field, stop
+from features.synthetic import SyntheticConfig
+from train.config import TrainConfig
+
+__all__ = [
+    "BENTOML",
+    "FIGURES",
+    "KNOWN_USER",
+    "REPO",
+    "SMALL",
+    "Server",
+    "cmdline",
+    "free_port",
+    "parent_pid",
+    "post",
+    "process_tree",
+    "quick_config",
+    "run_until_exit",
+    "serve",
+    "status_field",
+    "stop",
+    "store_state",
+    "wait_for",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+KNOWN_USER = "196"  # a MovieLens-100K user with plenty of history
+SMALL = SyntheticConfig(n_users=300, n_items=200, n_interactions=12_000, n_clusters=4, seed=7)
+FIGURES: list[str] = []  # measurements tests want in the CI log (image size, faults); printed by conftest
+
+
+def quick_config(tmp: Path, **overrides) -> TrainConfig:
+    """A fast configuration for tests on small data, writing only inside ``tmp``."""
+    values = {
+        "ranker_iterations": 60,
+        "n_candidates": 50,
+        "feature_store": str(tmp / "feature_store"),
+        "report_dir": tmp / "reports",
+        **overrides,
+    }
+    return TrainConfig(**values)
+
+
+def store_state(home: Path, feature_store: Path) -> list[str]:
+    """Every path in the BentoML model store and a feature store, to compare before and after."""
+    paths = [*home.joinpath("models").rglob("*"), *feature_store.rglob("*")]
+    return sorted(str(p) for p in paths)
+
+
+def post(client: httpx.Client, path: str, body) -> tuple[int, dict]:
+    """POST JSON; the status and the decoded answer."""
+    response = client.post(path, json=body)
+    return response.status_code, response.json()
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 15) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+class Server:
+    """A running `bentoml serve`: its process, URL and log file."""
+
+    def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
+        self.process, self.url, self.log = process, url, log
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+
+def _ready(url: str, verify: ssl.SSLContext | bool) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2, verify=verify).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def serve(
+    target: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    log: Path | None = None,
+    timeout: float = 90,
+    scheme: str = "http",
+    verify: ssl.SSLContext | bool = True,
+) -> Iterator[Server]:
+    """Start a real `bentoml serve` in a subprocess, yield it once /readyz answers 200, stop it after."""
+    port = free_port()
+    log = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"recsys-serve-{port}.log"
+    url = f"{scheme}://127.0.0.1:{port}"
+    command = [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    with running(command, lambda: _ready(url, verify), cwd, env, log, timeout) as process:
+        yield Server(process, url, log)
+
+
+def run_until_exit(target: str, env: dict[str, str], timeout: float = 90) -> tuple[int, str]:
+    """Start a server that is expected to refuse to start; return its exit code and output."""
+    result = subprocess.run(
+        [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(free_port())],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return result.returncode, result.stdout + result.stderr

@@ -1,0 +1,56 @@
+"""The training CLI (`python -m train`): bad data and bad configs exit non-zero and write nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import store_state
+from train.__main__ import EXIT_BAD_DATA, main
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("user_id,timestamp\n1,5\n", "column 'item_id': missing required column"),
+        ("user_id,item_id,timestamp\n1,2,noon\n", "column 'timestamp': row 1: unparsable timestamp 'noon'"),
+        (
+            "user_id,item_id,timestamp,weight\n1,2,3,x\n",
+            "column 'weight': row 1: weight must be a non-negative",
+        ),
+        ("", "file is empty"),
+    ],
+)
+def test_bad_data_exits_non_zero_and_leaves_stores_untouched(tmp_path, bentoml_home, capsys, content, message):
+    feature_store = tmp_path / "feature_store"
+    feature_store.mkdir()
+    before = store_state(bentoml_home, feature_store)
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    code = main(["--interactions", str(bad), "--feature-store", str(feature_store), "--report-dir", str(tmp_path)])
+    assert code == EXIT_BAD_DATA
+    assert f"error: {bad}: {message}" in capsys.readouterr().err
+    assert store_state(bentoml_home, feature_store) == before
+
+
+def test_duplicate_item_ids_exit_non_zero(tmp_path, synthetic_files, bentoml_home, capsys):
+    items = tmp_path / "items.csv"
+    items.write_text(synthetic_files["csv"]["items"].read_text() + "i0,Again,1.0,g1\n")
+    feature_store = tmp_path / "feature_store"
+    before = store_state(bentoml_home, tmp_path)
+    code = main(
+        [
+            "--interactions", str(synthetic_files["csv"]["interactions"]), "--items", str(items),
+            "--feature-store", str(feature_store), "--report-dir", str(tmp_path / "reports"),
+        ]
+    )  # fmt: skip
+    assert code == EXIT_BAD_DATA
+    assert "column 'item_id': row 201: duplicate id 'i0'" in capsys.readouterr().err
+    assert store_state(bentoml_home, tmp_path) == before
+    assert not feature_store.exists() and not (tmp_path / "reports").exists()
+
+
+def test_unknown_config_key_is_rejected(tmp_path, capsys):
+    config = tmp_path / "train.toml"
+    config.write_text("factors = 8\nfactorz = 9\n")
+    assert main(["--config", str(config)]) == EXIT_BAD_DATA
+    assert "factorz" in capsys.readouterr().err

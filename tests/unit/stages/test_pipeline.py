@@ -1,0 +1,143 @@
+"""TwoStageRecommender on six users and six items whose popularity and segments are known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.compute import compute_features
+from features.schema import Dataset, validate_interactions
+from stages.candidates import ALSParams, CandidateModel
+from stages.feature_view import FeatureView
+from stages.pipeline import POPULAR, TWO_STAGE, Query, TwoStageRecommender
+
+# Who took what. Popularity (distinct users): i0 5, i1 4, i2 3, i3 2, i4 1, i5 1 (ties by id).
+# Job "b" (u3, u4, u5) took i2 three times, i0 twice, i1, i3, i4, i5 once each.
+TAKEN = {
+    "u0": ["i0", "i1", "i3"],
+    "u1": ["i0", "i1"],
+    "u2": ["i0", "i1"],
+    "u3": ["i0", "i2", "i3"],
+    "u4": ["i0", "i2", "i5"],
+    "u5": ["i1", "i2", "i4"],
+}
+ITEMS = [f"i{i}" for i in range(6)]
+
+
+def dataset(titles: dict[str, str] | None = None) -> Dataset:
+    rows = [(u, i, t) for t, (u, i) in enumerate((u, i) for u, items in TAKEN.items() for i in items)]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).assign(weight=1.0)
+    users = pd.DataFrame({"job": ["a", "a", "a", "b", "b", "b"]}, index=pd.Index(list(TAKEN), name="user_id"))
+    items = pd.DataFrame(
+        {"title": [(titles or {}).get(i, f"Title {i}") for i in ITEMS]}, index=pd.Index(ITEMS, name="item_id")
+    )
+    return Dataset(validate_interactions(frame), users, items)
+
+
+class ReversingRanker:
+    """Scores each user's candidates 0, 1, 2, ... in ALS order: the ranker's order is ALS order reversed."""
+
+    def __init__(self, names) -> None:
+        self.names = names
+        self.calls = 0
+
+    def score(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return np.arange(len(numeric), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def parts() -> tuple[CandidateModel, FeatureView]:
+    data = dataset()
+    candidates = CandidateModel.fit(data.interactions, ALSParams(factors=2, iterations=5, seed=1))
+    view = FeatureView(compute_features(data), candidates.item_ids, candidates.als.item_factors, "v1")
+    return candidates, view
+
+
+@pytest.fixture()
+def als_only(parts) -> TwoStageRecommender:
+    candidates, view = parts
+    return TwoStageRecommender(candidates, None, view, n_candidates=6)
+
+
+def test_popularity_is_as_counted(parts):
+    candidates, _ = parts
+    assert candidates.item_ids[candidates.popular].tolist() == ITEMS
+
+
+def test_known_user_gets_two_stage_unseen_items_best_first(als_only):
+    [answer] = als_only.recommend([Query("u0", k=10)])
+    assert answer.strategy == TWO_STAGE and answer.message is None and answer.user_id == "u0"
+    assert sorted(answer.item_ids) == ["i2", "i4", "i5"]  # everything u0 has not seen
+    assert answer.scores == sorted(answer.scores, reverse=True)
+    assert answer.titles == [f"Title {i}" for i in answer.item_ids]
+
+
+def test_k_and_exclude_seen(als_only):
+    [top] = als_only.recommend([Query("u0", k=2)])
+    [everything] = als_only.recommend([Query("u0", k=6, exclude_seen=False)])
+    assert len(top.item_ids) == 2 and top.item_ids == [i for i in everything.item_ids if i in top.item_ids][:2]
+    assert sorted(everything.item_ids) == ITEMS
+
+
+def test_exclude_items_honoured_for_known_and_unknown_users(als_only):
+    [known] = als_only.recommend([Query("u0", k=10, exclude_items=["i2", "not-an-item"])])
+    assert sorted(known.item_ids) == ["i4", "i5"]
+    [unknown] = als_only.recommend([Query("nobody", k=3, exclude_items=["i1", "not-an-item"])])
+    assert unknown.item_ids == ["i0", "i2", "i3"]
+
+
+def test_unknown_user_gets_popularity_in_exact_order(als_only):
+    [answer] = als_only.recommend([Query("nobody", k=4)])
+    assert answer.strategy == POPULAR and answer.message == "unknown user: most popular items"
+    assert answer.item_ids == ["i0", "i1", "i2", "i3"]
+    assert answer.scores == [1.0, 0.5, pytest.approx(1 / 3, abs=1e-6), 0.25]
+    assert answer.titles == ["Title i0", "Title i1", "Title i2", "Title i3"]
+
+
+def test_segment_cold_start_ranks_by_the_segment_then_popularity(als_only):
+    [answer] = als_only.recommend([Query("nobody", k=6, user_attributes={"job": "b", "shoe_size": 44})])
+    assert answer.strategy == POPULAR and answer.message == "unknown user: most popular for job=b"
+    assert answer.item_ids == ["i2", "i0", "i1", "i3", "i4", "i5"]
+    [unmatched] = als_only.recommend([Query("nobody", k=2, user_attributes={"job": "never-seen"})])
+    assert unmatched.item_ids == ["i0", "i1"] and unmatched.message == "unknown user: most popular items"
+
+
+def test_mixed_queries_answered_in_order(als_only):
+    queries = [Query("nobody", k=2), Query("u0", k=2), Query("u5", k=2), Query("other", k=1)]
+    answers = als_only.recommend(queries)
+    assert [a.user_id for a in answers] == ["nobody", "u0", "u5", "other"]
+    assert [a.strategy for a in answers] == [POPULAR, TWO_STAGE, TWO_STAGE, POPULAR]
+    assert answers[1] == als_only.recommend([Query("u0", k=2)])[0]  # batching changes nothing
+
+
+def test_ranker_decides_the_order(parts, als_only):
+    candidates, view = parts
+    ranker = ReversingRanker(view.available())
+    reranked = TwoStageRecommender(candidates, ranker, view, n_candidates=6)
+    [als] = als_only.recommend([Query("u0", k=3)])
+    [answer] = reranked.recommend([Query("u0", k=3), Query("u1", k=3)])[:1]
+    assert ranker.calls == 1  # both users scored in one call
+    assert answer.item_ids == als.item_ids[::-1] and answer.scores == [2.0, 1.0, 0.0]
+
+
+def test_filtered_count(als_only):
+    assert als_only.filtered_count(Query("u0", exclude_items=["i2", "i4"])) == 3 + 2
+    assert als_only.filtered_count(Query("u0", exclude_seen=False, exclude_items=["i2"])) == 1
+    assert als_only.filtered_count(Query("nobody", exclude_items=["i2"])) == 1
+    assert als_only.filtered_count(Query("nobody")) == 0
+
+
+def test_with_view_swaps_features_and_keeps_models(parts, als_only):
+    candidates, _ = parts
+    renamed = FeatureView(
+        compute_features(dataset({"i0": "Renamed"})), candidates.item_ids, candidates.als.item_factors, "v2"
+    )
+    swapped = als_only.with_view(renamed)
+    assert swapped.view is renamed and als_only.view.version == "v1"
+    assert swapped.candidates is als_only.candidates and swapped.ranker is als_only.ranker
+    assert swapped.n_candidates == als_only.n_candidates
+    assert swapped.recommend([Query("nobody", k=1)])[0].titles == ["Renamed"]
+    assert als_only.recommend([Query("nobody", k=1)])[0].titles == ["Title i0"]
+    assert swapped.recommend([Query("u0")])[0].item_ids == als_only.recommend([Query("u0")])[0].item_ids

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from serving.api_models import ModelTags, RecommendRequest, RecommendResponse
+from serving.api_models import RecommendRequest, RecommendResponse
 from serving.responses import answer
 from serving.runtime import Runtime
 from serving.settings import get_settings
 
 runtime = Runtime.from_settings(get_settings())
-tags = ModelTags(**runtime.tags)
+tags = runtime.tags
 app = FastAPI(title="recsys (FastAPI reference)")
 
 

@@ -29,11 +29,17 @@ def _api_id(value: object) -> str:
     return text
 
 
+# One character that str.strip() keeps (not str.isspace()): an id of only whitespace is empty.
+# Spelled out because JSON Schema's \s (ECMA) and Python's whitespace differ (\x1c-\x1f, \x85).
+NOT_ONLY_WHITESPACE = r"[^\s\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
 # The documented schema says what the validator enforces, so clients and fuzzers agree with it.
 Id = Annotated[
     str,
     BeforeValidator(_api_id),
-    WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1, "pattern": r"\S"}, {"type": "integer"}]}),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "minLength": 1, "pattern": NOT_ONLY_WHITESPACE}, {"type": "integer"}]}
+    ),
 ]
 TopK = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
 Attribute = str | int | float | None

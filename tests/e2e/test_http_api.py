@@ -32,7 +32,7 @@ def test_recommend_known_user(client, offline):
     user = offline.candidates.user_index[KNOWN_USER]
     seen = set(offline.candidates.item_ids[offline.candidates.seen[user].indices])
     assert not seen & set(items)
-    assert body["model"] == offline.tags
+    assert body["model"] == offline.tags.model_dump()
 
 
 def test_numeric_ids_are_the_same_user(client):

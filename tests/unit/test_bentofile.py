@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
 
 import yaml
 
@@ -34,3 +37,29 @@ def test_bento_includes_no_tests_or_training_code():
     include = yaml.safe_load((REPO / "bentofile.yaml").read_text())["include"]
     assert not [p for p in include if p.startswith(("tests", "train", "benchmarks"))]
     assert "serving/*.py" in include and "service.py" in include
+
+
+def first_party_imports(path: Path) -> set[Path]:
+    """Files of this repo that ``path`` imports (``features.schema`` -> features/schema.py, or a package's __init__)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            for candidate in (REPO / (name.replace(".", "/") + ".py"), REPO / name.replace(".", "/") / "__init__.py"):
+                if candidate.exists():
+                    found.add(candidate)
+    return found
+
+
+def test_bento_includes_everything_the_service_imports():
+    include = yaml.safe_load((REPO / "bentofile.yaml").read_text())["include"]
+    seen, todo = set(), [REPO / "service.py"]
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(first_party_imports(path))
+    missing = [str(p.relative_to(REPO)) for p in seen if not any(fnmatch(str(p.relative_to(REPO)), g) for g in include)]
+    assert not missing, f"service.py needs these, bentofile.yaml does not include them: {sorted(missing)}"

@@ -20,7 +20,7 @@ from serving.api_models import RecommendRequest, RecommendResponse
 from serving.responses import to_queries, to_responses
 from serving.runtime import Runtime, paired_candidates_tag
 from serving.settings import get_settings
-from stages.candidates import CandidateModel
+from stages.candidates import CandidateBatch, CandidateModel
 from stages.card import CandidatesCard
 from stages.pipeline import Query
 
@@ -42,12 +42,12 @@ class CandidateStage:
     @bentoml.api
     async def candidates(
         self, user_ids: list[str], n: int, exclude_seen: bool, exclude_items: list[list[str]]
-    ) -> dict[str, list[list[float]]]:
+    ) -> dict[str, list[list[float | None]]]:
         users = np.array([self.model.user_index[u] for u in user_ids], dtype=np.int64)
         index = self.model.item_index
         exclude = [np.array([index[i] for i in ids if i in index], dtype=np.int64) for ids in exclude_items]
         batch = self.model.top_n(users, n, exclude_seen, exclude)
-        return {"items": [i.tolist() for i in batch.items], "scores": [s.tolist() for s in batch.scores]}
+        return batch.to_json()
 
 
 @bentoml.service(name="recsys-composed", workers=settings.workers, **QUIET)
@@ -76,6 +76,4 @@ class ComposedRecommender:
             exclude_seen=query.exclude_seen,
             exclude_items=[query.exclude_items],
         )
-        items = [np.asarray(i, dtype=np.int64) for i in found["items"]]
-        scores = [np.asarray(s, dtype=np.float32) for s in found["scores"]]
-        return to_responses(pipeline.rank([query], items, scores), self.tags)[0]
+        return to_responses(pipeline.rank([query], CandidateBatch.from_json(found)), self.tags)[0]

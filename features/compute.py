@@ -11,12 +11,10 @@ from __future__ import annotations
 from features.families import FAMILIES, ComputeContext, FeatureTables
 from features.schema import Columns, Dataset
 
-RECENT_DAYS = 30
-
-__all__ = ["RECENT_DAYS", "FeatureTables", "compute_features"]
+__all__ = ["FeatureTables", "compute_features"]
 
 
-def compute_features(dataset: Dataset, recent_days: int = RECENT_DAYS, as_of: int | None = None) -> FeatureTables:
+def compute_features(dataset: Dataset, as_of: int | None = None) -> FeatureTables:
     """Item, user, affinity and segment tables from the interactions before ``as_of``.
 
     Without ``as_of`` every interaction is used and times are measured from
@@ -27,14 +25,13 @@ def compute_features(dataset: Dataset, recent_days: int = RECENT_DAYS, as_of: in
         as_of = int(interactions[Columns.timestamp].max())
     else:
         interactions = interactions[interactions[Columns.timestamp] < as_of]
-    data = ComputeContext(dataset, interactions, int(as_of), recent_days)
+    data = ComputeContext(dataset, interactions, int(as_of))
     for family in FAMILIES:
         family.compute(data)
     data.info.update(
         {
             "data_start": int(interactions[Columns.timestamp].min()),
             "data_end": int(as_of),
-            "recent_days": recent_days,
             "item_attributes": data.item_kinds,
             "user_attributes": data.user_kinds,
         }

@@ -82,9 +82,13 @@ def _to_arrow(frame: pd.DataFrame, name: str) -> pa.Table:
 
 def _from_arrow(table: pa.Table, name: str) -> pd.DataFrame:
     frame = table.to_pandas()
-    list_columns = [f.name for f in table.schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]
-    for column in list_columns:
-        frame[column] = frame[column].map(lambda v: tuple(str(x) for x in v) if v is not None else ())
+    for field in table.schema:
+        if pa.types.is_list(field.type) or pa.types.is_large_list(field.type):
+            # Lists come back as tuples, as computed: ids as text, numbers as floats.
+            cast = float if pa.types.is_floating(field.type.value_type) else str
+            frame[field.name] = frame[field.name].map(
+                lambda v, cast=cast: tuple(cast(x) for x in v) if v is not None else ()
+            )
     for column in frame.columns:
         if frame[column].dtype == "string" or str(frame[column].dtype) == "str":
             frame[column] = frame[column].astype(object).where(frame[column].notna(), None)

@@ -1,14 +1,25 @@
-"""Candidate generation: implicit ALS, its id maps, seen items, popularity.
+"""Candidate generation: ALS, recent popularity and co-consumption, merged into one list per user.
 
-Saved as plain files (``.npz``, no pickle) so the serving image needs no
-training code: ``als.npz`` is the CPU ALS class, ``ids.npz`` the id maps,
-``seen.npz`` each user's interacted items (CSR), ``popular.npy`` the
-cold-start ranking.
+ALS alone misses many of the items users take next (new releases, what is
+popular this month, the obvious follow-up to the last thing watched), so
+three sources propose candidates and each candidate carries its rank in
+every source as a ranker feature:
+
+- ``als``: top-N by the ALS score (user factors times item factors);
+- ``popular``: the most taken items in the last ``popular_days`` before the fit;
+- ``cooc``: items most often taken together with the user's latest items.
+
+Saved as plain files (``.npz``/``.npy``, no pickle) so the serving image
+needs no training code: ``als.npz`` is the CPU ALS class, ``ids.npz`` the id
+maps, ``seen.npz`` each user's interacted items (CSR), ``popular.npy`` the
+recent-popularity ranking, ``cold_share.npy`` the popularity cold start
+starts from, ``latest.npy`` each user's latest items, ``cooc.npz`` the
+item-to-item co-consumption graph.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,29 +31,110 @@ from threadpoolctl import threadpool_limits
 from features.schema import Columns
 
 SCORE_CHUNK = 1024  # users scored at once: 1024 x 27k items of float32 is about 110 MB
+DAY = 86_400
+SOURCES = ("als", "popular", "cooc")
+COOC_HISTORY = 50  # a user's latest items that count towards co-consumption (bounds the work on heavy users)
 
 
 @dataclass(frozen=True)
-class ALSParams:
-    """Hyperparameters of the candidate model (recorded in its metadata)."""
+class CandidateParams:
+    """Hyperparameters of the candidate stage (recorded in its model card)."""
 
     factors: int = 32
     regularization: float = 0.1
     alpha: float = 1.0
     iterations: int = 15
     seed: int = 42
+    popular_days: int = 30  # window of the recent-popularity source and of the cold-start ranking
+    n_popular: int = 100  # candidates the popularity source adds
+    n_cooc: int = 50  # candidates the co-consumption source adds
+    cooc_seeds: int = 5  # the user's latest items whose neighbours are proposed
+    cooc_neighbours: int = 50  # neighbours kept per item
+    cold_start_days: int | None = 30  # popularity window for users without interactions (None: all time)
+    segment_weight: float = 1.0  # how much the user's segments (age band, ...) reorder that popularity
+
+
+def popularity_share(
+    interactions: pd.DataFrame, item_ids: np.ndarray, until: int | None, days: int | None
+) -> np.ndarray:
+    """Each item's share of the interactions in the ``days`` before ``until`` (all before it for ``None``).
+
+    ``until`` defaults to just after the last interaction.
+    """
+    times = interactions[Columns.timestamp].to_numpy()
+    until = int(times.max()) + 1 if until is None else until
+    window = (times < until) & (times >= until - days * DAY if days is not None else True)
+    counts = interactions.loc[window, Columns.item].value_counts().reindex(item_ids, fill_value=0).to_numpy(np.float64)
+    return (counts / max(counts.sum(), 1.0)).astype(np.float32)
+
+
+def ranking(scores: np.ndarray) -> np.ndarray:
+    """Indices by descending score, ties by index (a stable, seedless order)."""
+    return np.lexsort((np.arange(len(scores)), -scores)).astype(np.int64)
 
 
 @dataclass
 class CandidateBatch:
-    """Top-N candidates for a batch of users: item indices, scores, ranks (1-based)."""
+    """Merged candidates for a batch of users: item indices, ALS scores, and each source's rank (NaN: not proposed)."""
 
     items: list[np.ndarray]
     scores: list[np.ndarray]
+    source_ranks: dict[str, list[np.ndarray]]
+    cooc_scores: list[np.ndarray]
+
+    @classmethod
+    def empty(cls) -> CandidateBatch:
+        return cls([], [], {s: [] for s in SOURCES}, [])
+
+    @classmethod
+    def gather(cls, picks: list[tuple[CandidateBatch, int]]) -> CandidateBatch:
+        """One batch from (batch, position) picks, in the order given."""
+        out = cls.empty()
+        for batch, slot in picks:
+            out.items.append(batch.items[slot])
+            out.scores.append(batch.scores[slot])
+            out.cooc_scores.append(batch.cooc_scores[slot])
+            for source in SOURCES:
+                out.source_ranks[source].append(batch.source_ranks[source][slot])
+        return out
+
+    def to_json(self) -> dict[str, list[list[float | None]]]:
+        """Plain lists (NaN ranks as ``None``), for sending a batch between services."""
+
+        def plain(arrays: list[np.ndarray]) -> list[list[float | None]]:
+            return [[None if v != v else float(v) for v in a.tolist()] for a in arrays]
+
+        return {
+            "items": [a.tolist() for a in self.items],
+            "scores": plain(self.scores),
+            "cooc_scores": plain(self.cooc_scores),
+            **{f"rank_{source}": plain(ranks) for source, ranks in self.source_ranks.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, list[list[float | None]]]) -> CandidateBatch:
+        """The inverse of :meth:`to_json`."""
+
+        def arrays(rows: list[list[float | None]], dtype: type) -> list[np.ndarray]:
+            return [np.array([np.nan if v is None else v for v in row], dtype=dtype) for row in rows]
+
+        return cls(
+            items=arrays(data["items"], np.int64),
+            scores=arrays(data["scores"], np.float32),
+            source_ranks={source: arrays(data[f"rank_{source}"], np.float32) for source in SOURCES},
+            cooc_scores=arrays(data["cooc_scores"], np.float32),
+        )
+
+    def extend(self, other: CandidateBatch) -> None:
+        self.items += other.items
+        self.scores += other.scores
+        self.cooc_scores += other.cooc_scores
+        for source in SOURCES:
+            self.source_ranks[source] += other.source_ranks[source]
 
 
 class CandidateModel:
-    """ALS over the user-item matrix plus what serving needs around it."""
+    """The candidate sources over one user-item matrix, plus what serving needs around them."""
 
     def __init__(
         self,
@@ -51,7 +143,10 @@ class CandidateModel:
         item_ids: np.ndarray,
         seen: sp.csr_matrix,
         popular: np.ndarray,
-        params: ALSParams,
+        cold_share: np.ndarray,
+        latest: np.ndarray,
+        cooc: sp.csr_matrix,
+        params: CandidateParams,
     ) -> None:
         self.als = als
         self.user_ids = np.asarray(user_ids, dtype=object)
@@ -60,6 +155,9 @@ class CandidateModel:
         self.item_index = {it: i for i, it in enumerate(self.item_ids)}
         self.seen = seen
         self.popular = popular
+        self.cold_share = cold_share
+        self.latest = latest
+        self.cooc = cooc
         self.params = params
 
     @property
@@ -67,8 +165,10 @@ class CandidateModel:
         return len(self.item_ids)
 
     @classmethod
-    def fit(cls, interactions: pd.DataFrame, params: ALSParams = ALSParams()) -> CandidateModel:
-        """Fit ALS on weighted interactions (repeats add up)."""
+    def fit(
+        cls, interactions: pd.DataFrame, params: CandidateParams = CandidateParams(), as_of: int | None = None
+    ) -> CandidateModel:
+        """Fit every source on weighted interactions (repeats add up), popularity measured back from ``as_of``."""
         users = pd.Categorical(interactions[Columns.user])
         items = pd.Categorical(interactions[Columns.item])
         weights = interactions[Columns.weight].to_numpy(dtype=np.float32)
@@ -88,39 +188,65 @@ class CandidateModel:
                 random_state=params.seed,
             )
             als.fit(matrix, show_progress=False)
-        counts = np.asarray((matrix > 0).sum(axis=0)).ravel()
-        popular = np.lexsort((np.arange(len(counts)), -counts)).astype(np.int64)
+        times = interactions[Columns.timestamp].to_numpy()
+        as_of = int(times.max()) + 1 if as_of is None else as_of
+        item_ids = np.asarray(items.categories, dtype=object)
+        popular = ranking(popularity_share(interactions, item_ids, as_of, params.popular_days))
+        cold_share = popularity_share(interactions, item_ids, as_of, params.cold_start_days)
+        order = np.lexsort((items.codes, -times))  # newest first
+        latest = _latest_items(users.codes[order], items.codes[order], len(users.categories), COOC_HISTORY)
         return cls(
             als,
             np.asarray(users.categories, dtype=object),
-            np.asarray(items.categories, dtype=object),
+            item_ids,
             matrix,
             popular,
+            cold_share,
+            latest[:, : params.cooc_seeds],
+            _co_consumption(latest, len(items.categories), params.cooc_neighbours),
             params,
+        )
+
+    def with_cold_start(
+        self, interactions: pd.DataFrame, days: int | None, segment_weight: float, as_of: int | None = None
+    ) -> CandidateModel:
+        """The same model with another cold-start window and segment weight (chosen by the backtest)."""
+        as_of = int(interactions[Columns.timestamp].max()) + 1 if as_of is None else as_of
+        params = replace(self.params, cold_start_days=days, segment_weight=segment_weight)
+        share = popularity_share(interactions, self.item_ids, as_of, days)
+        return CandidateModel(
+            self.als, self.user_ids, self.item_ids, self.seen, self.popular, share, self.latest, self.cooc, params
         )
 
     def save(self, directory: Path) -> None:
         """Write the model's files into ``directory`` (a BentoML model folder)."""
         directory.mkdir(parents=True, exist_ok=True)
         self.als.save(str(directory / "als.npz"))
-        np.savez(
-            directory / "ids.npz",
-            users=self.user_ids.astype(str),
-            items=self.item_ids.astype(str),
-        )
+        np.savez(directory / "ids.npz", users=self.user_ids.astype(str), items=self.item_ids.astype(str))
         sp.save_npz(directory / "seen.npz", self.seen)
+        sp.save_npz(directory / "cooc.npz", self.cooc)
         np.save(directory / "popular.npy", self.popular, allow_pickle=False)
+        np.save(directory / "cold_share.npy", self.cold_share, allow_pickle=False)
+        np.save(directory / "latest.npy", self.latest, allow_pickle=False)
 
     @classmethod
-    def load(cls, directory: Path, params: ALSParams) -> CandidateModel:
+    def load(cls, directory: Path, params: CandidateParams) -> CandidateModel:
         """Read what :meth:`save` wrote, without pickle."""
         with threadpool_limits(1, "blas"):
             als = AlternatingLeastSquares.load(str(directory / "als.npz"))
         with np.load(directory / "ids.npz", allow_pickle=False) as ids:
             users, items = ids["users"].astype(object), ids["items"].astype(object)
-        seen = sp.load_npz(directory / "seen.npz").tocsr()
-        popular = np.load(directory / "popular.npy", allow_pickle=False)
-        return cls(als, users, items, seen, popular, params)
+        return cls(
+            als,
+            users,
+            items,
+            sp.load_npz(directory / "seen.npz").tocsr(),
+            np.load(directory / "popular.npy", allow_pickle=False),
+            np.load(directory / "cold_share.npy", allow_pickle=False),
+            np.load(directory / "latest.npy", allow_pickle=False),
+            sp.load_npz(directory / "cooc.npz").tocsr(),
+            params,
+        )
 
     def counts(self) -> dict[str, int]:
         """Users, items and interactions it was fitted on (for the model card)."""
@@ -133,48 +259,142 @@ class CandidateModel:
         exclude_seen: bool = True,
         exclude: list[np.ndarray] | None = None,
     ) -> CandidateBatch:
-        """Top-``n`` items per known user (model indices), best first.
+        """ALS top-``n`` per known user, then the other sources' new proposals (model indices).
 
         ``exclude`` holds, per user, extra item indices to leave out. Users are
         scored in chunks so a whole catalogue times all users never sits in memory.
         """
-        batch = CandidateBatch([], [])
+        batch = CandidateBatch.empty()
         for start in range(0, len(users), SCORE_CHUNK):
             chunk = slice(start, start + SCORE_CHUNK)
-            part = self._top_n(users[chunk], n, exclude_seen, exclude[chunk] if exclude else None)
-            batch.items += part.items
-            batch.scores += part.scores
+            batch.extend(self._top_n(users[chunk], n, exclude_seen, exclude[chunk] if exclude else None))
         return batch
 
     def _top_n(self, users: np.ndarray, n: int, exclude_seen: bool, exclude: list[np.ndarray] | None) -> CandidateBatch:
         # A plain dot product rather than implicit's recommend(): it takes a
         # different exclusion list per user in one batched call.
         scores = self.als.user_factors[users] @ self.als.item_factors.T
+        cooc = self._cooc_scores(users)
+        blocked = np.zeros(scores.shape, dtype=bool)
         if exclude_seen:
             rows = self.seen[users]
-            scores[np.repeat(np.arange(len(users)), np.diff(rows.indptr)), rows.indices] = -np.inf
+            blocked[np.repeat(np.arange(len(users)), np.diff(rows.indptr)), rows.indices] = True
         if exclude:
             for row, items in enumerate(exclude):
-                scores[row, items] = -np.inf
-        n = min(n, self.n_items)
-        top = (
-            np.argpartition(-scores, n - 1, axis=1)[:, :n]
-            if n < self.n_items
-            else np.tile(np.arange(self.n_items), (len(users), 1))
-        )
-        out_items, out_scores = [], []
+                blocked[row, items] = True
+        als_top = _top(np.where(blocked, -np.inf, scores), min(n, self.n_items))
+        cooc_top = _top(np.where(blocked | (cooc <= 0), -np.inf, cooc), self.params.n_cooc)
+        batch = CandidateBatch.empty()
         for row in range(len(users)):
-            picked = top[row]
-            picked_scores = scores[row, picked]
-            order = np.lexsort((picked, -picked_scores))
-            picked, picked_scores = picked[order], picked_scores[order]
-            keep = np.isfinite(picked_scores)
-            out_items.append(picked[keep])
-            out_scores.append(picked_scores[keep].astype(np.float32))
-        return CandidateBatch(out_items, out_scores)
+            proposals = {
+                "als": als_top[row],
+                "popular": self.popular[~blocked[row, self.popular]][: self.params.n_popular],
+                "cooc": cooc_top[row],
+            }
+            merged = _merge(proposals.values())
+            batch.items.append(merged)
+            batch.scores.append(scores[row, merged].astype(np.float32))
+            batch.cooc_scores.append(cooc[row, merged].astype(np.float32))
+            for source, proposed in proposals.items():
+                batch.source_ranks[source].append(_ranks_in(merged, proposed))
+        return batch
+
+    def _cooc_scores(self, users: np.ndarray) -> np.ndarray:
+        """Per user, the summed co-consumption weight of every item with the user's latest items."""
+        seeds = self.latest[users]  # (users, seeds), -1 pads
+        rows = np.repeat(np.arange(len(users)), seeds.shape[1])
+        flat = seeds.ravel()
+        picker = sp.csr_matrix(
+            (np.ones(int((flat >= 0).sum()), np.float32), (rows[flat >= 0], flat[flat >= 0])),
+            shape=(len(users), self.n_items),
+        )
+        return (picker @ self.cooc).toarray()
 
     def similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Nearest items by cosine of ALS item factors (the item itself excluded)."""
         ids, scores = self.als.similar_items(item, N=n + 1)
         keep = ids != item
         return ids[keep][:n].astype(np.int64), scores[keep][:n].astype(np.float32)
+
+
+def _top(scores: np.ndarray, n: int) -> list[np.ndarray]:
+    """Per row, the indices of the ``n`` highest finite scores, best first (ties by index)."""
+    n = min(n, scores.shape[1])
+    if n <= 0:
+        return [np.empty(0, np.int64) for _ in range(len(scores))]
+    top = (
+        np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        if n < scores.shape[1]
+        else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    )
+    out = []
+    for row in range(len(scores)):
+        picked = top[row]
+        picked_scores = scores[row, picked]
+        order = np.lexsort((picked, -picked_scores))
+        picked, picked_scores = picked[order], picked_scores[order]
+        out.append(picked[np.isfinite(picked_scores)].astype(np.int64))
+    return out
+
+
+def _merge(proposals: object) -> np.ndarray:
+    """The sources' proposals in order (ALS first), each item once."""
+    merged = np.concatenate([np.asarray(p, dtype=np.int64) for p in proposals])
+    _, first = np.unique(merged, return_index=True)
+    return merged[np.sort(first)]
+
+
+def _ranks_in(merged: np.ndarray, proposed: np.ndarray) -> np.ndarray:
+    """1-based rank of each merged candidate in one source's proposals, NaN where it did not propose it."""
+    if len(proposed) == 0:
+        return np.full(len(merged), np.nan, dtype=np.float32)
+    order = np.argsort(proposed, kind="stable")
+    slot = np.minimum(np.searchsorted(proposed[order], merged), len(proposed) - 1)
+    found = proposed[order][slot] == merged
+    return np.where(found, order[slot] + 1, np.nan).astype(np.float32)
+
+
+def _latest_items(user_codes: np.ndarray, item_codes: np.ndarray, n_users: int, width: int) -> np.ndarray:
+    """Each user's ``width`` latest distinct items, newest first (rows padded with -1).
+
+    Expects the pairs sorted newest first.
+    """
+    frame = pd.DataFrame({"u": user_codes, "i": item_codes}).drop_duplicates()
+    frame["slot"] = frame.groupby("u").cumcount()
+    frame = frame[frame["slot"] < width]
+    latest = np.full((n_users, width), -1, dtype=np.int64)
+    latest[frame["u"].to_numpy(), frame["slot"].to_numpy()] = frame["i"].to_numpy()
+    return latest
+
+
+def _co_consumption(latest: np.ndarray, n_items: int, neighbours: int) -> sp.csr_matrix:
+    """Item-to-item cosine of co-consumption over users' latest items, the top ``neighbours`` per item."""
+    rows = np.repeat(np.arange(len(latest)), latest.shape[1])
+    flat = latest.ravel()
+    taken = sp.csr_matrix(
+        (np.ones(int((flat >= 0).sum()), np.float32), (rows[flat >= 0], flat[flat >= 0])),
+        shape=(len(latest), n_items),
+    )
+    together = (taken.T @ taken).tocsr()
+    together.setdiag(0)
+    together.eliminate_zeros()
+    counts = np.asarray(taken.sum(axis=0)).ravel()
+    norm = 1.0 / np.sqrt(np.maximum(counts, 1.0))
+    together = sp.diags(norm) @ together @ sp.diags(norm)
+    return _keep_top_per_row(together.tocsr().astype(np.float32), neighbours)
+
+
+def _keep_top_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    rows, cols, values = [], [], []
+    for row in range(matrix.shape[0]):
+        start, end = matrix.indptr[row], matrix.indptr[row + 1]
+        data, index = matrix.data[start:end], matrix.indices[start:end]
+        keep = np.lexsort((index, -data))[:n]
+        rows.append(np.full(len(keep), row))
+        cols.append(index[keep])
+        values.append(data[keep])
+    if not rows:
+        return sp.csr_matrix(matrix.shape, dtype=np.float32)
+    return sp.csr_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=matrix.shape, dtype=np.float32
+    )

@@ -14,12 +14,12 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from stages.candidates import ALSParams
+from stages.candidates import CandidateParams
 from stages.feature_view import FeatureNames
 
 CANDIDATES_MODEL = "recsys-candidates"
 RANKER_MODEL = "recsys-ranker"
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: several candidate sources, cold-start window; older models need retraining
 
 
 class CardError(RuntimeError):
@@ -56,7 +56,7 @@ class _Card(BaseModel):
 class CandidatesCard(_Card):
     """What the candidate model was fitted on and with."""
 
-    params: ALSParams
+    params: CandidateParams
     n_users: int
     n_items: int
     n_interactions: int

@@ -75,21 +75,10 @@ class FeatureView:
         """Row of each user in this snapshot, ``-1`` when it has none."""
         return np.array([self.user_row.get(u, -1) for u in user_ids], dtype=np.int64)
 
-    def rows(
-        self,
-        names: FeatureNames,
-        user_rows: np.ndarray,
-        items: np.ndarray,
-        als_scores: np.ndarray,
-        als_ranks: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Numeric (float32) and categorical (object) matrices for pairs.
-
-        ``user_rows`` (snapshot rows, -1 unknown) and ``items`` (candidate
-        model indices) are parallel arrays, one entry per (user, item) pair.
-        """
+    def rows(self, names: FeatureNames, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
+        """Numeric (float32) and categorical (object) matrices, one row per (user, candidate) pair."""
         plan = self._plan(names)
-        pairs = Pairs(user_rows, items, als_scores, als_ranks)
+        items, user_rows = pairs.items, pairs.user_rows
         numeric = np.empty((len(items), len(names.numeric)), dtype=np.float32)
         numeric[:, plan.item_cols] = plan.item_block[items]
         numeric[:, plan.user_cols] = plan.user_block[user_rows]
@@ -115,6 +104,11 @@ class FeatureView:
                 self.n_users + 1,
             )
         return plan
+
+    def stored_attributes(self, user_id: str) -> dict[str, object]:
+        """The segment attributes the users file gives for a user (empty when it has none)."""
+        row = self.user_row.get(user_id)
+        return {} if row is None else self.segments.attributes_of(row)
 
     def segment_scores(self, attributes: dict[str, object]) -> tuple[np.ndarray, list[str]] | None:
         """Cold start: item scores from the segments a new user's attributes fall into (``None``: no match)."""

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stages.candidates import CandidateModel
+from features.families import Pairs
+from stages.candidates import CandidateBatch, CandidateModel, ranking
 from stages.feature_view import FeatureNames, FeatureView
 from stages.ranker import Ranker
 
@@ -93,74 +94,69 @@ class TwoStageRecommender:
         return np.array([index[i] for i in query.exclude_items if i in index], dtype=np.int64)
 
     def _two_stage(self, queries: list[Query]) -> list[Recommendation]:
-        items, als_scores = self.candidate_lists(queries)
-        return self.rank(queries, items, als_scores)
+        return self.rank(queries, self.candidate_lists(queries))
 
-    def candidate_lists(self, queries: list[Query]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Stage one for known users: ALS candidates (item indices) and scores, per query."""
+    def candidate_lists(self, queries: list[Query]) -> CandidateBatch:
+        """Stage one for known users: every source's candidates, merged, in query order."""
         users = np.array([self.candidates.user_index[q.user_id] for q in queries], dtype=np.int64)
         exclude_seen = [q.exclude_seen for q in queries]
-        batches = {}
+        slots: dict[int, tuple[CandidateBatch, int]] = {}
         for flag in set(exclude_seen):
             rows = [i for i, f in enumerate(exclude_seen) if f == flag]
             batch = self.candidates.top_n(
                 users[rows], self.n_candidates, flag, [self._excluded(queries[i]) for i in rows]
             )
-            for slot, row in enumerate(rows):
-                batches[row] = (batch.items[slot], batch.scores[slot])
-        return [batches[i][0] for i in range(len(queries))], [batches[i][1] for i in range(len(queries))]
+            slots.update({row: (batch, slot) for slot, row in enumerate(rows)})
+        return CandidateBatch.gather([slots[i] for i in range(len(queries))])
 
-    def rank(self, queries: list[Query], items: list[np.ndarray], als_scores: list[np.ndarray]) -> list[Recommendation]:
+    def rank(self, queries: list[Query], batch: CandidateBatch) -> list[Recommendation]:
         """Stage two: re-rank each query's candidates and keep its top k (ALS order without a ranker)."""
         users = np.array([self.candidates.user_index[q.user_id] for q in queries], dtype=np.int64)
-        final = self.score_pairs(users, items, als_scores) if self.ranker is not None else als_scores
+        final = self.score_pairs(users, batch) if self.ranker is not None else batch.scores
         out = []
-        for query, cand, score in zip(queries, items, final, strict=True):
+        for query, cand, score in zip(queries, batch.items, final, strict=True):
             order = np.lexsort((np.arange(len(cand)), -score))[: query.k]
             out.append(self._answer(query, cand[order], score[order], TWO_STAGE))
         return out
 
     def pair_rows(
-        self,
-        users: np.ndarray,
-        items: list[np.ndarray],
-        als_scores: list[np.ndarray],
-        names: FeatureNames | None = None,
+        self, users: np.ndarray, batch: CandidateBatch, names: FeatureNames | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Feature rows for each user's candidates, users in order, best ALS first.
+        """Feature rows for each user's candidates, users in order, candidates in merged order.
 
-        ``names`` defaults to the ranker's; training passes the view's own.
+        ``names`` defaults to the ranker's; training passes its own.
         """
-        lengths = [len(c) for c in items]
-        flat_items = np.concatenate(items) if items else np.empty(0, np.int64)
-        flat_users = np.repeat(self._user_rows[users], lengths)
-        ranks = np.concatenate([np.arange(1, n + 1, dtype=np.float32) for n in lengths])
-        names = names or self.ranker.names
-        return self.view.rows(names, flat_users, flat_items, np.concatenate(als_scores), ranks)
+        lengths = [len(c) for c in batch.items]
+        pairs = Pairs(
+            user_rows=np.repeat(self._user_rows[users], lengths),
+            items=_flat(batch.items, np.int64),
+            als_scores=_flat(batch.scores, np.float32),
+            cooc_scores=_flat(batch.cooc_scores, np.float32),
+            source_ranks={source: _flat(ranks, np.float32) for source, ranks in batch.source_ranks.items()},
+        )
+        return self.view.rows(names or self.ranker.names, pairs)
 
-    def score_pairs(self, users: np.ndarray, items: list[np.ndarray], als_scores: list[np.ndarray]) -> list[np.ndarray]:
+    def score_pairs(self, users: np.ndarray, batch: CandidateBatch) -> list[np.ndarray]:
         """Ranker scores for each user's candidates (one CatBoost call)."""
-        numeric, categorical = self.pair_rows(users, items, als_scores)
+        numeric, categorical = self.pair_rows(users, batch)
         scores = self.ranker.score(numeric, categorical)
-        return np.split(scores, np.cumsum([len(c) for c in items])[:-1])
+        return np.split(scores, np.cumsum([len(c) for c in batch.items])[:-1])
 
     def _cold_start(self, query: Query) -> Recommendation:
-        excluded = set(self._excluded(query).tolist())
-        segment = self.view.segment_scores(query.user_attributes) if query.user_attributes else None
-        if segment is not None:
-            scores, used = segment
-            # Popularity breaks ties among items no segment member touched.
-            popularity_rank = np.empty(self.candidates.n_items, dtype=np.int64)
-            popularity_rank[self.candidates.popular] = np.arange(self.candidates.n_items)
-            order = np.lexsort((popularity_rank, -scores))
-            message = f"unknown user: most popular for {', '.join(used)}"
-        else:
-            order = self.candidates.popular
-            scores = np.zeros(self.candidates.n_items, dtype=np.float32)
-            scores[order] = 1.0 / (1.0 + np.arange(len(order), dtype=np.float32))
-            message = "unknown user: most popular items"
-        picked = np.array([i for i in order[: query.k + len(excluded)] if i not in excluded])[: query.k]
-        return self._answer(query, picked, scores[picked] if len(picked) else picked, POPULAR, message)
+        """Recent popularity for a user without interactions, reordered by their segments when known.
+
+        Attributes come from the request, else from the users file (a user
+        known there but without interactions is not a stranger).
+        """
+        attributes = {**self.view.stored_attributes(query.user_id), **query.user_attributes}
+        params = self.candidates.params
+        scores, used = cold_start_scores(self.view, self.candidates.cold_share, params.segment_weight, attributes)
+        window = "all time" if params.cold_start_days is None else f"the last {params.cold_start_days} days"
+        known = query.user_id in self.view.user_row and not query.user_attributes
+        who = "no interactions yet" if known else "unknown user"
+        among = f" among users with {', '.join(used)}" if used else ""
+        picked = first_k_not_in(ranking(scores), query.k, set(self._excluded(query).tolist()))
+        return self._answer(query, picked, scores[picked], POPULAR, f"{who}: most popular in {window}{among}")
 
     def _answer(
         self, query: Query, items: np.ndarray, scores: np.ndarray, strategy: str, message: str | None = None
@@ -174,3 +170,23 @@ class TwoStageRecommender:
             strategy=strategy,
             message=message,
         )
+
+
+def cold_start_scores(
+    view: FeatureView, share: np.ndarray, segment_weight: float, attributes: dict[str, object]
+) -> tuple[np.ndarray, list[str]]:
+    """Popularity shares plus ``segment_weight`` times the mean share within the user's segments."""
+    segment = view.segment_scores(attributes) if attributes and segment_weight > 0 else None
+    if segment is None:
+        return share, []
+    scores, used = segment
+    return share + segment_weight * scores / len(used), used
+
+
+def first_k_not_in(order: np.ndarray, k: int, excluded: set[int]) -> np.ndarray:
+    """The first ``k`` entries of a ranking that are not excluded (popularity lists, cold start)."""
+    return np.array([i for i in order[: k + len(excluded)] if i not in excluded][:k], dtype=np.int64)
+
+
+def _flat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype)

@@ -51,9 +51,16 @@ FIGURES: list[str] = []  # measurements tests want in the CI log (image size, fa
 
 
 def quick_config(tmp: Path, **overrides) -> TrainConfig:
-    """A fast configuration for tests on small data, writing only inside ``tmp``."""
+    """A fast configuration for tests on small data, writing only inside ``tmp``.
+
+    One backtest cut with a short fold ranker: the backtest's own numbers are
+    tested on MovieLens (tests/e2e/test_quality.py).
+    """
     values = {
         "ranker_iterations": 60,
+        "fold_iterations": 30,
+        "backtest_cuts": 1,
+        "train_cuts": 2,
         "n_candidates": 50,
         "feature_store": str(tmp / "feature_store"),
         "report_dir": tmp / "reports",

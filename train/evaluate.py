@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from features.schema import Columns
-from stages.candidates import CandidateModel
+from stages.candidates import SOURCES, CandidateModel, ranking
+from stages.pipeline import Query, TwoStageRecommender, first_k_not_in
 
 K = 10
 
@@ -27,20 +28,6 @@ def temporal_split(interactions: pd.DataFrame, holdout: float = 0.2) -> tuple[pd
     n_test = np.floor(count * holdout).astype(np.int64)
     is_test = position >= count - n_test
     return ordered[~is_test].reset_index(drop=True), ordered[is_test].reset_index(drop=True)
-
-
-def relevant_items(train: pd.DataFrame, test: pd.DataFrame, model: CandidateModel) -> dict[int, set[str]]:
-    """Held-out items per known user, minus items already seen in training."""
-    seen = train.groupby(Columns.user)[Columns.item].agg(set)
-    out = {}
-    for user, items in test.groupby(Columns.user)[Columns.item]:
-        index = model.user_index.get(user)
-        if index is None:
-            continue
-        fresh = set(items) - seen.get(user, set())
-        if fresh:
-            out[index] = fresh
-    return out
 
 
 def ranking_metrics(
@@ -75,30 +62,37 @@ def ranking_metrics(
 
 
 def popularity_lists(
-    train: pd.DataFrame, model: CandidateModel, users: list[int], since: int | None = None, k: int = K
-) -> dict[int, list[str]]:
-    """Most interacted items (optionally since a time), seen items excluded."""
-    window = train if since is None else train[train[Columns.timestamp] >= since]
-    counts = window.groupby(Columns.item).size()
-    counts = counts.reindex(model.item_ids, fill_value=0).to_numpy()
-    order = np.lexsort((np.arange(len(counts)), -counts))
+    candidates: CandidateModel, share: np.ndarray, users: list[str], k: int = K
+) -> dict[str, list[str]]:
+    """Top-k by a popularity share, each user's seen items left out."""
+    order = ranking(share)
     out = {}
     for user in users:
-        seen = set(model.seen[user].indices)
-        picked = [i for i in order[: k + len(seen)] if i not in seen][:k]
-        out[user] = [str(model.item_ids[i]) for i in picked]
+        index = candidates.user_index.get(user)
+        seen = set(candidates.seen[index].indices.tolist()) if index is not None else set()
+        out[user] = [str(i) for i in candidates.item_ids[first_k_not_in(order, k, seen)]]
     return out
 
 
-def candidate_recall(model: CandidateModel, relevant: dict[int, set[str]], n: int) -> float:
-    """Share of held-out items inside ALS top-``n``: the ranker's ceiling."""
-    users = np.fromiter(relevant, dtype=np.int64)
-    batch = model.top_n(users, n)
-    recalls = []
-    for user, items in zip(users, batch.items, strict=True):
-        found = set(model.item_ids[items]) & relevant[user]
-        recalls.append(len(found) / len(relevant[user]))
-    return float(np.mean(recalls))
+def pipeline_lists(pipeline: TwoStageRecommender, users: list[str], k: int = K) -> dict[str, list[str]]:
+    """What the pipeline answers each user (the served path: two-stage, or cold start)."""
+    answers = pipeline.recommend([Query(u, k=k) for u in users])
+    return {u: a.item_ids for u, a in zip(users, answers, strict=True)}
+
+
+def candidate_recall(pipeline: TwoStageRecommender, users: list[str], relevant: dict[str, set[str]]) -> dict:
+    """Share of each user's next items among the candidates, per source and merged: the ranker's ceiling."""
+    batch = pipeline.candidate_lists([Query(u) for u in users])
+    ids = pipeline.candidates.item_ids
+    recall: dict[str, list[float]] = {source: [] for source in (*SOURCES, "merged")}
+    for i, user in enumerate(users):
+        items = batch.items[i]
+        recall["merged"].append(len(set(ids[items]) & relevant[user]) / len(relevant[user]))
+        for source in SOURCES:
+            proposed = items[~np.isnan(batch.source_ranks[source][i])]
+            recall[source].append(len(set(ids[proposed]) & relevant[user]) / len(relevant[user]))
+    mean_size = float(np.mean([len(c) for c in batch.items]))
+    return {**{name: float(np.mean(values)) for name, values in recall.items()}, "mean_candidates": mean_size}
 
 
 def write_report(results: dict, directory: Path) -> dict[str, Path]:
@@ -116,18 +110,69 @@ def write_report(results: dict, directory: Path) -> dict[str, Path]:
 
 
 def markdown_table(results: dict) -> str:
-    """The evaluation as a Markdown table (also printed after training)."""
+    """The evaluation as Markdown (also printed after training): the backtest first, the per-user split after."""
+    parts = []
+    if "backtest" in results:
+        parts.append(backtest_table(results["backtest"]))
+    if "per_user_split" in results:
+        parts.append(per_user_table(results["per_user_split"]))
+    return "\n".join(parts)
+
+
+def backtest_table(backtest: dict) -> str:
+    """NDCG@k per cut, mean and spread, per horizon and user segment; candidate recall per source."""
+    key = f"ndcg@{K}"
+    cuts = backtest["cuts"]
+    lines = [f"Backtest (primary): {backtest['protocol']}.", ""]
+    for horizon, segments in backtest["mean"].items():
+        for segment, models in segments.items():
+            users = [r["users"] for r in backtest["rows"] if r["horizon"] == horizon and r["segment"] == segment]
+            lines += [
+                f"**{horizon}, {segment} users** ({', '.join(map(str, users))} users per cut), {key}:",
+                "",
+                "| model | " + " | ".join(cuts) + " | mean ± std |",
+                "|---|" + "---:|" * (len(cuts) + 1),
+            ]
+            for model, row in models.items():
+                per_cut = " | ".join(f"{v:.4f}" for v in row["per_cut"])
+                lines.append(f"| {model} | {per_cut} | {row['mean']:.4f} ± {row['std']:.4f} |")
+            lines.append("")
+    recall_rows = [r for r in backtest["rows"] if "candidate_recall" in r]
+    if recall_rows:
+        sources = [s for s in recall_rows[0]["candidate_recall"] if s != "mean_candidates"]
+        lines += ["Candidate recall (share of next items among the candidates, mean over cuts):", ""]
+        lines += [
+            "| horizon | " + " | ".join(sources) + " | candidates per user |",
+            "|---|" + "---:|" * (len(sources) + 1),
+        ]
+        for horizon in backtest["mean"]:
+            rows = [r["candidate_recall"] for r in recall_rows if r["horizon"] == horizon]
+            values = " | ".join(f"{np.mean([r[s] for r in rows]):.4f}" for s in sources)
+            lines.append(f"| {horizon} | {values} | {np.mean([r['mean_candidates'] for r in rows]):.0f} |")
+        lines.append("")
+    cold = backtest.get("cold_start")
+    if cold:
+        window = "all time" if cold["days"] is None else f"last {cold['days']} days"
+        weight = cold["segment_weight"]
+        lines.append(f"Cold start chosen by the backtest: popularity over the {window}, segment weight {weight:g}.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def per_user_table(split: dict) -> str:
+    """The secondary, per-user holdout table."""
     metrics = [f"ndcg@{K}", f"recall@{K}", f"map@{K}", f"hitrate@{K}", "coverage"]
     lines = [
+        f"Per-user split (secondary; {split['split']}):",
+        "",
         "| model | " + " | ".join(metrics) + " |",
         "|---|" + "---:|" * len(metrics),
     ]
-    for name, row in results["models"].items():
+    for name, row in split["models"].items():
         lines.append(f"| {name} | " + " | ".join(f"{row[m]:.4f}" for m in metrics) + " |")
     lines.append("")
     lines.append(
-        f"Candidate recall@{results['n_candidates']} (ceiling for the ranker): "
-        f"{results['candidate_recall']:.4f}; users evaluated: {results['users']}."
+        f"Candidate recall (merged): {split['candidate_recall']['merged']:.4f}; users evaluated: {split['users']}."
     )
     return "\n".join(lines) + "\n"
 
@@ -138,16 +183,21 @@ def _chart(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["models"])
-    metrics = [f"ndcg@{K}", f"recall@{K}", f"map@{K}", f"hitrate@{K}"]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        values = [results["models"][name][m] for m in metrics]
-        ax.bar(np.arange(len(metrics)) + i * width, values, width, label=name)
-    ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, metrics)
-    ax.set_title(f"Held-out evaluation ({results['dataset']})")
-    ax.legend()
+    key = f"ndcg@{K}"
+    panels = [
+        (f"backtest, {horizon}, {segment}", {m: v["mean"] for m, v in models.items()})
+        for horizon, segments in results.get("backtest", {}).get("mean", {}).items()
+        for segment, models in segments.items()
+    ]
+    if "per_user_split" in results:
+        panels.append(("per-user split", {m: v[key] for m, v in results["per_user_split"]["models"].items()}))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (title, values) in zip(axes[0], panels, strict=True):
+        ax.barh(list(values), list(values.values()))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(key)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"Evaluation ({results['dataset']})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,71 +1,126 @@
-"""Training the re-ranker on an earlier window, labelled by the next one."""
+"""Training the re-ranker the way it is used: as of global cuts, labelled by what came next.
+
+At each training cut T the candidate model and every feature are computed
+from interactions before T only (a :class:`Stage`); the labels are the items
+each user took in ``[T, T + label_days)`` that they had not taken before T.
+Several cuts are stacked for more examples. Serving then asks the same
+question: everything up to now is known, what comes next?
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 from catboost import CatBoost, Pool
 from tqdm import tqdm
 
-from features.compute import compute_features
+from features.compute import FeatureTables, compute_features
 from features.schema import Columns, Dataset
-from stages.candidates import ALSParams, CandidateModel
+from stages.candidates import CandidateBatch, CandidateModel, CandidateParams
 from stages.feature_view import FeatureNames, FeatureView
 from stages.pipeline import TwoStageRecommender
 from stages.ranker import Ranker
-from train.evaluate import temporal_split
 
 LOSSES = ("YetiRank", "PairLogit", "Logloss")
+DAY = 86_400
 
 
 @dataclass(frozen=True)
 class RankerParams:
-    """CatBoost settings (recorded in the ranker's metadata)."""
+    """CatBoost settings and how its training examples are cut (recorded in the model card)."""
 
     loss: str = "Logloss"
     iterations: int = 300
     depth: int = 6
     learning_rate: float = 0.05
     n_candidates: int = 100
-    holdout: float = 0.2
     seed: int = 42
     threads: int = 2
-    max_users: int = 20_000  # users sampled for the training pool; bounds its rows on big data
+    max_users: int = 20_000  # users sampled per training cut; bounds the pool's rows on big data
+    label_days: int = 14  # what a user takes in this many days after a cut is what the ranker learns to find
+    train_cuts: int = 4  # cuts stacked for training, the latest at T - label_days ...
+    cut_step_days: int = 7  # ... and each earlier one this many days before the next
 
 
-def build_stage(dataset: Dataset, als: ALSParams, recent_days: int) -> tuple[CandidateModel, FeatureView]:
-    """ALS plus a feature view, both from the same interactions only."""
-    candidates = CandidateModel.fit(dataset.interactions, als)
-    tables = compute_features(dataset, recent_days)
-    return candidates, FeatureView(tables, candidates.item_ids, candidates.als.item_factors)
+@dataclass
+class Stage:
+    """The candidate model and the feature view as of one time, built from the interactions before it."""
+
+    candidates: CandidateModel
+    view: FeatureView
+    tables: FeatureTables
+
+
+class Stages:
+    """Stages built once per time: the backtest's cuts and the final model share them."""
+
+    def __init__(self, dataset: Dataset, params: CandidateParams) -> None:
+        self.dataset = dataset
+        self.params = params
+        self._built: dict[int | None, Stage] = {}
+
+    def at(self, as_of: int | None) -> Stage:
+        """The stage as of ``as_of`` (``None``: all the data, for serving)."""
+        if as_of not in self._built:
+            inter = self.dataset.interactions
+            before = inter if as_of is None else inter[inter[Columns.timestamp] < as_of]
+            candidates = CandidateModel.fit(before, self.params, as_of)
+            tables = compute_features(self.dataset, as_of)
+            view = FeatureView(tables, candidates.item_ids, candidates.als.item_factors)
+            self._built[as_of] = Stage(candidates, view, tables)
+        return self._built[as_of]
+
+
+def training_cuts(until: int, params: RankerParams) -> list[int]:
+    """The cuts whose label windows end by ``until``, oldest first."""
+    last = until - params.label_days * DAY
+    return [last - params.cut_step_days * DAY * j for j in range(params.train_cuts - 1, -1, -1)]
+
+
+def fresh_items(interactions: pd.DataFrame, start: int, end: int | None) -> dict[str, set[str]]:
+    """Per user, the items taken in ``[start, end)`` that they had not taken before ``start``."""
+    times = interactions[Columns.timestamp]
+    pair = [Columns.user, Columns.item]
+    before = interactions.loc[times < start, pair].drop_duplicates()
+    in_window = (times >= start) & (times < end) if end is not None else times >= start
+    window = interactions.loc[in_window, pair].drop_duplicates()
+    merged = window.merge(before, on=pair, how="left", indicator=True)
+    fresh = merged[merged["_merge"] == "left_only"]
+    return {user: set(items.tolist()) for user, items in fresh.groupby(Columns.user, sort=True)[Columns.item]}
 
 
 def fit_ranker(
-    dataset: Dataset, als: ALSParams, params: RankerParams, recent_days: int, show_progress: bool = True
+    stages: Stages, until: int, params: RankerParams, serve_at: int | None, show_progress: bool = True
 ) -> tuple[Ranker, dict]:
-    """Train the ranker: features from before the cut, labels after it.
+    """Train on the cuts before ``until`` (labels never reach ``until``) for serving the stage at ``serve_at``.
 
-    The cut is per user (each user's last ``holdout`` share of the given
-    interactions), the same rule as the evaluation split.
+    The ranker's columns are those every training stage and the served stage can produce.
     """
-    before, after = temporal_split(dataset.interactions, params.holdout)
-    candidates, view = build_stage(Dataset(before, dataset.users, dataset.items), als, recent_days)
-    return fit_ranker_on_stage(candidates, view, before, after, params, show_progress)
+    cuts = training_cuts(until, params)
+    names = common_names([stages.at(serve_at).view, *(stages.at(t).view for t in cuts)])
+    inter = stages.dataset.interactions
+    examples = [(stages.at(t), fresh_items(inter, t, t + params.label_days * DAY)) for t in cuts]
+    ranker, stats = fit_on_examples(examples, names, params, show_progress)
+    return ranker, {"cuts": [datetime.fromtimestamp(t, UTC).isoformat() for t in cuts], **stats}
 
 
-def fit_ranker_on_stage(
-    candidates: CandidateModel,
-    view: FeatureView,
-    before: pd.DataFrame,
-    after: pd.DataFrame,
+def fit_on_examples(
+    examples: Sequence[tuple[Stage, dict[str, set[str]]]],
+    names: FeatureNames,
     params: RankerParams,
     show_progress: bool = True,
 ) -> tuple[Ranker, dict]:
-    """Train on candidates from a stage fitted on ``before``, labelled by ``after``."""
-    names = view.available()
-    pool = training_pool(candidates, view, names, before, after, params)
+    """Fit CatBoost on each stage's candidates labelled by the items each user took next."""
+    parts = [_labelled_rows(stage, taken, params, names, position) for position, (stage, taken) in enumerate(examples)]
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        raise ValueError("no user took a new item after any training cut: too little data to train the ranker")
+    numeric, categorical, labels, groups = (np.concatenate(column) for column in zip(*parts, strict=True))
+    pool = Pool(Ranker.data(names, numeric, categorical), label=labels, group_id=groups)
     model = CatBoost(catboost_params(params))
     with tqdm(
         total=params.iterations,
@@ -76,11 +131,10 @@ def fit_ranker_on_stage(
     ) as bar:
         model.fit(pool, callbacks=[_Progress(bar)])
     importance = model.get_feature_importance(pool, type="PredictionValuesChange")
-    label = pool.get_label()
     stats = {
         "rows": int(pool.num_row()),
-        "groups": len(np.unique(pool.get_group_id_hash())),
-        "positives": int(np.sum(np.asarray(label, dtype=np.float32))),
+        "groups": len(np.unique(groups)),
+        "positives": int(labels.sum()),
         "feature_importance": {
             name: round(float(value), 3)
             for name, value in sorted(zip(names.all, importance, strict=True), key=lambda kv: -kv[1])
@@ -88,6 +142,37 @@ def fit_ranker_on_stage(
         "params": asdict(params),
     }
     return Ranker(model, names), stats
+
+
+def common_names(views: Sequence[FeatureView]) -> FeatureNames:
+    """The columns every view can produce, in the first view's order."""
+    first = views[0].available()
+    shared = set.intersection(*(set(v.available().all) for v in views))
+    return FeatureNames(
+        tuple(n for n in first.numeric if n in shared), tuple(n for n in first.categorical if n in shared)
+    )
+
+
+def _labelled_rows(
+    stage: Stage, taken: dict[str, set[str]], params: RankerParams, names: FeatureNames, position: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Rows for one stage: candidates of users it knows, labelled 1 for the items they took next."""
+    candidates = stage.candidates
+    labels = {candidates.user_index[u]: items for u, items in taken.items() if u in candidates.user_index}
+    users = sample_users(np.array(sorted(labels), dtype=np.int64), params.max_users, params.seed)
+    batch = candidates.top_n(users, params.n_candidates)
+    hits = [np.isin(candidates.item_ids[c], list(labels[u])) for u, c in zip(users, batch.items, strict=True)]
+    # A ranking pool needs each group (user) in one contiguous block, which
+    # iterating users in order gives; groups without a positive teach nothing.
+    keep = [i for i, h in enumerate(hits) if h.any()]
+    if not keep:
+        return None
+    kept = CandidateBatch.gather([(batch, i) for i in keep])
+    pipeline = TwoStageRecommender(candidates, None, stage.view, params.n_candidates)
+    numeric, categorical = pipeline.pair_rows(users[keep], kept, names)
+    # Group ids unique across stages: the same user at two cuts is two queries.
+    groups = np.repeat(users[keep] + (position << 32), [len(c) for c in kept.items])
+    return numeric, categorical, np.concatenate([hits[i] for i in keep]).astype(np.float32), groups
 
 
 def catboost_params(params: RankerParams) -> dict:
@@ -104,42 +189,6 @@ def catboost_params(params: RankerParams) -> dict:
         "verbose": False,
         "allow_writing_files": False,
     }
-
-
-def training_pool(
-    candidates: CandidateModel,
-    view: FeatureView,
-    names: FeatureNames,
-    before: pd.DataFrame,
-    after: pd.DataFrame,
-    params: RankerParams,
-) -> Pool:
-    """(user, candidate) rows labelled 1 when the user took the item after the cut.
-
-    At most ``params.max_users`` users (a seeded sample) contribute rows.
-    """
-    seen = before.groupby(Columns.user)[Columns.item].agg(set)
-    labels = {
-        candidates.user_index[u]: set(items) - seen.get(u, set())
-        for u, items in after.groupby(Columns.user)[Columns.item]
-        if u in candidates.user_index
-    }
-    users = np.array(sorted(u for u, items in labels.items() if items), dtype=np.int64)
-    users = sample_users(users, params.max_users, params.seed)
-    batch = candidates.top_n(users, params.n_candidates)
-    hits = [np.isin(candidates.item_ids[c], list(labels[u])) for u, c in zip(users, batch.items, strict=True)]
-    # A ranking pool needs each group (user) in one contiguous block, which
-    # iterating users in order gives; groups without a positive teach nothing.
-    keep = [i for i, h in enumerate(hits) if h.any()]
-    users = users[keep]
-    items = [batch.items[i] for i in keep]
-    pipeline = TwoStageRecommender(candidates, None, view, params.n_candidates)
-    numeric, categorical = pipeline.pair_rows(users, items, [batch.scores[i] for i in keep], names)
-    return Pool(
-        Ranker.data(names, numeric, categorical),
-        label=np.concatenate([hits[i] for i in keep]).astype(np.float32),
-        group_id=np.repeat(users, [len(c) for c in items]),
-    )
 
 
 def sample_users(users: np.ndarray, limit: int, seed: int) -> np.ndarray:

@@ -73,7 +73,6 @@ class ComputeContext:
     dataset: Dataset
     interactions: pd.DataFrame
     as_of: int
-    recent_days: int
     items: pd.DataFrame = field(default_factory=pd.DataFrame)
     users: pd.DataFrame = field(default_factory=pd.DataFrame)
     affinity: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -97,13 +96,17 @@ class Pairs:
     """The (user, candidate) pairs a ranker scores: parallel arrays, one entry per pair.
 
     ``user_rows`` are snapshot rows (-1: unknown user), ``items`` candidate
-    model indices, ``als_scores``/``als_ranks`` from the candidate stage.
+    model indices; the rest comes from the candidate stage: the ALS score,
+    the co-consumption score and each source's rank (NaN: not proposed).
     """
 
     user_rows: np.ndarray
     items: np.ndarray
     als_scores: np.ndarray
-    als_ranks: np.ndarray
+    cooc_scores: np.ndarray
+    source_ranks: dict[str, np.ndarray]
+    # Intermediate results several columns share (one set of pairs, one request: no locking needed).
+    scratch: dict[str, object] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

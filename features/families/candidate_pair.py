@@ -1,17 +1,27 @@
-"""What the candidate stage says about a pair: its ALS score and rank."""
+"""What the candidate stage says about a pair: its scores and its rank in each source."""
 
 from __future__ import annotations
 
-from features.families.base import Column, FeatureFamily
+from features.families.base import Column, FeatureFamily, Pairs
+
+SOURCES = ("als", "popular", "cooc")  # stages.candidates.SOURCES (features sit below stages)
 
 
 class CandidatePair(FeatureFamily):
-    """``als_score`` and ``als_rank`` (1 = best) of each candidate for its user."""
+    """``als_score``, ``cooc_score`` and ``<source>_rank`` (1 = best, NaN: that source did not propose it)."""
 
     name = "candidate"
 
     def columns(self) -> list[Column]:
         return [
             Column("als_score", "pair", compute=lambda pairs: pairs.als_scores),
-            Column("als_rank", "pair", compute=lambda pairs: pairs.als_ranks),
+            Column("cooc_score", "pair", compute=lambda pairs: pairs.cooc_scores),
+            *(Column(f"{source}_rank", "pair", compute=_rank_of(source)) for source in SOURCES),
         ]
+
+
+def _rank_of(source: str):
+    def compute(pairs: Pairs):
+        return pairs.source_ranks[source]
+
+    return compute

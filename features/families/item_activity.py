@@ -1,4 +1,4 @@
-"""How much and how recently an item is taken."""
+"""How much and how recently an item is taken, measured back from the snapshot's time."""
 
 from __future__ import annotations
 
@@ -8,31 +8,36 @@ import pandas as pd
 from features.families.base import DAY, Column, ComputeContext, FeatureFamily
 from features.schema import Columns
 
-COLUMNS = ("pop_all", "pop_recent", "mean_weight", "item_age_days")
+WINDOWS = (1, 7, 30)  # days
+COLUMNS = (
+    "pop_all",
+    *(f"pop_{d}d" for d in WINDOWS),
+    "pop_trend",
+    "mean_weight",
+    "item_age_days",
+    "item_days_since_last",
+)
 
 
 class ItemActivity(FeatureFamily):
-    """Interactions all time and in the recent window, mean weight, days since the first interaction."""
+    """Interactions all time and in the last 1, 7 and 30 days, the trend, mean weight, age and last activity."""
 
     name = "item_activity"
 
     @staticmethod
     def compute(data: ComputeContext) -> None:
         inter = data.interactions
-        recent_from = data.as_of - data.recent_days * DAY
+        times = inter[Columns.timestamp]
         by_item = inter.groupby(Columns.item, sort=True)
-        items = pd.DataFrame(
-            {
-                "pop_all": by_item.size().astype(np.float32),
-                "pop_recent": inter[inter[Columns.timestamp] >= recent_from]
-                .groupby(Columns.item)
-                .size()
-                .astype(np.float32),
-                "mean_weight": by_item[Columns.weight].mean().astype(np.float32),
-                "item_age_days": ((data.as_of - by_item[Columns.timestamp].min()) / DAY).astype(np.float32),
-            }
-        )
-        items["pop_recent"] = items["pop_recent"].fillna(0).astype(np.float32)
+        items = pd.DataFrame({"pop_all": by_item.size().astype(np.float32)})
+        for days in WINDOWS:
+            recent = inter[times >= data.as_of - days * DAY].groupby(Columns.item).size()
+            items[f"pop_{days}d"] = recent.reindex(items.index, fill_value=0).astype(np.float32)
+        # This week against the month's weekly average: >1 rising, <1 fading.
+        items["pop_trend"] = (items["pop_7d"] / np.maximum(items["pop_30d"] * 7 / 30, 1.0)).astype(np.float32)
+        items["mean_weight"] = by_item[Columns.weight].mean().astype(np.float32)
+        items["item_age_days"] = ((data.as_of - by_item[Columns.timestamp].min()) / DAY).astype(np.float32)
+        items["item_days_since_last"] = ((data.as_of - by_item[Columns.timestamp].max()) / DAY).astype(np.float32)
         items.index.name = Columns.item
         data.items = items
 

@@ -5,23 +5,32 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.families.base import Column, ComputeContext, FeatureFamily, Pairs
+from features.families.base import DAY, Column, ComputeContext, FeatureFamily, Pairs
 from features.schema import Columns
 
 RECENT_ITEMS = 10  # a user's latest items, for "similar to what they just watched"
+SIMILAR = 0.5  # cosine of ALS item factors above which two items count as similar
 
 
 class RecentSimilarity(FeatureFamily):
-    """``recent_sim_max`` and ``recent_sim_mean`` over the user's latest items (needs item vectors)."""
+    """Similarity of the candidate to the user's latest items, and how long ago they took a similar one.
+
+    ``recent_sim_max``/``recent_sim_mean`` over the latest items;
+    ``days_since_similar``: days since the newest of them with cosine at least
+    :data:`SIMILAR` (NaN: none). Needs item vectors (the ALS item factors).
+    """
 
     name = "recent_similarity"
 
     @staticmethod
     def compute(data: ComputeContext) -> None:
         latest = data.interactions.sort_values([Columns.timestamp, Columns.item], ascending=False, kind="stable")
-        data.users["recent_items"] = latest.groupby(Columns.user, sort=True)[Columns.item].agg(
-            lambda s: tuple(s.iloc[:RECENT_ITEMS])
+        latest = latest[latest.groupby(Columns.user, sort=False).cumcount() < RECENT_ITEMS]
+        by_user = latest.assign(days_ago=(data.as_of - latest[Columns.timestamp]) / DAY).groupby(
+            Columns.user, sort=True
         )
+        data.users["recent_items"] = by_user[Columns.item].agg(tuple)
+        data.users["recent_days_ago"] = by_user["days_ago"].agg(tuple)
 
     def columns(self) -> list[Column]:
         view = self.view
@@ -30,23 +39,48 @@ class RecentSimilarity(FeatureFamily):
         norms = np.linalg.norm(view.item_vectors, axis=1, keepdims=True)
         vectors = (view.item_vectors / np.maximum(norms, 1e-9)).astype(np.float32)
         users = view.users
-        recent = users["recent_items"] if "recent_items" in users else pd.Series([()] * len(users))
+        # Users known only from the users file have no latest items (NaN in the table).
+        recent = [r if isinstance(r, tuple) else () for r in users.get("recent_items", pd.Series([()] * len(users)))]
+        ages = [a if isinstance(a, tuple) else () for a in users.get("recent_days_ago", pd.Series([()] * len(users)))]
         width = max((len(r) for r in recent), default=0) or 1
         latest = np.full((view.n_users + 1, width), -1, dtype=np.int64)  # -1 pads
-        for row, items in enumerate(recent):
-            found = [view.item_position[i] for i in items if i in view.item_position]
-            latest[row, : len(found)] = found
+        days_ago = np.full((view.n_users + 1, width), np.nan, dtype=np.float32)
+        for row, (items, item_ages) in enumerate(zip(recent, ages, strict=True)):
+            found = [(view.item_position.get(i), a) for i, a in zip(items, item_ages, strict=True)]
+            found = [(i, a) for i, a in found if i is not None]
+            latest[row, : len(found)] = [i for i, _ in found]
+            days_ago[row, : len(found)] = [a for _, a in found]
         return [
             Column("recent_sim_max", "pair", compute=_similarity(vectors, latest, "max")),
             Column("recent_sim_mean", "pair", compute=_similarity(vectors, latest, "mean")),
+            Column("days_since_similar", "pair", compute=_days_since_similar(vectors, latest, days_ago)),
         ]
+
+
+def _similarities(vectors: np.ndarray, latest: np.ndarray, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine of each candidate to each of its user's latest items, computed once per set of pairs."""
+    if "recent_similarities" not in pairs.scratch:
+        recent = latest[pairs.user_rows]  # (pairs, width), newest first
+        valid = recent >= 0
+        sims = np.einsum("pd,pwd->pw", vectors[pairs.items], vectors[np.where(valid, recent, 0)])
+        pairs.scratch["recent_similarities"] = (sims, valid)
+    return pairs.scratch["recent_similarities"]
+
+
+def _days_since_similar(vectors: np.ndarray, latest: np.ndarray, days_ago: np.ndarray):
+    def compute(pairs: Pairs) -> np.ndarray:
+        sims, valid = _similarities(vectors, latest, pairs)
+        similar = valid & (sims >= SIMILAR)
+        first = similar.argmax(axis=1)  # the newest similar item (columns are newest first)
+        ages = days_ago[pairs.user_rows, first]
+        return np.where(similar.any(axis=1), ages, np.nan).astype(np.float32)
+
+    return compute
 
 
 def _similarity(vectors: np.ndarray, latest: np.ndarray, how: str):
     def compute(pairs: Pairs) -> np.ndarray:
-        recent = latest[pairs.user_rows]  # (pairs, width)
-        valid = recent >= 0
-        sims = np.einsum("pd,pwd->pw", vectors[pairs.items], vectors[np.where(valid, recent, 0)])
+        sims, valid = _similarities(vectors, latest, pairs)
         if how == "max":
             return np.where(valid, sims, -1.0).max(axis=1).astype(np.float32)
         count = np.maximum(valid.sum(axis=1), 1)

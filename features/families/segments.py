@@ -80,6 +80,7 @@ class Segments(FeatureFamily):
         super().__init__(view)
         # attribute -> (value code, segments x items share matrix, each snapshot user's code or -1)
         self.tables: dict[str, tuple[dict[str, int], np.ndarray, np.ndarray]] = {}
+        self.stored: dict[str, np.ndarray] = {}  # attribute -> each snapshot user's raw value
         segments = view.tables.segments
         per_user = user_segment_values(view.users, view.user_kinds, view.info.get("buckets", {}))
         for attribute, values_of_users in per_user.items():
@@ -94,9 +95,15 @@ class Segments(FeatureFamily):
             ].to_numpy(dtype=np.float32)[known]
             user_codes = values_of_users.map(lambda v, c=code: c.get(str(v), -1) if v is not None else -1)
             self.tables[attribute] = (code, matrix, with_unknown(user_codes.to_numpy(dtype=np.int64), -1))
+            self.stored[attribute] = view.users[attribute].to_numpy(dtype=object)
 
     def columns(self) -> list[Column]:
         return [Column(f"seg_{a}", "pair", compute=_segment_share(*self.tables[a][1:])) for a in self.tables]
+
+    def attributes_of(self, row: int) -> dict[str, object]:
+        """A snapshot user's own values of the segment attributes (missing ones left out)."""
+        values = {a: column[row] for a, column in self.stored.items()}
+        return {a: v for a, v in values.items() if v is not None and v == v}
 
     def scores(self, attributes: dict[str, object]) -> tuple[np.ndarray, list[str]] | None:
         """Item scores from the segments a new user's attributes fall into; ``None`` when none matches."""
@@ -104,7 +111,7 @@ class Segments(FeatureFamily):
         used = []
         buckets = self.view.info.get("buckets", {})
         for attribute, raw in attributes.items():
-            if attribute not in self.tables or raw is None:
+            if attribute not in self.tables or raw is None or raw != raw:
                 continue
             value = bucket_label(float(raw), buckets[attribute]) if attribute in buckets else str(raw)
             code, matrix, _ = self.tables[attribute]

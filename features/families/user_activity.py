@@ -8,20 +8,24 @@ import pandas as pd
 from features.families.base import DAY, Column, ComputeContext, FeatureFamily
 from features.schema import Columns
 
-COLUMNS = ("activity", "user_mean_weight", "days_since_last")
+COLUMNS = ("activity", "activity_30d", "user_mean_weight", "days_since_last")
+RECENT_DAYS = 30
 
 
 class UserActivity(FeatureFamily):
-    """Interaction count, mean weight and days since the user's last interaction."""
+    """Interaction count (all time and last 30 days), mean weight and days since the user's last interaction."""
 
     name = "user_activity"
 
     @staticmethod
     def compute(data: ComputeContext) -> None:
-        by_user = data.interactions.groupby(Columns.user, sort=True)
+        inter = data.interactions
+        by_user = inter.groupby(Columns.user, sort=True)
+        recent = inter[inter[Columns.timestamp] >= data.as_of - RECENT_DAYS * DAY].groupby(Columns.user).size()
         users = pd.DataFrame(
             {
                 "activity": by_user.size().astype(np.float32),
+                "activity_30d": recent.reindex(by_user.size().index, fill_value=0).astype(np.float32),
                 "user_mean_weight": by_user[Columns.weight].mean().astype(np.float32),
                 "days_since_last": ((data.as_of - by_user[Columns.timestamp].max()) / DAY).astype(np.float32),
             }

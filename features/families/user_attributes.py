@@ -13,7 +13,8 @@ class UserAttributes(FeatureFamily):
     @staticmethod
     def compute(data: ComputeContext) -> None:
         if data.dataset.users is not None:
-            data.users = data.users.join(data.dataset.users, how="left")
+            # Users in the file without interactions are kept: their attributes steer their cold start.
+            data.users = data.users.join(data.dataset.users, how="outer")
 
     def columns(self) -> list[Column]:
         kinds = self.view.user_kinds

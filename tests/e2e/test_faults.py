@@ -103,11 +103,12 @@ def test_training_killed_midway_leaves_stores_as_they_were(bentoml_home, tmp_pat
     store = tmp_path / "feature_store"
     args = [
         sys.executable, "-m", "train", "--interactions", str(files["interactions"]), "--items", str(files["items"]),
-        "--ranker-iterations", "400", "--feature-store", str(store), "--report-dir", str(tmp_path / "reports"),
+        "--ranker-iterations", "400", "--backtest-cuts", "1", "--fold-iterations", "100",
+        "--feature-store", str(store), "--report-dir", str(tmp_path / "reports"),
     ]  # fmt: skip
     assert subprocess.run(args, cwd=REPO, capture_output=True).returncode == 0
     before = store_state(bentoml_home, store)
-    for step in ("→ evaluation: ranker", "→ final ranker", "→ final candidates"):
+    for step in ("→ backtest", "→ secondary evaluation", "→ final ranker", "→ report"):
         process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
         for line in process.stdout:
             if line.startswith(step):

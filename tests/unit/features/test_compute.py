@@ -8,16 +8,22 @@ from features.compute import compute_features
 
 
 def test_item_and_user_aggregates(tiny):
-    tables = compute_features(tiny, recent_days=30)
+    tables = compute_features(tiny)
     items = tables.items
     assert items.loc[["a", "b", "c"], "pop_all"].tolist() == [2, 2, 1]
-    assert items.loc[["a", "b", "c"], "pop_recent"].tolist() == [0, 1, 1]  # window: days 30..60
+    assert items.loc[["a", "b", "c"], "pop_30d"].tolist() == [0, 1, 1]  # window: days 30..60
+    assert items.loc[["a", "b", "c"], "pop_1d"].tolist() == [0, 1, 1]  # days 59 and 60
+    # this week against the month's weekly average, floored at one a week: 1 / max(1 * 7/30, 1)
+    assert items.loc["b", "pop_trend"] == pytest.approx(1.0)
+    assert items.loc["a", "item_days_since_last"] == pytest.approx(58.0)
     assert items.loc["a", "mean_weight"] == pytest.approx(2.5)
     assert items.loc["a", "item_age_days"] == pytest.approx(60.0)
     users = tables.users
     assert users.loc["u2", "activity"] == 3
     assert users.loc["u2", "recent_items"] == ("c", "b", "a")  # latest first
     assert users.loc["u1", "days_since_last"] == pytest.approx(59.0)
+    assert users.loc[["u1", "u2"], "activity_30d"].tolist() == [0, 2]
+    assert users.loc["u2", "recent_days_ago"] == pytest.approx((0.0, 1.0, 58.0))
     # u1's weighted mean release year: (4*1990 + 2*2000) / 6
     assert users.loc["u1", "taste_year"] == pytest.approx((4 * 1990 + 2 * 2000) / 6)
 

@@ -1,11 +1,13 @@
-"""The ALS candidate stage on a checkerboard with a known answer."""
+"""The candidate stage on a checkerboard with a known answer: ALS alone, then every source merged."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
 
-from stages.candidates import ALSParams, CandidateModel
+from stages.candidates import CandidateBatch, CandidateModel, CandidateParams
 
 
 def checkerboard(n_users: int = 40, n_items: int = 20) -> pd.DataFrame:
@@ -18,8 +20,11 @@ def checkerboard(n_users: int = 40, n_items: int = 20) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "weight"])
 
 
+ALS_ONLY = {"n_popular": 0, "n_cooc": 0}
+
+
 def test_candidates_stay_in_the_users_block():
-    model = CandidateModel.fit(checkerboard(), ALSParams(factors=4, iterations=10, seed=1))
+    model = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=10, seed=1, **ALS_ONLY))
     users = np.array([model.user_index["u0"], model.user_index["u3"]])
     batch = model.top_n(users, n=1)
     assert model.item_ids[batch.items[0]].tolist() == ["i0"]  # the one even item u0 has not seen
@@ -27,7 +32,7 @@ def test_candidates_stay_in_the_users_block():
 
 
 def test_exclusions_and_seen_filter():
-    model = CandidateModel.fit(checkerboard(), ALSParams(factors=4, iterations=10, seed=1))
+    model = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=10, seed=1, **ALS_ONLY))
     user = np.array([model.user_index["u0"]])
     unfiltered = model.top_n(user, n=20, exclude_seen=False)
     assert len(unfiltered.items[0]) == 20
@@ -37,22 +42,72 @@ def test_exclusions_and_seen_filter():
 
 
 def test_save_load_round_trip(tmp_path):
-    model = CandidateModel.fit(checkerboard(), ALSParams(factors=4, iterations=5, seed=3))
+    model = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=5, seed=3))
     model.save(tmp_path)
     loaded = CandidateModel.load(tmp_path, model.params)
     np.testing.assert_array_equal(loaded.als.item_factors, model.als.item_factors)
     np.testing.assert_array_equal(loaded.user_ids, model.user_ids)
     np.testing.assert_array_equal(loaded.popular, model.popular)
+    np.testing.assert_array_equal(loaded.cold_share, model.cold_share)
+    np.testing.assert_array_equal(loaded.latest, model.latest)
     assert (loaded.seen != model.seen).nnz == 0
+    assert (loaded.cooc != model.cooc).nnz == 0
 
 
 def test_same_seed_same_factors():
-    a = CandidateModel.fit(checkerboard(), ALSParams(factors=4, iterations=5, seed=3))
-    b = CandidateModel.fit(checkerboard(), ALSParams(factors=4, iterations=5, seed=3))
+    a = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=5, seed=3))
+    b = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=5, seed=3))
     np.testing.assert_array_equal(a.als.user_factors, b.als.user_factors)
 
 
 def test_similar_items_are_from_the_same_block():
-    model = CandidateModel.fit(checkerboard(), ALSParams(factors=4, iterations=10, seed=1))
+    model = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=10, seed=1))
     items, _ = model.similar_items(model.item_index["i2"], n=3)
     assert all(int(i[1:]) % 2 == 0 and i != "i2" for i in model.item_ids[items])
+
+
+def test_sources_are_merged_once_each_with_their_ranks():
+    # i1 is the most taken item in the last 30 days; u0 took i2 then i4 together with most even users.
+    data = checkerboard()
+    data.loc[data["item_id"] == "i1", "timestamp"] = 10_000_000
+    model = CandidateModel.fit(data, CandidateParams(factors=4, iterations=10, seed=1, n_popular=2, n_cooc=3))
+    batch = model.top_n(np.array([model.user_index["u0"]]), n=1)
+    items = model.item_ids[batch.items[0]].tolist()
+    assert items[0] == "i0"  # ALS first
+    assert len(items) == len(set(items))  # each item once
+    ranks = {source: batch.source_ranks[source][0] for source in ("als", "popular", "cooc")}
+    assert ranks["als"][0] == 1 and np.isnan(ranks["als"][1:]).all()
+    assert items[int(np.nanargmin(ranks["popular"]))] == "i1"  # the recent favourite, unseen by u0
+    assert (~np.isnan(ranks["popular"])).sum() == 2 and (~np.isnan(ranks["cooc"])).sum() <= 3
+    seen = set(model.item_ids[model.seen[model.user_index["u0"]].indices])
+    assert not seen & set(items)  # no source proposes what the user has
+    np.testing.assert_allclose(
+        batch.scores[0],
+        model.als.user_factors[model.user_index["u0"]] @ model.als.item_factors[batch.items[0]].T,
+        rtol=1e-5,
+    )
+
+
+def test_co_consumption_proposes_what_was_taken_with_the_latest_items():
+    # Everyone who took a then took b; u9 just took a.
+    rows = [(f"u{n}", item, t) for n in range(8) for t, item in enumerate(["a", "b"])] + [
+        ("u9", "a", 5),
+        ("u9", "z", 1),
+    ]
+    data = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).assign(weight=1.0)
+    model = CandidateModel.fit(data, CandidateParams(factors=2, iterations=3, seed=1, n_popular=0, n_cooc=1))
+    batch = model.top_n(np.array([model.user_index["u9"]]), n=0)
+    assert model.item_ids[batch.items[0]].tolist() == ["b"]
+    assert batch.source_ranks["cooc"][0].tolist() == [1.0] and batch.cooc_scores[0][0] > 0
+
+
+def test_batch_survives_a_trip_through_json():
+    model = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=5, seed=3, n_popular=3))
+    batch = model.top_n(np.array([0, 1]), n=2)
+    again = CandidateBatch.from_json(json.loads(json.dumps(batch.to_json())))
+    for field in ("items", "scores", "cooc_scores"):
+        for a, b in zip(getattr(batch, field), getattr(again, field), strict=True):
+            np.testing.assert_array_equal(a, b)
+    for source, ranks in batch.source_ranks.items():
+        for a, b in zip(ranks, again.source_ranks[source], strict=True):
+            np.testing.assert_array_equal(a, b)  # NaN where a source did not propose the item

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from features.compute import compute_features
+from features.families import Pairs
 from stages.feature_view import FeatureView
 
 
@@ -14,15 +15,25 @@ def test_view_rows_match_tables(tiny):
     view = FeatureView(tables, np.array(["a", "b", "c"], dtype=object), np.eye(3, dtype=np.float32))
     names = view.available()
     users = view.user_rows(["u1", "u1", "nobody"])
-    numeric, categorical = view.rows(
-        names,
-        users,
-        np.array([1, 2, 0]),
-        np.array([0.9, 0.5, 0.1], np.float32),
-        np.array([1, 2, 1], np.float32),
+    pairs = Pairs(
+        user_rows=users,
+        items=np.array([1, 2, 0]),
+        als_scores=np.array([0.9, 0.5, 0.1], np.float32),
+        cooc_scores=np.array([0.0, 0.3, 0.0], np.float32),
+        source_ranks={
+            "als": np.array([1, 2, 1], np.float32),
+            "popular": np.array([np.nan, 1, 2], np.float32),
+            "cooc": np.array([np.nan, 1, np.nan], np.float32),
+        },
     )
+    numeric, categorical = view.rows(names, pairs)
     col = {n: numeric[:, i] for i, n in enumerate(names.numeric)}
     assert col["pop_all"].tolist() == [2, 1, 2]
+    assert col["als_score"].tolist() == pytest.approx([0.9, 0.5, 0.1])
+    assert col["popular_rank"][1:].tolist() == [1, 2] and np.isnan(col["popular_rank"][0])
+    assert col["cooc_score"].tolist() == pytest.approx([0.0, 0.3, 0.0])
+    # u1 took a (day 0) and b (day 1); b is the candidate itself: its similarity is 1, 59 days back.
+    assert col["days_since_similar"][0] == pytest.approx(59.0)
     assert col["aff_genres"][0] == pytest.approx((1.0 + 2 / 6) / 2)  # item b has two genres
     assert col["aff_genres_max"][1] == pytest.approx(2 / 6)
     assert col["genres=comedy"].tolist() == [1, 1, 0]

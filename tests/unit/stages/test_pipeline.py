@@ -8,7 +8,7 @@ import pytest
 
 from features.compute import compute_features
 from features.schema import Dataset, validate_interactions
-from stages.candidates import ALSParams, CandidateModel
+from stages.candidates import CandidateModel, CandidateParams
 from stages.feature_view import FeatureView
 from stages.pipeline import POPULAR, TWO_STAGE, Query, TwoStageRecommender
 
@@ -50,7 +50,7 @@ class ReversingRanker:
 @pytest.fixture(scope="module")
 def parts() -> tuple[CandidateModel, FeatureView]:
     data = dataset()
-    candidates = CandidateModel.fit(data.interactions, ALSParams(factors=2, iterations=5, seed=1))
+    candidates = CandidateModel.fit(data.interactions, CandidateParams(factors=2, iterations=5, seed=1))
     view = FeatureView(compute_features(data), candidates.item_ids, candidates.als.item_factors, "v1")
     return candidates, view
 
@@ -90,18 +90,32 @@ def test_exclude_items_honoured_for_known_and_unknown_users(als_only):
 
 def test_unknown_user_gets_popularity_in_exact_order(als_only):
     [answer] = als_only.recommend([Query("nobody", k=4)])
-    assert answer.strategy == POPULAR and answer.message == "unknown user: most popular items"
+    assert answer.strategy == POPULAR and answer.message == "unknown user: most popular in the last 30 days"
     assert answer.item_ids == ["i0", "i1", "i2", "i3"]
-    assert answer.scores == [1.0, 0.5, pytest.approx(1 / 3, abs=1e-6), 0.25]
+    assert answer.scores == [5 / 16, 4 / 16, 3 / 16, 2 / 16]  # shares of the 16 interactions
     assert answer.titles == ["Title i0", "Title i1", "Title i2", "Title i3"]
 
 
-def test_segment_cold_start_ranks_by_the_segment_then_popularity(als_only):
+def test_segment_cold_start_adds_the_segment_share_to_popularity(als_only):
+    # Job b's shares: i2 3/9, i0 2/9, the rest 1/9; plus popularity 5/16, 4/16, 3/16, 2/16, 1/16, 1/16.
     [answer] = als_only.recommend([Query("nobody", k=6, user_attributes={"job": "b", "shoe_size": 44})])
-    assert answer.strategy == POPULAR and answer.message == "unknown user: most popular for job=b"
-    assert answer.item_ids == ["i2", "i0", "i1", "i3", "i4", "i5"]
+    assert answer.strategy == POPULAR
+    assert answer.message == "unknown user: most popular in the last 30 days among users with job=b"
+    assert answer.item_ids == ["i0", "i2", "i1", "i3", "i4", "i5"]
+    assert answer.scores[:2] == [pytest.approx(5 / 16 + 2 / 9), pytest.approx(3 / 16 + 3 / 9)]
     [unmatched] = als_only.recommend([Query("nobody", k=2, user_attributes={"job": "never-seen"})])
-    assert unmatched.item_ids == ["i0", "i1"] and unmatched.message == "unknown user: most popular items"
+    assert unmatched.item_ids == ["i0", "i1"]
+    assert unmatched.message == "unknown user: most popular in the last 30 days"
+
+
+def test_a_heavier_segment_weight_lets_the_segment_lead(parts):
+    _, view = parts
+    heavy = CandidateModel.fit(
+        dataset().interactions, CandidateParams(factors=2, iterations=5, seed=1, segment_weight=3.0)
+    )
+    pipeline = TwoStageRecommender(heavy, None, view, n_candidates=6)
+    [answer] = pipeline.recommend([Query("nobody", k=2, user_attributes={"job": "b"})])
+    assert answer.item_ids == ["i2", "i0"]  # 3/16 + 3 * 3/9 > 5/16 + 3 * 2/9
 
 
 def test_mixed_queries_answered_in_order(als_only):

@@ -37,9 +37,9 @@ def saved_model(ranker: Ranker, path: Path) -> dict:
 def feature_rows(pipeline: TwoStageRecommender, users: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The ranker's input rows for these users' candidates, as the pipeline builds them."""
     queries = [Query(u, k=10) for u in users]
-    items, scores = pipeline.candidate_lists(queries)
+    batch = pipeline.candidate_lists(queries)
     indices = np.array([pipeline.candidates.user_index[u] for u in users], dtype=np.int64)
-    return pipeline.pair_rows(indices, items, scores)
+    return pipeline.pair_rows(indices, batch)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -47,7 +47,7 @@ def test_synthetic_clusters_are_recovered(tmp_path, synthetic_files, fmt):
     files = synthetic_files[fmt]
     config = quick_config(tmp_path, interactions=files["interactions"], users=files["users"], items=files["items"])
     result = train(config, echo=False)
-    models = result.evaluation["models"]
+    models = result.evaluation["per_user_split"]["models"]
     assert models["two-stage (ALS + CatBoost)"]["ndcg@10"] > 1.5 * models["popular (all time)"]["ndcg@10"]
 
     pipeline = runtime_for(result).pipeline
@@ -80,7 +80,7 @@ def test_same_data_and_seed_give_same_models_and_recommendations(tmp_path, synth
     queries = [Query(f"u{i}", k=10) for i in range(50)]
     assert [r.item_ids for r in a.pipeline.recommend(queries)] == [r.item_ids for r in b.pipeline.recommend(queries)]
     assert [r.scores for r in a.pipeline.recommend(queries)] == [r.scores for r in b.pipeline.recommend(queries)]
-    assert runs[0].evaluation["models"] == runs[1].evaluation["models"]
+    assert runs[0].evaluation["per_user_split"] == runs[1].evaluation["per_user_split"]
 
 
 def test_failed_ranker_save_deletes_the_new_candidates_model(tmp_path, synthetic_files, monkeypatch):

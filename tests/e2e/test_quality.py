@@ -1,0 +1,68 @@
+"""Quality as deployed, on real MovieLens-100K: the backtest on global time cuts, then the per-user split."""
+
+from __future__ import annotations
+
+import bentoml
+import pytest
+
+from serving.runtime import Runtime
+from train.backtest import COLD_START, TWO_STAGE
+
+pytestmark = pytest.mark.slow
+BASELINES = ("popular (all time)", "popular (last 1 days)", "popular (last 7 days)", "popular (last 30 days)", "ALS")
+
+
+@pytest.fixture(scope="module")
+def backtest(movielens_run) -> dict:
+    return movielens_run[0].evaluation["backtest"]
+
+
+def test_backtest_has_three_cuts_in_the_last_third_and_both_horizons(backtest):
+    assert len(backtest["cuts"]) == 3
+    assert set(backtest["mean"]) == {"14 days", "all after the cut"}
+    assert all(set(segments) == {"warm", "cold"} for segments in backtest["mean"].values())
+
+
+@pytest.mark.parametrize("horizon", ["14 days", "all after the cut"])
+def test_two_stage_beats_every_baseline_for_warm_users(backtest, horizon):
+    warm = backtest["mean"][horizon]["warm"]
+    best = max(warm[name]["mean"] for name in BASELINES)
+    assert warm[TWO_STAGE]["mean"] > best
+
+
+@pytest.mark.parametrize("horizon", ["14 days", "all after the cut"])
+def test_cold_start_is_at_least_all_time_popularity(backtest, horizon):
+    cold = backtest["mean"][horizon]["cold"]
+    assert cold[COLD_START]["mean"] >= cold["popular (all time)"]["mean"]
+
+
+def test_candidate_sources_reach_more_than_als_alone(backtest):
+    for row in (r for r in backtest["rows"] if "candidate_recall" in r):
+        recall = row["candidate_recall"]
+        assert recall["merged"] > recall["als"] + 0.1
+
+
+def test_per_user_split_still_holds(movielens_run):
+    models = movielens_run[0].evaluation["per_user_split"]["models"]
+    ndcg = {name: row["ndcg@10"] for name, row in models.items()}
+    assert ndcg[TWO_STAGE] >= 0.26
+    assert ndcg[TWO_STAGE] >= 1.2 * ndcg["ALS"]
+    assert ndcg["ALS"] > ndcg["popular (all time)"]
+    assert ndcg["ALS"] > ndcg["popular (last 30 days)"]
+
+
+def test_models_and_report_are_saved(movielens_run):
+    _, tmp = movielens_run
+    assert {"recsys-candidates", "recsys-ranker"} <= {m.tag.name for m in bentoml.models.list()}
+    assert (tmp / "reports" / "evaluation.png").stat().st_size > 0
+    report = (tmp / "reports" / "evaluation.md").read_text()
+    assert report.index("Backtest (primary)") < report.index("Per-user split (secondary")
+    assert "| two-stage (ALS + CatBoost) |" in report
+
+
+def test_model_card_and_model_info_lead_with_the_backtest(movielens_run):
+    run, _ = movielens_run
+    info = Runtime.from_store(run.ranker_tag).info()
+    assert info.evaluation["backtest"]["mean"] == run.evaluation["backtest"]["mean"]
+    assert "cold_start_options" not in info.evaluation["backtest"]["rows"][0]
+    assert info.evaluation["per_user_split"]["models"] == run.evaluation["per_user_split"]["models"]

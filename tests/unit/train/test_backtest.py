@@ -1,0 +1,72 @@
+"""The backtest's cuts, labels and choices, on hand-made data."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from features.schema import validate_interactions
+from train.backtest import BacktestParams, backtest_cuts, choose_cold_start, option_name
+from train.ranker_training import RankerParams, fresh_items, training_cuts
+
+DAY = 86_400
+
+
+def interactions(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
+    users, items, days = zip(*rows, strict=True)
+    return validate_interactions(
+        pd.DataFrame({"user_id": users, "item_id": items, "timestamp": [d * DAY for d in days]})
+    )
+
+
+def test_cuts_spread_over_the_last_third_and_leave_a_full_horizon():
+    data = interactions([("u", "a", 0), ("u", "b", 299)])  # spans days 0..299 (+1 s)
+    cuts = backtest_cuts(data, BacktestParams(n_cuts=3, horizon_days=14))
+    assert len(cuts) == 3 and cuts == sorted(cuts)
+    assert cuts[0] == (299 * DAY + 1) * 2 // 3  # the last third starts two thirds into the span
+    assert cuts[-1] == 299 * DAY + 1 - 14 * DAY  # the last cut leaves exactly 14 days after it
+
+
+def test_too_short_a_span_for_the_horizon_is_a_clear_error():
+    with pytest.raises(ValueError, match="too short for a 14-day horizon"):
+        backtest_cuts(interactions([("u", "a", 0), ("u", "b", 20)]), BacktestParams(horizon_days=14))
+
+
+def test_training_labels_never_reach_the_cut():
+    params = RankerParams(label_days=14, train_cuts=3, cut_step_days=7)
+    until = 100 * DAY
+    cuts = training_cuts(until, params)
+    assert cuts == [72 * DAY, 79 * DAY, 86 * DAY]  # oldest first
+    assert max(cuts) + params.label_days * DAY == until
+
+
+def test_fresh_items_are_new_to_the_user_and_inside_the_window():
+    data = interactions(
+        [
+            ("u", "a", 1),  # before the window
+            ("u", "a", 11),  # a repeat inside it: not new
+            ("u", "b", 10),  # new, at the window's first second
+            ("u", "c", 20),  # at the window's end: outside
+            ("v", "a", 15),  # a user with no history: every item is new
+        ]
+    )
+    assert fresh_items(data, 10 * DAY, 20 * DAY) == {"u": {"b"}, "v": {"a"}}
+    assert fresh_items(data, 10 * DAY, None) == {"u": {"b", "c"}, "v": {"a"}}
+
+
+def test_cold_start_choice_is_the_best_mean_over_every_cut_and_horizon():
+    def cold(scores: dict[tuple, float]) -> dict:
+        options = {
+            option_name(days, weight): {"ndcg@10": 0.0}
+            for days in (None, 1, 7, 30, 60)
+            for weight in (0.0, 0.3, 1.0, 3.0)
+        }
+        options.update({option_name(*key): {"ndcg@10": value} for key, value in scores.items()})
+        return {"segment": "cold", "cold_start_options": options}
+
+    rows = [
+        cold({(30, 0.0): 0.5, (60, 1.0): 0.6}),
+        cold({(30, 0.0): 0.5, (60, 1.0): 0.3}),  # 60 days wins one cut, loses on the mean
+        {"segment": "warm"},
+    ]
+    assert choose_cold_start(rows) == (30, 0.0)

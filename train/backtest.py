@@ -43,8 +43,12 @@ def popularity_name(days: int | None) -> str:
     return "popular (all time)" if days is None else f"popular (last {days} days)"
 
 
-def backtest_cuts(interactions: pd.DataFrame, params: BacktestParams) -> list[int]:
-    """``n_cuts`` times spread over the last third of the data, the last leaving a full short horizon after it."""
+def backtest_cuts(interactions: pd.DataFrame, params: BacktestParams, step_days: int = 7) -> list[int]:
+    """``n_cuts`` times spread over the last third of the data, the last leaving a full short horizon after it.
+
+    Cuts fall on a grid of ``step_days`` counted back from the last one, the
+    grid the ranker's training cuts use too, so folds share their stages.
+    """
     times = interactions[Columns.timestamp]
     start, end = int(times.min()), int(times.max()) + 1
     first = start + (end - start) * 2 // 3
@@ -54,13 +58,15 @@ def backtest_cuts(interactions: pd.DataFrame, params: BacktestParams) -> list[in
             f"the data spans {(end - start) / DAY:.0f} days: too short for a {params.horizon_days}-day horizon "
             "after cuts in its last third"
         )
-    return [int(t) for t in np.linspace(first, last, params.n_cuts)]
+    step = step_days * DAY
+    steps_back = np.linspace((last - first) // step, 0, params.n_cuts).round().astype(int)
+    return sorted({int(last - n * step) for n in steps_back})
 
 
 def run_backtest(stages: Stages, ranker_params: RankerParams, params: BacktestParams, echo: bool = False) -> dict:
     """Every cut, both horizons, warm and cold users: metrics per model, candidate recall, and the means."""
     inter = stages.dataset.interactions
-    cuts = backtest_cuts(inter, params)
+    cuts = backtest_cuts(inter, params, ranker_params.cut_step_days)
     fold_params = replace(ranker_params, iterations=params.fold_iterations)
     horizons = {f"{params.horizon_days} days": params.horizon_days, "all after the cut": None}
     rows = []

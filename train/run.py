@@ -75,7 +75,7 @@ def load_data(config: TrainConfig) -> Dataset:
     return movielens.load()
 
 
-PER_USER_TRAIN_USERS = 400  # the secondary table's ranker learns from a sample: it keeps the run under a minute
+PER_USER_TRAIN_USERS = 300  # the secondary table's ranker learns from a sample: it keeps the run under a minute
 
 
 def taken_after(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, set[str]]:

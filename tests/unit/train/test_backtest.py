@@ -21,10 +21,13 @@ def interactions(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
 
 def test_cuts_spread_over_the_last_third_and_leave_a_full_horizon():
     data = interactions([("u", "a", 0), ("u", "b", 299)])  # spans days 0..299 (+1 s)
-    cuts = backtest_cuts(data, BacktestParams(n_cuts=3, horizon_days=14))
+    cuts = backtest_cuts(data, BacktestParams(n_cuts=3, horizon_days=14), step_days=7)
+    last = 299 * DAY + 1 - 14 * DAY
+    assert cuts[-1] == last  # the last cut leaves exactly 14 days after it
     assert len(cuts) == 3 and cuts == sorted(cuts)
-    assert cuts[0] == (299 * DAY + 1) * 2 // 3  # the last third starts two thirds into the span
-    assert cuts[-1] == 299 * DAY + 1 - 14 * DAY  # the last cut leaves exactly 14 days after it
+    assert cuts[0] >= (299 * DAY + 1) * 2 // 3  # the last third starts two thirds into the span
+    assert all((last - cut) % (7 * DAY) == 0 for cut in cuts)  # on the training cuts' weekly grid
+    assert [(last - cut) // (7 * DAY) for cut in cuts] == [12, 6, 0]
 
 
 def test_too_short_a_span_for_the_horizon_is_a_clear_error():

@@ -155,6 +155,8 @@ class TwoStageRecommender:
         known = query.user_id in self.view.user_row and not query.user_attributes
         who = "no interactions yet" if known else "unknown user"
         among = f" among users with {', '.join(used)}" if used else ""
+        if attributes and params.segment_weight == 0:
+            among = " (attributes not used: segments got no weight in the backtest)"
         picked = first_k_not_in(ranking(scores), query.k, set(self._excluded(query).tolist()))
         return self._answer(query, picked, scores[picked], POPULAR, f"{who}: most popular in {window}{among}")
 

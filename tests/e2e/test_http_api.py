@@ -11,6 +11,7 @@ import json
 import re
 
 import bentoml
+import numpy as np
 import pytest
 
 from stages.pipeline import Query
@@ -57,19 +58,24 @@ def test_exclusions(client):
     assert len(with_seen["recommendations"]) == 100
 
 
-def test_cold_start_uses_popularity_and_attributes(client, offline):
+def test_cold_start_is_recent_popularity_as_the_backtest_chose(client, offline):
+    # On MovieLens-100K the backtest picks the last 30 days and gives segments no weight.
+    assert offline.card.evaluation["backtest"]["cold_start"] == {"days": 30, "segment_weight": 0.0}
     _, plain = post(client, "/recommend", {"user_id": "someone-new", "k": 5})
     assert plain["strategy"] == "popular" and plain["status"] == "success"
-    assert plain["message"] == "unknown user: most popular items"
-    popular = [str(i) for i in offline.candidates.item_ids[offline.candidates.popular[:5]]]
+    assert plain["message"] == "unknown user: most popular in the last 30 days"
+    share = offline.candidates.cold_share
+    popular = [str(i) for i in offline.candidates.item_ids[np.lexsort((np.arange(len(share)), -share))[:5]]]
     assert [r["item_id"] for r in plain["recommendations"]] == popular
     _, young = post(
         client,
         "/recommend",
         {"user_id": "someone-new", "k": 5, "user_attributes": {"age": 19, "occupation": "student"}},
     )
-    assert young["message"] == "unknown user: most popular for age=19, occupation=student"
-    assert [r["item_id"] for r in young["recommendations"]] != popular
+    assert young["message"] == (
+        "unknown user: most popular in the last 30 days (attributes not used: segments got no weight in the backtest)"
+    )
+    assert young["recommendations"] == plain["recommendations"]
 
 
 def test_batch_answers_in_order(client):

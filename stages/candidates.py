@@ -13,8 +13,9 @@ Saved as plain files (``.npz``/``.npy``, no pickle) so the serving image
 needs no training code: ``als.npz`` is the CPU ALS class, ``ids.npz`` the id
 maps, ``seen.npz`` each user's interacted items (CSR), ``popular.npy`` the
 recent-popularity ranking, ``cold_share.npy`` the popularity cold start
-starts from, ``latest.npy`` each user's latest items, ``cooc.npz`` the
-item-to-item co-consumption graph.
+starts from, ``latest.npy`` each user's latest items, ``cooc.npz`` each
+item's co-consumption neighbours and their weights (padded arrays, so a
+request gathers rows instead of building sparse matrices).
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
+from features.families.candidate_pair import SOURCES
 from features.schema import Columns
 
 SCORE_CHUNK = 1024  # users scored at once: 1024 x 27k items of float32 is about 110 MB
 DAY = 86_400
-SOURCES = ("als", "popular", "cooc")
 COOC_HISTORY = 50  # a user's latest items that count towards co-consumption (bounds the work on heavy users)
 
 
@@ -145,7 +146,7 @@ class CandidateModel:
         popular: np.ndarray,
         cold_share: np.ndarray,
         latest: np.ndarray,
-        cooc: sp.csr_matrix,
+        cooc: Neighbours,
         params: CandidateParams,
     ) -> None:
         self.als = als
@@ -224,7 +225,7 @@ class CandidateModel:
         self.als.save(str(directory / "als.npz"))
         np.savez(directory / "ids.npz", users=self.user_ids.astype(str), items=self.item_ids.astype(str))
         sp.save_npz(directory / "seen.npz", self.seen)
-        sp.save_npz(directory / "cooc.npz", self.cooc)
+        np.savez(directory / "cooc.npz", items=self.cooc.items, weights=self.cooc.weights)
         np.save(directory / "popular.npy", self.popular, allow_pickle=False)
         np.save(directory / "cold_share.npy", self.cold_share, allow_pickle=False)
         np.save(directory / "latest.npy", self.latest, allow_pickle=False)
@@ -244,7 +245,7 @@ class CandidateModel:
             np.load(directory / "popular.npy", allow_pickle=False),
             np.load(directory / "cold_share.npy", allow_pickle=False),
             np.load(directory / "latest.npy", allow_pickle=False),
-            sp.load_npz(directory / "cooc.npz").tocsr(),
+            Neighbours.load(directory / "cooc.npz"),
             params,
         )
 
@@ -277,8 +278,10 @@ class CandidateModel:
         cooc = self._cooc_scores(users)
         blocked = np.zeros(scores.shape, dtype=bool)
         if exclude_seen:
-            rows = self.seen[users]
-            blocked[np.repeat(np.arange(len(users)), np.diff(rows.indptr)), rows.indices] = True
+            # Slices of the CSR arrays: a sparse row selection costs more than the rest of a request.
+            starts, ends = self.seen.indptr[users], self.seen.indptr[users + 1]
+            seen = np.concatenate([self.seen.indices[a:b] for a, b in zip(starts, ends, strict=True)])
+            blocked[np.repeat(np.arange(len(users)), ends - starts), seen] = True
         if exclude:
             for row, items in enumerate(exclude):
                 blocked[row, items] = True
@@ -302,13 +305,14 @@ class CandidateModel:
     def _cooc_scores(self, users: np.ndarray) -> np.ndarray:
         """Per user, the summed co-consumption weight of every item with the user's latest items."""
         seeds = self.latest[users]  # (users, seeds), -1 pads
-        rows = np.repeat(np.arange(len(users)), seeds.shape[1])
-        flat = seeds.ravel()
-        picker = sp.csr_matrix(
-            (np.ones(int((flat >= 0).sum()), np.float32), (rows[flat >= 0], flat[flat >= 0])),
-            shape=(len(users), self.n_items),
-        )
-        return (picker @ self.cooc).toarray()
+        known = seeds >= 0
+        neighbours = self.cooc.items[np.where(known, seeds, 0)]  # (users, seeds, neighbours), -1 pads
+        weights = self.cooc.weights[np.where(known, seeds, 0)] * known[..., None]
+        valid = neighbours >= 0
+        rows = np.broadcast_to(np.arange(len(users))[:, None, None], neighbours.shape)
+        flat = (rows * self.n_items + neighbours)[valid]
+        totals = np.bincount(flat, weights=weights[valid], minlength=len(users) * self.n_items)
+        return totals.reshape(len(users), self.n_items).astype(np.float32)
 
     def similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Nearest items by cosine of ALS item factors (the item itself excluded)."""
@@ -367,7 +371,20 @@ def _latest_items(user_codes: np.ndarray, item_codes: np.ndarray, n_users: int, 
     return latest
 
 
-def _co_consumption(latest: np.ndarray, n_items: int, neighbours: int) -> sp.csr_matrix:
+@dataclass(frozen=True)
+class Neighbours:
+    """Each item's nearest items and their weights, best first (``items`` padded with -1)."""
+
+    items: np.ndarray  # (n_items, width) int64
+    weights: np.ndarray  # (n_items, width) float32
+
+    @classmethod
+    def load(cls, path: Path) -> Neighbours:
+        with np.load(path, allow_pickle=False) as arrays:
+            return cls(arrays["items"], arrays["weights"])
+
+
+def _co_consumption(latest: np.ndarray, n_items: int, neighbours: int) -> Neighbours:
     """Item-to-item cosine of co-consumption over users' latest items, the top ``neighbours`` per item."""
     rows = np.repeat(np.arange(len(latest)), latest.shape[1])
     flat = latest.ravel()
@@ -380,21 +397,13 @@ def _co_consumption(latest: np.ndarray, n_items: int, neighbours: int) -> sp.csr
     together.eliminate_zeros()
     counts = np.asarray(taken.sum(axis=0)).ravel()
     norm = 1.0 / np.sqrt(np.maximum(counts, 1.0))
-    together = sp.diags(norm) @ together @ sp.diags(norm)
-    return _keep_top_per_row(together.tocsr().astype(np.float32), neighbours)
-
-
-def _keep_top_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
-    rows, cols, values = [], [], []
-    for row in range(matrix.shape[0]):
-        start, end = matrix.indptr[row], matrix.indptr[row + 1]
-        data, index = matrix.data[start:end], matrix.indices[start:end]
-        keep = np.lexsort((index, -data))[:n]
-        rows.append(np.full(len(keep), row))
-        cols.append(index[keep])
-        values.append(data[keep])
-    if not rows:
-        return sp.csr_matrix(matrix.shape, dtype=np.float32)
-    return sp.csr_matrix(
-        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=matrix.shape, dtype=np.float32
-    )
+    together = (sp.diags(norm) @ together @ sp.diags(norm)).tocsr()
+    items = np.full((n_items, neighbours), -1, dtype=np.int64)
+    weights = np.zeros((n_items, neighbours), dtype=np.float32)
+    for row in range(n_items):
+        start, end = together.indptr[row], together.indptr[row + 1]
+        data, index = together.data[start:end], together.indices[start:end]
+        keep = np.lexsort((index, -data))[:neighbours]
+        items[row, : len(keep)] = index[keep]
+        weights[row, : len(keep)] = data[keep]
+    return Neighbours(items, weights)

@@ -1,4 +1,4 @@
-"""The two-stage pipeline: ALS candidates, features joined, CatBoost re-ranks.
+"""The two-stage pipeline: candidates from several sources, features joined, CatBoost re-ranks.
 
 The service, the offline batch CLI, the evaluation and the parity test all
 call :meth:`TwoStageRecommender.recommend`; there is no second copy.

@@ -7,11 +7,11 @@ override a ``--config`` file (TOML or JSON with the same keys).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
+from threadpoolctl import threadpool_limits
 
 from features.schema import DataError
 from train.config import TrainConfig, read_config_file
@@ -45,12 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"error: bad configuration:\n{exc}", file=sys.stderr)
         return EXIT_BAD_DATA
-    # One BLAS thread: ALS and CatBoost bring their own parallelism.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from train.run import train
 
     try:
-        train(config)
+        # One BLAS thread: ALS and CatBoost bring their own parallelism (numpy is loaded by now,
+        # so an environment variable would be too late; threadpoolctl reaches the loaded library).
+        with threadpool_limits(1, "blas"):
+            train(config)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_DATA

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from features.families.base import Column, FeatureFamily, Pairs
 
-SOURCES = ("als", "popular", "cooc")  # stages.candidates.SOURCES (features sit below stages)
+SOURCES = ("als", "popular", "cooc")  # the candidate sources (stages/candidates.py), each a rank feature
 
 
 class CandidatePair(FeatureFamily):

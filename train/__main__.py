@@ -15,6 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from features.schema import DataError
 from train.config import TrainConfig, read_config_file
+from train.ranker_training import NotEnoughHistory
 
 EXIT_BAD_DATA = 2
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         # so an environment variable would be too late; threadpoolctl reaches the loaded library).
         with threadpool_limits(1, "blas"):
             train(config)
-    except DataError as exc:
+    except (DataError, NotEnoughHistory) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_DATA
     return 0

@@ -20,7 +20,16 @@ from features.schema import Columns
 from stages.candidates import CandidateParams, popularity_share, ranking
 from stages.pipeline import TwoStageRecommender, cold_start_scores
 from train.evaluate import K, candidate_recall, pipeline_lists, popularity_lists, ranking_metrics
-from train.ranker_training import DAY, RankerParams, Stage, Stages, fit_ranker, fresh_items, sample_users
+from train.ranker_training import (
+    DAY,
+    NotEnoughHistory,
+    RankerParams,
+    Stage,
+    Stages,
+    fit_ranker,
+    fresh_items,
+    sample_users,
+)
 
 POPULARITY_WINDOWS = (None, 1, 7, 30)  # days; None = all time
 COLD_START_WINDOWS = (*POPULARITY_WINDOWS, 60)  # the cold start may pick any of these ...
@@ -54,7 +63,7 @@ def backtest_cuts(interactions: pd.DataFrame, params: BacktestParams, step_days:
     first = start + (end - start) * 2 // 3
     last = end - params.horizon_days * DAY
     if last <= first:
-        raise ValueError(
+        raise NotEnoughHistory(
             f"the data spans {(end - start) / DAY:.0f} days: too short for a {params.horizon_days}-day horizon "
             "after cuts in its last third"
         )

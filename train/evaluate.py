@@ -121,6 +121,8 @@ def markdown_table(results: dict) -> str:
 
 def backtest_table(backtest: dict) -> str:
     """NDCG@k per cut, mean and spread, per horizon and user segment; candidate recall per source."""
+    if "skipped" in backtest:
+        return f"Backtest (primary) skipped: {backtest['skipped']}.\n"
     key = f"ndcg@{K}"
     cuts = backtest["cuts"]
     lines = [f"Backtest (primary): {backtest['protocol']}.", ""]
@@ -161,6 +163,8 @@ def backtest_table(backtest: dict) -> str:
 
 def per_user_table(split: dict) -> str:
     """The secondary, per-user holdout table."""
+    if "skipped" in split:
+        return f"Per-user split (secondary) skipped: {split['skipped']}.\n"
     metrics = [f"ndcg@{K}", f"recall@{K}", f"map@{K}", f"hitrate@{K}", "coverage"]
     lines = [
         f"Per-user split (secondary; {split['split']}):",
@@ -189,8 +193,10 @@ def _chart(results: dict, path: Path) -> None:
         for horizon, segments in results.get("backtest", {}).get("mean", {}).items()
         for segment, models in segments.items()
     ]
-    if "per_user_split" in results:
+    if "models" in results.get("per_user_split", {}):
         panels.append(("per-user split", {m: v[key] for m, v in results["per_user_split"]["models"].items()}))
+    if not panels:
+        panels = [("no evaluation could run on this data", {})]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     for ax, (title, values) in zip(axes[0], panels, strict=True):
         ax.barh(list(values), list(values.values()))

@@ -26,6 +26,12 @@ from stages.pipeline import TwoStageRecommender
 from stages.ranker import Ranker
 
 LOSSES = ("YetiRank", "PairLogit", "Logloss")
+
+
+class NotEnoughHistory(ValueError):
+    """The data is too short or too sparse in time for a step: the message says what to change."""
+
+
 DAY = 86_400
 
 
@@ -100,9 +106,16 @@ def fit_ranker(
 
     The ranker's columns are those every training stage and the served stage can produce.
     """
-    cuts = training_cuts(until, params)
-    names = common_names([stages.at(serve_at).view, *(stages.at(t).view for t in cuts)])
     inter = stages.dataset.interactions
+    first = int(inter[Columns.timestamp].min())
+    cuts = [t for t in training_cuts(until, params) if t > first]  # a cut needs some history before it
+    if not cuts:
+        span = (until - first) / DAY
+        raise NotEnoughHistory(
+            f"the interactions span {span:.1f} days; the ranker learns from what users take in the "
+            f"{params.label_days} days after a cut, with history before it: add data or lower --label-days"
+        )
+    names = common_names([stages.at(serve_at).view, *(stages.at(t).view for t in cuts)])
     examples = [(stages.at(t), fresh_items(inter, t, t + params.label_days * DAY)) for t in cuts]
     ranker, stats = fit_on_examples(examples, names, params, show_progress)
     return ranker, {"cuts": [datetime.fromtimestamp(t, UTC).isoformat() for t in cuts], **stats}
@@ -118,7 +131,10 @@ def fit_on_examples(
     parts = [_labelled_rows(stage, taken, params, names, position) for position, (stage, taken) in enumerate(examples)]
     parts = [p for p in parts if p is not None]
     if not parts:
-        raise ValueError("no user took a new item after any training cut: too little data to train the ranker")
+        raise NotEnoughHistory(
+            "no user with history before a training cut took a new item after it: too little data to train "
+            "the ranker (add data, or raise --label-days, --train-cuts or --n-candidates)"
+        )
     numeric, categorical, labels, groups = (np.concatenate(column) for column in zip(*parts, strict=True))
     pool = Pool(Ranker.data(names, numeric, categorical), label=labels, group_id=groups)
     model = CatBoost(catboost_params(params))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -33,7 +33,15 @@ from train.evaluate import (
     temporal_split,
     write_report,
 )
-from train.ranker_training import Stages, common_names, fit_on_examples, fit_ranker, fresh_items, sample_users
+from train.ranker_training import (
+    NotEnoughHistory,
+    Stages,
+    common_names,
+    fit_on_examples,
+    fit_ranker,
+    fresh_items,
+    sample_users,
+)
 
 
 @dataclass
@@ -108,6 +116,8 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
     ranker, _ = fit_on_examples([(label_stage, taken_after(before, after))], names, params, show_progress=False)
     pipeline = TwoStageRecommender(stage.candidates, ranker, stage.view, config.n_candidates)
     relevant = {u: items for u, items in taken_after(train_part, test_part).items() if u in stage.candidates.user_index}
+    if not relevant:
+        raise NotEnoughHistory("per-user split: no user has a new item in their held-out part")
     users = sorted(relevant)
     users = [str(u) for u in sample_users(np.array(users, dtype=object), config.max_eval_users, config.seed)]
     relevant = {u: relevant[u] for u in users}
@@ -145,20 +155,26 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
             )
     stages = Stages(dataset, config.candidate_params())
     results: dict = {"dataset": config.dataset_name, "k": K}
+    with steps.step("final ranker: trained on the latest cuts"):
+        # First: if the data cannot train a ranker, say so before spending time on the evaluation.
+        until = int(dataset.interactions[Columns.timestamp].max()) + 1
+        ranker, stats = fit_ranker(stages, until, config.ranker_params(), serve_at=None)
     cold_start = (CandidateParams.cold_start_days, CandidateParams.segment_weight)
     if config.backtest_cuts:
         with steps.step(f"backtest: {config.backtest_cuts} global time cuts"):
-            results["backtest"] = run_backtest(stages, config.ranker_params(), config.backtest_params(), echo)
-            cold_start = tuple(results["backtest"]["cold_start"].values())
+            results["backtest"] = _or_skipped(
+                lambda: run_backtest(stages, config.ranker_params(), config.backtest_params(), echo)
+            )
+            if "cold_start" in results["backtest"]:
+                cold_start = (
+                    results["backtest"]["cold_start"]["days"],
+                    results["backtest"]["cold_start"]["segment_weight"],
+                )
     with steps.step("secondary evaluation: per-user split"):
-        results["per_user_split"] = per_user_split(config, dataset)
-    with steps.step("final ranker: trained on the latest cuts"):
-        until = int(dataset.interactions[Columns.timestamp].max()) + 1
-        ranker, stats = fit_ranker(stages, until, config.ranker_params(), serve_at=None)
-        results["ranker_training"] = stats
-        final = stages.at(None)
-        candidates = final.candidates.with_cold_start(dataset.interactions, *cold_start)
-        data_fingerprint = fingerprint(dataset)
+        results["per_user_split"] = _or_skipped(lambda: per_user_split(config, dataset))
+    results["ranker_training"] = stats
+    candidates = stages.at(None).candidates.with_cold_start(dataset.interactions, *cold_start)
+    data_fingerprint = fingerprint(dataset)
     if echo:
         print()
         print(markdown_table(results))
@@ -169,7 +185,7 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
             print(f"  wrote {', '.join(str(p) for p in paths.values())}")
     if config.save:
         with steps.step("save models and feature store"):
-            save(config, candidates, ranker, final.tables, data_fingerprint, results, result)
+            save(config, candidates, ranker, stages.at(None).tables, data_fingerprint, results, result)
             if echo:
                 print(f"  saved {result.candidates_tag}, {result.ranker_tag}; feature store {config.feature_store}")
     if echo:
@@ -224,10 +240,19 @@ def save(
     )
 
 
+def _or_skipped(evaluate: Callable[[], dict]) -> dict:
+    """An evaluation's results, or why it could not run on this data (printed as a note)."""
+    try:
+        return evaluate()
+    except NotEnoughHistory as exc:
+        print(f"  note: skipped: {exc}")
+        return {"skipped": str(exc)}
+
+
 def model_card_evaluation(results: dict) -> dict:
     """What the model card keeps of the evaluation: every metric, not the per-option cold-start search."""
     card = {k: v for k, v in results.items() if k != "ranker_training"}
-    if "backtest" in card:
+    if "rows" in card.get("backtest", {}):
         rows = [{k: v for k, v in row.items() if k != "cold_start_options"} for row in card["backtest"]["rows"]]
         card["backtest"] = {**card["backtest"], "rows": rows}
     return card

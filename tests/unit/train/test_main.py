@@ -54,3 +54,16 @@ def test_unknown_config_key_is_rejected(tmp_path, capsys):
     config.write_text("factors = 8\nfactorz = 9\n")
     assert main(["--config", str(config)]) == EXIT_BAD_DATA
     assert "factorz" in capsys.readouterr().err
+
+
+def test_data_too_short_to_train_a_ranker_exits_2_and_says_what_to_change(tmp_path, bentoml_home, capsys):
+    data = tmp_path / "short.csv"
+    data.write_text("user_id,item_id,timestamp\n1,a,1700000000\n1,b,1700003600\n2,a,1700007200\n")
+    feature_store = tmp_path / "feature_store"
+    before = store_state(bentoml_home, feature_store)
+    code = main(["--interactions", str(data), "--feature-store", str(feature_store), "--report-dir", str(tmp_path)])
+    assert code == EXIT_BAD_DATA
+    assert "error: the interactions span 0.1 days; the ranker learns from what users take in the 14 days" in (
+        capsys.readouterr().err
+    )
+    assert store_state(bentoml_home, feature_store) == before

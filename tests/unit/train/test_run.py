@@ -106,3 +106,17 @@ def test_failed_ranker_save_deletes_the_new_candidates_model(tmp_path, synthetic
     assert deleted[0] not in before
     assert {str(m.tag) for m in bentoml.models.list()} == before  # nothing new in the model store
     assert not (tmp_path / "feature_store").exists()  # the feature store is written last, so never reached
+
+
+def test_data_too_short_for_the_backtest_still_trains_and_says_why(tmp_path, small_dataset):
+    inter = small_dataset.interactions
+    start = int(inter["timestamp"].min())
+    short = inter[inter["timestamp"] < start + 40 * 86_400]  # 40 days: its last third is shorter than 14 days
+    path = tmp_path / "short.parquet"
+    short.to_parquet(path)
+    result = train(quick_config(tmp_path, interactions=path, save=False), echo=False)
+    assert result.evaluation["backtest"] == {
+        "skipped": "the data spans 40 days: too short for a 14-day horizon after cuts in its last third"
+    }
+    assert "models" in result.evaluation["per_user_split"]
+    assert "Backtest (primary) skipped: the data spans 40 days" in (tmp_path / "reports" / "evaluation.md").read_text()

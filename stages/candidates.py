@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 from features.families.candidate_pair import SOURCES
 from features.schema import Columns
 
-SCORE_CHUNK = 1024  # users scored at once: 1024 x 27k items of float32 is about 110 MB
+SCORE_CHUNK = 1024  # users scored at once: a few 1024 x catalogue arrays (27k items: several hundred MB)
 DAY = 86_400
 COOC_HISTORY = 50  # a user's latest items that count towards co-consumption (bounds the work on heavy users)
 
@@ -46,13 +46,13 @@ class CandidateParams:
     alpha: float = 1.0
     iterations: int = 15
     seed: int = 42
-    popular_days: int = 30  # window of the recent-popularity source and of the cold-start ranking
+    popular_days: int = 30  # window of the recent-popularity source
     n_popular: int = 100  # candidates the popularity source adds
     n_cooc: int = 50  # candidates the co-consumption source adds
     cooc_seeds: int = 5  # the user's latest items whose neighbours are proposed
     cooc_neighbours: int = 50  # neighbours kept per item
     cold_start_days: int | None = 30  # popularity window for users without interactions (None: all time)
-    segment_weight: float = 1.0  # how much the user's segments (age band, ...) reorder that popularity
+    segment_weight: float = 0.0  # how much the user's segments (age band, ...) reorder it; the backtest sets both
 
 
 def popularity_share(

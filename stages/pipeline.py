@@ -148,13 +148,13 @@ class TwoStageRecommender:
         Attributes come from the request, else from the users file (a user
         known there but without interactions is not a stranger).
         """
-        attributes = {**self.view.stored_attributes(query.user_id), **query.user_attributes}
+        stored = self.view.stored_attributes(query.user_id)
+        attributes = {**stored, **{a: v for a, v in query.user_attributes.items() if v is not None}}
         params = self.candidates.params
         scores, used = cold_start_scores(self.view, self.candidates.cold_share, params.segment_weight, attributes)
         window = "all time" if params.cold_start_days is None else f"the last {params.cold_start_days} days"
-        known = query.user_id in self.view.user_row and not query.user_attributes
-        who = "no interactions yet" if known else "unknown user"
-        among = f" among users with {', '.join(used)}" if used else ""
+        who = "no interactions yet" if query.user_id in self.view.user_row else "unknown user"
+        among = f", reordered by what users with {', '.join(used)} take" if used else ""
         if attributes and params.segment_weight == 0:
             among = " (attributes not used: segments got no weight in the backtest)"
         picked = first_k_not_in(ranking(scores), query.k, set(self._excluded(query).tolist()))

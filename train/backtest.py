@@ -44,7 +44,7 @@ class BacktestParams:
 
     n_cuts: int = 3
     horizon_days: int = 14  # the short horizon; "all" (everything after the cut) is always reported too
-    fold_iterations: int = 150  # ranker iterations inside the backtest folds (the final ranker uses its own)
+    fold_iterations: int | None = None  # ranker iterations in the folds; None: the served ranker's own
     max_users: int = 20_000
 
 
@@ -68,15 +68,17 @@ def backtest_cuts(interactions: pd.DataFrame, params: BacktestParams, step_days:
             "after cuts in its last third"
         )
     step = step_days * DAY
+    if params.n_cuts == 1:
+        return [last]
     steps_back = np.linspace((last - first) // step, 0, params.n_cuts).round().astype(int)
-    return sorted({int(last - n * step) for n in steps_back})
+    return sorted({int(last - n * step) for n in steps_back})  # fewer when the span holds fewer weeks
 
 
 def run_backtest(stages: Stages, ranker_params: RankerParams, params: BacktestParams, echo: bool = False) -> dict:
     """Every cut, both horizons, warm and cold users: metrics per model, candidate recall, and the means."""
     inter = stages.dataset.interactions
     cuts = backtest_cuts(inter, params, ranker_params.cut_step_days)
-    fold_params = replace(ranker_params, iterations=params.fold_iterations)
+    fold_params = replace(ranker_params, iterations=params.fold_iterations or ranker_params.iterations)
     horizons = {f"{params.horizon_days} days": params.horizon_days, "all after the cut": None}
     rows = []
     for cut in cuts:
@@ -90,20 +92,26 @@ def run_backtest(stages: Stages, ranker_params: RankerParams, params: BacktestPa
             if echo:
                 last = [r for r in rows if r["cut"] == _day(cut) and r["horizon"] == horizon_name]
                 print(f"  cut {_day(cut)}, {horizon_name}: " + ", ".join(_summary(r) for r in last), flush=True)
-    cold_start = choose_cold_start(rows)
-    for row in rows:
-        if row["segment"] == "cold":
-            row["models"][COLD_START] = row["cold_start_options"][option_name(*cold_start)]
+    short = f"{params.horizon_days} days"
+    labels = [_day(c) for c in cuts]
+    for i, label in enumerate(labels):
+        # Out of sample: the cold start served at a cut is the one chosen on the cuts before it.
+        choice = choose_cold_start([r for r in rows if r["cut"] in labels[:i]], short)
+        for row in rows:
+            if row["cut"] == label and row["segment"] == "cold":
+                row["models"][COLD_START] = row["cold_start_options"][option_name(*choice)]
+                row["cold_start_choice"] = option_name(*choice)
+    cold_start = choose_cold_start(rows, short)  # for the model served after the last cut: every cut
     return {
         "cold_start": {"days": cold_start[0], "segment_weight": cold_start[1]},
         "protocol": (
-            f"{params.n_cuts} global time cuts over the last third of the data; at each, everything fitted on "
+            f"{len(cuts)} global time cuts over the last third of the data; at each, everything fitted on "
             "interactions before the cut; users scored on the new items they took after it "
             f"(within {params.horizon_days} days, and all after); seen items excluded; whole catalogue ranked"
         ),
         "cuts": [_day(c) for c in cuts],
         "k": K,
-        "fold_ranker_iterations": params.fold_iterations,
+        "fold_ranker_iterations": fold_params.iterations,
         "rows": rows,
         "mean": summarise(rows),
     }
@@ -163,11 +171,15 @@ def option_name(days: int | None, weight: float) -> str:
     return f"{'all time' if days is None else f'{days} days'}, segment weight {weight:g}"
 
 
-def choose_cold_start(rows: list[dict]) -> tuple[int | None, float]:
-    """The cold-start window and segment weight with the best mean NDCG over every cut and horizon."""
+def choose_cold_start(rows: list[dict], horizon: str) -> tuple[int | None, float]:
+    """The cold-start window and segment weight with the best mean NDCG over the rows' cold users at ``horizon``.
+
+    One horizon only: at the last cut the longer horizon is the same window again.
+    With no rows to learn from, the defaults (the last 30 days, no segment weight).
+    """
     key = f"ndcg@{K}"
     options = [(days, weight) for days in COLD_START_WINDOWS for weight in SEGMENT_WEIGHTS]
-    cold = [r for r in rows if r["segment"] == "cold"]
+    cold = [r for r in rows if r["segment"] == "cold" and r["horizon"] == horizon]
     if not cold:
         return CandidateParams.cold_start_days, CandidateParams.segment_weight
     means = [np.mean([r["cold_start_options"][option_name(*o)][key] for r in cold]) for o in options]

@@ -41,8 +41,8 @@ class TrainConfig(BaseModel):
     cut_step_days: int = Field(RankerParams.cut_step_days, ge=1, description="days between training cuts")
     backtest_cuts: int = Field(BacktestParams.n_cuts, ge=0, description="backtest cuts (0 skips the backtest)")
     horizon_days: int = Field(BacktestParams.horizon_days, ge=1, description="backtest short horizon")
-    fold_iterations: int = Field(
-        BacktestParams.fold_iterations, ge=1, description="ranker iterations in backtest folds"
+    fold_iterations: int | None = Field(
+        BacktestParams.fold_iterations, ge=1, description="ranker iterations in backtest folds (default: the same)"
     )
     holdout: float = Field(0.2, gt=0, lt=1, description="secondary evaluation: each user's last share held out")
     threads: int = Field(RankerParams.threads, ge=1)

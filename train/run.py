@@ -21,7 +21,7 @@ from stages.candidates import CandidateModel, CandidateParams, popularity_share
 from stages.card import CANDIDATES_MODEL, RANKER_MODEL, CandidatesCard, RankerCard
 from stages.pipeline import TwoStageRecommender
 from stages.ranker import Ranker
-from train.backtest import TWO_STAGE, run_backtest
+from train.backtest import TWO_STAGE, popularity_name, run_backtest
 from train.config import TrainConfig
 from train.evaluate import (
     K,
@@ -105,7 +105,7 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
     train_part, test_part = temporal_split(dataset.interactions, config.holdout)
     params = replace(
         config.ranker_params(),
-        iterations=config.fold_iterations,
+        iterations=config.fold_iterations or config.ranker_iterations,
         max_users=min(config.max_train_users, PER_USER_TRAIN_USERS),
     )
     candidate_params = config.candidate_params()
@@ -123,7 +123,7 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
     relevant = {u: relevant[u] for u in users}
     candidates = stage.candidates
     lists = {
-        f"popular ({'all time' if days is None else f'last {days} days'})": popularity_lists(
+        popularity_name(days): popularity_lists(
             candidates, popularity_share(train_part, candidates.item_ids, None, days), users
         )
         for days in (None, 30)

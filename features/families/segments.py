@@ -113,12 +113,28 @@ class Segments(FeatureFamily):
         for attribute, raw in attributes.items():
             if attribute not in self.tables or raw is None or raw != raw:
                 continue
-            value = bucket_label(float(raw), buckets[attribute]) if attribute in buckets else str(raw)
+            value = _segment_value(raw, buckets.get(attribute))
+            if value is None:
+                continue
             code, matrix, _ = self.tables[attribute]
             if value in code:
                 total += matrix[code[value]]
                 used.append(f"{attribute}={raw}")
         return (total, used) if used else None
+
+
+def _segment_value(raw: object, edges: list[float] | None) -> str | None:
+    """A request's or the users file's attribute value as a segment value (``None``: cannot be one).
+
+    Numeric attributes are bucketed; a value that is not a number there (``"abc"`` for age)
+    matches no segment rather than failing the request.
+    """
+    if edges is None:
+        return str(raw)
+    try:
+        return bucket_label(float(raw), edges)
+    except (TypeError, ValueError):
+        return None
 
 
 def _segment_share(matrix: np.ndarray, user_codes: np.ndarray):

@@ -50,7 +50,8 @@ class ReversingRanker:
 @pytest.fixture(scope="module")
 def parts() -> tuple[CandidateModel, FeatureView]:
     data = dataset()
-    candidates = CandidateModel.fit(data.interactions, CandidateParams(factors=2, iterations=5, seed=1))
+    params = CandidateParams(factors=2, iterations=5, seed=1, segment_weight=1.0)
+    candidates = CandidateModel.fit(data.interactions, params)
     view = FeatureView(compute_features(data), candidates.item_ids, candidates.als.item_factors, "v1")
     return candidates, view
 
@@ -100,7 +101,7 @@ def test_segment_cold_start_adds_the_segment_share_to_popularity(als_only):
     # Job b's shares: i2 3/9, i0 2/9, the rest 1/9; plus popularity 5/16, 4/16, 3/16, 2/16, 1/16, 1/16.
     [answer] = als_only.recommend([Query("nobody", k=6, user_attributes={"job": "b", "shoe_size": 44})])
     assert answer.strategy == POPULAR
-    assert answer.message == "unknown user: most popular in the last 30 days among users with job=b"
+    assert answer.message == "unknown user: most popular in the last 30 days, reordered by what users with job=b take"
     assert answer.item_ids == ["i0", "i2", "i1", "i3", "i4", "i5"]
     assert answer.scores[:2] == [pytest.approx(5 / 16 + 2 / 9), pytest.approx(3 / 16 + 3 / 9)]
     [unmatched] = als_only.recommend([Query("nobody", k=2, user_attributes={"job": "never-seen"})])
@@ -161,6 +162,8 @@ def test_with_view_swaps_features_and_keeps_models(parts, als_only):
 
 
 def pipeline_for(dataset: Dataset, **params) -> TwoStageRecommender:
+    """A pipeline whose cold start gives segments weight 1 unless told otherwise."""
+    params = {"segment_weight": 1.0, **params}
     candidates = CandidateModel.fit(dataset.interactions, CandidateParams(factors=2, iterations=3, seed=1, **params))
     view = FeatureView(compute_features(dataset), candidates.item_ids, candidates.als.item_factors)
     return TwoStageRecommender(candidates, None, view, n_candidates=3)
@@ -179,10 +182,19 @@ def test_user_known_only_from_the_users_file_gets_segment_popularity(tiny):
     newcomer, stranger = pipeline.recommend([Query("u3", k=3), Query("nobody", k=3)])
     assert newcomer.item_ids == ["c", "b", "a"]
     assert newcomer.strategy == "popular"
-    assert newcomer.message.startswith("no interactions yet: most popular in the last 30 days among users with")
+    assert newcomer.message.startswith(
+        "no interactions yet: most popular in the last 30 days, reordered by what users with"
+    )
     assert "job=y" in newcomer.message
     assert stranger.item_ids == ["b", "c", "a"]
     assert stranger.message == "unknown user: most popular in the last 30 days"
+
+
+def test_attributes_that_match_no_segment_are_ignored_not_an_error(tiny):
+    pipeline = pipeline_for(with_newcomer(tiny))
+    (answer,) = pipeline.recommend([Query("nobody", k=3, user_attributes={"age": "abc", "job": None})])
+    assert answer.item_ids == ["b", "c", "a"]  # plain recent popularity
+    assert answer.message == "unknown user: most popular in the last 30 days"
 
 
 def test_request_attributes_override_the_stored_ones(tiny):
@@ -190,7 +202,9 @@ def test_request_attributes_override_the_stored_ones(tiny):
     # Job x (u1: drama, a and b) pulls a ahead of c for the same user.
     (answer,) = pipeline.recommend([Query("u3", k=3, user_attributes={"job": "x", "age": 20})])
     assert answer.item_ids[0] in {"a", "b"} and answer.item_ids.index("a") < answer.item_ids.index("c")
-    assert answer.message.startswith("unknown user: most popular in the last 30 days among users with job=x")
+    assert answer.message.startswith(
+        "no interactions yet: most popular in the last 30 days, reordered by what users with job=x"
+    )
 
 
 def test_segment_weight_zero_is_plain_recent_popularity(tiny):

@@ -30,6 +30,11 @@ def test_cuts_spread_over_the_last_third_and_leave_a_full_horizon():
     assert [(last - cut) // (7 * DAY) for cut in cuts] == [12, 6, 0]
 
 
+def test_one_cut_is_the_latest_possible():
+    data = interactions([("u", "a", 0), ("u", "b", 299)])
+    assert backtest_cuts(data, BacktestParams(n_cuts=1, horizon_days=14)) == [299 * DAY + 1 - 14 * DAY]
+
+
 def test_too_short_a_span_for_the_horizon_is_a_clear_error():
     with pytest.raises(ValueError, match="too short for a 14-day horizon"):
         backtest_cuts(interactions([("u", "a", 0), ("u", "b", 20)]), BacktestParams(horizon_days=14))
@@ -58,18 +63,20 @@ def test_fresh_items_are_new_to_the_user_and_inside_the_window():
 
 
 def test_cold_start_choice_is_the_best_mean_over_every_cut_and_horizon():
-    def cold(scores: dict[tuple, float]) -> dict:
+    def cold(scores: dict[tuple, float], horizon: str = "14 days") -> dict:
         options = {
             option_name(days, weight): {"ndcg@10": 0.0}
             for days in (None, 1, 7, 30, 60)
             for weight in (0.0, 0.3, 1.0, 3.0)
         }
         options.update({option_name(*key): {"ndcg@10": value} for key, value in scores.items()})
-        return {"segment": "cold", "cold_start_options": options}
+        return {"segment": "cold", "horizon": horizon, "cold_start_options": options}
 
     rows = [
         cold({(30, 0.0): 0.5, (60, 1.0): 0.6}),
         cold({(30, 0.0): 0.5, (60, 1.0): 0.3}),  # 60 days wins one cut, loses on the mean
-        {"segment": "warm"},
+        cold({(60, 1.0): 0.9}, horizon="all after the cut"),  # another horizon does not count
+        {"segment": "warm", "horizon": "14 days"},
     ]
-    assert choose_cold_start(rows) == (30, 0.0)
+    assert choose_cold_start(rows, "14 days") == (30, 0.0)
+    assert choose_cold_start([], "14 days") == (30, 0.0)  # nothing to learn from: the defaults

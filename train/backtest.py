@@ -34,6 +34,7 @@ from train.ranker_training import (
 POPULARITY_WINDOWS = (None, 1, 7, 30)  # days; None = all time
 COLD_START_WINDOWS = (*POPULARITY_WINDOWS, 60)  # the cold start may pick any of these ...
 SEGMENT_WEIGHTS = (0.0, 0.3, 1.0, 3.0)  # ... and how much the user's segments reorder it
+CHANGE_MARGIN = 0.02  # relative NDCG gain an option needs over the defaults to be chosen
 TWO_STAGE = "two-stage (ALS + CatBoost)"
 COLD_START = "cold start (served)"
 
@@ -175,15 +176,18 @@ def choose_cold_start(rows: list[dict], horizon: str) -> tuple[int | None, float
     """The cold-start window and segment weight with the best mean NDCG over the rows' cold users at ``horizon``.
 
     One horizon only: at the last cut the longer horizon is the same window again.
-    With no rows to learn from, the defaults (the last 30 days, no segment weight).
+    An option replaces the defaults (the last 30 days, no segment weight) only when it beats them
+    by :data:`CHANGE_MARGIN`: a cut has a few dozen cold users, too few to tell smaller gaps apart.
     """
     key = f"ndcg@{K}"
+    default = (CandidateParams.cold_start_days, CandidateParams.segment_weight)
     options = [(days, weight) for days in COLD_START_WINDOWS for weight in SEGMENT_WEIGHTS]
     cold = [r for r in rows if r["segment"] == "cold" and r["horizon"] == horizon]
     if not cold:
-        return CandidateParams.cold_start_days, CandidateParams.segment_weight
-    means = [np.mean([r["cold_start_options"][option_name(*o)][key] for r in cold]) for o in options]
-    return options[int(np.argmax(means))]
+        return default
+    means = {o: np.mean([r["cold_start_options"][option_name(*o)][key] for r in cold]) for o in options}
+    best = max(options, key=lambda o: means[o])  # the first of equals, in grid order
+    return best if means[best] > means[default] * (1 + CHANGE_MARGIN) else default
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -80,3 +80,6 @@ def test_cold_start_choice_is_the_best_mean_over_every_cut_and_horizon():
     ]
     assert choose_cold_start(rows, "14 days") == (30, 0.0)
     assert choose_cold_start([], "14 days") == (30, 0.0)  # nothing to learn from: the defaults
+    # A clear winner replaces the defaults; one within 2% of them does not.
+    assert choose_cold_start([cold({(30, 0.0): 0.5, (7, 1.0): 0.52})], "14 days") == (7, 1.0)
+    assert choose_cold_start([cold({(30, 0.0): 0.5, (7, 1.0): 0.509})], "14 days") == (30, 0.0)

@@ -15,7 +15,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from benchmarks.loadgen import markdown
 from features import movielens
 from stages.candidates import CandidateParams
-from train.backtest import TWO_STAGE, BacktestParams, run_backtest
+from train.backtest import TWO_STAGE_MODEL, BacktestParams, run_backtest
 from train.evaluate import K
 from train.ranker_training import RankerParams, Stages
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.perf_counter() - start
         row = {"loss": loss, "seconds": round(seconds, 1)}
         for horizon, segments in result["mean"].items():
-            row[f"ndcg@{K} warm, {horizon}"] = round(segments["warm"][TWO_STAGE]["mean"], 4)
+            row[f"ndcg@{K} warm, {horizon}"] = round(segments["warm"][TWO_STAGE_MODEL]["mean"], 4)
         rows.append(row)
         print(markdown([row]).splitlines()[-1], flush=True)
     print()

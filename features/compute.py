@@ -18,13 +18,12 @@ def compute_features(dataset: Dataset, as_of: int | None = None) -> FeatureTable
     """Item, user, affinity and segment tables from the interactions before ``as_of``.
 
     Without ``as_of`` every interaction is used and times are measured from
-    the last one (the snapshot that serving reads).
+    just after the last one (the snapshot that serving reads).
     """
     interactions = dataset.interactions
     if as_of is None:
-        as_of = int(interactions[Columns.timestamp].max())
-    else:
-        interactions = interactions[interactions[Columns.timestamp] < as_of]
+        as_of = int(interactions[Columns.timestamp].max()) + 1  # just after the last, as the candidate stage counts
+    interactions = interactions[interactions[Columns.timestamp] < as_of]
     data = ComputeContext(dataset, interactions, int(as_of))
     for family in FAMILIES:
         family.compute(data)

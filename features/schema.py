@@ -28,6 +28,7 @@ class Columns:
 
 
 LIST_SEPARATOR = "|"
+DAY = 86_400  # seconds; timestamps are unix seconds
 
 
 class DataError(ValueError):

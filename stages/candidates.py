@@ -30,10 +30,9 @@ from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from features.families.candidate_pair import SOURCES
-from features.schema import Columns
+from features.schema import DAY, Columns
 
 SCORE_CHUNK = 1024  # users scored at once: a few 1024 x catalogue arrays (27k items: several hundred MB)
-DAY = 86_400
 COOC_HISTORY = 50  # a user's latest items that count towards co-consumption (bounds the work on heavy users)
 
 
@@ -169,7 +168,9 @@ class CandidateModel:
     def fit(
         cls, interactions: pd.DataFrame, params: CandidateParams = CandidateParams(), as_of: int | None = None
     ) -> CandidateModel:
-        """Fit every source on weighted interactions (repeats add up), popularity measured back from ``as_of``."""
+        """Fit every source on the interactions before ``as_of`` (all by default), repeats adding up."""
+        if as_of is not None:
+            interactions = interactions[interactions[Columns.timestamp] < as_of]
         users = pd.Categorical(interactions[Columns.user])
         items = pd.Categorical(interactions[Columns.item])
         weights = interactions[Columns.weight].to_numpy(dtype=np.float32)

@@ -35,7 +35,7 @@ POPULARITY_WINDOWS = (None, 1, 7, 30)  # days; None = all time
 COLD_START_WINDOWS = (*POPULARITY_WINDOWS, 60)  # the cold start may pick any of these ...
 SEGMENT_WEIGHTS = (0.0, 0.3, 1.0, 3.0)  # ... and how much the user's segments reorder it
 CHANGE_MARGIN = 0.02  # relative NDCG gain an option needs over the defaults to be chosen
-TWO_STAGE = "two-stage (ALS + CatBoost)"
+TWO_STAGE_MODEL = "two-stage (ALS + CatBoost)"  # its row in the tables (the strategy is "two_stage")
 COLD_START = "cold start (served)"
 
 
@@ -144,7 +144,7 @@ def _score_cut(
         if segment == "warm":
             als_only = TwoStageRecommender(candidates, None, stage.view, pipeline.n_candidates)
             lists["ALS"] = pipeline_lists(als_only, users)
-            lists[TWO_STAGE] = pipeline_lists(pipeline, users)
+            lists[TWO_STAGE_MODEL] = pipeline_lists(pipeline, users)
             row["candidate_recall"] = candidate_recall(pipeline, users, relevant)
         else:
             row["cold_start_options"] = {

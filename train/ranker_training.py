@@ -19,7 +19,7 @@ from catboost import CatBoost, Pool
 from tqdm import tqdm
 
 from features.compute import FeatureTables, compute_features
-from features.schema import Columns, Dataset
+from features.schema import DAY, Columns, Dataset
 from stages.candidates import CandidateBatch, CandidateModel, CandidateParams
 from stages.feature_view import FeatureNames, FeatureView
 from stages.pipeline import TwoStageRecommender
@@ -30,9 +30,6 @@ LOSSES = ("YetiRank", "PairLogit", "Logloss")
 
 class NotEnoughHistory(ValueError):
     """The data is too short or too sparse in time for a step: the message says what to change."""
-
-
-DAY = 86_400
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from stages.candidates import CandidateModel, CandidateParams, popularity_share
 from stages.card import CANDIDATES_MODEL, RANKER_MODEL, CandidatesCard, RankerCard
 from stages.pipeline import TwoStageRecommender
 from stages.ranker import Ranker
-from train.backtest import TWO_STAGE, popularity_name, run_backtest
+from train.backtest import TWO_STAGE_MODEL, popularity_name, run_backtest
 from train.config import TrainConfig
 from train.evaluate import (
     K,
@@ -129,7 +129,7 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
         for days in (None, 30)
     }
     lists["ALS"] = pipeline_lists(TwoStageRecommender(candidates, None, stage.view, config.n_candidates), users)
-    lists[TWO_STAGE] = pipeline_lists(pipeline, users)
+    lists[TWO_STAGE_MODEL] = pipeline_lists(pipeline, users)
     return {
         "split": f"each user's last {config.holdout:.0%} of interactions by time held out",
         "users": len(users),

@@ -19,7 +19,6 @@ import pandas as pd
 
 from features.schema import Columns, Dataset, list_columns
 
-DAY = 86_400.0
 UNKNOWN = "<unknown>"
 MAX_AFFINITY_VALUES = 64  # item attribute values kept for user-item affinities and one-hot columns
 

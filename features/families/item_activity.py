@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.families.base import DAY, Column, ComputeContext, FeatureFamily
-from features.schema import Columns
+from features.families.base import Column, ComputeContext, FeatureFamily
+from features.schema import DAY, Columns
 
 WINDOWS = (1, 7, 30)  # days
 COLUMNS = (

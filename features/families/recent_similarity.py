@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.families.base import DAY, Column, ComputeContext, FeatureFamily, Pairs
-from features.schema import Columns
+from features.families.base import Column, ComputeContext, FeatureFamily, Pairs
+from features.schema import DAY, Columns
 
 RECENT_ITEMS = 10  # a user's latest items, for "similar to what they just watched"
 SIMILAR = 0.5  # cosine of ALS item factors above which two items count as similar

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.families.base import Column, ComputeContext, FeatureFamily, Pairs, with_unknown
+from features.families.base import Column, ComputeContext, FeatureFamily, Pairs, ViewContext, with_unknown
 from features.schema import Columns
 
 NUMERIC_BUCKETS = 5
@@ -76,7 +76,7 @@ class Segments(FeatureFamily):
         out["share"] = out["share"].astype(np.float32)
         data.segments = out
 
-    def __init__(self, view) -> None:
+    def __init__(self, view: ViewContext) -> None:
         super().__init__(view)
         # attribute -> (value code, segments x items share matrix, each snapshot user's code or -1)
         self.tables: dict[str, tuple[dict[str, int], np.ndarray, np.ndarray]] = {}

@@ -12,7 +12,7 @@ def test_item_and_user_aggregates(tiny):
     items = tables.items
     assert items.loc[["a", "b", "c"], "pop_all"].tolist() == [2, 2, 1]
     assert items.loc[["a", "b", "c"], "pop_30d"].tolist() == [0, 1, 1]  # window: days 30..60
-    assert items.loc[["a", "b", "c"], "pop_1d"].tolist() == [0, 0, 1]  # measured from just after day 60: b (day 59) is out
+    assert items.loc[["a", "b", "c"], "pop_1d"].tolist() == [0, 0, 1]  # from just after day 60: b (day 59) is out
     # this week against the month's weekly average, floored at one a week: 1 / max(1 * 7/30, 1)
     assert items.loc["b", "pop_trend"] == pytest.approx(1.0)
     assert items.loc["a", "item_days_since_last"] == pytest.approx(58.0)

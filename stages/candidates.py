@@ -193,7 +193,8 @@ class CandidateModel:
         times = interactions[Columns.timestamp].to_numpy()
         as_of = int(times.max()) + 1 if as_of is None else as_of
         item_ids = np.asarray(items.categories, dtype=object)
-        popular = ranking(popularity_share(interactions, item_ids, as_of, params.popular_days))
+        recent_share = popularity_share(interactions, item_ids, as_of, params.popular_days)
+        popular = ranking(recent_share)[: int((recent_share > 0).sum())]  # items nobody took lately are no proposal
         cold_share = popularity_share(interactions, item_ids, as_of, params.cold_start_days)
         order = np.lexsort((items.codes, -times))  # newest first
         latest = _latest_items(users.codes[order], items.codes[order], len(users.categories), COOC_HISTORY)

@@ -73,12 +73,13 @@ class TwoStageRecommender:
         return [answers[id(q)] if id(q) in answers else self._cold_start(q) for q in queries]
 
     def filtered_count(self, query: Query) -> int:
-        """Items the filters remove for a query (seen plus excluded), for metrics."""
+        """Catalogue items the filters remove for a query (seen, then excluded, each once), for metrics."""
         user = self.candidates.user_index.get(query.user_id)
-        seen = self.candidates.seen.indptr
-        return len(query.exclude_items) + (
-            int(seen[user + 1] - seen[user]) if user is not None and query.exclude_seen else 0
-        )
+        removed = set(self._excluded(query).tolist())
+        if user is not None and query.exclude_seen:
+            seen = self.candidates.seen
+            removed.update(seen.indices[seen.indptr[user] : seen.indptr[user + 1]].tolist())
+        return len(removed)
 
     def similar(self, item: int, k: int) -> tuple[list[str], list[float], list[str | None]]:
         """Ids, cosine scores and titles of the ``k`` items closest to ``item``."""
@@ -116,7 +117,12 @@ class TwoStageRecommender:
         out = []
         for query, cand, score in zip(queries, batch.items, final, strict=True):
             order = np.lexsort((np.arange(len(cand)), -score))[: query.k]
-            out.append(self._answer(query, cand[order], score[order], TWO_STAGE))
+            short = (
+                f"only {len(order)} items left to recommend: the rest are seen or excluded"
+                if len(order) < query.k
+                else None
+            )
+            out.append(self._answer(query, cand[order], score[order], TWO_STAGE, short))
         return out
 
     def pair_rows(

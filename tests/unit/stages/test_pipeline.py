@@ -69,8 +69,11 @@ def test_popularity_is_as_counted(parts):
 
 def test_known_user_gets_two_stage_unseen_items_best_first(als_only):
     [answer] = als_only.recommend([Query("u0", k=10)])
-    assert answer.strategy == TWO_STAGE and answer.message is None and answer.user_id == "u0"
+    assert answer.strategy == TWO_STAGE and answer.user_id == "u0"
     assert sorted(answer.item_ids) == ["i2", "i4", "i5"]  # everything u0 has not seen
+    assert answer.message == "only 3 items left to recommend: the rest are seen or excluded"
+    [full] = als_only.recommend([Query("u0", k=3)])
+    assert full.message is None and full.item_ids == answer.item_ids
     assert answer.scores == sorted(answer.scores, reverse=True)
     assert answer.titles == [f"Title {i}" for i in answer.item_ids]
 
@@ -142,6 +145,8 @@ def test_filtered_count(als_only):
     assert als_only.filtered_count(Query("u0", exclude_seen=False, exclude_items=["i2"])) == 1
     assert als_only.filtered_count(Query("nobody", exclude_items=["i2"])) == 1
     assert als_only.filtered_count(Query("nobody")) == 0
+    # Each catalogue item once: an excluded item u0 has seen (i0), a repeat and an unknown id add nothing.
+    assert als_only.filtered_count(Query("u0", exclude_items=["i0", "i2", "i2", "not-an-item"])) == 3 + 1
 
 
 def test_with_view_swaps_features_and_keeps_models(parts, als_only):

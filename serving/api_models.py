@@ -8,13 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    WithJsonSchema,
+)
 
 from features.schema import id_text
 
 MAX_K = 100
 MAX_BATCH = 100
 MAX_EXCLUDED = 1000
+MAX_RECENT = 100
 
 
 def _api_id(value: object) -> str:
@@ -49,6 +59,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RecentItem(_Strict):
+    """An interaction the model may not hold yet (since training, or in this session)."""
+
+    item_id: Id
+    timestamp: StrictInt | None = Field(
+        None, ge=0, description="unix seconds; absent: now. Ages are counted from the model's data end, never below 0"
+    )
+    weight: StrictFloat | StrictInt = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="as in training data")
+
+
+def _recent_item(value: object) -> object:
+    """A bare id is shorthand for ``{"item_id": id}``."""
+    return {"item_id": value} if isinstance(value, str | int) and not isinstance(value, bool) else value
+
+
+Recent = Annotated[RecentItem, BeforeValidator(_recent_item)]
+
+
 class RecommendRequest(_Strict):
     """Who to recommend for and how many."""
 
@@ -66,6 +94,14 @@ class RecommendRequest(_Strict):
         default_factory=dict,
         max_length=32,
         description="attributes of a user the model has not seen, to pick a better fallback",
+    )
+    recent_items: list[Recent] = Field(
+        default_factory=list,
+        max_length=MAX_RECENT,
+        description=(
+            "the user's interactions the model has not seen (ids, or objects with item_id, timestamp, weight): "
+            "both stages use them, and with exclude_seen they are not recommended"
+        ),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from serving.api_models import ModelTags, RecommendedItem, RecommendRequest, RecommendResponse
 from serving.metrics import COLD_STARTS, FILTERED_ITEMS
-from stages.pipeline import POPULAR, Query, Recommendation, TwoStageRecommender
+from stages.pipeline import POPULAR, Query, RecentEvent, Recommendation, TwoStageRecommender
 
 
 def ranked(item_ids: list[str], scores: list[float], titles: list[str | None]) -> list[RecommendedItem]:
@@ -24,7 +24,17 @@ def answer(pipeline: TwoStageRecommender, requests: list[RecommendRequest], tags
 
 def to_queries(requests: list[RecommendRequest]) -> list[Query]:
     """Validated API requests as pipeline queries."""
-    return [Query(r.user_id, r.k, r.exclude_seen, r.exclude_items, r.user_attributes) for r in requests]
+    return [
+        Query(
+            r.user_id,
+            r.k,
+            r.exclude_seen,
+            r.exclude_items,
+            r.user_attributes,
+            [RecentEvent(e.item_id, e.timestamp, float(e.weight)) for e in r.recent_items],
+        )
+        for r in requests
+    ]
 
 
 def to_responses(recommendations: list[Recommendation], tags: ModelTags) -> list[RecommendResponse]:

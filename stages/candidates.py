@@ -133,6 +133,19 @@ class CandidateBatch:
             self.source_ranks[source] += other.source_ranks[source]
 
 
+@dataclass(frozen=True)
+class Recent:
+    """Interactions a request brings that the model was not fitted on: item indices, newest first, and weights.
+
+    They count as the user's history for every source: the ALS vector is
+    re-solved with them, they seed co-consumption first and, with
+    ``exclude_seen``, they are not proposed again.
+    """
+
+    items: np.ndarray  # int64 model item indices
+    weights: np.ndarray  # float32, one per item
+
+
 class CandidateModel:
     """The candidate sources over one user-item matrix, plus what serving needs around them."""
 
@@ -261,29 +274,85 @@ class CandidateModel:
         n: int,
         exclude_seen: bool = True,
         exclude: list[np.ndarray] | None = None,
+        recent: list[Recent | None] | None = None,
     ) -> CandidateBatch:
-        """ALS top-``n`` per known user, then the other sources' new proposals (model indices).
+        """ALS top-``n`` per user, then the other sources' new proposals (model indices).
 
-        ``exclude`` holds, per user, extra item indices to leave out. Users are
-        scored in chunks so a whole catalogue times all users never sits in memory.
+        ``exclude`` holds, per user, extra item indices to leave out; ``recent``,
+        per user, interactions the model has not seen (a user index of -1 is a
+        user known only through them). Users are scored in chunks so a whole
+        catalogue times all users never sits in memory.
         """
         batch = CandidateBatch.empty()
         for start in range(0, len(users), SCORE_CHUNK):
             chunk = slice(start, start + SCORE_CHUNK)
-            batch.extend(self._top_n(users[chunk], n, exclude_seen, exclude[chunk] if exclude else None))
+            batch.extend(
+                self._top_n(
+                    users[chunk],
+                    n,
+                    exclude_seen,
+                    exclude[chunk] if exclude else None,
+                    recent[chunk] if recent else [None] * len(users[chunk]),
+                )
+            )
         return batch
 
-    def _top_n(self, users: np.ndarray, n: int, exclude_seen: bool, exclude: list[np.ndarray] | None) -> CandidateBatch:
+    def user_vectors(self, users: np.ndarray, recent: list[Recent | None]) -> np.ndarray:
+        """ALS user factors; re-solved from the stored history plus the recent items where a user has some.
+
+        implicit's ``recalculate_user`` solves each user's least squares against
+        the fixed item factors exactly (one small linear system per user).
+        """
+        vectors = self.als.user_factors[np.maximum(users, 0)].copy()
+        fresh = [row for row, r in enumerate(recent) if r is not None]
+        if not fresh:
+            return vectors
+        rows, items, weights = [], [], []
+        for slot, row in enumerate(fresh):
+            user, extra = users[row], recent[row]
+            stored = self._seen_row(user)
+            rows += [slot] * (len(stored[0]) + len(extra.items))
+            items += [*stored[0].tolist(), *extra.items.tolist()]
+            weights += [*stored[1].tolist(), *extra.weights.tolist()]
+        history = sp.csr_matrix((weights, (rows, items)), shape=(len(fresh), self.n_items), dtype=np.float32)
+        history.sum_duplicates()
+        vectors[fresh] = self.als.recalculate_user(np.arange(len(fresh)), history)
+        return vectors
+
+    def _seen_row(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        """A user's stored items and summed weights (none for a user the model does not know)."""
+        if user < 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        start, end = self.seen.indptr[user], self.seen.indptr[user + 1]
+        return self.seen.indices[start:end], self.seen.data[start:end]
+
+    def _seeds(self, users: np.ndarray, recent: list[Recent | None]) -> np.ndarray:
+        """Each user's latest items for co-consumption: the recent ones first, then the stored ones."""
+        seeds = self.latest[np.maximum(users, 0)].copy()
+        for row, extra in enumerate(recent):
+            if extra is None:
+                continue
+            stored = self.latest[users[row]] if users[row] >= 0 else np.empty(0, np.int64)
+            merged = _merge([extra.items, stored[stored >= 0]])[: seeds.shape[1]]
+            seeds[row] = -1
+            seeds[row, : len(merged)] = merged
+        return seeds
+
+    def _top_n(
+        self,
+        users: np.ndarray,
+        n: int,
+        exclude_seen: bool,
+        exclude: list[np.ndarray] | None,
+        recent: list[Recent | None],
+    ) -> CandidateBatch:
         # A plain dot product rather than implicit's recommend(): it takes a
         # different exclusion list per user in one batched call.
-        scores = self.als.user_factors[users] @ self.als.item_factors.T
-        cooc = self._cooc_scores(users)
+        scores = self.user_vectors(users, recent) @ self.als.item_factors.T
+        cooc = self._cooc_scores(self._seeds(users, recent))
         blocked = np.zeros(scores.shape, dtype=bool)
         if exclude_seen:
-            # Slices of the CSR arrays: a sparse row selection costs more than the rest of a request.
-            starts, ends = self.seen.indptr[users], self.seen.indptr[users + 1]
-            seen = np.concatenate([self.seen.indices[a:b] for a, b in zip(starts, ends, strict=True)])
-            blocked[np.repeat(np.arange(len(users)), ends - starts), seen] = True
+            blocked[self._seen_pairs(users, recent)] = True
         if exclude:
             for row, items in enumerate(exclude):
                 blocked[row, items] = True
@@ -304,17 +373,30 @@ class CandidateModel:
                 batch.source_ranks[source].append(_ranks_in(merged, proposed))
         return batch
 
-    def _cooc_scores(self, users: np.ndarray) -> np.ndarray:
-        """Per user, the summed co-consumption weight of every item with the user's latest items."""
-        seeds = self.latest[users]  # (users, seeds), -1 pads
+    def _seen_pairs(self, users: np.ndarray, recent: list[Recent | None]) -> tuple[np.ndarray, np.ndarray]:
+        """(row, item) of every item each user has taken, stored or recent."""
+        # Slices of the CSR arrays: a sparse row selection costs more than the rest of a request.
+        known = np.maximum(users, 0)
+        starts = self.seen.indptr[known]
+        ends = np.where(users >= 0, self.seen.indptr[known + 1], starts)  # a user known only by recent items: none
+        rows = [np.repeat(np.arange(len(users)), ends - starts)]
+        items = [self.seen.indices[a:b] for a, b in zip(starts, ends, strict=True)]
+        for row, extra in enumerate(recent):
+            if extra is not None:
+                rows.append(np.full(len(extra.items), row))
+                items.append(extra.items)
+        return np.concatenate(rows), np.concatenate(items)
+
+    def _cooc_scores(self, seeds: np.ndarray) -> np.ndarray:
+        """Per user, the summed co-consumption weight of every item with the user's latest items (``seeds``)."""
         known = seeds >= 0
         neighbours = self.cooc.items[np.where(known, seeds, 0)]  # (users, seeds, neighbours), -1 pads
         weights = self.cooc.weights[np.where(known, seeds, 0)] * known[..., None]
         valid = neighbours >= 0
-        rows = np.broadcast_to(np.arange(len(users))[:, None, None], neighbours.shape)
+        rows = np.broadcast_to(np.arange(len(seeds))[:, None, None], neighbours.shape)
         flat = (rows * self.n_items + neighbours)[valid]
-        totals = np.bincount(flat, weights=weights[valid], minlength=len(users) * self.n_items)
-        return totals.reshape(len(users), self.n_items).astype(np.float32)
+        totals = np.bincount(flat, weights=weights[valid], minlength=len(seeds) * self.n_items)
+        return totals.reshape(len(seeds), self.n_items).astype(np.float32)
 
     def similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Nearest items by cosine of ALS item factors (the item itself excluded)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.families import FAMILIES, Column, FeatureTables, Pairs, Segments, ViewContext
+from features.families import FAMILIES, Column, FeatureTables, FreshUsers, Pairs, Segments, ViewContext
 from features.schema import Columns
 
 
@@ -55,9 +55,9 @@ class FeatureView:
             if Columns.title in items
             else np.full(len(self.item_ids), None, dtype=object)
         )
-        families = [family(context) for family in FAMILIES]
-        self.segments: Segments = next(f for f in families if isinstance(f, Segments))
-        self.columns: dict[str, Column] = {c.name: c for f in families for c in f.columns()}
+        self.families = [family(context) for family in FAMILIES]
+        self.segments: Segments = next(f for f in self.families if isinstance(f, Segments))
+        self.columns: dict[str, Column] = {c.name: c for f in self.families for c in f.columns()}
         self._plans: dict[FeatureNames, _RowPlan] = {}
 
     def available(self) -> FeatureNames:
@@ -87,7 +87,36 @@ class FeatureView:
         categorical = np.empty((len(items), len(names.categorical)), dtype=object)
         categorical[:, plan.item_cat_cols] = plan.item_cat_block[items]
         categorical[:, plan.user_cat_cols] = plan.user_cat_block[user_rows]
+        if pairs.fresh is not None:
+            _override_user_columns(numeric, names.numeric, pairs)
+            _override_user_columns(categorical, names.categorical, pairs)
         return numeric, categorical
+
+    def fresh_users(
+        self,
+        rows: np.ndarray,
+        items: list[np.ndarray],
+        days_ago: list[np.ndarray],
+        weights: list[np.ndarray],
+        attributes: list[dict[str, object]],
+    ) -> FreshUsers:
+        """Users with the interactions a request brings (per user: item indices newest first, ages, weights).
+
+        Every family adds what its per-user values become with them, so the
+        ranker sees such a user as the snapshot would show them had those
+        interactions been in it.
+        """
+        width = max((len(i) for i in items), default=0)
+        users = FreshUsers(
+            rows=np.asarray(rows, dtype=np.int64),
+            items=_padded(items, width, -1, np.int64),
+            days_ago=_padded(days_ago, width, np.nan, np.float32),
+            weights=_padded(weights, width, 0.0, np.float32),
+            attributes=attributes,
+        )
+        for family in self.families:
+            family.fresh(users)
+        return users
 
     def prepare(self, names: FeatureNames) -> None:
         """Build the row plan for a ranker now, not on the first request."""
@@ -147,6 +176,23 @@ class _RowPlan:
             user_cat_cols=user_cat_cols,
             user_cat_block=_stack([categorical[j].values for j in user_cat_cols], n_users, object),
         )
+
+
+def _override_user_columns(matrix: np.ndarray, names: tuple[str, ...], pairs: Pairs) -> None:
+    """User columns a request's interactions changed: the fresh users' values replace the snapshot's."""
+    mask = pairs.fresh_slots >= 0
+    slots = pairs.fresh_slots[mask]
+    for j, name in enumerate(names):
+        fresh = pairs.fresh.state.get(name)
+        if fresh is not None:
+            matrix[mask, j] = fresh[slots]
+
+
+def _padded(rows: list[np.ndarray], width: int, fill: object, dtype: type) -> np.ndarray:
+    out = np.full((len(rows), width), fill, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
 
 
 def _stack(columns: list[np.ndarray], rows: int, dtype: type) -> np.ndarray:

@@ -10,13 +10,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.families import Pairs
-from stages.candidates import CandidateBatch, CandidateModel, ranking
+from features.families import FreshUsers, Pairs
+from features.schema import DAY
+from stages.candidates import CandidateBatch, CandidateModel, Recent, ranking
 from stages.feature_view import FeatureNames, FeatureView
 from stages.ranker import Ranker
 
 TWO_STAGE = "two_stage"
 POPULAR = "popular"
+
+
+@dataclass(frozen=True)
+class RecentEvent:
+    """An interaction the client reports and the model may not hold: since training, or in this session."""
+
+    item_id: str
+    timestamp: int | None = None  # unix seconds; None: now
+    weight: float = 1.0
 
 
 @dataclass
@@ -28,6 +38,30 @@ class Query:
     exclude_seen: bool = True
     exclude_items: list[str] = field(default_factory=list)
     user_attributes: dict[str, object] = field(default_factory=dict)
+    recent_items: list[RecentEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _User:
+    """Who a query is about: candidate-model index and snapshot row (-1: none), and their usable recent items."""
+
+    index: int
+    row: int
+    recent: Recent | None
+    days_ago: np.ndarray | None
+    ignored: int  # recent items not in the catalogue
+
+    @property
+    def rankable(self) -> bool:
+        return self.index >= 0 or self.recent is not None
+
+
+@dataclass(frozen=True)
+class FreshBatch:
+    """The queries of a batch that bring recent items: each query's slot (-1: none) among the fresh users."""
+
+    slots: np.ndarray
+    users: FreshUsers
 
 
 @dataclass
@@ -67,18 +101,26 @@ class TwoStageRecommender:
         return TwoStageRecommender(self.candidates, self.ranker, view, self.n_candidates)
 
     def recommend(self, queries: list[Query]) -> list[Recommendation]:
-        """Answer queries in order; known users are scored together."""
-        known = [q for q in queries if q.user_id in self.candidates.user_index]
-        answers = dict(zip(map(id, known), self._two_stage(known), strict=True)) if known else {}
-        return [answers[id(q)] if id(q) in answers else self._cold_start(q) for q in queries]
+        """Answer queries in order; users with a history (stored or recent) are scored together."""
+        users = [self._user(q) for q in queries]
+        ranked = [i for i, user in enumerate(users) if user.rankable]
+        answers = (
+            dict(zip(ranked, self._rank([queries[i] for i in ranked], [users[i] for i in ranked]), strict=True))
+            if ranked
+            else {}
+        )
+        return [answers[i] if i in answers else self._cold_start(q, users[i]) for i, q in enumerate(queries)]
 
     def filtered_count(self, query: Query) -> int:
         """Catalogue items the filters remove for a query (seen, then excluded, each once), for metrics."""
-        user = self.candidates.user_index.get(query.user_id)
+        user = self._user(query)
         removed = set(self._excluded(query).tolist())
-        if user is not None and query.exclude_seen:
-            seen = self.candidates.seen
-            removed.update(seen.indices[seen.indptr[user] : seen.indptr[user + 1]].tolist())
+        if query.exclude_seen:
+            if user.index >= 0:
+                seen = self.candidates.seen
+                removed.update(seen.indices[seen.indptr[user.index] : seen.indptr[user.index + 1]].tolist())
+            if user.recent is not None:
+                removed.update(user.recent.items.tolist())
         return len(removed)
 
     def similar(self, item: int, k: int) -> tuple[list[str], list[float], list[str | None]]:
@@ -94,61 +136,127 @@ class TwoStageRecommender:
         index = self.candidates.item_index
         return np.array([index[i] for i in query.exclude_items if i in index], dtype=np.int64)
 
-    def _two_stage(self, queries: list[Query]) -> list[Recommendation]:
-        return self.rank(queries, self.candidate_lists(queries))
+    def _user(self, query: Query) -> _User:
+        """Resolve a query's user and recent items (newest first; ties by item id, as the features order them)."""
+        index = self.candidates.user_index.get(query.user_id, -1)
+        row = int(self._user_rows[index]) if index >= 0 else self.view.user_row.get(query.user_id, -1)
+        item_index = self.candidates.item_index
+        known = [e for e in query.recent_items if e.item_id in item_index]
+        if not known:
+            return _User(index, row, None, None, len(query.recent_items))
+        as_of = self.view.info.get("data_end", 0)
+        ages = [0.0 if e.timestamp is None else max(as_of - e.timestamp, 0) / DAY for e in known]
+        # Two stable sorts: item id descending, then age ascending.
+        by_item = sorted(range(len(known)), key=lambda i: known[i].item_id, reverse=True)
+        order = sorted(by_item, key=lambda i: ages[i])
+        recent = Recent(
+            items=np.array([item_index[known[i].item_id] for i in order], dtype=np.int64),
+            weights=np.array([known[i].weight for i in order], dtype=np.float32),
+        )
+        days_ago = np.array([ages[i] for i in order], dtype=np.float32)
+        return _User(index, row, recent, days_ago, len(query.recent_items) - len(known))
 
     def candidate_lists(self, queries: list[Query]) -> CandidateBatch:
-        """Stage one for known users: every source's candidates, merged, in query order."""
-        users = np.array([self.candidates.user_index[q.user_id] for q in queries], dtype=np.int64)
+        """Stage one: every source's candidates, merged, in query order (users with a history only)."""
+        return self._candidate_lists(queries, [self._user(q) for q in queries])
+
+    def _candidate_lists(self, queries: list[Query], users: list[_User]) -> CandidateBatch:
+        indices = np.array([u.index for u in users], dtype=np.int64)
         exclude_seen = [q.exclude_seen for q in queries]
         slots: dict[int, tuple[CandidateBatch, int]] = {}
         for flag in set(exclude_seen):
             rows = [i for i, f in enumerate(exclude_seen) if f == flag]
             batch = self.candidates.top_n(
-                users[rows], self.n_candidates, flag, [self._excluded(queries[i]) for i in rows]
+                indices[rows],
+                self.n_candidates,
+                flag,
+                [self._excluded(queries[i]) for i in rows],
+                [users[i].recent for i in rows],
             )
             slots.update({row: (batch, slot) for slot, row in enumerate(rows)})
         return CandidateBatch.gather([slots[i] for i in range(len(queries))])
 
+    def query_rows(
+        self, queries: list[Query], names: FeatureNames
+    ) -> tuple[CandidateBatch, tuple[np.ndarray, np.ndarray]]:
+        """Candidates and ranker rows for queries as the request path builds them (training reuses it)."""
+        users = [self._user(q) for q in queries]
+        batch = self._candidate_lists(queries, users)
+        indices = np.array([u.index for u in users], dtype=np.int64)
+        return batch, self.pair_rows(indices, batch, names, self._fresh_batch(queries, users))
+
     def rank(self, queries: list[Query], batch: CandidateBatch) -> list[Recommendation]:
         """Stage two: re-rank each query's candidates and keep its top k (ALS order without a ranker)."""
-        users = np.array([self.candidates.user_index[q.user_id] for q in queries], dtype=np.int64)
-        final = self.score_pairs(users, batch) if self.ranker is not None else batch.scores
+        return self._rank(queries, [self._user(q) for q in queries], batch)
+
+    def _rank(
+        self, queries: list[Query], users: list[_User], batch: CandidateBatch | None = None
+    ) -> list[Recommendation]:
+        batch = self._candidate_lists(queries, users) if batch is None else batch
+        indices = np.array([u.index for u in users], dtype=np.int64)
+        fresh = self._fresh_batch(queries, users)
+        final = self.score_pairs(indices, batch, fresh) if self.ranker is not None else batch.scores
         out = []
-        for query, cand, score in zip(queries, batch.items, final, strict=True):
+        for query, user, cand, score in zip(queries, users, batch.items, final, strict=True):
             order = np.lexsort((np.arange(len(cand)), -score))[: query.k]
-            short = (
-                f"only {len(order)} items left to recommend: the rest are seen or excluded"
-                if len(order) < query.k
-                else None
-            )
-            out.append(self._answer(query, cand[order], score[order], TWO_STAGE, short))
+            notes = [_recent_note(query, user)] if user.recent is not None or user.ignored else []
+            if len(order) < query.k:
+                notes.append(f"only {len(order)} items left to recommend: the rest are seen or excluded")
+            out.append(self._answer(query, cand[order], score[order], TWO_STAGE, "; ".join(notes) or None))
         return out
 
+    def _fresh_batch(self, queries: list[Query], users: list[_User]) -> FreshBatch | None:
+        """The fresh users of a batch (those with usable recent items), or ``None`` when there are none."""
+        fresh = [i for i, u in enumerate(users) if u.recent is not None]
+        if not fresh:
+            return None
+        slots = np.full(len(users), -1, dtype=np.int64)
+        slots[fresh] = np.arange(len(fresh))
+        view_users = self.view.fresh_users(
+            np.array([users[i].row for i in fresh], dtype=np.int64),
+            [users[i].recent.items for i in fresh],
+            [users[i].days_ago for i in fresh],
+            [users[i].recent.weights for i in fresh],
+            [queries[i].user_attributes if users[i].index < 0 else {} for i in fresh],
+        )
+        return FreshBatch(slots, view_users)
+
     def pair_rows(
-        self, users: np.ndarray, batch: CandidateBatch, names: FeatureNames | None = None
+        self,
+        users: np.ndarray,
+        batch: CandidateBatch,
+        names: FeatureNames | None = None,
+        fresh: FreshBatch | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Feature rows for each user's candidates, users in order, candidates in merged order.
 
-        ``names`` defaults to the ranker's; training passes its own.
+        ``names`` defaults to the ranker's; training passes its own. ``fresh``
+        carries the users whose recent items change their features.
         """
         lengths = [len(c) for c in batch.items]
+        rows = self._user_rows[np.maximum(users, 0)]
+        if fresh is not None:
+            rows = np.where(fresh.slots >= 0, fresh.users.rows[np.maximum(fresh.slots, 0)], rows)
         pairs = Pairs(
-            user_rows=np.repeat(self._user_rows[users], lengths),
+            user_rows=np.repeat(rows, lengths),
             items=_flat(batch.items, np.int64),
             als_scores=_flat(batch.scores, np.float32),
             cooc_scores=_flat(batch.cooc_scores, np.float32),
             source_ranks={source: _flat(ranks, np.float32) for source, ranks in batch.source_ranks.items()},
+            fresh=fresh.users if fresh is not None else None,
+            fresh_slots=np.repeat(fresh.slots, lengths) if fresh is not None else None,
         )
         return self.view.rows(names or self.ranker.names, pairs)
 
-    def score_pairs(self, users: np.ndarray, batch: CandidateBatch) -> list[np.ndarray]:
+    def score_pairs(
+        self, users: np.ndarray, batch: CandidateBatch, fresh: FreshBatch | None = None
+    ) -> list[np.ndarray]:
         """Ranker scores for each user's candidates (one CatBoost call)."""
-        numeric, categorical = self.pair_rows(users, batch)
+        numeric, categorical = self.pair_rows(users, batch, fresh=fresh)
         scores = self.ranker.score(numeric, categorical)
         return np.split(scores, np.cumsum([len(c) for c in batch.items])[:-1])
 
-    def _cold_start(self, query: Query) -> Recommendation:
+    def _cold_start(self, query: Query, user: _User) -> Recommendation:
         """Recent popularity for a user without interactions, reordered by their segments when known.
 
         Attributes come from the request, else from the users file (a user
@@ -164,7 +272,8 @@ class TwoStageRecommender:
         if attributes and params.segment_weight == 0:
             among = " (attributes not used: segments got no weight in the backtest)"
         picked = first_k_not_in(ranking(scores), query.k, set(self._excluded(query).tolist()))
-        return self._answer(query, picked, scores[picked], POPULAR, f"{who}: most popular in {window}{among}")
+        ignored = f"; {_recent_note(query, user)}" if user.ignored else ""
+        return self._answer(query, picked, scores[picked], POPULAR, f"{who}: most popular in {window}{among}{ignored}")
 
     def _answer(
         self, query: Query, items: np.ndarray, scores: np.ndarray, strategy: str, message: str | None = None
@@ -194,6 +303,17 @@ def cold_start_scores(
 def first_k_not_in(order: np.ndarray, k: int, excluded: set[int]) -> np.ndarray:
     """The first ``k`` entries of a ranking that are not excluded (popularity lists, cold start)."""
     return np.array([i for i in order[: k + len(excluded)] if i not in excluded][:k], dtype=np.int64)
+
+
+def _recent_note(query: Query, user: _User) -> str:
+    """What happened to a query's recent items, for the response's message."""
+    used = 0 if user.recent is None else len(user.recent.items)
+    note = f"{used} recent items used"
+    if user.index < 0 and used:
+        note = f"unknown user: ranked from {used} recent items"
+    if user.ignored:
+        note += f", {user.ignored} ignored (not in the model's catalogue)"
+    return note
 
 
 def _flat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:

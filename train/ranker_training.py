@@ -22,7 +22,7 @@ from features.compute import FeatureTables, compute_features
 from features.schema import DAY, Columns, Dataset
 from stages.candidates import CandidateBatch, CandidateModel, CandidateParams
 from stages.feature_view import FeatureNames, FeatureView
-from stages.pipeline import TwoStageRecommender
+from stages.pipeline import Query, RecentEvent, TwoStageRecommender
 from stages.ranker import Ranker
 
 LOSSES = ("YetiRank", "PairLogit", "Logloss")
@@ -47,6 +47,9 @@ class RankerParams:
     label_days: int = 14  # what a user takes in this many days after a cut is what the ranker learns to find
     train_cuts: int = 4  # cuts stacked for training, the latest at T - label_days ...
     cut_step_days: int = 7  # ... and each earlier one this many days before the next
+    # Examples of requests with recent_items: a user active after a cut passes their first this many
+    # interactions after it and is labelled by the new items they took later (0: no such examples).
+    fresh_recent: int = 3
 
 
 @dataclass
@@ -114,7 +117,8 @@ def fit_ranker(
         )
     names = common_names([stages.at(serve_at).view, *(stages.at(t).view for t in cuts)])
     examples = [(stages.at(t), fresh_items(inter, t, t + params.label_days * DAY)) for t in cuts]
-    ranker, stats = fit_on_examples(examples, names, params, show_progress)
+    recent = [(stages.at(t), recent_examples(inter, t, params)) for t in cuts] if params.fresh_recent else []
+    ranker, stats = fit_on_examples(examples, names, params, show_progress, recent)
     return ranker, {"cuts": [datetime.fromtimestamp(t, UTC).isoformat() for t in cuts], **stats}
 
 
@@ -123,9 +127,15 @@ def fit_on_examples(
     names: FeatureNames,
     params: RankerParams,
     show_progress: bool = True,
+    recent: Sequence[tuple[Stage, list[tuple[Query, set[str]]]]] = (),
 ) -> tuple[Ranker, dict]:
-    """Fit CatBoost on each stage's candidates labelled by the items each user took next."""
+    """Fit CatBoost on each stage's candidates labelled by the items each user took next.
+
+    ``recent`` adds, per stage, requests with recent items and the items their users took after those.
+    """
     parts = [_labelled_rows(stage, taken, params, names, position) for position, (stage, taken) in enumerate(examples)]
+    position = len(examples)
+    parts += [_recent_rows(stage, queries, params, names, position + i) for i, (stage, queries) in enumerate(recent)]
     parts = [p for p in parts if p is not None]
     if not parts:
         raise NotEnoughHistory(
@@ -186,6 +196,52 @@ def _labelled_rows(
     # Group ids unique across stages: the same user at two cuts is two queries.
     groups = np.repeat(users[keep] + (position << 32), [len(c) for c in kept.items])
     return numeric, categorical, np.concatenate([hits[i] for i in keep]).astype(np.float32), groups
+
+
+def recent_examples(interactions: pd.DataFrame, cut: int, params: RankerParams) -> list[tuple[Query, set[str]]]:
+    """Requests as a client with fresh activity sends them, and what each user took next.
+
+    Each user with more than ``fresh_recent`` interactions in the label window
+    passes the first ``fresh_recent`` (time order, ties by item) as recent
+    items; the label is the new items they took after those. Users unknown
+    before the cut are included: that is how an anonymous visitor is served.
+    """
+    times = interactions[Columns.timestamp]
+    window = interactions[(times >= cut) & (times < cut + params.label_days * DAY)]
+    window = window.sort_values([Columns.timestamp, Columns.item], kind="stable")
+    had = interactions[times < cut].groupby(Columns.user)[Columns.item].agg(set).to_dict()
+    out = []
+    for user, rows in window.groupby(Columns.user, sort=True):
+        if len(rows) <= params.fresh_recent:
+            continue
+        told, later = rows.iloc[: params.fresh_recent], rows.iloc[params.fresh_recent :]
+        label = set(later[Columns.item]) - set(told[Columns.item]) - had.get(user, set())
+        if label:
+            events = [
+                RecentEvent(str(i), int(t), float(w))
+                for i, t, w in zip(told[Columns.item], told[Columns.timestamp], told[Columns.weight], strict=True)
+            ]
+            out.append((Query(str(user), k=params.n_candidates, recent_items=events), label))
+    return out
+
+
+def _recent_rows(
+    stage: Stage, examples: list[tuple[Query, set[str]]], params: RankerParams, names: FeatureNames, position: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Rows for requests with recent items, built by the request path itself."""
+    if not examples:
+        return None
+    pipeline = TwoStageRecommender(stage.candidates, None, stage.view, params.n_candidates)
+    queries = [q for q, _ in examples]
+    batch, (numeric, categorical) = pipeline.query_rows(queries, names)
+    ids = stage.candidates.item_ids
+    hits = [np.isin(ids[c], list(label)) for c, (_, label) in zip(batch.items, examples, strict=True)]
+    lengths = [len(c) for c in batch.items]
+    keep = np.repeat([h.any() for h in hits], lengths)  # groups without a positive teach nothing
+    if not keep.any():
+        return None
+    groups = np.repeat(np.arange(len(queries)) + (position << 32), lengths)
+    return numeric[keep], categorical[keep], np.concatenate(hits).astype(np.float32)[keep], groups[keep]
 
 
 def catboost_params(params: RankerParams) -> dict:

@@ -12,6 +12,7 @@ from features.families.base import (
     ComputeContext,
     FeatureFamily,
     FeatureTables,
+    FreshUsers,
     Pairs,
     ViewContext,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "ComputeContext",
     "FeatureFamily",
     "FeatureTables",
+    "FreshUsers",
     "Pairs",
     "Segments",
     "ViewContext",

@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.families.base import MAX_AFFINITY_VALUES, Column, ComputeContext, FeatureFamily, Pairs
+from features.families.base import (
+    MAX_AFFINITY_VALUES,
+    Column,
+    ComputeContext,
+    FeatureFamily,
+    FreshUsers,
+    Pairs,
+    ViewContext,
+    user_state,
+)
 from features.schema import Columns
 
 
@@ -36,35 +45,60 @@ class Affinity(FeatureFamily):
         out["share"] = out["share"].astype(np.float32)
         data.affinity = out
 
-    def columns(self) -> list[Column]:
-        out = []
-        affinity = self.view.tables.affinity
-        for attribute, kind in self.view.item_kinds.items():
+    def __init__(self, view: ViewContext) -> None:
+        super().__init__(view)
+        # attribute -> (users x values share matrix with the unknown-user row, items x values 0/1 matrix)
+        self.shares: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        affinity = view.tables.affinity
+        for attribute, kind in view.item_kinds.items():
             if kind == "numeric":
                 continue
-            values, onehot = self.view.item_values(attribute)
+            values, onehot = view.item_values(attribute)
             share = affinity[affinity["attribute"] == attribute]
-            user_share = np.zeros((self.view.n_users + 1, len(values)), dtype=np.float32)
-            rows = share[Columns.user].map(self.view.user_row).to_numpy()
+            user_share = np.zeros((view.n_users + 1, len(values)), dtype=np.float32)
+            rows = share[Columns.user].map(view.user_row).to_numpy()
             cols = np.searchsorted(values, share["value"].to_numpy())
             user_share[rows, cols] = share["share"].to_numpy(dtype=np.float32)
-            out.append(Column(f"aff_{attribute}", "pair", compute=_mean_share(user_share, onehot)))
-            out.append(Column(f"aff_{attribute}_max", "pair", compute=_max_share(user_share, onehot)))
+            self.shares[attribute] = (user_share, onehot)
+
+    def columns(self) -> list[Column]:
+        out = []
+        for attribute, (user_share, onehot) in self.shares.items():
+            key = _key(attribute)
+            out.append(Column(f"aff_{attribute}", "pair", compute=_mean_share(user_share, onehot, key)))
+            out.append(Column(f"aff_{attribute}_max", "pair", compute=_max_share(user_share, onehot, key)))
         return out
 
+    def fresh(self, users: FreshUsers) -> None:
+        """Shares re-weighted with the recent items: (share x total weight + recent weight on the value) / new total."""
+        if not self.shares:
+            return
+        activity = np.nan_to_num(self.view.user_numbers("activity")[users.rows])
+        total = activity * np.nan_to_num(self.view.user_numbers("user_mean_weight")[users.rows])
+        recent_weight = np.where(users.valid, users.weights, 0.0)
+        new_total = np.maximum(total + recent_weight.sum(axis=1), 1e-9)
+        for attribute, (user_share, onehot) in self.shares.items():
+            added = np.einsum("sw,swv->sv", recent_weight, onehot[np.where(users.valid, users.items, 0)])
+            share = (user_share[users.rows] * total[:, None] + added) / new_total[:, None]
+            users.state[_key(attribute)] = share.astype(np.float32)
 
-def _mean_share(user_share: np.ndarray, onehot: np.ndarray):
+
+def _key(attribute: str) -> str:
+    return f"affinity_share_{attribute}"
+
+
+def _mean_share(user_share: np.ndarray, onehot: np.ndarray, key: str):
     def compute(pairs: Pairs) -> np.ndarray:
-        product = user_share[pairs.user_rows] * onehot[pairs.items]
+        product = user_state(user_share, pairs, key) * onehot[pairs.items]
         count = np.maximum(onehot[pairs.items].sum(axis=1), 1.0)
         return product.sum(axis=1) / count
 
     return compute
 
 
-def _max_share(user_share: np.ndarray, onehot: np.ndarray):
+def _max_share(user_share: np.ndarray, onehot: np.ndarray, key: str):
     def compute(pairs: Pairs) -> np.ndarray:
-        product = user_share[pairs.user_rows] * onehot[pairs.items]
+        product = user_state(user_share, pairs, key) * onehot[pairs.items]
         return product.max(axis=1) if product.shape[1] else np.zeros(len(pairs.items), np.float32)
 
     return compute

@@ -90,6 +90,31 @@ class ComputeContext:
         return FeatureTables(self.items, self.users, self.affinity, self.segments, self.info)
 
 
+@dataclass
+class FreshUsers:
+    """Users as a request sees them: their snapshot row plus interactions the snapshot does not hold yet.
+
+    One slot per such user. ``items`` (candidate model indices, newest first,
+    -1 pads), ``days_ago`` (from the snapshot's as-of time, never negative)
+    and ``weights`` describe the recent interactions; ``attributes`` are the
+    request's user attributes. Each family fills ``state`` with what its
+    per-user arrays would hold for the slot had those interactions been in
+    the snapshot (:meth:`FeatureFamily.fresh`); columns read it through
+    :func:`user_state`.
+    """
+
+    rows: np.ndarray  # (slots,) snapshot row, -1: not in the snapshot
+    items: np.ndarray  # (slots, width) int64
+    days_ago: np.ndarray  # (slots, width) float32, NaN pads
+    weights: np.ndarray  # (slots, width) float32, 0 pads
+    attributes: list[dict[str, object]]
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.items >= 0
+
+
 @dataclass(frozen=True)
 class Pairs:
     """The (user, candidate) pairs a ranker scores: parallel arrays, one entry per pair.
@@ -104,8 +129,20 @@ class Pairs:
     als_scores: np.ndarray
     cooc_scores: np.ndarray
     source_ranks: dict[str, np.ndarray]
+    # Users with request-time history, and each pair's slot among them (-1: the snapshot row as it is).
+    fresh: FreshUsers | None = None
+    fresh_slots: np.ndarray | None = None
     # Intermediate results several columns share (one set of pairs, one request: no locking needed).
     scratch: dict[str, object] = field(default_factory=dict, compare=False)
+
+
+def user_state(values: np.ndarray, pairs: Pairs, key: str) -> np.ndarray:
+    """Per pair, the row of a per-user array: the snapshot's, or the fresh one a family put under ``key``."""
+    out = values[pairs.user_rows]
+    if pairs.fresh is not None and key in pairs.fresh.state:
+        mask = pairs.fresh_slots >= 0
+        out[mask] = pairs.fresh.state[key][pairs.fresh_slots[mask]]
+    return out
 
 
 @dataclass(frozen=True)
@@ -139,6 +176,8 @@ class ViewContext:
         self.item_kinds: dict[str, str] = tables.info["item_attributes"]
         self.user_kinds: dict[str, str] = tables.info["user_attributes"]
         self._value_matrices: dict[str, tuple[list[str], np.ndarray]] = {}
+        self._user_numbers: dict[str, np.ndarray] = {}
+        self._item_numbers: dict[str, np.ndarray] = {}
 
     @cached_property
     def item_position(self) -> dict[str, int]:
@@ -154,11 +193,17 @@ class ViewContext:
         return self._value_matrices[attribute]
 
     def user_numbers(self, column: str) -> np.ndarray:
-        """A numeric users-table column as float32, with the unknown-user row (NaN) appended."""
-        return with_unknown(self.users[column].to_numpy(dtype=np.float32, na_value=np.nan), np.nan)
+        """A numeric users-table column as float32, with the unknown-user row (NaN) appended (built once)."""
+        if column not in self._user_numbers:
+            values = self.users[column].to_numpy(dtype=np.float32, na_value=np.nan)
+            self._user_numbers[column] = with_unknown(values, np.nan)
+        return self._user_numbers[column]
 
     def item_numbers(self, column: str) -> np.ndarray:
-        return self.items[column].to_numpy(dtype=np.float32, na_value=np.nan)
+        """A numeric item attribute as float32 over the catalogue (built once)."""
+        if column not in self._item_numbers:
+            self._item_numbers[column] = self.items[column].to_numpy(dtype=np.float32, na_value=np.nan)
+        return self._item_numbers[column]
 
 
 class FeatureFamily:
@@ -179,6 +224,14 @@ class FeatureFamily:
 
     def columns(self) -> list[Column]:
         raise NotImplementedError
+
+    def fresh(self, users: FreshUsers) -> None:
+        """Put into ``users.state`` this family's per-user values with the request's interactions added.
+
+        Keys are user column names (their value replaces the snapshot's) or
+        the keys this family's pair columns read with :func:`user_state`.
+        Families whose features do not depend on the user add nothing.
+        """
 
 
 def categories(column: pd.Series) -> np.ndarray:

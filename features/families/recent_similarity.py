@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import pandas as pd
 
-from features.families.base import Column, ComputeContext, FeatureFamily, Pairs
+from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, Pairs, user_state
 from features.schema import DAY, Columns
 
 RECENT_ITEMS = 10  # a user's latest items, for "similar to what they just watched"
@@ -38,29 +40,50 @@ class RecentSimilarity(FeatureFamily):
             return []
         norms = np.linalg.norm(view.item_vectors, axis=1, keepdims=True)
         vectors = (view.item_vectors / np.maximum(norms, 1e-9)).astype(np.float32)
-        users = view.users
-        # Users known only from the users file have no latest items (NaN in the table).
-        recent = [r if isinstance(r, tuple) else () for r in users.get("recent_items", pd.Series([()] * len(users)))]
-        ages = [a if isinstance(a, tuple) else () for a in users.get("recent_days_ago", pd.Series([()] * len(users)))]
-        width = max((len(r) for r in recent), default=0) or 1
-        latest = np.full((view.n_users + 1, width), -1, dtype=np.int64)  # -1 pads
-        days_ago = np.full((view.n_users + 1, width), np.nan, dtype=np.float32)
-        for row, (items, item_ages) in enumerate(zip(recent, ages, strict=True)):
-            found = [(view.item_position.get(i), a) for i, a in zip(items, item_ages, strict=True)]
-            found = [(i, a) for i, a in found if i is not None]
-            latest[row, : len(found)] = [i for i, _ in found]
-            days_ago[row, : len(found)] = [a for _, a in found]
+        latest, days_ago = self.latest
         return [
             Column("recent_sim_max", "pair", compute=_similarity(vectors, latest, "max")),
             Column("recent_sim_mean", "pair", compute=_similarity(vectors, latest, "mean")),
             Column("days_since_similar", "pair", compute=_days_since_similar(vectors, latest, days_ago)),
         ]
 
+    @cached_property
+    def latest(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each snapshot user's latest items (model indices, newest first, -1 pads) and how many days ago."""
+        view = self.view
+        users = view.users
+        # Users known only from the users file have no latest items (NaN in the table).
+        recent = [r if isinstance(r, tuple) else () for r in users.get("recent_items", pd.Series([()] * len(users)))]
+        ages = [a if isinstance(a, tuple) else () for a in users.get("recent_days_ago", pd.Series([()] * len(users)))]
+        latest = np.full((view.n_users + 1, RECENT_ITEMS), -1, dtype=np.int64)
+        days_ago = np.full((view.n_users + 1, RECENT_ITEMS), np.nan, dtype=np.float32)
+        for row, (items, item_ages) in enumerate(zip(recent, ages, strict=True)):
+            found = [(view.item_position.get(i), a) for i, a in zip(items, item_ages, strict=True)]
+            found = [(i, a) for i, a in found if i is not None][:RECENT_ITEMS]
+            latest[row, : len(found)] = [i for i, _ in found]
+            days_ago[row, : len(found)] = [a for _, a in found]
+        return latest, days_ago
+
+    def fresh(self, users: FreshUsers) -> None:
+        """The request's items in front of the snapshot's latest ones, the newest :data:`RECENT_ITEMS` kept."""
+        if self.view.item_vectors is None:
+            return
+        latest, days_ago = self.latest
+        merged_items = np.concatenate([np.where(users.valid, users.items, -1), latest[users.rows]], axis=1)
+        merged_days = np.concatenate([np.where(users.valid, users.days_ago, np.nan), days_ago[users.rows]], axis=1)
+        # Pads to the back, order otherwise kept (a stable sort on "is a pad").
+        order = np.argsort(merged_items < 0, axis=1, kind="stable")[:, :RECENT_ITEMS]
+        users.state[LATEST] = np.take_along_axis(merged_items, order, axis=1)
+        users.state[DAYS_AGO] = np.take_along_axis(merged_days, order, axis=1)
+
+
+LATEST, DAYS_AGO = "recent_latest", "recent_days_ago"
+
 
 def _similarities(vectors: np.ndarray, latest: np.ndarray, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
     """Cosine of each candidate to each of its user's latest items, computed once per set of pairs."""
     if "recent_similarities" not in pairs.scratch:
-        recent = latest[pairs.user_rows]  # (pairs, width), newest first
+        recent = user_state(latest, pairs, LATEST)  # (pairs, width), newest first
         valid = recent >= 0
         sims = np.einsum("pd,pwd->pw", vectors[pairs.items], vectors[np.where(valid, recent, 0)])
         pairs.scratch["recent_similarities"] = (sims, valid)
@@ -72,7 +95,7 @@ def _days_since_similar(vectors: np.ndarray, latest: np.ndarray, days_ago: np.nd
         sims, valid = _similarities(vectors, latest, pairs)
         similar = valid & (sims >= SIMILAR)
         first = similar.argmax(axis=1)  # the newest similar item (columns are newest first)
-        ages = days_ago[pairs.user_rows, first]
+        ages = np.take_along_axis(user_state(days_ago, pairs, DAYS_AGO), first[:, None], axis=1)[:, 0]
         return np.where(similar.any(axis=1), ages, np.nan).astype(np.float32)
 
     return compute

@@ -9,7 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.families.base import Column, ComputeContext, FeatureFamily, Pairs, ViewContext, with_unknown
+from features.families.base import (
+    Column,
+    ComputeContext,
+    FeatureFamily,
+    FreshUsers,
+    Pairs,
+    ViewContext,
+    user_state,
+    with_unknown,
+)
 from features.schema import Columns
 
 NUMERIC_BUCKETS = 5
@@ -98,7 +107,20 @@ class Segments(FeatureFamily):
             self.stored[attribute] = view.users[attribute].to_numpy(dtype=object)
 
     def columns(self) -> list[Column]:
-        return [Column(f"seg_{a}", "pair", compute=_segment_share(*self.tables[a][1:])) for a in self.tables]
+        return [Column(f"seg_{a}", "pair", compute=_segment_share(*self.tables[a][1:], _key(a))) for a in self.tables]
+
+    def fresh(self, users: FreshUsers) -> None:
+        """A request's attributes place the user in segments (they replace the users file's, as in the cold start)."""
+        if not any(users.attributes):
+            return
+        buckets = self.view.info.get("buckets", {})
+        for attribute, (code, _, user_codes) in self.tables.items():
+            codes = user_codes[users.rows].copy()
+            for slot, attributes in enumerate(users.attributes):
+                raw = attributes.get(attribute)
+                if raw is not None and raw == raw:
+                    codes[slot] = code.get(_segment_value(raw, buckets.get(attribute)), -1)
+            users.state[_key(attribute)] = codes
 
     def attributes_of(self, row: int) -> dict[str, object]:
         """A snapshot user's own values of the segment attributes (missing ones left out)."""
@@ -137,9 +159,13 @@ def _segment_value(raw: object, edges: list[float] | None) -> str | None:
         return None
 
 
-def _segment_share(matrix: np.ndarray, user_codes: np.ndarray):
+def _key(attribute: str) -> str:
+    return f"segment_code_{attribute}"
+
+
+def _segment_share(matrix: np.ndarray, user_codes: np.ndarray, key: str):
     def compute(pairs: Pairs) -> np.ndarray:
-        codes = user_codes[pairs.user_rows]
+        codes = user_state(user_codes, pairs, key)
         return np.where(codes >= 0, matrix[codes, pairs.items], np.nan)
 
     return compute

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.families.base import Column, ComputeContext, FeatureFamily, Pairs
+from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, Pairs, user_state
 from features.schema import Columns
 
 
@@ -26,21 +26,48 @@ class Taste(FeatureFamily):
             frame = pd.DataFrame({"u": inter[Columns.user].to_numpy(), "wv": np.nan_to_num(values) * w, "w": w})
             sums = frame.groupby("u", sort=True)[["wv", "w"]].sum()
             data.users[f"taste_{attribute}"] = (sums["wv"] / sums["w"].replace(0, np.nan)).astype(np.float32)
+            # The weight behind the mean, so a request's recent items can be averaged in (see fresh).
+            data.users[f"taste_weight_{attribute}"] = sums["w"].astype(np.float32)
+
+    def attributes(self) -> list[str]:
+        view = self.view
+        return [c for c, k in view.item_kinds.items() if k == "numeric" and f"taste_{c}" in view.users]
 
     def columns(self) -> list[Column]:
         return [
             Column(
                 f"diff_{c}",
                 "pair",
-                compute=_difference(self.view.item_numbers(c), self.view.user_numbers(f"taste_{c}")),
+                compute=_difference(self.view.item_numbers(c), self.view.user_numbers(f"taste_{c}"), f"taste_{c}"),
             )
-            for c, k in self.view.item_kinds.items()
-            if k == "numeric" and f"taste_{c}" in self.view.users
+            for c in self.attributes()
         ]
 
+    def fresh(self, users: FreshUsers) -> None:
+        """The weighted mean with the recent items' values added to the snapshot's sum."""
+        view = self.view
+        for attribute in self.attributes():
+            taste = view.user_numbers(f"taste_{attribute}")[users.rows]
+            weight_column = f"taste_weight_{attribute}"
+            # Snapshots written before the weight column: every interaction counted (exact when no value is missing).
+            weight = (
+                view.user_numbers(weight_column)[users.rows]
+                if weight_column in view.users
+                else view.user_numbers("activity")[users.rows] * view.user_numbers("user_mean_weight")[users.rows]
+            )
+            weight = np.where(np.isnan(taste), 0.0, np.nan_to_num(weight))
+            values = view.item_numbers(attribute)[np.where(users.valid, users.items, 0)]
+            known = users.valid & ~np.isnan(values)
+            added_weight = np.where(known, users.weights, 0.0)
+            total = weight + added_weight.sum(axis=1)
+            summed = np.nan_to_num(taste) * weight + (added_weight * np.nan_to_num(values)).sum(axis=1)
+            users.state[f"taste_{attribute}"] = np.where(total > 0, summed / np.maximum(total, 1e-9), np.nan).astype(
+                np.float32
+            )
 
-def _difference(item_values: np.ndarray, user_taste: np.ndarray):
+
+def _difference(item_values: np.ndarray, user_taste: np.ndarray, key: str):
     def compute(pairs: Pairs) -> np.ndarray:
-        return item_values[pairs.items] - user_taste[pairs.user_rows]
+        return item_values[pairs.items] - user_state(user_taste, pairs, key)
 
     return compute

@@ -1,0 +1,121 @@
+"""Recent items in a request: the user is featured as if the snapshot already held those interactions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.compute import compute_features
+from features.schema import Columns, Dataset
+from features.synthetic import SyntheticConfig, generate
+from stages.candidates import CandidateModel, CandidateParams, Recent
+from stages.feature_view import FeatureView
+from stages.pipeline import Query, RecentEvent, TwoStageRecommender
+
+PARAMS = CandidateParams(factors=8, iterations=5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def history() -> Dataset:
+    return generate(SyntheticConfig(n_users=120, n_items=80, n_interactions=4_000, n_clusters=3, seed=11))
+
+
+def _events(rows: pd.DataFrame) -> list[RecentEvent]:
+    return [
+        RecentEvent(str(r[Columns.item]), int(r[Columns.timestamp]), float(r[Columns.weight]))
+        for _, r in rows.iterrows()
+    ]
+
+
+def _user_dependent(view: FeatureView) -> list[str]:
+    """Columns that describe the user's own history.
+
+    Item columns and the segment shares (an item's popularity within a
+    segment) are statistics over everyone: one user's new interactions move
+    them a little in a snapshot, and a request rightly does not.
+    """
+    return [n for n in view.available().all if view.columns[n].scope != "item" and not n.startswith("seg_")]
+
+
+@pytest.mark.parametrize("held_out", [3, "all"])
+def test_fresh_features_equal_a_snapshot_that_holds_the_recent_interactions(history, held_out):
+    """Snapshot without a user's last interactions + those interactions in the request == snapshot with them."""
+    cut = int(history.interactions[Columns.timestamp].quantile(0.7))
+    before = history.interactions[history.interactions[Columns.timestamp] < cut]
+    user = before[Columns.user].value_counts().index[5]
+    mine = before[before[Columns.user] == user].sort_values(Columns.timestamp)
+    held = mine if held_out == "all" else mine.tail(held_out)
+    without = Dataset(history.interactions.drop(held.index), history.users, history.items)
+
+    candidates = CandidateModel.fit(before, PARAMS, as_of=cut)
+    vectors = candidates.als.item_factors
+    full = TwoStageRecommender(
+        candidates, None, FeatureView(compute_features(history, as_of=cut), candidates.item_ids, vectors)
+    )
+    fresh = TwoStageRecommender(
+        candidates, None, FeatureView(compute_features(without, as_of=cut), candidates.item_ids, vectors)
+    )
+    query = Query(user, recent_items=_events(held))
+    users = np.array([candidates.user_index[user]])
+    batch = candidates.top_n(users, 40)
+    names = full.view.available()
+    expected, expected_cat = full.pair_rows(users, batch, names)
+    who = fresh._user(query)
+    got, got_cat = fresh.pair_rows(users, batch, names, fresh._fresh_batch([query], [who]))
+    stale, _ = fresh.pair_rows(users, batch, names)
+
+    columns = [names.numeric.index(n) for n in _user_dependent(full.view) if n in names.numeric]
+    np.testing.assert_allclose(got[:, columns], expected[:, columns], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got_cat, expected_cat)
+    # ... and the recent items did change something: without them the user looks different.
+    assert not np.allclose(stale[:, columns], expected[:, columns], equal_nan=True)
+
+
+def test_recent_items_are_not_proposed_again_and_seed_the_sources(history):
+    candidates = CandidateModel.fit(history.interactions, PARAMS)
+    user = 7
+    plain = candidates.top_n(np.array([user]), 20)
+    recent = Recent(items=plain.items[0][:2], weights=np.ones(2, np.float32))
+    fresh = candidates.top_n(np.array([user]), 20, recent=[recent])
+    assert not set(recent.items.tolist()) & set(fresh.items[0].tolist())
+    # The ALS vector was re-solved: scores for the same items moved.
+    common = np.intersect1d(plain.items[0], fresh.items[0])
+    before = dict(zip(plain.items[0].tolist(), plain.scores[0].tolist(), strict=True))
+    after = dict(zip(fresh.items[0].tolist(), fresh.scores[0].tolist(), strict=True))
+    assert any(abs(before[i] - after[i]) > 1e-4 for i in common.tolist())
+
+
+def test_a_user_known_only_by_recent_items_gets_candidates_near_them(history):
+    candidates = CandidateModel.fit(history.interactions, PARAMS)
+    taste = candidates.latest[3][:5]
+    batch = candidates.top_n(np.array([-1]), 10, recent=[Recent(taste, np.ones(len(taste), np.float32))])
+    assert len(batch.items[0]) >= 10
+    assert not set(taste.tolist()) & set(batch.items[0].tolist())
+    # Its ALS vector is the one implicit solves for those items alone.
+    from_items = candidates.user_vectors(np.array([-1]), [Recent(taste, np.ones(len(taste), np.float32))])
+    assert np.linalg.norm(from_items[0]) > 0
+
+
+def test_recent_items_reach_the_answer_and_the_message(history):
+    candidates = CandidateModel.fit(history.interactions, PARAMS)
+    view = FeatureView(compute_features(history), candidates.item_ids, candidates.als.item_factors)
+    pipeline = TwoStageRecommender(candidates, None, view, n_candidates=30)
+    taken = [str(candidates.item_ids[i]) for i in candidates.latest[3][:3]]
+    events = [RecentEvent(i) for i in taken] + [RecentEvent("not-an-item")]
+    known, anonymous, nothing_known = pipeline.recommend(
+        [
+            Query(str(candidates.user_ids[0]), k=5, recent_items=events),
+            Query("visitor", k=5, recent_items=events),
+            Query("visitor", k=5, recent_items=[RecentEvent("not-an-item")]),
+        ]
+    )
+    assert not set(taken) & set(known.item_ids)
+    assert known.message == "3 recent items used, 1 ignored (not in the model's catalogue)"
+    assert anonymous.strategy == "two_stage"
+    assert anonymous.message == "unknown user: ranked from 3 recent items, 1 ignored (not in the model's catalogue)"
+    assert not set(taken) & set(anonymous.item_ids)
+    assert nothing_known.strategy == "popular"
+    assert nothing_known.message.endswith("; 0 recent items used, 1 ignored (not in the model's catalogue)")
+    # The same query without recent items is answered as before.
+    assert pipeline.recommend([Query(str(candidates.user_ids[0]), k=5)])[0].message is None

@@ -14,19 +14,22 @@ from serving import startup
 from serving.api_models import (
     BatchRequest,
     BatchResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     ModelInfo,
     RecommendRequest,
     RecommendResponse,
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
+from serving.events import EventLog, Recorder
 from serving.guards import RequestGuard
 from serving.responses import answer, ranked
 from serving.runtime import Runtime, paired_candidates_tag
 from serving.settings import get_settings
 
 settings = get_settings()
-API_ROUTES = ("/recommend", "/recommend_batch", "/similar_items", "/model_info")
+API_ROUTES = ("/recommend", "/recommend_batch", "/similar_items", "/feedback", "/model_info")
 # Resolved at import: BentoML packs only models declared at class scope
 # (BentoML #4702, #5319), so the pair must be known before the class exists.
 CANDIDATES_TAG = paired_candidates_tag(settings.ranker_tag, settings.candidates_tag)
@@ -61,13 +64,20 @@ class Recommender:
         )
         self.tags = self.runtime.tags
         self.runtime.start_refresh(settings.refresh_seconds)
+        log = settings.event_log
+        self.recorder = Recorder(
+            EventLog(log, settings.event_flush_rows, settings.event_flush_seconds) if log else None
+        )
 
     @bentoml.on_shutdown
     def stop(self) -> None:
         self.runtime.stop_refresh()
+        self.recorder.close()
 
     def _answer(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
-        return answer(self.runtime.pipeline, requests, self.tags)
+        responses = answer(self.runtime.pipeline, requests, self.tags)
+        self.recorder.impressions(responses)
+        return responses
 
     @bentoml.api
     async def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
@@ -95,6 +105,16 @@ class Recommender:
             )
         similar = pipeline.similar(index, request.k)
         return SimilarItemsResponse(item_id=request.item_id, recommendations=ranked(*similar), model=self.tags)
+
+    @bentoml.api
+    async def feedback(self, request: FeedbackRequest, /, ctx: bentoml.Context) -> FeedbackResponse:
+        """What users did with items (one event or many), appended to the event log for the next training run."""
+        if not self.recorder.enabled:
+            ctx.response.status_code = 503
+            return FeedbackResponse(
+                accepted=0, status="error", message="the event log is off (RECSYS_EVENT_LOG is empty): nothing recorded"
+            )
+        return FeedbackResponse(accepted=self.recorder.feedback(request.events))
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> ModelInfo:

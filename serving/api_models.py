@@ -17,6 +17,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     WithJsonSchema,
+    model_validator,
 )
 
 from features.schema import id_text
@@ -25,6 +26,7 @@ MAX_K = 100
 MAX_BATCH = 100
 MAX_EXCLUDED = 1000
 MAX_RECENT = 100
+MAX_FEEDBACK = 500  # events per /feedback call (about 60 KB of JSON, inside the body limit)
 
 
 def _api_id(value: object) -> str:
@@ -126,6 +128,7 @@ class RecommendResponse(BaseModel):
     message: str | None = None
     strategy: Literal["two_stage", "popular"] | None = None
     model: ModelTags | None = None
+    request_id: str | None = Field(None, description="send it back with /feedback to join what was taken to this list")
 
 
 class BatchRequest(_Strict):
@@ -156,6 +159,42 @@ class SimilarItemsResponse(BaseModel):
     status: Literal["success", "error"] = "success"
     message: str | None = None
     model: ModelTags | None = None
+
+
+class FeedbackEvent(_Strict):
+    """Something a user did with an item: taken, clicked, rated."""
+
+    user_id: Id
+    item_id: Id
+    timestamp: StrictInt | None = Field(None, ge=0, description="unix seconds; absent: when the server received it")
+    weight: StrictFloat | StrictInt = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="as in training data")
+    type: str | None = Field(None, max_length=32, pattern=r"^[a-z][a-z0-9_]*$", description="click, watch, rating...")
+    request_id: str | None = Field(
+        None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="the request_id of the list it was taken from"
+    )
+
+
+class FeedbackRequest(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"events": [{"user_id": "196", "item_id": "242", "weight": 4, "type": "rating"}]}
+        },
+    )
+
+    events: list[FeedbackEvent] = Field(min_length=1, max_length=MAX_FEEDBACK)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        """A single event is shorthand for ``{"events": [event]}``."""
+        return {"events": [value]} if isinstance(value, dict) and "events" not in value else value
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int
+    status: Literal["success", "error"] = "success"
+    message: str | None = None
 
 
 class ModelInfo(BaseModel):

@@ -12,3 +12,11 @@ FILTERED_ITEMS = bentoml.metrics.Counter(
     name="recsys_filtered_items_total",
     documentation="Items removed from answers as already seen or explicitly excluded",
 )
+FEEDBACK = bentoml.metrics.Counter(
+    name="recsys_feedback_total",
+    documentation=(
+        "Feedback events by whether the item was in the list its request_id names "
+        "(recommended, not_recommended; unknown: no request_id, or a list this worker did not serve recently)"
+    ),
+    labelnames=["outcome"],
+)

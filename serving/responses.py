@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from serving.api_models import ModelTags, RecommendedItem, RecommendRequest, RecommendResponse
+from serving.events import new_request_id
 from serving.metrics import COLD_STARTS, FILTERED_ITEMS
 from stages.pipeline import POPULAR, Query, RecentEvent, Recommendation, TwoStageRecommender
 
@@ -50,6 +51,7 @@ def to_responses(recommendations: list[Recommendation], tags: ModelTags) -> list
                 message=recommendation.message,
                 strategy=recommendation.strategy,
                 model=tags,
+                request_id=new_request_id(),
             )
         )
     return responses

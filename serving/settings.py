@@ -32,6 +32,13 @@ class ServiceSettings(BaseSettings):
     )
     ssl_certfile: str | None = Field(None, description="PEM certificate: serve HTTPS (BentoML's SSL settings)")
     ssl_keyfile: str | None = Field(None, description="PEM private key for ssl_certfile")
+    event_log: str = Field(
+        "var/events",
+        description="root of the impressions and feedback log (path or pyarrow URI, e.g. s3://bucket/events); "
+        "empty: nothing logged and /feedback answers 503",
+    )
+    event_flush_rows: int = Field(1000, ge=1, description="a worker writes its buffered events at this many rows ...")
+    event_flush_seconds: float = Field(5.0, gt=0, description="... or after this many seconds, and at shutdown")
     workers: int = Field(1, ge=1, le=64)
     timeout_seconds: float = Field(10.0, gt=0, description="BentoML traffic timeout")
 

@@ -117,7 +117,11 @@ def bento_tag(movielens_run) -> str:
 def server(request, movielens_run, tmp_path_factory):
     """The same API served two ways: from the source tree and from the Bento, elsewhere."""
     run, _ = movielens_run
-    env = {"RECSYS_RANKER_TAG": run.ranker_tag, "RECSYS_REFRESH_SECONDS": "0"}
+    env = {
+        "RECSYS_RANKER_TAG": run.ranker_tag,
+        "RECSYS_REFRESH_SECONDS": "0",
+        "RECSYS_EVENT_LOG": str(tmp_path_factory.mktemp("events")),
+    }
     if request.param == "repo":
         with serve("service:Recommender", env) as live:
             yield live

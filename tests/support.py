@@ -81,6 +81,11 @@ def post(client: httpx.Client, path: str, body) -> tuple[int, dict]:
     return response.status_code, response.json()
 
 
+def answer_of(body: dict) -> dict:
+    """A response body without its ``request_id`` (random per response), for comparing answers."""
+    return {key: value for key, value in body.items() if key != "request_id"}
+
+
 def wait_for(predicate: Callable[[], bool], seconds: float = 15) -> bool:
     """Poll ``predicate`` until it holds (True) or ``seconds`` pass (False)."""
     deadline = time.monotonic() + seconds

@@ -21,6 +21,9 @@ class TrainConfig(BaseModel):
     interactions: Path | None = Field(None, description="interactions file; MovieLens-100K when absent")
     users: Path | None = Field(None, description="optional user attributes file")
     items: Path | None = Field(None, description="optional item attributes file")
+    events: str | None = Field(
+        None, description="event log root (path or pyarrow URI) written by the service: its feedback joins the data"
+    )
     seed: int = 42
     factors: int = CandidateParams.factors
     regularization: float = CandidateParams.regularization

@@ -50,6 +50,7 @@ class RankerParams:
     # Examples of requests with recent_items: a user active after a cut passes their first this many
     # interactions after it and is labelled by the new items they took later (0: no such examples).
     fresh_recent: int = 3
+    fresh_weight: float = 1.0  # the weight of those examples against the others
 
 
 @dataclass
@@ -134,16 +135,19 @@ def fit_on_examples(
     ``recent`` adds, per stage, requests with recent items and the items their users took after those.
     """
     parts = [_labelled_rows(stage, taken, params, names, position) for position, (stage, taken) in enumerate(examples)]
+    parts = [(*p, np.ones(len(p[2]), np.float32)) for p in parts if p is not None]
     position = len(examples)
-    parts += [_recent_rows(stage, queries, params, names, position + i) for i, (stage, queries) in enumerate(recent)]
-    parts = [p for p in parts if p is not None]
+    for i, (stage, queries) in enumerate(recent):
+        rows = _recent_rows(stage, queries, params, names, position + i)
+        if rows is not None:
+            parts.append((*rows, np.full(len(rows[2]), params.fresh_weight, np.float32)))
     if not parts:
         raise NotEnoughHistory(
             "no user with history before a training cut took a new item after it: too little data to train "
             "the ranker (add data, or raise --label-days, --train-cuts or --n-candidates)"
         )
-    numeric, categorical, labels, groups = (np.concatenate(column) for column in zip(*parts, strict=True))
-    pool = Pool(Ranker.data(names, numeric, categorical), label=labels, group_id=groups)
+    numeric, categorical, labels, groups, weights = (np.concatenate(column) for column in zip(*parts, strict=True))
+    pool = Pool(Ranker.data(names, numeric, categorical), label=labels, group_id=groups, weight=weights)
     model = CatBoost(catboost_params(params))
     with tqdm(
         total=params.iterations,

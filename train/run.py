@@ -15,6 +15,7 @@ import pandas as pd
 
 from features import movielens
 from features.compute import FeatureTables
+from features.events import with_feedback
 from features.schema import Columns, Dataset, load_dataset
 from features.store import MODEL_SNAPSHOT_DIR, fingerprint, write_snapshot
 from stages.candidates import CandidateModel, CandidateParams, popularity_share
@@ -78,9 +79,8 @@ class Steps:
 
 def load_data(config: TrainConfig) -> Dataset:
     """The configured dataset: the user's files, or MovieLens-100K."""
-    if config.interactions:
-        return load_dataset(config.interactions, config.users, config.items)
-    return movielens.load()
+    dataset = load_dataset(config.interactions, config.users, config.items) if config.interactions else movielens.load()
+    return with_feedback(dataset, config.events) if config.events else dataset
 
 
 PER_USER_TRAIN_USERS = 300  # the secondary table's ranker learns from a sample: it keeps the run under a minute

@@ -10,6 +10,7 @@ from features.schema import DAY, Columns
 
 COLUMNS = ("activity", "activity_30d", "user_mean_weight", "days_since_last")
 RECENT_DAYS = 30
+REQUEST_ITEMS = "request_items"
 
 
 class UserActivity(FeatureFamily):
@@ -38,7 +39,13 @@ class UserActivity(FeatureFamily):
         self.values = {c: view.user_numbers(c) for c in COLUMNS}
 
     def columns(self) -> list[Column]:
-        return [Column(c, "user", values=self.values[c]) for c in COLUMNS]
+        # How many interactions the request itself brought (0 in every snapshot): lets the ranker tell a
+        # user featured with fresh items from one featured as of the snapshot.
+        none = np.zeros(self.view.n_users + 1, dtype=np.float32)
+        return [
+            *(Column(c, "user", values=self.values[c]) for c in COLUMNS),
+            Column(REQUEST_ITEMS, "user", values=none),
+        ]
 
     def fresh(self, users: FreshUsers) -> None:
         base = {c: v[users.rows] for c, v in self.values.items()}
@@ -50,6 +57,7 @@ class UserActivity(FeatureFamily):
         newest = np.fmin.reduce(newest, axis=1) if newest.shape[1] else np.full(len(newest), np.nan)
         users.state.update(
             {
+                REQUEST_ITEMS: count.astype(np.float32),
                 "activity": activity.astype(np.float32),
                 "activity_30d": (
                     np.nan_to_num(base["activity_30d"]) + (users.valid & (users.days_ago <= RECENT_DAYS)).sum(axis=1)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from stages.pipeline import Query
-from tests.support import KNOWN_USER, REPO, post
+from tests.support import KNOWN_USER, REPO, answer_of, post
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,8 @@ def test_recommend_known_user(client, offline):
 
 
 def test_numeric_ids_are_the_same_user(client):
-    assert post(client, "/recommend", {"user_id": 196})[1] == post(client, "/recommend", {"user_id": "196"})[1]
+    by_number, by_text = (post(client, "/recommend", {"user_id": u})[1] for u in (196, "196"))
+    assert answer_of(by_number) == answer_of(by_text)
 
 
 def test_served_ranking_equals_offline_pipeline(client, offline):

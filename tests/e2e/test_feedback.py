@@ -1,0 +1,93 @@
+"""Impressions and feedback over real HTTP: logged per worker, flushed at shutdown, counted on /metrics."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from features.events import FEEDBACK, IMPRESSIONS, read_events
+from tests.support import KNOWN_USER, post, serve
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def logging_server(movielens_run, tmp_path):
+    """A server whose event log flushes only at shutdown (an hour-long timer, a huge row bound)."""
+    run, _ = movielens_run
+    log = tmp_path / "events"
+    env = {
+        "RECSYS_RANKER_TAG": run.ranker_tag,
+        "RECSYS_REFRESH_SECONDS": "0",
+        "RECSYS_EVENT_LOG": str(log),
+        "RECSYS_EVENT_FLUSH_ROWS": "1000000",
+        "RECSYS_EVENT_FLUSH_SECONDS": "3600",
+        "RECSYS_WORKERS": "2",
+    }
+    return env, log
+
+
+def _feedback_count(metrics: str, outcome: str) -> float:
+    found = re.findall(rf'recsys_feedback_total\{{[^}}]*outcome="{outcome}"[^}}]*\}} ([0-9.e+]+)', metrics)
+    return sum(float(v) for v in found)
+
+
+def test_sigterm_under_feedback_load_loses_no_event(logging_server):
+    env, log = logging_server
+    sent, shown = 0, {}
+    with serve("service:Recommender", env) as live, live.client() as http:
+        for i in range(40):
+            status, body = post(http, "/recommend", {"user_id": str(1 + i % 20), "k": 5})
+            assert status == 200 and re.fullmatch(r"[0-9a-f]{32}", body["request_id"])
+            shown[body["request_id"]] = [r["item_id"] for r in body["recommendations"]]
+        for request_id, items in shown.items():
+            events = [{"user_id": "1", "item_id": item, "request_id": request_id, "type": "click"} for item in items]
+            status, body = post(http, "/feedback", {"events": events})
+            assert (status, body["accepted"]) == (200, len(events))
+            sent += len(events)
+        single = post(http, "/feedback", {"user_id": "visitor", "item_id": "50", "timestamp": 893_286_638})
+        assert single == (200, {"accepted": 1, "status": "success", "message": None})
+        sent += 1
+        assert not (log / FEEDBACK).exists()  # nothing flushed yet: all of it waits for shutdown
+    # `serve` stopped the server with SIGTERM.
+    feedback = read_events(str(log), FEEDBACK).to_pandas()
+    impressions = read_events(str(log), IMPRESSIONS).to_pandas()
+    assert len(feedback) == sent
+    assert len(impressions) == 5 * len(shown)
+    assert set(impressions["request_id"]) == set(shown)
+    visitor = feedback[feedback["user_id"] == "visitor"].iloc[0]
+    assert (visitor["item_id"], visitor["timestamp"], visitor["weight"]) == ("50", 893_286_638, 1.0)
+    assert impressions.groupby("request_id")["position"].apply(list).map(lambda p: p == [1, 2, 3, 4, 5]).all()
+
+
+def test_feedback_on_a_recommended_item_is_counted(client):
+    _, answer = post(client, "/recommend", {"user_id": KNOWN_USER, "k": 3})
+    before = client.get("/metrics").text
+    item = answer["recommendations"][0]["item_id"]
+    events = [
+        {"user_id": KNOWN_USER, "item_id": item, "request_id": answer["request_id"]},
+        {"user_id": KNOWN_USER, "item_id": "1", "request_id": answer["request_id"]},
+        {"user_id": KNOWN_USER, "item_id": "2"},
+    ]
+    assert post(client, "/feedback", {"events": events})[0] == 200
+    after = client.get("/metrics").text
+    changes = {o: _feedback_count(after, o) - _feedback_count(before, o) for o in ("recommended", "unknown")}
+    assert changes == {"recommended": 1, "unknown": 1}
+
+
+@pytest.mark.parametrize(
+    ("body", "location"),
+    [
+        ({"events": []}, ["events"]),
+        ({"user_id": "1"}, ["events", 0, "item_id"]),
+        ({"user_id": "1", "item_id": "2", "weight": -1}, ["events", 0, "weight"]),
+        ({"user_id": "1", "item_id": "2", "type": "Not A Type"}, ["events", 0, "type"]),
+        ({"user_id": "1", "item_id": "2", "request_id": "../etc"}, ["events", 0, "request_id"]),
+        ({"events": [{"user_id": "1", "item_id": "2"}] * 501}, ["events"]),
+    ],
+)
+def test_bad_feedback_gets_400_naming_the_field(client, body, location):
+    status, answer = post(client, "/feedback", body)
+    assert status == 400
+    assert any(error["loc"][: len(location)] == location for error in answer["detail"])

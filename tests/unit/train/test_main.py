@@ -12,10 +12,13 @@ from train.__main__ import EXIT_BAD_DATA, main
     ("content", "message"),
     [
         ("user_id,timestamp\n1,5\n", "column 'item_id': missing required column"),
-        ("user_id,item_id,timestamp\n1,2,noon\n", "column 'timestamp': row 1: unparsable timestamp 'noon'"),
+        (
+            "user_id,item_id,timestamp\n1,2,noon\n",
+            "column 'timestamp': row 2 (header = row 1): unparsable timestamp 'noon'",
+        ),
         (
             "user_id,item_id,timestamp,weight\n1,2,3,x\n",
-            "column 'weight': row 1: weight must be a non-negative",
+            "column 'weight': row 2 (header = row 1): weight must be a non-negative",
         ),
         ("", "file is empty"),
     ],
@@ -44,7 +47,7 @@ def test_duplicate_item_ids_exit_non_zero(tmp_path, synthetic_files, bentoml_hom
         ]
     )  # fmt: skip
     assert code == EXIT_BAD_DATA
-    assert "column 'item_id': row 201: duplicate id 'i0'" in capsys.readouterr().err
+    assert "column 'item_id': row 202 (header = row 1): duplicate id 'i0'" in capsys.readouterr().err
     assert store_state(bentoml_home, tmp_path) == before
     assert not feature_store.exists() and not (tmp_path / "reports").exists()
 

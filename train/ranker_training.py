@@ -138,9 +138,13 @@ def fit_on_examples(
     parts += [_recent_rows(stage, queries, params, names, position + i) for i, (stage, queries) in enumerate(recent)]
     parts = [p for p in parts if p is not None]
     if not parts:
+        took = sum(len(taken) for _, taken in examples)
+        known = sum(u in stage.candidates.user_index for stage, taken in examples for u in taken)
         raise NotEnoughHistory(
-            "no user with history before a training cut took a new item after it: too little data to train "
-            "the ranker (add data, or raise --label-days, --train-cuts or --n-candidates)"
+            f"not enough history to train the ranker: over {len(examples)} training cuts, {took} users took a new "
+            f"item in the {params.label_days} days after a cut, {known} of them with history before it, and none "
+            f"had it among their {params.n_candidates} candidates; need at least 1 (add data, or raise "
+            "--label-days, --train-cuts or --n-candidates)"
         )
     numeric, categorical, labels, groups = (np.concatenate(column) for column in zip(*parts, strict=True))
     pool = Pool(Ranker.data(names, numeric, categorical), label=labels, group_id=groups)

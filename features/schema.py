@@ -102,8 +102,7 @@ def read_table(path: str | Path, options: ReadOptions | None = None) -> tuple[pd
     """Read a CSV or parquet file with every column as it is stored; also notes on how it was read.
 
     CSV cells are read as strings so that ids keep their spelling (``"007"``
-    stays ``"007"``); numeric attribute columns are converted later. Columns
-    are renamed by ``options.columns``.
+    stays ``"007"``); numeric attribute columns are converted later.
     """
     path, options = Path(path), options or ReadOptions()
     if not path.exists():
@@ -125,7 +124,7 @@ def read_table(path: str | Path, options: ReadOptions | None = None) -> tuple[pd
     if frame.empty:
         raise DataError(path, "has a header but no rows")
     frame.columns = [str(c).strip() for c in frame.columns]
-    return _renamed(frame, path, options.columns), notes
+    return frame, notes
 
 
 def _read_csv(path: Path, options: ReadOptions) -> tuple[pd.DataFrame, list[str]]:
@@ -397,6 +396,7 @@ def load_dataset(
             raw[label], read_notes = read_table(path, options)
             notes += read_notes
     _check_mapping(options.columns, list(raw.values()), Path(interactions))
+    raw = {label: _renamed(frame, Path(paths[label]), options.columns) for label, frame in raw.items()}
     inter, unit = read_interactions(raw["interactions"], interactions, options.allow_any_dates)
     first = datetime.fromtimestamp(int(inter[Columns.timestamp].iloc[0]), UTC).isoformat()
     shown = raw["interactions"][Columns.timestamp].iloc[0]
@@ -428,9 +428,9 @@ def _sample(ids: object, n: int = 5) -> str:
 
 def _check_mapping(columns: Mapping[str, str], frames: list[pd.DataFrame], path: Path) -> None:
     """A mapped column that no file has is a typo, not a no-op."""
-    renamed = {c for frame in frames for c in frame.columns}
+    found = {c for frame in frames for c in frame.columns}
     for source, target in columns.items():
-        if target not in renamed:
+        if source not in found:
             raise DataError(path, f"--columns maps '{source}' to '{target}', but no file has a column '{source}'")
 
 

@@ -92,3 +92,10 @@ def test_answer_counts_filtered_items_and_answers_in_order(counters):
     answers = answer(FakePipeline(), requests, TAGS)
     assert [a.user_id for a in answers] == ["u1", "new"]
     assert counters["filtered"].value == 5 and counters["cold"].value == 1
+
+
+@pytest.mark.parametrize("sent", [160, "160", "160.0", " 160 ", "160.00"])
+def test_request_ids_follow_the_data_id_rule(sent):
+    """A client asking for 160 in any of these spellings reaches the user the data spelled 160 or 160.0."""
+    request = RecommendRequest(user_id=sent, exclude_items=[" 7.0 "])
+    assert request.user_id == "160" and request.exclude_items == ["7"]

@@ -108,6 +108,7 @@ class TrainConfig(BaseModel):
         return value
 
     def read_options(self) -> ReadOptions:
+        """How the loader reads the user's files (mapping, separator, encoding, date range)."""
         return ReadOptions(self.columns, self.sep, self.encoding, self.allow_any_dates)
 
     @property

@@ -230,3 +230,9 @@ def test_column_mapping_renames_in_every_file(tmp_path):
         load_dataset(inter)
     with pytest.raises(DataError, match="--columns maps 'usrId' to 'user_id', but no file has a column 'usrId'"):
         load_dataset(inter, options=ReadOptions(columns={"usrId": "user_id", "movieId": "item_id"}))
+
+
+def test_mapping_onto_a_column_the_file_already_has_is_ambiguous(tmp_path):
+    inter = write(tmp_path / "i.csv", f"uid,user_id,item_id,timestamp\n1,2,a,{T0}\n")
+    with pytest.raises(DataError, match=r"column 'user_id': has both 'uid' \(mapped to 'user_id'\) and 'user_id'$"):
+        load_dataset(inter, options=ReadOptions(columns={"uid": "user_id"}))

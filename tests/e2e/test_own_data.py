@@ -203,7 +203,7 @@ SUCCESSES = [
         lambda d: config_file(
             d,
             "c.toml",
-            'ranker-iterations = 15\nlabel_days = 14\n[columns]\nrating = "weight"\n',
+            'label-days = 14\nmax_eval_users = 150\n[columns]\nrating = "weight"\n',
             INTER.rename(columns={"weight": "rating"}),
         ),
         ("unix seconds",),

@@ -10,7 +10,7 @@ import csv
 import difflib
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -226,11 +226,11 @@ def parse_timestamps(raw: pd.Series, path: Path) -> tuple[np.ndarray, str]:
     if pd.api.types.is_datetime64_any_dtype(raw):
         return _seconds(pd.to_datetime(raw, utc=True)), f"timestamps ({raw.dtype})"
     if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
-        return _epoch_seconds(raw)
+        return _epoch_seconds(raw, path)
     text = raw.astype(str).str.strip()
     numeric = pd.to_numeric(text, errors="coerce")
     if numeric.notna().all():
-        return _epoch_seconds(numeric)
+        return _epoch_seconds(numeric, path)
     parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
     bad = parsed.isna() & numeric.isna()
     if bad.any():
@@ -262,15 +262,20 @@ def _seconds(parsed: pd.Series) -> np.ndarray:
     return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
 
 
-def _epoch_seconds(numeric: pd.Series) -> tuple[np.ndarray, str]:
+def _epoch_seconds(numeric: pd.Series, path: Path) -> tuple[np.ndarray, str]:
     """Unix times in the unit their magnitude says (the median's, so a few odd rows do not decide it)."""
     magnitude = float(numeric.abs().median())
     name, factor = next(((n, f) for n, f, limit in EPOCH_UNITS if magnitude < limit), ("nanoseconds", 10**9))
     values = numeric.to_numpy()
     if np.issubdtype(values.dtype, np.integer):
-        seconds = values // factor  # exact for integers, whatever their size
-    else:
-        seconds = np.floor(values.astype(np.float64) / factor)
+        return (values // factor).astype(np.int64), f"unix {name}"  # exact for integers, whatever their size
+    seconds = np.floor(values.astype(np.float64) / factor)
+    beyond = ~(np.abs(seconds) < 2.0**53)  # infinite, or past what int64 seconds hold exactly: not a time
+    if beyond.any():
+        first = int(np.argmax(beyond))
+        raise DataError(
+            path, f"timestamp {numeric.iloc[first]} is out of range", column=Columns.timestamp, row=data_row(first)
+        )
     return seconds.astype(np.int64), f"unix {name}"
 
 
@@ -292,10 +297,16 @@ def check_dates(seconds: np.ndarray, raw: pd.Series, path: Path, unit: str) -> N
 
 
 def _year(seconds: int) -> int:
+    moment = _datetime(seconds)
+    return moment.year if moment else int(1970 + seconds // (365.2425 * DAY))
+
+
+def _datetime(seconds: int) -> datetime | None:
+    """The UTC time of unix seconds, or ``None`` beyond what ``datetime`` holds (years 1 to 9999)."""
     try:
-        return datetime.fromtimestamp(int(seconds), UTC).year
+        return datetime.fromtimestamp(int(seconds), UTC)
     except (OverflowError, ValueError, OSError):
-        return int(1970 + seconds // (365.2425 * DAY))
+        return None
 
 
 def parse_weights(raw: pd.Series, path: Path) -> np.ndarray:
@@ -398,9 +409,10 @@ def load_dataset(
     _check_mapping(options.columns, list(raw.values()), Path(interactions))
     raw = {label: _renamed(frame, Path(paths[label]), options.columns) for label, frame in raw.items()}
     inter, unit = read_interactions(raw["interactions"], interactions, options.allow_any_dates)
-    first = datetime.fromtimestamp(int(inter[Columns.timestamp].iloc[0]), UTC).isoformat()
+    first = _datetime(inter[Columns.timestamp].iloc[0])
     shown = raw["interactions"][Columns.timestamp].iloc[0]
-    notes.append(f"{Path(interactions).name}: timestamps read as {unit} (row 2: {shown!r} is {first})")
+    when = first.isoformat() if first else f"in the year {_year(inter[Columns.timestamp].iloc[0])}"
+    notes.append(f"{Path(interactions).name}: timestamps read as {unit} (row 2: {shown!r} is {when})")
     tables = {}
     for label, column in (("users", Columns.user), ("items", Columns.item)):
         if label in raw:
@@ -422,7 +434,7 @@ def _check_join(table: pd.DataFrame, ids: pd.Series, path: Path, column: str, la
         )
 
 
-def _sample(ids: object, n: int = 5) -> str:
+def _sample(ids: Iterable[object], n: int = 5) -> str:
     return ", ".join(repr(str(i)) for i in list(ids)[:n])
 
 

@@ -132,6 +132,7 @@ def test_epoch_units_are_told_by_magnitude_in_csv_and_parquet(tmp_path, values, 
     for name in ("i.csv", "i.parquet"):
         data = load_dataset(tmp_path / name)
         assert data.interactions["timestamp"].tolist() == [T0, T0 + 86_400]
+        assert data.interactions["timestamp"].dtype == np.int64
         assert f"timestamps read as {unit}" in data.notes[0]
 
 
@@ -236,3 +237,12 @@ def test_mapping_onto_a_column_the_file_already_has_is_ambiguous(tmp_path):
     inter = write(tmp_path / "i.csv", f"uid,user_id,item_id,timestamp\n1,2,a,{T0}\n")
     with pytest.raises(DataError, match=r"column 'user_id': has both 'uid' \(mapped to 'user_id'\) and 'user_id'$"):
         load_dataset(inter, options=ReadOptions(columns={"uid": "user_id"}))
+
+
+def test_far_dates_allowed_are_still_described(tmp_path):
+    inter = write(tmp_path / "i.csv", f"user_id,item_id,timestamp\nu,a,1e12\nu,b,{T0}\nu,c,{T0}\n")
+    data = load_dataset(inter, options=ReadOptions(allow_any_dates=True))  # the median says seconds
+    assert data.notes[0] == "i.csv: timestamps read as unix seconds (row 2: '1e12' is in the year 33658)"
+    write(inter, f"user_id,item_id,timestamp\nu,a,1e40\nu,b,{T0}\nu,c,{T0}\n")
+    with pytest.raises(DataError, match=r"row 2 \(header = row 1\): timestamp 1e\+40 is out of range$"):
+        load_dataset(inter, options=ReadOptions(allow_any_dates=True))

@@ -6,7 +6,13 @@ up as a :class:`Dataset`; nothing downstream reads raw files.
 
 from __future__ import annotations
 
+import csv
+import difflib
+import itertools
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +33,16 @@ class Columns:
     rank = "rank"
 
 
+SCHEMA_COLUMNS = frozenset({Columns.user, Columns.item, Columns.timestamp, Columns.weight})
 LIST_SEPARATOR = "|"
 DAY = 86_400  # seconds; timestamps are unix seconds
+# Cells that mean "no value" in exports from other systems (compared in lower case, after stripping).
+NULL_SPELLINGS = frozenset({"", "null", "none", "nan", "n/a", "<na>"})
+FIRST_YEAR = 1990  # earlier (or later than next year) dates are a misread unit more often than real data
+SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
+MIN_JOINED = 0.10  # an attribute file matching fewer interaction ids than this is the wrong file or id format
+# A unix time's unit, told by its magnitude: seconds stay below 1e11 until the year 5138, and so on.
+EPOCH_UNITS = (("seconds", 1, 1e11), ("milliseconds", 10**3, 1e14), ("microseconds", 10**6, 1e17))
 
 
 class DataError(ValueError):
@@ -39,9 +53,19 @@ class DataError(ValueError):
         if column is not None:
             where.append(f"column '{column}'")
         if row is not None:
-            where.append(f"row {row}")
+            where.append(f"row {row} (header = row 1)")
         super().__init__(f"{': '.join(where)}: {problem}")
         self.path, self.column, self.row = str(path), column, row
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read the user's files; ``None`` means sniffed (separator) or UTF-8 then Latin-1 (encoding)."""
+
+    columns: Mapping[str, str] = field(default_factory=dict)  # column in the file -> schema name
+    sep: str | None = None
+    encoding: str | None = None
+    allow_any_dates: bool = False
 
 
 @dataclass
@@ -70,43 +94,77 @@ def _is_tuple_column(series: pd.Series) -> bool:
 
 
 def data_row(index: int) -> int:
-    """1-based data row (the header is not counted) for a 0-based position."""
-    return int(index) + 1
+    """The row a spreadsheet shows for a 0-based data position: the header line is row 1, data starts at 2."""
+    return int(index) + 2
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or parquet file with every column as it is stored.
+def read_table(path: str | Path, options: ReadOptions | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Read a CSV or parquet file with every column as it is stored; also notes on how it was read.
 
     CSV cells are read as strings so that ids keep their spelling (``"007"``
     stays ``"007"``); numeric attribute columns are converted later.
     """
-    path = Path(path)
+    path, options = Path(path), options or ReadOptions()
     if not path.exists():
         raise DataError(path, "file not found")
     if path.is_dir():
         raise DataError(path, "is a directory, expected a CSV or parquet file")
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty")
+    notes: list[str] = []
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
             frame = pq.read_table(path).to_pandas(types_mapper=_plain_types)
         else:
-            frame = pd.read_csv(
-                path,
-                dtype=str,
-                keep_default_na=False,
-                na_values=[""],
-                sep=None if path.suffix.lower() in {".tsv", ".txt"} else ",",
-                engine="python" if path.suffix.lower() in {".tsv", ".txt"} else "c",
-            )
+            frame, notes = _read_csv(path, options)
     except pd.errors.EmptyDataError as exc:  # whitespace only: non-zero size, no header
         raise DataError(path, "file is empty") from exc
-    except (OSError, pa.ArrowException, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, pa.ArrowException, pd.errors.ParserError, UnicodeError, LookupError, ValueError) as exc:
         raise DataError(path, f"cannot be read ({type(exc).__name__}: {exc})") from exc
     if frame.empty:
         raise DataError(path, "has a header but no rows")
     frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
+    return frame, notes
+
+
+def _read_csv(path: Path, options: ReadOptions) -> tuple[pd.DataFrame, list[str]]:
+    """CSV with the given or sniffed separator, in the given encoding or UTF-8 falling back to Latin-1."""
+    notes = []
+    encoding = options.encoding or "utf-8-sig"  # utf-8-sig: plain UTF-8, and a leading byte-order mark dropped
+    sep = options.sep or _sniff_separator(path, encoding)
+    if options.sep is None and sep != ",":
+        notes.append(f"{path.name}: read as {SEPARATORS[sep]}-separated (sniffed; --sep sets it)")
+    try:
+        frame = _csv(path, sep, encoding)
+    except UnicodeDecodeError:
+        if options.encoding:
+            raise
+        frame = _csv(path, sep, "latin-1")
+        notes.append(f"{path.name}: not UTF-8, read as Latin-1 (--encoding sets it)")
+    return frame, notes
+
+
+def _csv(path: Path, sep: str, encoding: str) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], sep=sep, encoding=encoding)
+
+
+def _sniff_separator(path: Path, encoding: str) -> str:
+    """Comma, semicolon or tab, whichever splits the first lines consistently (comma when unsure)."""
+    with path.open(encoding=encoding, errors="replace", newline="") as file:
+        sample = "".join(itertools.islice(file, 50))
+    try:
+        return csv.Sniffer().sniff(sample, delimiters="".join(SEPARATORS)).delimiter
+    except csv.Error:
+        return ","
+
+
+def _renamed(frame: pd.DataFrame, path: Path, columns: Mapping[str, str]) -> pd.DataFrame:
+    """Apply the column mapping; a mapped name that is already a column of the file is ambiguous."""
+    mapping = {source: target for source, target in columns.items() if source in frame.columns}
+    for source, target in mapping.items():
+        if target in frame.columns and target not in mapping:
+            raise DataError(path, f"has both '{source}' (mapped to '{target}') and '{target}'", column=target)
+    return frame.rename(columns=mapping)
 
 
 def _plain_types(arrow_type: pa.DataType) -> object:
@@ -121,59 +179,134 @@ def _require(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:
     for column in columns:
         if column not in frame.columns:
             found = ", ".join(frame.columns)
-            raise DataError(path, f"missing required column (found: {found})", column=column)
+            others = [c for c in frame.columns if c not in SCHEMA_COLUMNS]
+            close = difflib.get_close_matches(column, others, n=1, cutoff=0.5)
+            hint = f"; to use '{close[0]}', pass --columns {close[0]}={column}" if close else ""
+            raise DataError(path, f"missing required column (found: {found}){hint}", column=column)
 
 
 def _ids(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
-    raw = frame[column]
-    missing = raw.isna()
+    text = frame[column].astype(object).map(id_text, na_action="ignore")
+    missing = text.isna() | text.astype(str).str.lower().isin(NULL_SPELLINGS)
     if missing.any():
-        raise DataError(path, "empty id", column=column, row=data_row(np.argmax(missing.values)))
-    return raw.map(id_text).astype(object)
+        first = int(np.argmax(missing.values))
+        shown = "" if pd.isna(text.iloc[first]) else f" {text.iloc[first]!r}"
+        problem = f"missing id{shown} (empty cells and NULL, None, nan, N/A are missing)"
+        raise DataError(path, problem, column=column, row=data_row(first))
+    return text
+
+
+_INTEGRAL = re.compile(r"(-?\d+)\.0+")
 
 
 def id_text(value: object) -> str:
-    """The one rule for turning an id into the text it is matched by, in the data and in the API.
+    """The one rule for turning an id into the text it is matched by, in the data, the feature store and the API.
 
-    Integers (and integral floats, as parquet or pandas may store integer ids)
-    lose any decimal part, surrounding whitespace is dropped, anything else is
-    kept as written: ``160.0`` and ``160`` are ``"160"``, ``"007"`` stays ``"007"``.
+    Surrounding whitespace is dropped and integral numbers lose their decimal
+    part, whether stored as floats (parquet, pandas) or written as text (CSV,
+    JSON): ``160``, ``160.0``, ``"160.0"`` and ``" 160 "`` are all ``"160"``.
+    Anything else is kept as written: ``"007"`` stays ``"007"``, ``"1.5"`` stays ``"1.5"``.
     """
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float | np.floating) and float(value).is_integer():
         return str(int(value))
-    return str(value).strip()
+    text = str(value).strip()
+    integral = _INTEGRAL.fullmatch(text)
+    return integral.group(1) if integral else text
 
 
-def parse_timestamps(raw: pd.Series, path: Path) -> np.ndarray:
-    """Unix seconds (int or float) or ISO 8601 strings to int64 unix seconds."""
+def parse_timestamps(raw: pd.Series, path: Path) -> tuple[np.ndarray, str]:
+    """Timestamps as int64 unix seconds, and the unit they were read in.
+
+    Datetime columns (parquet timestamps of any unit or time zone) are taken
+    as they are; numbers are unix seconds, milliseconds, microseconds or
+    nanoseconds, told apart by their magnitude (exports differ, and a wrong
+    guess is off by 1000x); text is ISO 8601, its offset applied (none: UTC).
+    """
+    _check_blank(raw, path)
     if pd.api.types.is_datetime64_any_dtype(raw):
-        parsed = pd.to_datetime(raw, utc=True)
-        bad = parsed.isna()
-    else:
-        text = raw.astype(str).str.strip()
-        numeric = pd.to_numeric(text, errors="coerce")
-        if numeric.notna().all():
-            return numeric.to_numpy(dtype=np.float64).astype(np.int64)
-        parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
-        bad = parsed.isna() & numeric.isna()
-        if not bad.any() and numeric.notna().any():
-            first = int(np.argmax(numeric.notna().values))
-            raise DataError(
-                path,
-                f"mixes unix seconds and ISO 8601 ({text.iloc[first]!r})",
-                column=Columns.timestamp,
-                row=data_row(first),
-            )
+        return _seconds(pd.to_datetime(raw, utc=True)), f"timestamps ({raw.dtype})"
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        return _epoch_seconds(raw, path)
+    text = raw.astype(str).str.strip()
+    numeric = pd.to_numeric(text, errors="coerce")
+    if numeric.notna().all():
+        return _epoch_seconds(numeric, path)
+    parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+    bad = parsed.isna() & numeric.isna()
     if bad.any():
         first = int(np.argmax(bad.values))
         raise DataError(
             path,
-            f"unparsable timestamp {raw.iloc[first]!r} (expected unix seconds or ISO 8601)",
+            f"unparsable timestamp {raw.iloc[first]!r} (expected unix time or ISO 8601)",
             column=Columns.timestamp,
             row=data_row(first),
         )
-    epoch = pd.Timestamp(0, tz="UTC")
-    return ((parsed - epoch) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+    if numeric.notna().any():
+        first = int(np.argmax(numeric.notna().values))
+        raise DataError(
+            path, f"mixes unix times and ISO 8601 ({text.iloc[first]!r})", column=Columns.timestamp, row=data_row(first)
+        )
+    return _seconds(parsed), "ISO 8601 text (offsets applied; none means UTC)"
+
+
+def _check_blank(raw: pd.Series, path: Path) -> None:
+    blank = raw.isna() | raw.astype(str).str.strip().str.lower().isin(NULL_SPELLINGS)
+    if blank.any():
+        first = int(np.argmax(blank.values))
+        value = raw.iloc[first]
+        problem = "blank timestamp" if pd.isna(value) or not str(value).strip() else f"missing timestamp {value!r}"
+        raise DataError(path, problem, column=Columns.timestamp, row=data_row(first))
+
+
+def _seconds(parsed: pd.Series) -> np.ndarray:
+    return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+
+
+def _epoch_seconds(numeric: pd.Series, path: Path) -> tuple[np.ndarray, str]:
+    """Unix times in the unit their magnitude says (the median's, so a few odd rows do not decide it)."""
+    magnitude = float(numeric.abs().median())
+    name, factor = next(((n, f) for n, f, limit in EPOCH_UNITS if magnitude < limit), ("nanoseconds", 10**9))
+    values = numeric.to_numpy()
+    if np.issubdtype(values.dtype, np.integer):
+        return (values // factor).astype(np.int64), f"unix {name}"  # exact for integers, whatever their size
+    seconds = np.floor(values.astype(np.float64) / factor)
+    beyond = ~(np.abs(seconds) < 2.0**53)  # infinite, or past what int64 seconds hold exactly: not a time
+    if beyond.any():
+        first = int(np.argmax(beyond))
+        raise DataError(
+            path, f"timestamp {numeric.iloc[first]} is out of range", column=Columns.timestamp, row=data_row(first)
+        )
+    return seconds.astype(np.int64), f"unix {name}"
+
+
+def check_dates(seconds: np.ndarray, raw: pd.Series, path: Path, unit: str) -> None:
+    """Dates before 1990 or after next year are refused: far more often a misread unit than real data."""
+    last_year = datetime.now(UTC).year + 1
+    low = int(datetime(FIRST_YEAR, 1, 1, tzinfo=UTC).timestamp())
+    high = int(datetime(last_year + 1, 1, 1, tzinfo=UTC).timestamp())
+    bad = (seconds < low) | (seconds >= high)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise DataError(
+            path,
+            f"{raw.iloc[first]!r} read as {unit} falls in the year {_year(seconds[first])}, outside "
+            f"{FIRST_YEAR}-{last_year}: if the dates are right, pass --allow-any-dates",
+            column=Columns.timestamp,
+            row=data_row(first),
+        )
+
+
+def _year(seconds: int) -> int:
+    moment = _datetime(seconds)
+    return moment.year if moment else int(1970 + seconds // (365.2425 * DAY))
+
+
+def _datetime(seconds: int) -> datetime | None:
+    """The UTC time of unix seconds, or ``None`` beyond what ``datetime`` holds (years 1 to 9999)."""
+    try:
+        return datetime.fromtimestamp(int(seconds), UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def parse_weights(raw: pd.Series, path: Path) -> np.ndarray:
@@ -193,20 +326,25 @@ def parse_weights(raw: pd.Series, path: Path) -> np.ndarray:
 
 def validate_interactions(frame: pd.DataFrame, path: str | Path = "<interactions>") -> pd.DataFrame:
     """Check and normalise an interactions table to the canonical dtypes."""
+    return read_interactions(frame, path)[0]
+
+
+def read_interactions(
+    frame: pd.DataFrame, path: str | Path = "<interactions>", allow_any_dates: bool = True
+) -> tuple[pd.DataFrame, str]:
+    """The interactions in the canonical dtypes, and the unit their timestamps were read in."""
     path = Path(path)
     _require(frame, path, [Columns.user, Columns.item, Columns.timestamp])
-    out = pd.DataFrame(
-        {
-            Columns.user: _ids(frame, path, Columns.user).to_numpy(),
-            Columns.item: _ids(frame, path, Columns.item).to_numpy(),
-            Columns.timestamp: parse_timestamps(frame[Columns.timestamp], path),
-        }
-    )
+    users, items = _ids(frame, path, Columns.user).to_numpy(), _ids(frame, path, Columns.item).to_numpy()
+    seconds, unit = parse_timestamps(frame[Columns.timestamp], path)
+    out = pd.DataFrame({Columns.user: users, Columns.item: items, Columns.timestamp: seconds})
     if Columns.weight in frame.columns:
         out[Columns.weight] = parse_weights(frame[Columns.weight], path)
     else:
         out[Columns.weight] = np.float32(1.0)
-    return out
+    if not allow_any_dates:
+        check_dates(seconds, frame[Columns.timestamp], path, unit)
+    return out, unit
 
 
 def validate_attributes(frame: pd.DataFrame, id_column: str, path: str | Path) -> pd.DataFrame:
@@ -254,12 +392,58 @@ def _na(value: object) -> bool:
         return False
 
 
-def load_dataset(interactions: str | Path, users: str | Path | None = None, items: str | Path | None = None) -> Dataset:
-    """Load the user's files (CSV or parquet) through the documented schema."""
-    inter = validate_interactions(read_table(interactions), interactions)
-    user_table = validate_attributes(read_table(users), Columns.user, users) if users else None
-    item_table = validate_attributes(read_table(items), Columns.item, items) if items else None
-    return finalize(Dataset(inter, user_table, item_table))
+def load_dataset(
+    interactions: str | Path,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    options: ReadOptions | None = None,
+) -> Dataset:
+    """Load the user's files (CSV or parquet) through the documented schema; notes say how they were read."""
+    options = options or ReadOptions()
+    paths = {"interactions": interactions, "users": users, "items": items}
+    raw, notes = {}, []
+    for label, path in paths.items():
+        if path:
+            raw[label], read_notes = read_table(path, options)
+            notes += read_notes
+    _check_mapping(options.columns, list(raw.values()), Path(interactions))
+    raw = {label: _renamed(frame, Path(paths[label]), options.columns) for label, frame in raw.items()}
+    inter, unit = read_interactions(raw["interactions"], interactions, options.allow_any_dates)
+    first = _datetime(inter[Columns.timestamp].iloc[0])
+    shown = raw["interactions"][Columns.timestamp].iloc[0]
+    when = first.isoformat() if first else f"in the year {_year(inter[Columns.timestamp].iloc[0])}"
+    notes.append(f"{Path(interactions).name}: timestamps read as {unit} (row 2: {shown!r} is {when})")
+    tables = {}
+    for label, column in (("users", Columns.user), ("items", Columns.item)):
+        if label in raw:
+            tables[label] = validate_attributes(raw[label], column, paths[label])
+            _check_join(tables[label], inter[column], Path(paths[label]), column, label)
+    return finalize(Dataset(inter, tables.get("users"), tables.get("items"), notes))
+
+
+def _check_join(table: pd.DataFrame, ids: pd.Series, path: Path, column: str, label: str) -> None:
+    """An attribute file that matches almost none of the interactions is the wrong file or another id format."""
+    unique = pd.unique(ids)
+    joined = int(pd.Index(unique).isin(table.index).sum())
+    if joined < MIN_JOINED * len(unique):
+        raise DataError(
+            path,
+            f"only {joined} of the {len(unique)} {label} in the interactions have a row here "
+            f"(under {MIN_JOINED:.0%}): ids here {_sample(table.index)}, in the interactions {_sample(unique)}",
+            column=column,
+        )
+
+
+def _sample(ids: Iterable[object], n: int = 5) -> str:
+    return ", ".join(repr(str(i)) for i in list(ids)[:n])
+
+
+def _check_mapping(columns: Mapping[str, str], frames: list[pd.DataFrame], path: Path) -> None:
+    """A mapped column that no file has is a typo, not a no-op."""
+    found = {c for frame in frames for c in frame.columns}
+    for source, target in columns.items():
+        if source not in found:
+            raise DataError(path, f"--columns maps '{source}' to '{target}', but no file has a column '{source}'")
 
 
 def finalize(dataset: Dataset) -> Dataset:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from features.schema import Columns
+from features.schema import Columns, id_text
 from serving.runtime import IncompatibleModels, Runtime
 from serving.settings import get_settings
 from stages.pipeline import Query
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.users:
-        users = [line.strip() for line in args.users.read_text().splitlines() if line.strip()]
+        users = [id_text(line) for line in args.users.read_text().splitlines() if line.strip()]
     else:
         users = [str(u) for u in runtime.candidates.user_ids]
     table = recommend_all(runtime, users, args.k, not args.include_seen)

@@ -201,7 +201,7 @@ class TwoStageRecommender:
             order = np.lexsort((np.arange(len(cand)), -score))[: query.k]
             notes = [_recent_note(query, user)] if user.recent is not None or user.ignored else []
             if len(order) < query.k:
-                notes.append(f"only {len(order)} items left to recommend: the rest are seen or excluded")
+                notes.append(_shortfall(len(order)))
             out.append(self._answer(query, cand[order], score[order], TWO_STAGE, "; ".join(notes) or None))
         return out
 
@@ -314,6 +314,13 @@ def _recent_note(query: Query, user: _User) -> str:
     if user.ignored:
         note += f", {user.ignored} ignored (not in the model's catalogue)"
     return note
+
+
+def _shortfall(found: int) -> str:
+    """Why a known user got fewer items than asked, so an empty or short list is never silent."""
+    if found == 0:
+        return "nothing left to recommend: the user has already taken (or excluded) every item in the catalogue"
+    return f"only {found} items left to recommend: the rest are seen or excluded"
 
 
 def _flat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:

@@ -7,6 +7,7 @@ and the process tree come from :mod:`benchmarks.servers` (the one copy).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 import subprocess
@@ -40,6 +41,7 @@ __all__ = [
     "status_field",
     "stop",
     "store_state",
+    "tree_digest",
     "wait_for",
 ]
 
@@ -73,6 +75,17 @@ def store_state(home: Path, feature_store: Path) -> list[str]:
     """Every path in the BentoML model store and a feature store, to compare before and after."""
     paths = [*home.joinpath("models").rglob("*"), *feature_store.rglob("*")]
     return sorted(str(p) for p in paths)
+
+
+def tree_digest(*roots: Path) -> str:
+    """One hash over every path and file's bytes under ``roots``: equal digests, byte-for-byte equal trees."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            digest.update(str(path.relative_to(root)).encode())
+            if path.is_file():
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def post(client: httpx.Client, path: str, body) -> tuple[int, dict]:

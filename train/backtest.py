@@ -39,6 +39,10 @@ TWO_STAGE_MODEL = "two-stage (ALS + CatBoost)"  # its row in the tables (the str
 COLD_START = "cold start (served)"
 
 
+class WorseThanBaseline(ValueError):
+    """The two-stage model lost to a baseline in the backtest and the run was asked to fail then."""
+
+
 @dataclass(frozen=True)
 class BacktestParams:
     """Where the cuts fall and how far after each one is scored."""
@@ -216,3 +220,13 @@ def _day(timestamp: int) -> str:
 def _summary(row: dict) -> str:
     best = max(row["models"].items(), key=lambda kv: kv[1][f"ndcg@{K}"])
     return f"{row['segment']} {row['users']} users, best {best[0]} {best[1][f'ndcg@{K}']:.4f}"
+
+
+def beaten_by(backtest: dict, horizon: str) -> tuple[str, float, float] | None:
+    """The best baseline, its NDCG@k and the two-stage model's, when the baseline won on warm users at ``horizon``."""
+    models = backtest.get("mean", {}).get(horizon, {}).get("warm", {})
+    if TWO_STAGE_MODEL not in models:
+        return None
+    ours = models[TWO_STAGE_MODEL]["mean"]
+    name, best = max(((m, v["mean"]) for m, v in models.items() if m != TWO_STAGE_MODEL), key=lambda kv: kv[1])
+    return (name, best, ours) if best > ours else None

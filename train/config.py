@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
+import difflib
 import json
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from features.schema import SEPARATORS, ReadOptions
 from stages.candidates import CandidateParams
 from train.backtest import BacktestParams
 from train.ranker_training import LOSSES, RankerParams
@@ -18,24 +21,42 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    interactions: Path | None = Field(None, description="interactions file; MovieLens-100K when absent")
-    users: Path | None = Field(None, description="optional user attributes file")
-    items: Path | None = Field(None, description="optional item attributes file")
+    interactions: Path | None = Field(
+        None,
+        description="interactions file (CSV or parquet: user_id, item_id, timestamp, optional weight); "
+        "MovieLens-100K when absent",
+    )
+    users: Path | None = Field(None, description="optional user attributes file (user_id plus any columns)")
+    items: Path | None = Field(
+        None, description="optional item attributes file (item_id plus any columns; title shown)"
+    )
     events: str | None = Field(
         None, description="event log root (path or pyarrow URI) written by the service: its feedback joins the data"
     )
-    seed: int = 42
-    factors: int = CandidateParams.factors
-    regularization: float = CandidateParams.regularization
-    alpha: float = CandidateParams.alpha
-    als_iterations: int = CandidateParams.iterations
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="rename your files' columns to the schema's, in every file: userId=user_id,movieId=item_id,"
+        "rating=weight",
+    )
+    sep: str | None = Field(None, description="CSV separator: ',', ';' or tab (default: sniffed from the first lines)")
+    encoding: str | None = Field(None, description="CSV encoding (default: UTF-8, falling back to Latin-1 with a note)")
+    allow_any_dates: bool = Field(
+        False, description="accept timestamps before 1990 or after next year (usually a misread unit)"
+    )
+    seed: int = Field(42, description="random seed of ALS, CatBoost and the user samples")
+    factors: int = Field(CandidateParams.factors, ge=1, description="ALS latent factors")
+    regularization: float = Field(CandidateParams.regularization, ge=0, description="ALS L2 regularization")
+    alpha: float = Field(CandidateParams.alpha, gt=0, description="ALS confidence scale of the weights")
+    als_iterations: int = Field(CandidateParams.iterations, ge=1, description="ALS iterations")
     popular_days: int = Field(CandidateParams.popular_days, ge=1, description="window of the popularity source")
     n_popular: int = Field(CandidateParams.n_popular, ge=0, description="candidates from recent popularity")
     n_cooc: int = Field(CandidateParams.n_cooc, ge=0, description="candidates from co-consumption")
-    loss: str = Field(RankerParams.loss, pattern="^(" + "|".join(LOSSES) + ")$")
-    ranker_iterations: int = RankerParams.iterations
-    depth: int = RankerParams.depth
-    learning_rate: float = RankerParams.learning_rate
+    loss: str = Field(
+        RankerParams.loss, pattern="^(" + "|".join(LOSSES) + ")$", description="CatBoost loss of the ranker"
+    )
+    ranker_iterations: int = Field(RankerParams.iterations, ge=1, description="CatBoost iterations of the ranker")
+    depth: int = Field(RankerParams.depth, ge=1, le=16, description="CatBoost tree depth")
+    learning_rate: float = Field(RankerParams.learning_rate, gt=0, description="CatBoost learning rate")
     n_candidates: int = Field(RankerParams.n_candidates, ge=10, le=1000, description="ALS candidates per user")
     label_days: int = Field(
         RankerParams.label_days, ge=1, description="ranker labels: items taken this many days after a cut"
@@ -43,17 +64,55 @@ class TrainConfig(BaseModel):
     train_cuts: int = Field(RankerParams.train_cuts, ge=1, description="training cuts stacked for the ranker")
     cut_step_days: int = Field(RankerParams.cut_step_days, ge=1, description="days between training cuts")
     backtest_cuts: int = Field(BacktestParams.n_cuts, ge=0, description="backtest cuts (0 skips the backtest)")
-    horizon_days: int = Field(BacktestParams.horizon_days, ge=1, description="backtest short horizon")
+    horizon_days: int = Field(BacktestParams.horizon_days, ge=1, description="backtest short horizon, in days")
     fold_iterations: int | None = Field(
         BacktestParams.fold_iterations, ge=1, description="ranker iterations in backtest folds (default: the same)"
     )
     holdout: float = Field(0.2, gt=0, lt=1, description="secondary evaluation: each user's last share held out")
-    threads: int = Field(RankerParams.threads, ge=1)
+    threads: int = Field(RankerParams.threads, ge=1, description="CatBoost threads")
     max_train_users: int = Field(RankerParams.max_users, ge=100, description="users sampled per training cut")
     max_eval_users: int = Field(BacktestParams.max_users, ge=100, description="users sampled for the evaluation")
+    fail_if_worse_than_baseline: bool = Field(
+        False,
+        description="exit 2 without saving when the two-stage model loses to a baseline in the backtest "
+        "(for scheduled jobs; otherwise a WARNING)",
+    )
     feature_store: str = Field("feature_store", description="feature store root (path or pyarrow URI)")
-    report_dir: Path = Path("var/reports")
-    save: bool = True
+    report_dir: Path = Field(Path("var/reports"), description="where the evaluation report is written")
+    save: bool = Field(True, description="save the models and the feature snapshot (--no-save: evaluate only)")
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _mapping(cls, value: object) -> object:
+        """``a=b,c=d`` (the flag, or a string in the file) or a table of the same."""
+        if not isinstance(value, str):
+            return value
+        pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+        if any(len(pair) != 2 or not all(p.strip() for p in pair) for pair in pairs):
+            raise ValueError(f"expected name=schema_name pairs separated by commas, got {value!r}")
+        return {source.strip(): target.strip() for source, target in pairs}
+
+    @field_validator("sep", mode="before")
+    @classmethod
+    def _separator(cls, value: object) -> object:
+        value = {"tab": "\t", "\\t": "\t"}.get(value, value) if isinstance(value, str) else value
+        if value is not None and value not in SEPARATORS:
+            raise ValueError(f"expected ',', ';' or tab, got {value!r}")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError as exc:
+                raise ValueError(f"unknown encoding {value!r}") from exc
+        return value
+
+    def read_options(self) -> ReadOptions:
+        """How the loader reads the user's files (mapping, separator, encoding, date range)."""
+        return ReadOptions(self.columns, self.sep, self.encoding, self.allow_any_dates)
 
     @property
     def dataset_name(self) -> str:
@@ -95,7 +154,44 @@ class TrainConfig(BaseModel):
         )
 
 
+class ConfigError(ValueError):
+    """A bad configuration file, key or value; the message names the file (or flag) and the key."""
+
+
 def read_config_file(path: Path) -> dict:
-    """A TOML or JSON file of :class:`TrainConfig` keys."""
-    text = path.read_text()
-    return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    """A TOML or JSON file of :class:`TrainConfig` keys (``ranker_iterations`` or ``ranker-iterations``)."""
+    kind = {".toml": "TOML", ".json": "JSON"}.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(f"{path}: unsupported config format '{path.suffix}' (use a .toml or .json file)")
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {kind}: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a table of keys, got {type(values).__name__}")
+    return {_known_key(str(key), path): value for key, value in values.items()}
+
+
+def _known_key(key: str, path: Path) -> str:
+    name = key.replace("-", "_")
+    if name not in TrainConfig.model_fields:
+        close = difflib.get_close_matches(name, list(TrainConfig.model_fields), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{path}: unknown key '{key}'{hint}")
+    return name
+
+
+def build_config(file_values: dict, flag_values: dict, path: Path | None = None) -> TrainConfig:
+    """Flags over the file over the defaults; a bad value is reported with where it came from."""
+    try:
+        return TrainConfig(**{**file_values, **flag_values})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = str(error["loc"][0]) if error["loc"] else ""
+            where = f"--{key.replace('_', '-')}" if key in flag_values or path is None else f"{path}: key '{key}'"
+            problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')} (got {error.get('input')!r})")
+        raise ConfigError("bad configuration: " + "; ".join(problems)) from exc

@@ -13,6 +13,7 @@ from stages.candidates import SOURCES, CandidateModel, ranking
 from stages.pipeline import Query, TwoStageRecommender, first_k_not_in
 
 K = 10
+FEW_USERS = 20  # below this many users per table, differences between models are mostly noise
 
 
 def temporal_split(interactions: pd.DataFrame, holdout: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -126,6 +127,9 @@ def backtest_table(backtest: dict) -> str:
     key = f"ndcg@{K}"
     cuts = backtest["cuts"]
     lines = [f"Backtest (primary): {backtest['protocol']}.", ""]
+    fewest = min((r["users"] for r in backtest["rows"]), default=0)
+    if fewest < FEW_USERS:
+        lines += [too_few_users(fewest), ""]
     for horizon, segments in backtest["mean"].items():
         for segment, models in segments.items():
             users = [r["users"] for r in backtest["rows"] if r["horizon"] == horizon and r["segment"] == segment]
@@ -161,6 +165,11 @@ def backtest_table(backtest: dict) -> str:
     return "\n".join(lines)
 
 
+def too_few_users(users: int) -> str:
+    """The caveat printed over a table scored on too few users to rank models by."""
+    return f"Note: as few as {users} users per table (under {FEW_USERS}): too few to tell the models apart."
+
+
 def per_user_table(split: dict) -> str:
     """The secondary, per-user holdout table."""
     if "skipped" in split:
@@ -178,6 +187,8 @@ def per_user_table(split: dict) -> str:
     lines.append(
         f"Candidate recall (merged): {split['candidate_recall']['merged']:.4f}; users evaluated: {split['users']}."
     )
+    if split["users"] < FEW_USERS:
+        lines.append(too_few_users(split["users"]))
     return "\n".join(lines) + "\n"
 
 

@@ -50,7 +50,10 @@ class RankerParams:
     # Examples of requests with recent_items: a user active after a cut passes their first this many
     # interactions after it and is labelled by the new items they took later (0: no such examples).
     fresh_recent: int = 3
-    fresh_weight: float = 1.0  # the weight of those examples against the others
+    # Their weight against the other examples. A user active after a cut gives many rows with many
+    # positives; at full weight they crowd out the plain examples (backtest warm NDCG@10 0.193 -> 0.165 at
+    # 1.0, 0.188 at 0.5, 0.195 at 0.2 on MovieLens; train.freshness: recent items +15% at 0.2).
+    fresh_weight: float = 0.2
 
 
 @dataclass
@@ -142,9 +145,13 @@ def fit_on_examples(
         if rows is not None:
             parts.append((*rows, np.full(len(rows[2]), params.fresh_weight, np.float32)))
     if not parts:
+        took = sum(len(taken) for _, taken in examples)
+        known = sum(u in stage.candidates.user_index for stage, taken in examples for u in taken)
         raise NotEnoughHistory(
-            "no user with history before a training cut took a new item after it: too little data to train "
-            "the ranker (add data, or raise --label-days, --train-cuts or --n-candidates)"
+            f"not enough history to train the ranker: over {len(examples)} training cuts, {took} users took a new "
+            f"item in the {params.label_days} days after a cut, {known} of them with history before it, and none "
+            f"had it among their {params.n_candidates} candidates; need at least 1 (add data, or raise "
+            "--label-days, --train-cuts or --n-candidates)"
         )
     numeric, categorical, labels, groups, weights = (np.concatenate(column) for column in zip(*parts, strict=True))
     pool = Pool(Ranker.data(names, numeric, categorical), label=labels, group_id=groups, weight=weights)

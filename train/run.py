@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from stages.candidates import CandidateModel, CandidateParams, popularity_share
 from stages.card import CANDIDATES_MODEL, RANKER_MODEL, CandidatesCard, RankerCard
 from stages.pipeline import TwoStageRecommender
 from stages.ranker import Ranker
-from train.backtest import TWO_STAGE_MODEL, popularity_name, run_backtest
+from train.backtest import TWO_STAGE_MODEL, WorseThanBaseline, beaten_by, popularity_name, run_backtest
 from train.config import TrainConfig
 from train.evaluate import (
     K,
@@ -79,7 +80,11 @@ class Steps:
 
 def load_data(config: TrainConfig) -> Dataset:
     """The configured dataset: the user's files, or MovieLens-100K."""
-    dataset = load_dataset(config.interactions, config.users, config.items) if config.interactions else movielens.load()
+    dataset = (
+        load_dataset(config.interactions, config.users, config.items, config.read_options())
+        if config.interactions
+        else movielens.load()
+    )
     return with_feedback(dataset, config.events) if config.events else dataset
 
 
@@ -170,6 +175,7 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
                     results["backtest"]["cold_start"]["days"],
                     results["backtest"]["cold_start"]["segment_weight"],
                 )
+        compare_with_baselines(config, results)
     with steps.step("secondary evaluation: per-user split"):
         results["per_user_split"] = _or_skipped(lambda: per_user_split(config, dataset))
     results["ranker_training"] = stats
@@ -237,6 +243,31 @@ def save(
     result.ranker_tag = str(saved.tag)
     result.feature_version = write_snapshot(
         tables, config.feature_store, data_fingerprint, version=version, created_at=created_at
+    )
+
+
+def compare_with_baselines(config: TrainConfig, results: dict) -> None:
+    """Say loudly when a baseline beat the two-stage model in the backtest (an error when so configured).
+
+    The warning is kept in the results, so the model card and ``/model_info`` carry it too.
+    """
+    horizon = f"{config.horizon_days} days"
+    beaten = beaten_by(results.get("backtest", {}), horizon)
+    if beaten is None:
+        return
+    name, best, ours = beaten
+    message = (
+        f"the two-stage model (NDCG@{K} {ours:.4f}) is worse than {name} ({best:.4f}) "
+        f"in the backtest (warm users, {horizon})"
+    )
+    if config.fail_if_worse_than_baseline:
+        raise WorseThanBaseline(f"{message}: nothing saved (--fail-if-worse-than-baseline)")
+    results["warning"] = message
+    print(
+        f"\nWARNING: {message}. The model is saved anyway; serving the baseline may be better "
+        "(--fail-if-worse-than-baseline makes this an error).\n",
+        file=sys.stderr,
+        flush=True,
     )
 
 

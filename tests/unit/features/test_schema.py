@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.schema import DataError, load_dataset
+from features.schema import DataError, ReadOptions, id_text, load_dataset
+
+T0 = 1_700_000_000  # 2023-11-14
 
 
 def write(path, text: str):
@@ -29,7 +31,10 @@ def test_csv_with_iso_times_lists_and_numeric_attributes(tmp_path):
     assert data.items.loc["b", "genres"] == ("y",)
     assert data.items["year"].dtype == np.float64 and np.isnan(data.items.loc["b", "year"])
     assert data.users.loc["007", "age"] == 31.0 and data.users.loc["007", "job"] == "spy"
-    assert data.notes == []
+    assert data.notes == [
+        "i.csv: timestamps read as ISO 8601 text (offsets applied; none means UTC) "
+        "(row 2: '2024-01-01T00:00:00Z' is 2024-01-01T00:00:00+00:00)"
+    ]
 
 
 def test_weight_defaults_to_one_and_unix_seconds_parse(tmp_path):
@@ -40,7 +45,7 @@ def test_weight_defaults_to_one_and_unix_seconds_parse(tmp_path):
 
 
 def test_parquet_lists_and_integer_ids(tmp_path):
-    pd.DataFrame({"user_id": [1, 2], "item_id": [10, 11], "timestamp": [5, 6]}).to_parquet(tmp_path / "i.parquet")
+    pd.DataFrame({"user_id": [1, 2], "item_id": [10, 11], "timestamp": [T0, T0 + 1]}).to_parquet(tmp_path / "i.parquet")
     pd.DataFrame({"item_id": [10, 11], "genres": [["a", "b"], []]}).to_parquet(tmp_path / "items.parquet")
     data = load_dataset(tmp_path / "i.parquet", items=tmp_path / "items.parquet")
     assert data.interactions["item_id"].tolist() == ["10", "11"]
@@ -49,10 +54,10 @@ def test_parquet_lists_and_integer_ids(tmp_path):
 
 
 def test_missing_attribute_rows_are_reported_not_fatal(tmp_path):
-    inter = write(tmp_path / "i.csv", "user_id,item_id,timestamp\n1,a,1\n2,a,2\n3,b,3\n")
+    inter = write(tmp_path / "i.csv", f"user_id,item_id,timestamp\n1,a,{T0}\n2,a,{T0}\n3,b,{T0}\n")
     users = write(tmp_path / "u.csv", "user_id,age\n1,20\n")
     data = load_dataset(inter, users)
-    assert data.notes == ["2 of 3 users have no attributes (treated as unknown)"]
+    assert data.notes[-1] == "2 of 3 users have no attributes (treated as unknown)"
 
 
 @pytest.mark.parametrize(
@@ -64,17 +69,26 @@ def test_missing_attribute_rows_are_reported_not_fatal(tmp_path):
         ),
         (
             "user_id,item_id,timestamp\n1,2,5\n1,3,yesterday\n",
-            "i.csv: column 'timestamp': row 2: unparsable timestamp 'yesterday' (expected unix seconds or ISO 8601)",
+            "i.csv: column 'timestamp': row 3 (header = row 1): unparsable timestamp 'yesterday' "
+            "(expected unix time or ISO 8601)",
         ),
         (
             "user_id,item_id,timestamp,weight\n1,2,5,1\n1,3,6,lots\n",
-            "i.csv: column 'weight': row 2: weight must be a non-negative number, got 'lots'",
+            "i.csv: column 'weight': row 3 (header = row 1): weight must be a non-negative number, got 'lots'",
         ),
         (
             "user_id,item_id,timestamp,weight\n1,2,5,-1\n",
-            "i.csv: column 'weight': row 1: weight must be a non-negative number, got '-1'",
+            "i.csv: column 'weight': row 2 (header = row 1): weight must be a non-negative number, got '-1'",
         ),
-        ("user_id,item_id,timestamp\n1,,5\n", "i.csv: column 'item_id': row 1: empty id"),
+        (
+            "user_id,item_id,timestamp\n1,,5\n",
+            "i.csv: column 'item_id': row 2 (header = row 1): "
+            "missing id (empty cells and NULL, None, nan, N/A are missing)",
+        ),
+        (
+            "user_id,item_id,timestamp\n1,2,5\n1,2,\n",
+            "i.csv: column 'timestamp': row 3 (header = row 1): blank timestamp",
+        ),
         ("user_id,item_id,timestamp\n", "i.csv: has a header but no rows"),
         ("", "i.csv: file is empty"),
     ],
@@ -87,9 +101,9 @@ def test_bad_interactions_name_file_column_and_row(tmp_path, interactions, messa
 
 
 def test_duplicate_attribute_ids(tmp_path):
-    inter = write(tmp_path / "i.csv", "user_id,item_id,timestamp\n1,a,1\n")
+    inter = write(tmp_path / "i.csv", f"user_id,item_id,timestamp\n1,a,{T0}\n")
     items = write(tmp_path / "items.csv", "item_id,title\na,A\nb,B\na,again\n")
-    with pytest.raises(DataError, match=r"items.csv: column 'item_id': row 3: duplicate id 'a'$"):
+    with pytest.raises(DataError, match=r"items.csv: column 'item_id': row 4 \(header = row 1\): duplicate id 'a'$"):
         load_dataset(inter, items=items)
 
 
@@ -100,3 +114,135 @@ def test_unreadable_and_missing_files(tmp_path):
         load_dataset(garbage)
     with pytest.raises(DataError, match=r"nope.csv: file not found$"):
         load_dataset(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize(
+    ("values", "unit"),
+    [
+        ([T0, T0 + 86_400], "unix seconds"),
+        ([T0 * 10**3, (T0 + 86_400) * 10**3 + 999], "unix milliseconds"),
+        ([T0 * 10**6, (T0 + 86_400) * 10**6], "unix microseconds"),
+        ([T0 * 10**9, (T0 + 86_400) * 10**9], "unix nanoseconds"),
+    ],
+)
+def test_epoch_units_are_told_by_magnitude_in_csv_and_parquet(tmp_path, values, unit):
+    frame = pd.DataFrame({"user_id": [1, 1], "item_id": ["a", "b"], "timestamp": values})
+    frame.to_csv(tmp_path / "i.csv", index=False)
+    frame.to_parquet(tmp_path / "i.parquet")
+    for name in ("i.csv", "i.parquet"):
+        data = load_dataset(tmp_path / name)
+        assert data.interactions["timestamp"].tolist() == [T0, T0 + 86_400]
+        assert data.interactions["timestamp"].dtype == np.int64
+        assert f"timestamps read as {unit}" in data.notes[0]
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_parquet_timestamps_of_any_unit_and_zone(tmp_path, unit):
+    times = pd.to_datetime([T0, T0 + 1], unit="s").as_unit(unit)
+    pd.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": times}).to_parquet(tmp_path / "n.parquet")
+    aware = times.tz_localize("UTC").tz_convert("Europe/Paris")
+    pd.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": aware}).to_parquet(tmp_path / "a.parquet")
+    for name in ("n.parquet", "a.parquet"):
+        assert load_dataset(tmp_path / name).interactions["timestamp"].tolist() == [T0, T0 + 1]
+
+
+def test_iso_offsets_are_applied(tmp_path):
+    inter = write(
+        tmp_path / "i.csv", "user_id,item_id,timestamp\nu,a,2023-11-14T23:13:20+01:00\nu,b,2023-11-14 22:13:20\n"
+    )
+    assert load_dataset(inter).interactions["timestamp"].tolist() == [T0, T0]
+
+
+def test_dates_outside_1990_to_next_year_stop_unless_allowed(tmp_path):
+    inter = write(tmp_path / "i.csv", "user_id,item_id,timestamp\nu,a,1700000000\nu,b,86400\n")
+    with pytest.raises(DataError) as error:
+        load_dataset(inter)
+    assert str(error.value) == (
+        f"{inter}: column 'timestamp': row 3 (header = row 1): '86400' read as unix seconds falls in the year 1970, "
+        "outside 1990-" + str(pd.Timestamp.now().year + 1) + ": if the dates are right, pass --allow-any-dates"
+    )
+    assert load_dataset(inter, options=ReadOptions(allow_any_dates=True)).interactions["timestamp"].tolist()[1] == 86400
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(160, "160"), (160.0, "160"), ("160.0", "160"), (" 160 ", "160"), ("007", "007"), ("1.5", "1.5"), ("-3.00", "-3")],
+)
+def test_id_rule(value, text):
+    assert id_text(value) == text
+
+
+def test_float_ids_match_the_same_in_csv_and_parquet(tmp_path):
+    write(tmp_path / "i.csv", f"user_id,item_id,timestamp\n 160.0 ,7,{T0}\n161, 8.0,{T0}\n")
+    frame = pd.DataFrame({"user_id": [160.0, 161.0], "item_id": [7.0, 8.0], "timestamp": [T0, T0]})
+    frame.to_parquet(tmp_path / "i.parquet")
+    items = write(tmp_path / "items.csv", "item_id,title\n7,Seven\n8,Eight\n")
+    for name in ("i.csv", "i.parquet"):
+        data = load_dataset(tmp_path / name, items=items)
+        assert data.interactions["user_id"].tolist() == ["160", "161"]
+        assert data.interactions["item_id"].tolist() == ["7", "8"]
+
+
+@pytest.mark.parametrize("spelling", ["NULL", "nan", "None", "N/A", " "])
+def test_null_spellings_are_missing_ids(tmp_path, spelling):
+    inter = write(tmp_path / "i.csv", f"user_id,item_id,timestamp\n1,a,{T0}\n{spelling},a,{T0}\n")
+    with pytest.raises(DataError, match=r"column 'user_id': row 3 \(header = row 1\): missing id"):
+        load_dataset(inter)
+
+
+def test_attribute_file_that_barely_matches_stops_with_samples(tmp_path):
+    inter = write(tmp_path / "i.csv", "user_id,item_id,timestamp\n" + "".join(f"1,i{n},{T0}\n" for n in range(20)))
+    items = write(tmp_path / "items.csv", "item_id,title\n" + "".join(f"{n},T{n}\n" for n in range(20)) + "i0,Zero\n")
+    with pytest.raises(DataError) as error:
+        load_dataset(inter, items=items)
+    assert str(error.value) == (
+        f"{items}: column 'item_id': only 1 of the 20 items in the interactions have a row here (under 10%): "
+        "ids here '0', '1', '2', '3', '4', in the interactions 'i0', 'i1', 'i2', 'i3', 'i4'"
+    )
+
+
+@pytest.mark.parametrize(("sep", "name"), [(";", "semicolon"), ("\t", "tab")])
+def test_separator_is_sniffed_with_a_note(tmp_path, sep, name):
+    inter = write(tmp_path / "i.csv", f"user_id{sep}item_id{sep}timestamp\n1{sep}a,b{sep}{T0}\n2{sep}c{sep}{T0}\n")
+    data = load_dataset(inter)
+    assert data.interactions["item_id"].tolist() == ["a,b", "c"]
+    assert data.notes[0] == f"i.csv: read as {name}-separated (sniffed; --sep sets it)"
+    assert load_dataset(inter, options=ReadOptions(sep=sep)).notes[0].startswith("i.csv: timestamps")
+
+
+def test_latin1_falls_back_with_a_note(tmp_path):
+    inter = tmp_path / "i.csv"
+    inter.write_bytes(f"user_id,item_id,timestamp\nJosé,a,{T0}\n".encode("latin-1"))
+    data = load_dataset(inter)
+    assert data.interactions["user_id"].tolist() == ["José"]
+    assert data.notes[0] == "i.csv: not UTF-8, read as Latin-1 (--encoding sets it)"
+    with pytest.raises(DataError, match="cannot be read"):
+        load_dataset(inter, options=ReadOptions(encoding="utf-8"))
+
+
+def test_column_mapping_renames_in_every_file(tmp_path):
+    inter = write(tmp_path / "r.csv", f"userId,movieId,rating,timestamp\n1,10,4.5,{T0}\n")
+    items = write(tmp_path / "m.csv", "movieId,title\n10,Ten\n")
+    mapping = {"userId": "user_id", "movieId": "item_id", "rating": "weight"}
+    data = load_dataset(inter, items=items, options=ReadOptions(columns=mapping))
+    assert data.interactions[["user_id", "item_id", "weight"]].values.tolist() == [["1", "10", 4.5]]
+    assert data.items.loc["10", "title"] == "Ten"
+    with pytest.raises(DataError, match=r"missing required column \(found: userId, movieId, rating, timestamp\); "):
+        load_dataset(inter)
+    with pytest.raises(DataError, match="--columns maps 'usrId' to 'user_id', but no file has a column 'usrId'"):
+        load_dataset(inter, options=ReadOptions(columns={"usrId": "user_id", "movieId": "item_id"}))
+
+
+def test_mapping_onto_a_column_the_file_already_has_is_ambiguous(tmp_path):
+    inter = write(tmp_path / "i.csv", f"uid,user_id,item_id,timestamp\n1,2,a,{T0}\n")
+    with pytest.raises(DataError, match=r"column 'user_id': has both 'uid' \(mapped to 'user_id'\) and 'user_id'$"):
+        load_dataset(inter, options=ReadOptions(columns={"uid": "user_id"}))
+
+
+def test_far_dates_allowed_are_still_described(tmp_path):
+    inter = write(tmp_path / "i.csv", f"user_id,item_id,timestamp\nu,a,1e12\nu,b,{T0}\nu,c,{T0}\n")
+    data = load_dataset(inter, options=ReadOptions(allow_any_dates=True))  # the median says seconds
+    assert data.notes[0] == "i.csv: timestamps read as unix seconds (row 2: '1e12' is in the year 33658)"
+    write(inter, f"user_id,item_id,timestamp\nu,a,1e40\nu,b,{T0}\nu,c,{T0}\n")
+    with pytest.raises(DataError, match=r"row 2 \(header = row 1\): timestamp 1e\+40 is out of range$"):
+        load_dataset(inter, options=ReadOptions(allow_any_dates=True))

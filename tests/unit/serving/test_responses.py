@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from serving import responses
@@ -53,7 +55,8 @@ def test_ranked_refuses_lists_of_different_lengths():
 
 def test_to_responses_envelope(counters):
     first, second = to_responses([warm(), cold()], TAGS)
-    assert first.model_dump() == {
+    assert re.fullmatch("[0-9a-f]{32}", first.request_id) and first.request_id != second.request_id
+    assert first.model_dump(exclude={"request_id"}) == {
         "user_id": "u1",
         "recommendations": [
             {"item_id": "b", "score": 0.9, "rank": 1, "title": "B"},
@@ -92,3 +95,10 @@ def test_answer_counts_filtered_items_and_answers_in_order(counters):
     answers = answer(FakePipeline(), requests, TAGS)
     assert [a.user_id for a in answers] == ["u1", "new"]
     assert counters["filtered"].value == 5 and counters["cold"].value == 1
+
+
+@pytest.mark.parametrize("sent", [160, "160", "160.0", " 160 ", "160.00"])
+def test_request_ids_follow_the_data_id_rule(sent):
+    """A client asking for 160 in any of these spellings reaches the user the data spelled 160 or 160.0."""
+    request = RecommendRequest(user_id=sent, exclude_items=[" 7.0 "])
+    assert request.user_id == "160" and request.exclude_items == ["7"]

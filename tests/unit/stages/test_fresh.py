@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from features.compute import compute_features
+from features.families.user_activity import REQUEST_ITEMS
 from features.schema import Columns, Dataset
 from features.synthetic import SyntheticConfig, generate
 from stages.candidates import CandidateModel, CandidateParams, Recent
@@ -34,8 +35,14 @@ def _user_dependent(view: FeatureView) -> list[str]:
     Item columns and the segment shares (an item's popularity within a
     segment) are statistics over everyone: one user's new interactions move
     them a little in a snapshot, and a request rightly does not.
+    ``request_items`` says how many items the request brought: its one
+    intended difference.
     """
-    return [n for n in view.available().all if view.columns[n].scope != "item" and not n.startswith("seg_")]
+    return [
+        n
+        for n in view.available().all
+        if view.columns[n].scope != "item" and not n.startswith("seg_") and n != REQUEST_ITEMS
+    ]
 
 
 @pytest.mark.parametrize("held_out", [3, "all"])
@@ -68,6 +75,7 @@ def test_fresh_features_equal_a_snapshot_that_holds_the_recent_interactions(hist
     columns = [names.numeric.index(n) for n in _user_dependent(full.view) if n in names.numeric]
     np.testing.assert_allclose(got[:, columns], expected[:, columns], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got_cat, expected_cat)
+    np.testing.assert_array_equal(got[:, names.numeric.index(REQUEST_ITEMS)], len(held))
     # ... and the recent items did change something: without them the user looks different.
     assert not np.allclose(stale[:, columns], expected[:, columns], equal_nan=True)
 

@@ -78,6 +78,14 @@ def test_known_user_gets_two_stage_unseen_items_best_first(als_only):
     assert answer.titles == [f"Title {i}" for i in answer.item_ids]
 
 
+def test_a_user_with_nothing_left_is_told_so(als_only):
+    [answer] = als_only.recommend([Query("u0", k=5, exclude_items=["i2", "i4", "i5"])])
+    assert answer.item_ids == [] and answer.strategy == TWO_STAGE
+    assert answer.message == (
+        "nothing left to recommend: the user has already taken (or excluded) every item in the catalogue"
+    )
+
+
 def test_k_and_exclude_seen(als_only):
     [top] = als_only.recommend([Query("u0", k=2)])
     [everything] = als_only.recommend([Query("u0", k=6, exclude_seen=False)])

@@ -22,6 +22,7 @@ from serving.api_models import (
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
+from serving.batcher import MicroBatcher, Overloaded
 from serving.events import EventLog, Recorder
 from serving.guards import RequestGuard
 from serving.responses import answer, ranked
@@ -68,26 +69,40 @@ class Recommender:
         self.recorder = Recorder(
             EventLog(log, settings.event_flush_rows, settings.event_flush_seconds) if log else None
         )
+        # The pipeline off the event loop, requests queued meanwhile answered together (serving/batcher.py).
+        self.batcher = MicroBatcher(
+            self._answer, settings.max_batch_queries, settings.max_pending_queries, settings.queue_timeout_seconds
+        )
 
     @bentoml.on_shutdown
     def stop(self) -> None:
         self.runtime.stop_refresh()
+        self.batcher.close()
         self.recorder.close()
 
     def _answer(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
+        """One pipeline call for every queued request (runs in the batcher's thread)."""
         responses = answer(self.runtime.pipeline, requests, self.tags)
         self.recorder.impressions(responses)
         return responses
 
     @bentoml.api
-    async def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
+    async def recommend(self, request: RecommendRequest, /, ctx: bentoml.Context) -> RecommendResponse:
         """Top-k items for one user (popular items for a user the model has not seen)."""
-        return self._answer([request])[0]
+        try:
+            return (await self.batcher.submit([request]))[0]
+        except Overloaded as error:
+            shed(ctx, error)
+            return RecommendResponse(user_id=request.user_id, recommendations=[], status="error", message=str(error))
 
     @bentoml.api
-    async def recommend_batch(self, batch: BatchRequest, /) -> BatchResponse:
+    async def recommend_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchResponse:
         """Several recommendation requests, answered in order and scored together."""
-        return BatchResponse(results=self._answer(batch.requests))
+        try:
+            return BatchResponse(results=await self.batcher.submit(batch.requests))
+        except Overloaded as error:
+            shed(ctx, error)
+            return BatchResponse(results=[], status="error", message=str(error))
 
     @bentoml.api
     async def similar_items(self, request: SimilarItemsRequest, /, ctx: bentoml.Context) -> SimilarItemsResponse:
@@ -103,7 +118,7 @@ class Recommender:
                 message=f"unknown item_id {request.item_id!r}: not in the model's catalogue",
                 model=self.tags,
             )
-        similar = pipeline.similar(index, request.k)
+        similar = await self.batcher.call(pipeline.similar, index, request.k)
         return SimilarItemsResponse(item_id=request.item_id, recommendations=ranked(*similar), model=self.tags)
 
     @bentoml.api
@@ -120,6 +135,12 @@ class Recommender:
     async def model_info(self) -> ModelInfo:
         """Tags, training time, data fingerprint, offline metrics, feature version."""
         return self.runtime.info()
+
+
+def shed(ctx: bentoml.Context, error: Overloaded) -> None:
+    """503 with Retry-After: the client may try again shortly, nothing was computed."""
+    ctx.response.status_code = 503
+    ctx.response.headers["Retry-After"] = str(error.retry_after)
 
 
 Recommender.add_asgi_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key)

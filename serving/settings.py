@@ -39,6 +39,13 @@ class ServiceSettings(BaseSettings):
     )
     event_flush_rows: int = Field(1000, ge=1, description="a worker writes its buffered events at this many rows ...")
     event_flush_seconds: float = Field(5.0, gt=0, description="... or after this many seconds, and at shutdown")
+    max_batch_queries: int = Field(256, ge=1, description="queries one pipeline call answers at most (micro-batching)")
+    max_pending_queries: int = Field(
+        512, ge=1, description="queries a worker lets wait; beyond, requests get 503 with Retry-After at once"
+    )
+    queue_timeout_seconds: float = Field(
+        5.0, gt=0, description="a request still waiting for the pipeline after this long gets 503"
+    )
     workers: int = Field(1, ge=1, le=64)
     timeout_seconds: float = Field(10.0, gt=0, description="BentoML traffic timeout")
 

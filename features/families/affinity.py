@@ -14,6 +14,7 @@ from features.families.base import (
     Pairs,
     ViewContext,
     user_state,
+    zero_nan,
 )
 from features.schema import Columns
 
@@ -73,8 +74,8 @@ class Affinity(FeatureFamily):
         """Shares re-weighted with the recent items: (share x total weight + recent weight on the value) / new total."""
         if not self.shares:
             return
-        activity = np.nan_to_num(self.view.user_numbers("activity")[users.rows])
-        total = activity * np.nan_to_num(self.view.user_numbers("user_mean_weight")[users.rows])
+        activity = zero_nan(self.view.user_numbers("activity")[users.rows])
+        total = activity * zero_nan(self.view.user_numbers("user_mean_weight")[users.rows])
         recent_weight = np.where(users.valid, users.weights, 0.0)
         new_total = np.maximum(total + recent_weight.sum(axis=1), 1e-9)
         for attribute, (user_share, onehot) in self.shares.items():

@@ -234,6 +234,11 @@ class FeatureFamily:
         """
 
 
+def zero_nan(values: np.ndarray) -> np.ndarray:
+    """NaN as 0 (``np.nan_to_num`` without its per-call overhead, which shows on the request path)."""
+    return np.where(values == values, values, 0.0)
+
+
 def categories(column: pd.Series) -> np.ndarray:
     """A categorical column as strings, missing values as :data:`UNKNOWN`."""
     return column.map(lambda v: UNKNOWN if v is None or v != v else str(v)).to_numpy(dtype=object)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, Pairs, user_state
+from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, Pairs, user_state, zero_nan
 from features.schema import Columns
 
 
@@ -55,12 +55,12 @@ class Taste(FeatureFamily):
                 if weight_column in view.users
                 else view.user_numbers("activity")[users.rows] * view.user_numbers("user_mean_weight")[users.rows]
             )
-            weight = np.where(np.isnan(taste), 0.0, np.nan_to_num(weight))
+            weight = np.where(np.isnan(taste), 0.0, zero_nan(weight))
             values = view.item_numbers(attribute)[np.where(users.valid, users.items, 0)]
             known = users.valid & ~np.isnan(values)
             added_weight = np.where(known, users.weights, 0.0)
             total = weight + added_weight.sum(axis=1)
-            summed = np.nan_to_num(taste) * weight + (added_weight * np.nan_to_num(values)).sum(axis=1)
+            summed = zero_nan(taste) * weight + (added_weight * zero_nan(values)).sum(axis=1)
             users.state[f"taste_{attribute}"] = np.where(total > 0, summed / np.maximum(total, 1e-9), np.nan).astype(
                 np.float32
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, ViewContext
+from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, ViewContext, zero_nan
 from features.schema import DAY, Columns
 
 COLUMNS = ("activity", "activity_30d", "user_mean_weight", "days_since_last")
@@ -49,10 +49,10 @@ class UserActivity(FeatureFamily):
 
     def fresh(self, users: FreshUsers) -> None:
         base = {c: v[users.rows] for c, v in self.values.items()}
-        before = np.nan_to_num(base["activity"])
+        before = zero_nan(base["activity"])
         count = users.valid.sum(axis=1)
         activity = before + count
-        total_weight = before * np.nan_to_num(base["user_mean_weight"]) + users.weights.sum(axis=1)
+        total_weight = before * zero_nan(base["user_mean_weight"]) + users.weights.sum(axis=1)
         newest = np.where(users.valid, users.days_ago, np.nan)
         newest = np.fmin.reduce(newest, axis=1) if newest.shape[1] else np.full(len(newest), np.nan)
         users.state.update(
@@ -60,7 +60,7 @@ class UserActivity(FeatureFamily):
                 REQUEST_ITEMS: count.astype(np.float32),
                 "activity": activity.astype(np.float32),
                 "activity_30d": (
-                    np.nan_to_num(base["activity_30d"]) + (users.valid & (users.days_ago <= RECENT_DAYS)).sum(axis=1)
+                    zero_nan(base["activity_30d"]) + (users.valid & (users.days_ago <= RECENT_DAYS)).sum(axis=1)
                 ).astype(np.float32),
                 "user_mean_weight": (total_weight / np.maximum(activity, 1)).astype(np.float32),
                 "days_since_last": np.fmin(base["days_since_last"], newest).astype(np.float32),

@@ -127,3 +127,21 @@ def test_recent_items_reach_the_answer_and_the_message(history):
     assert nothing_known.message.endswith("; 0 recent items used, 1 ignored (not in the model's catalogue)")
     # The same query without recent items is answered as before.
     assert pipeline.recommend([Query(str(candidates.user_ids[0]), k=5)])[0].message is None
+
+
+def test_the_re_solved_vector_is_implicits_recalculate_user(history):
+    """Our numpy solve equals implicit's own (``recalculate_user``), repeats and recent weights included."""
+    import scipy.sparse as sp
+
+    candidates = CandidateModel.fit(history.interactions, CandidateParams(factors=8, iterations=5, seed=3, alpha=2.0))
+    user = 4
+    extra = Recent(items=np.array([3, 3, 10]), weights=np.array([1.0, 2.0, 0.5], np.float32))
+    ours = candidates.user_vectors(np.array([user, -1]), [extra, extra])
+    stored = candidates.seen[user]
+    row = stored + sp.csr_matrix((extra.weights, ([0, 0, 0], extra.items)), shape=stored.shape)
+    theirs = candidates.als.recalculate_user(0, row.tocsr())
+    only_recent = candidates.als.recalculate_user(
+        0, sp.csr_matrix((extra.weights, ([0, 0, 0], extra.items)), shape=stored.shape).tocsr()
+    )
+    np.testing.assert_allclose(ours[0], np.ravel(theirs), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(ours[1], np.ravel(only_recent), rtol=1e-3, atol=1e-5)

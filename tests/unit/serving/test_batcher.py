@@ -1,0 +1,106 @@
+"""The micro-batcher: one call at a time, the queue answered together, overload and timeouts shed at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from serving.batcher import MicroBatcher, Overloaded
+
+
+class Recorded:
+    """A pipeline stand-in: doubles each query, remembers each call, and can be held open."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.threads: set[str] = set()
+
+    def __call__(self, queries: list[int]) -> list[int]:
+        self.threads.add(threading.current_thread().name)
+        self.gate.wait(5)
+        self.calls.append(list(queries))
+        if -1 in queries:
+            raise ValueError("bad query")
+        return [2 * q for q in queries]
+
+
+def test_a_lone_request_is_answered_by_its_own_call_off_the_event_loop():
+    run = Recorded()
+    batcher = MicroBatcher(run)
+    assert asyncio.run(batcher.submit([1, 2])) == [2, 4]
+    assert run.calls == [[1, 2]]
+    assert run.threads == {"recsys-pipeline_0"}
+
+
+def test_requests_queued_during_a_call_share_the_next_one_in_order():
+    run = Recorded()
+    batcher = MicroBatcher(run, max_batch=5)
+
+    async def scenario():
+        run.gate.clear()
+        first = asyncio.create_task(batcher.submit([0]))
+        await asyncio.sleep(0.05)  # the first call is running and held
+        rest = [asyncio.create_task(batcher.submit([i, 10 + i])) for i in range(1, 4)]
+        await asyncio.sleep(0.05)
+        run.gate.set()
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = asyncio.run(scenario())
+    assert first == [0] and rest == [[2, 22], [4, 24], [6, 26]]
+    assert run.calls == [[0], [1, 11, 2, 12], [3, 13]]  # max_batch 5: the third request waits for the next call
+
+
+def test_a_full_queue_sheds_at_once():
+    run = Recorded()
+    batcher = MicroBatcher(run, max_pending=3)
+
+    async def scenario():
+        run.gate.clear()
+        running = asyncio.create_task(batcher.submit([0]))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(batcher.submit([1, 2, 3]))
+        await asyncio.sleep(0)
+        start = time.monotonic()
+        with pytest.raises(Overloaded, match="3 queries already waiting"):
+            await batcher.submit([4])
+        shed_in = time.monotonic() - start
+        run.gate.set()
+        return await running, await queued, shed_in
+
+    running, queued, shed_in = asyncio.run(scenario())
+    assert (running, queued) == ([0], [2, 4, 6]) and shed_in < 0.05
+
+
+def test_a_request_waiting_past_the_timeout_is_shed_and_never_computed():
+    run = Recorded()
+    batcher = MicroBatcher(run, timeout=0.2)
+
+    async def scenario():
+        run.gate.clear()
+        running = asyncio.create_task(batcher.submit([0]))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded, match=r"timed out after 0\.2s"):
+            await batcher.submit([7])
+        run.gate.set()
+        await asyncio.sleep(0.1)
+        return running
+
+    asyncio.run(scenario())
+    assert [7] not in run.calls
+
+
+def test_a_failing_call_fails_only_its_own_requests():
+    run = Recorded()
+    batcher = MicroBatcher(run)
+
+    async def scenario():
+        with pytest.raises(ValueError, match="bad query"):
+            await batcher.submit([-1])
+        return await batcher.submit([3])
+
+    assert asyncio.run(scenario()) == [6]

@@ -20,7 +20,7 @@ from serving.api_models import (
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
-from serving.guards import RequestGuard
+from serving.edge import EdgeLimits, serve_behind_edge
 from serving.responses import answer, ranked
 from serving.runtime import Runtime, paired_candidates_tag
 from serving.settings import get_settings
@@ -102,4 +102,5 @@ class Recommender:
         return self.runtime.info()
 
 
-Recommender.add_asgi_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key)
+# The edge wraps the app BentoML builds, outside its metrics middleware (see serving/edge.py).
+serve_behind_edge(Recommender, EdgeLimits.from_settings(settings, set(API_ROUTES)))

@@ -25,8 +25,17 @@ class ServiceSettings(BaseSettings):
         None, ge=1, le=2000, description="ALS candidates per request (default: as trained)"
     )
     refresh_seconds: float = Field(30.0, ge=0, description="feature store poll interval; 0 turns refresh off")
-    max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="larger request bodies get 413; the default fits the largest legal batch "
+        "(100 requests x 1,000 excluded ids of up to 6 characters)",
+    )
+    max_headers: int = Field(64, ge=8, description="requests with more header lines get 431")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="requests with larger headers get 431")
+    body_timeout_seconds: float = Field(5.0, gt=0, description="a body not received in full by then gets 408")
     api_key: str | None = Field(None, description="when set, every endpoint but the probes needs it")
+    metrics_public: bool = Field(False, description="/metrics open without the API key (for scrapers)")
     trace_requests: bool = Field(
         False, description="OpenTelemetry spans for the API routes (off: they cost ~10% of a request)"
     )

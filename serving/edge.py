@@ -53,11 +53,12 @@ INTERNAL_NAME = re.compile(r"\s*\bfor \w+IODescriptor\b|\b\w+IODescriptor\b")
 class EdgeError(Exception):
     """A request the edge refuses: its status, a code and a message for the envelope."""
 
-    def __init__(self, status: int, message: str, headers: list | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: list | None = None, detail: list | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or []
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,12 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def invalid_json(reason: str) -> EdgeError:
+    """A 400 shaped like a validation error (``detail`` a list), so clients read every 400 one way."""
+    message = f"request body is not valid JSON: {reason}"
+    return EdgeError(400, message, detail=[{"type": "json_invalid", "loc": [], "msg": message}])
+
+
 def check_json(body: bytes) -> None:
     """A body the API may parse: JSON, no duplicate keys, finite numbers only (400 otherwise)."""
     if not body.strip():
@@ -261,11 +268,11 @@ def check_json(body: bytes) -> None:
     try:
         json.loads(body, object_pairs_hook=_unique_keys, parse_float=_finite, parse_constant=_no_constant)
     except UnicodeDecodeError:
-        raise EdgeError(400, "request body is not UTF-8 JSON") from None
+        raise invalid_json("not UTF-8") from None
     except RecursionError:
-        raise EdgeError(400, "request body is nested too deeply") from None
+        raise invalid_json("nested too deeply") from None
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        raise EdgeError(400, f"request body is not valid JSON: {exc}") from None
+        raise invalid_json(str(exc)) from None
 
 
 def replay(body: bytes, receive: Receive) -> Receive:
@@ -285,7 +292,7 @@ def replay(body: bytes, receive: Receive) -> Receive:
 # --- errors from behind the edge ---------------------------------------------------------------------
 
 
-def _field_messages(detail: list) -> str:
+def field_messages(detail: list) -> str:
     parts = []
     for item in detail[:3]:
         if isinstance(item, dict):
@@ -311,7 +318,7 @@ def rewrite_error(status: int, payload: bytes) -> bytes | None:
     if status >= 500:
         return json.dumps(envelope(status, "internal error; the server log has the details")).encode()
     if detail:
-        message = f"invalid request: {_field_messages(detail)}"
+        message = f"invalid request: {field_messages(detail)}"
     else:
         message = INTERNAL_NAME.sub("", str(body.get("error") or HTTPStatus(status).phrase))
     return json.dumps(envelope(status, message, detail)).encode()
@@ -387,11 +394,15 @@ class Edge:
         client = (scope.get("client") or ("?",))[0]
         # One line per refused request, no traceback: these are the client's mistakes.
         logger.warning("%d %s %s from %s: %s", error.status, scope["method"], shown(scope["path"]), client, error)
-        await send_json(send, error.status, envelope(error.status, error.message), error.headers)
+        await send_json(send, error.status, envelope(error.status, error.message, error.detail), error.headers)
 
 
-def serve_behind_edge(service: Any, limits: EdgeLimits) -> None:
+def serve_behind_edge(service: Any, limits: EdgeLimits, connections: Any = None) -> None:
     """Put :class:`Edge` around the ASGI app BentoML builds for ``service``.
+
+    With ``connections`` (:class:`serving.connection.ConnectionLimits`), the
+    worker's uvicorn gets the connection-level limits too: ``to_asgi`` runs
+    in the worker just before BentoML builds uvicorn's config.
 
     BentoML's ``add_asgi_middleware`` places a middleware after (inside) its
     own metrics, tracing, timeout and concurrency middleware, and offers no
@@ -406,6 +417,10 @@ def serve_behind_edge(service: Any, limits: EdgeLimits) -> None:
         __slots__ = ()
 
         def to_asgi(self, is_main: bool = True) -> ASGIApp:
+            if connections is not None:
+                from serving import connection
+
+                connection.install(connections)
             return Edge(super().to_asgi(is_main), limits)
 
     EdgedService.__name__ = EdgedService.__qualname__ = base.__name__

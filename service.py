@@ -10,7 +10,7 @@ from __future__ import annotations
 import bentoml
 from threadpoolctl import threadpool_limits
 
-from serving import startup
+from serving import logs, startup
 from serving.api_models import (
     BatchRequest,
     BatchResponse,
@@ -26,6 +26,7 @@ from serving.runtime import Runtime, paired_candidates_tag
 from serving.settings import get_settings
 
 settings = get_settings()
+logs.install()  # client errors as one WARNING line, floods rate-limited (serving/logs.py)
 API_ROUTES = ("/recommend", "/recommend_batch", "/similar_items", "/model_info")
 # Resolved at import: BentoML packs only models declared at class scope
 # (BentoML #4702, #5319), so the pair must be known before the class exists.

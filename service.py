@@ -20,6 +20,7 @@ from serving.api_models import (
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
+from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.responses import answer, ranked
 from serving.runtime import Runtime, paired_candidates_tag
@@ -37,7 +38,12 @@ if not startup.in_worker():
     startup.check(settings)
 
 
-TLS = {"enabled": True, "certfile": settings.ssl_certfile, "keyfile": settings.ssl_keyfile}
+TLS = {
+    "enabled": True,
+    "certfile": settings.ssl_certfile,
+    "keyfile": settings.ssl_keyfile,
+    "ciphers": settings.ssl_ciphers,
+}
 
 
 @bentoml.service(
@@ -104,4 +110,6 @@ class Recommender:
 
 
 # The edge wraps the app BentoML builds, outside its metrics middleware (see serving/edge.py).
-serve_behind_edge(Recommender, EdgeLimits.from_settings(settings, set(API_ROUTES)))
+serve_behind_edge(
+    Recommender, EdgeLimits.from_settings(settings, set(API_ROUTES)), ConnectionLimits.from_settings(settings)
+)

@@ -34,6 +34,11 @@ class ServiceSettings(BaseSettings):
     max_headers: int = Field(64, ge=8, description="requests with more header lines get 431")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="requests with larger headers get 431")
     body_timeout_seconds: float = Field(5.0, gt=0, description="a body not received in full by then gets 408")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="headers not complete this long after the connection opened get 408 and a close"
+    )
+    idle_timeout_seconds: float = Field(5.0, gt=0, description="a kept-alive connection idle this long is closed")
+    max_connections: int = Field(1000, ge=1, description="open connections per worker; the next gets 503")
     api_key: str | None = Field(None, description="when set, every endpoint but the probes needs it")
     metrics_public: bool = Field(False, description="/metrics open without the API key (for scrapers)")
     trace_requests: bool = Field(
@@ -41,6 +46,10 @@ class ServiceSettings(BaseSettings):
     )
     ssl_certfile: str | None = Field(None, description="PEM certificate: serve HTTPS (BentoML's SSL settings)")
     ssl_keyfile: str | None = Field(None, description="PEM private key for ssl_certfile")
+    ssl_ciphers: str = Field(
+        "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL",
+        description="TLS 1.2 cipher suites (OpenSSL syntax): forward-secret AEAD only; TLS 1.3 suites are all AEAD",
+    )
     workers: int = Field(1, ge=1, le=64)
     timeout_seconds: float = Field(10.0, gt=0, description="BentoML traffic timeout")
 

@@ -6,8 +6,11 @@ short body timeout; the edge itself is unit-tested in tests/unit/serving/test_ed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import ssl
+import subprocess
 import time
 
 import httpx
@@ -20,6 +23,9 @@ pytestmark = pytest.mark.slow
 KEY = "edge-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BODY_TIMEOUT = 1.0
+HEADER_TIMEOUT = 2.0
+IDLE_TIMEOUT = 2.0
+MAX_CONNECTIONS = 40
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +35,9 @@ def edge_server(movielens_run):
         "RECSYS_API_KEY": KEY,
         "RECSYS_METRICS_PUBLIC": "true",
         "RECSYS_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+        "RECSYS_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+        "RECSYS_IDLE_TIMEOUT_SECONDS": str(IDLE_TIMEOUT),
+        "RECSYS_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
         "RECSYS_REFRESH_SECONDS": "0",
     }
     with serve("service:Recommender", env) as live:
@@ -203,3 +212,199 @@ def test_missing_key_is_401_in_the_envelope_and_metrics_stay_open(edge_server):
 
 
 JSON = {"content-type": "application/json"}
+
+
+# --- input --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_id": "a\u0000b"}, "user_id"),
+        ({"user_id": "line\nbreak"}, "user_id"),
+        ({"user_id": "x" * 60_000}, "user_id"),
+        ({"user_id": "1", "exclude_items": ["ok", "bad\u0007"]}, "exclude_items.1"),
+        ({"user_id": "new", "user_attributes": {"age": True}}, "user_attributes.age"),
+        ({"user_id": "new", "user_attributes": {"gender": "F" * 65}}, "user_attributes.gender"),
+    ],
+    ids=["nul", "newline", "60kb", "exclude-control", "boolean-attribute", "long-attribute"],
+)
+def test_bad_ids_and_attributes_are_400_naming_the_field(http, body, field):
+    answer = is_envelope(http.post("/recommend", json=body), 400)
+    assert answer["message"].startswith(f"invalid request: {field}: "), answer["message"]
+    assert isinstance(answer["detail"], list) and len(json.dumps(answer)) < 2000  # the bad value is not echoed
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"user_id": "new", "user_attributes": {"age": NaN}}',
+        b'{"user_id": "new", "user_attributes": {"age": Infinity}}',
+        b'{"user_id": "new", "user_attributes": {"age": 1e309}}',
+        b'{"user_id": "196", "user_id": "1"}',
+    ],
+    ids=["nan", "infinity", "overflow", "duplicate-key"],
+)
+def test_non_finite_numbers_and_duplicate_keys_are_400(http, raw):
+    answer = is_envelope(http.post("/recommend", content=raw, headers=JSON), 400)
+    assert answer["detail"][0]["type"] == "json_invalid"
+
+
+def test_longest_legal_id_and_attributes_are_served(http):
+    body = {"user_id": "u" * 256, "k": 3, "user_attributes": {"age": 25.5, "gender": "F", "zip": None}}
+    response = http.post("/recommend", json=body)
+    assert response.status_code == 200 and response.json()["user_id"] == "u" * 256
+
+
+def test_largest_legal_batch_fits_the_body_limit(http):
+    excluded = [str(1000 + i) for i in range(1000)]
+    batch = {"requests": [{"user_id": str(i + 1), "k": 100, "exclude_items": excluded} for i in range(100)]}
+    size = len(json.dumps(batch))
+    response = http.post("/recommend_batch", json=batch)
+    assert response.status_code == 200, (size, response.text[:200])
+    assert len(response.json()["results"]) == 100
+
+
+def test_model_info_shows_no_paths_or_class_names(http):
+    text = http.post("/model_info", json={}).text
+    info = json.loads(text)
+    assert not any(s in text for s in ('"/', "/tmp/", "/home/", "Error:", "Exception"))
+    assert info["feature_source"] == "the snapshot packed with the candidates model"
+
+
+# --- logs ---------------------------------------------------------------------------------------------
+
+
+def test_client_errors_log_one_warning_line_and_floods_are_rate_limited(edge_server, http):
+    log = edge_server.log
+    start = len(log.read_text())
+    is_envelope(http.post("/recommend", json={"user_id": "196", "k": 0}), 400)
+    time.sleep(0.5)
+    first = log.read_text()[start:]
+    assert "Traceback" not in first
+    assert [line for line in first.splitlines() if "400 /recommend [POST]: invalid request: k:" in line], first
+    assert "ERROR" not in first
+    mark = len(log.read_text())
+    for i in range(300):
+        http.post("/recommend", json={"user_id": "196", "k": -i})
+        http.get(f"/flood-{i}")
+    time.sleep(0.5)
+    flood = log.read_text()[mark:].splitlines()
+    assert len(flood) <= 2 * 10 + 4, len(flood)  # a burst of 10 per kind, not 600 lines
+
+
+# --- connections ---------------------------------------------------------------------------------------
+
+
+def address(server) -> tuple[str, int]:
+    host, port = server.url.split("://")[1].split(":")
+    return host, int(port)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_slow_headers_get_408_and_a_close(edge_server):
+    with socket.create_connection(address(edge_server), timeout=15) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(20):  # one header byte every half second: never done
+                sock.sendall(b"X")
+                time.sleep(0.5)
+        except OSError:
+            pass  # closed by the server while dripping
+        answer = read_until_closed(sock)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert HEADER_TIMEOUT * 0.8 < waited < HEADER_TIMEOUT + 2
+
+
+def test_idle_connections_are_closed(edge_server):
+    with socket.create_connection(address(edge_server), timeout=15) as sock:
+        started = time.monotonic()
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408")  # never sent a byte
+        assert time.monotonic() - started < HEADER_TIMEOUT + 2
+    with socket.create_connection(address(edge_server), timeout=15) as sock:
+        sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = sock.recv(4096)
+        started = time.monotonic()
+        assert first.startswith(b"HTTP/1.1 200")
+        assert read_until_closed(sock) in (b"", b"\n")  # the rest of the answer, then kept alive, then closed
+        assert time.monotonic() - started < IDLE_TIMEOUT + 2
+
+
+def test_huge_header_is_cut_off_early(edge_server):
+    with socket.create_connection(address(edge_server), timeout=15) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        try:
+            while sent < 150 * 1024 * 1024:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except OSError:
+            pass  # the server hung up
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert sent < 10 * 1024 * 1024 and time.monotonic() - started < 5
+
+
+def test_open_connections_are_capped_per_worker(edge_server, http):
+    held = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 10):
+            held.append(socket.create_connection(address(edge_server), timeout=5))
+        time.sleep(0.3)
+        refused = 0
+        for sock in held[MAX_CONNECTIONS - 2 :]:
+            sock.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                refused += sock.recv(64).startswith(b"HTTP/1.1 503")
+        assert refused >= 10
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    assert http.post("/recommend", json={"user_id": KNOWN_USER, "k": 1}).status_code == 200
+
+
+# --- TLS --------------------------------------------------------------------------------------------------
+
+
+def test_tls_offers_only_aead_suites(movielens_run, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    env = {
+        "RECSYS_RANKER_TAG": movielens_run[0].ranker_tag,
+        "RECSYS_SSL_CERTFILE": str(cert),
+        "RECSYS_SSL_KEYFILE": str(key),
+        "RECSYS_REFRESH_SECONDS": "0",
+    }
+    trust = ssl.create_default_context(cafile=str(cert))
+    with serve("service:Recommender", env, scheme="https", verify=trust) as live:
+        host, port = address(live)
+
+        def handshake(cipher: str) -> str:
+            context = ssl.create_default_context(cafile=str(cert))
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+            context.set_ciphers(cipher)
+            with (
+                socket.create_connection((host, port), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname=host) as tls,
+            ):
+                return tls.cipher()[0]
+
+        assert handshake("ECDHE-RSA-AES128-GCM-SHA256") == "ECDHE-RSA-AES128-GCM-SHA256"
+        assert handshake("ECDHE-RSA-CHACHA20-POLY1305") == "ECDHE-RSA-CHACHA20-POLY1305"
+        for cbc in ("ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA", "AES128-SHA"):
+            with pytest.raises(ssl.SSLError):
+                handshake(cbc)

@@ -408,13 +408,20 @@ def serve_behind_edge(service: Any, limits: EdgeLimits, connections: Any = None)
     own metrics, tracing, timeout and concurrency middleware, and offers no
     hook on the finished app. Its worker gets the app from ``service.to_asgi()``,
     so the service object is given a subclass whose ``to_asgi`` returns the
-    app wrapped. The subclass adds no state (``__slots__ = ()``): everything
-    else about the service is BentoML's.
+    app wrapped, and an ``openapi_spec`` that documents what the edge sends
+    (:mod:`serving.openapi`). The subclass adds no state (``__slots__ = ()``):
+    everything else about the service is BentoML's.
     """
     base = type(service)
 
     class EdgedService(base):  # type: ignore[misc, valid-type]
         __slots__ = ()
+
+        @property
+        def openapi_spec(self) -> Any:
+            from serving.openapi import ConformingSpec
+
+            return ConformingSpec(super().openapi_spec, limits.api_routes)
 
         def to_asgi(self, is_main: bool = True) -> ASGIApp:
             if connections is not None:

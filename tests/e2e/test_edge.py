@@ -408,3 +408,17 @@ def test_tls_offers_only_aead_suites(movielens_run, tmp_path):
         for cbc in ("ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA", "AES128-SHA"):
             with pytest.raises(ssl.SSLError):
                 handshake(cbc)
+
+
+# --- the OpenAPI document ------------------------------------------------------------------------------
+
+
+def test_openapi_documents_what_is_sent(http):
+    spec = http.get("/docs.json").json()
+    responses = spec["paths"]["/recommend"]["post"]["responses"]
+    answer = responses["200"]["content"]["application/json"]["schema"]
+    assert answer["properties"]["message"]["nullable"] is True
+    error = spec["components"]["schemas"]["Error"]
+    assert responses["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert error["properties"]["detail"]["type"] == "array" and set(error["required"]) == {"status", "error", "message"}
+    assert {"401", "408", "413", "415", "431"} <= set(responses)

@@ -14,18 +14,34 @@ loads its config. It is uvicorn's own protocol with four checks added:
 - the headers complete within ``header_timeout_seconds`` of the first byte or
   of the connection opening, whichever is later (408 and closed): slowloris
   and connections that send nothing;
-- ``idle_timeout_seconds`` between requests on a kept-alive connection.
+- ``idle_timeout_seconds`` between requests on a kept-alive connection;
+
+and it ignores ``Upgrade`` headers (:func:`ignore_upgrade`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from asyncio import TimerHandle
 from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger("recsys.edge")
+UPGRADE = re.compile(rb"\r\nupgrade:", re.IGNORECASE)
+
+
+def ignore_upgrade(data: bytes) -> bytes:
+    """The header section with any ``Upgrade`` header renamed, so the request is served as HTTP/1.1.
+
+    ``curl --http2`` and some Java clients send ``Upgrade: h2c`` with a body;
+    httptools then stops parsing at the headers and the body is lost (a
+    confusing 400). The service upgrades to nothing, so the header is ignored,
+    as RFC 9110 allows. Only the part before the blank line is touched.
+    """
+    head, blank, rest = data.partition(b"\r\n\r\n")
+    return UPGRADE.sub(b"\r\nx-ignored-upgrade:", head) + blank + rest
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,8 @@ class ConnectionGuard:
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._awaiting_headers:
+            data = ignore_upgrade(data)
         super().data_received(data)
         if self._awaiting_headers and not self.transport.is_closing():
             self._header_bytes += len(data)

@@ -422,3 +422,9 @@ def test_openapi_documents_what_is_sent(http):
     assert responses["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
     assert error["properties"]["detail"]["type"] == "array" and set(error["required"]) == {"status", "error", "message"}
     assert {"401", "408", "413", "415", "431"} <= set(responses)
+
+
+def test_h2c_upgrade_request_keeps_its_body(edge_server):
+    upgrade = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+    status, body = raw_request(edge_server, upgrade + f"X-API-Key: {KEY}\r\n".encode(), b'{"user_id": "196", "k": 2}')
+    assert status == 200 and len(json.loads(body)["recommendations"]) == 2

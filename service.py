@@ -49,7 +49,8 @@ TLS = {
 @bentoml.service(
     name="recsys",
     workers=settings.workers,
-    traffic={"timeout": settings.timeout_seconds},
+    traffic={"timeout": settings.timeout_seconds, "max_concurrency": settings.max_concurrency},
+    backlog=settings.backlog,
     logging={"access": {"enabled": False}},
     tracing={"excluded_urls": [] if settings.trace_requests else list(API_ROUTES)},
     ssl=TLS if settings.ssl_certfile else {"enabled": False},

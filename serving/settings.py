@@ -39,6 +39,10 @@ class ServiceSettings(BaseSettings):
     )
     idle_timeout_seconds: float = Field(5.0, gt=0, description="a kept-alive connection idle this long is closed")
     max_connections: int = Field(1000, ge=1, description="open connections per worker; the next gets 503")
+    backlog: int = Field(2048, ge=64, description="connections the listening socket queues before accepting")
+    max_concurrency: int | None = Field(
+        None, ge=1, description="requests in progress per service (BentoML's traffic limit; over it: 503)"
+    )
     api_key: str | None = Field(None, description="when set, every endpoint but the probes needs it")
     metrics_public: bool = Field(False, description="/metrics open without the API key (for scrapers)")
     trace_requests: bool = Field(

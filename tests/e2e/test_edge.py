@@ -38,6 +38,8 @@ def edge_server(movielens_run):
         "RECSYS_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
         "RECSYS_IDLE_TIMEOUT_SECONDS": str(IDLE_TIMEOUT),
         "RECSYS_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        "RECSYS_BACKLOG": "128",  # BentoML's own limits, set from the same settings
+        "RECSYS_MAX_CONCURRENCY": "64",
         "RECSYS_REFRESH_SECONDS": "0",
     }
     with serve("service:Recommender", env) as live:

@@ -29,7 +29,7 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -412,6 +412,8 @@ def serve_behind_edge(service: Any, limits: EdgeLimits, connections: Any = None)
     (:mod:`serving.openapi`). The subclass adds no state (``__slots__ = ()``):
     everything else about the service is BentoML's.
     """
+    # Every route the service declares is an API route, so a new endpoint passes the edge without a list to edit.
+    limits = replace(limits, api_routes=limits.api_routes | {api.route for api in service.apis.values()})
     base = type(service)
 
     class EdgedService(base):  # type: ignore[misc, valid-type]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bentoml
 from threadpoolctl import threadpool_limits
 
-from serving import startup
+from serving import logs, startup
 from serving.api_models import (
     BatchRequest,
     BatchResponse,
@@ -23,13 +23,15 @@ from serving.api_models import (
     SimilarItemsResponse,
 )
 from serving.batcher import MicroBatcher, Overloaded
+from serving.connection import ConnectionLimits
+from serving.edge import EdgeLimits, serve_behind_edge
 from serving.events import EventLog, Recorder
-from serving.guards import RequestGuard
 from serving.responses import answer, ranked
 from serving.runtime import Runtime, paired_candidates_tag
 from serving.settings import get_settings
 
 settings = get_settings()
+logs.install()  # client errors as one WARNING line, floods rate-limited (serving/logs.py)
 API_ROUTES = ("/recommend", "/recommend_batch", "/similar_items", "/feedback", "/model_info")
 # Resolved at import: BentoML packs only models declared at class scope
 # (BentoML #4702, #5319), so the pair must be known before the class exists.
@@ -40,13 +42,19 @@ if not startup.in_worker():
     startup.check(settings)
 
 
-TLS = {"enabled": True, "certfile": settings.ssl_certfile, "keyfile": settings.ssl_keyfile}
+TLS = {
+    "enabled": True,
+    "certfile": settings.ssl_certfile,
+    "keyfile": settings.ssl_keyfile,
+    "ciphers": settings.ssl_ciphers,
+}
 
 
 @bentoml.service(
     name="recsys",
     workers=settings.workers,
-    traffic={"timeout": settings.timeout_seconds},
+    traffic={"timeout": settings.timeout_seconds, "max_concurrency": settings.max_concurrency},
+    backlog=settings.backlog,
     logging={"access": {"enabled": False}},
     tracing={"excluded_urls": [] if settings.trace_requests else list(API_ROUTES)},
     ssl=TLS if settings.ssl_certfile else {"enabled": False},
@@ -143,4 +151,7 @@ def shed(ctx: bentoml.Context, error: Overloaded) -> None:
     ctx.response.headers["Retry-After"] = str(error.retry_after)
 
 
-Recommender.add_asgi_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key)
+# The edge wraps the app BentoML builds, outside its metrics middleware (see serving/edge.py).
+serve_behind_edge(
+    Recommender, EdgeLimits.from_settings(settings, set(API_ROUTES)), ConnectionLimits.from_settings(settings)
+)

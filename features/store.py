@@ -156,6 +156,24 @@ def current_version(root: str) -> str:
     return version
 
 
+def read_manifest(root: str, version: str) -> dict:
+    """A snapshot's manifest alone (cheap: polling compares it with the one being served)."""
+    fs, base = resolve(root)
+    try:
+        with fs.open_input_stream(f"{base}/snapshots/{version}/manifest.json") as src:
+            manifest = json.loads(src.read())
+    except (OSError, ValueError) as exc:
+        raise SnapshotError(f"snapshot {version}: manifest.json cannot be read") from exc
+    if not isinstance(manifest, dict) or "version" not in manifest:
+        raise SnapshotError(f"snapshot {version}: manifest.json has no version")
+    return manifest
+
+
+def manifest_identity(manifest: dict) -> tuple:
+    """What makes two snapshots the same, whatever their folders are called."""
+    return (manifest.get("version"), manifest.get("created_at"), manifest.get("fingerprint"), manifest.get("tables"))
+
+
 def read_snapshot(root: str, version: str | None = None) -> Snapshot:
     """Load and validate a snapshot; raise :class:`SnapshotError` if it is bad."""
     fs, base = resolve(root)

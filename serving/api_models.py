@@ -6,6 +6,8 @@ documents them, so changing one is a change of the API.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -13,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -26,7 +29,9 @@ MAX_K = 100
 MAX_BATCH = 100
 MAX_EXCLUDED = 1000
 MAX_RECENT = 100
-MAX_FEEDBACK = 500  # events per /feedback call (about 60 KB of JSON, inside the body limit)
+MAX_FEEDBACK = 500  # events per /feedback call
+MAX_ID_CHARS = 256
+MAX_ATTRIBUTE_CHARS = 64
 
 
 def _api_id(value: object) -> str:
@@ -38,23 +43,57 @@ def _api_id(value: object) -> str:
     text = id_text(value)
     if not text:
         raise ValueError("an id must not be empty")
+    if len(text) > MAX_ID_CHARS:
+        raise ValueError(f"an id must be at most {MAX_ID_CHARS} characters")
+    if _CONTROL.search(text):
+        raise ValueError("an id must not contain control characters")
     return text
 
 
 # One character that str.strip() keeps (not str.isspace()): an id of only whitespace is empty.
 # Spelled out because JSON Schema's \s (ECMA) and Python's whitespace differ (\x1c-\x1f, \x85).
 NOT_ONLY_WHITESPACE = r"[^\s\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# Control characters (C0, DEL, C1) have no place in an id that is echoed back and logged.
+CONTROL = r"\x00-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{CONTROL}]")
+ID_PATTERN = f"^[^{CONTROL}]*{NOT_ONLY_WHITESPACE[:-1]}{CONTROL}][^{CONTROL}]*$"
 
 # The documented schema says what the validator enforces, so clients and fuzzers agree with it.
 Id = Annotated[
     str,
     BeforeValidator(_api_id),
     WithJsonSchema(
-        {"anyOf": [{"type": "string", "minLength": 1, "pattern": NOT_ONLY_WHITESPACE}, {"type": "integer"}]}
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": ID_PATTERN},
+                {"type": "integer", "minimum": -(10**18), "maximum": 10**18},
+            ]
+        }
     ),
 ]
 TopK = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
-Attribute = str | int | float | None
+
+
+def _attribute(value: object) -> str | int | float | None:
+    """A user attribute value: a short string, a finite number or null (no booleans, NaN or infinities)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, str) and len(value) <= MAX_ATTRIBUTE_CHARS:
+        return value
+    raise ValueError(
+        f"an attribute value must be a string of at most {MAX_ATTRIBUTE_CHARS} characters, a finite number or null"
+    )
+
+
+Attribute = Annotated[
+    str | int | float | None,
+    PlainValidator(_attribute),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "maxLength": MAX_ATTRIBUTE_CHARS}, {"type": "number"}, {"type": "null"}]}
+    ),
+]
 
 
 class _Strict(BaseModel):
@@ -92,7 +131,7 @@ class RecommendRequest(_Strict):
     k: TopK = 10
     exclude_seen: StrictBool = True
     exclude_items: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDED)
-    user_attributes: dict[str, Attribute] = Field(
+    user_attributes: dict[Annotated[str, Field(max_length=MAX_ATTRIBUTE_CHARS)], Attribute] = Field(
         default_factory=dict,
         max_length=32,
         description="attributes of a user the model has not seen, to pick a better fallback",

@@ -6,13 +6,21 @@ Everything here runs at start-up or in the refresh thread, never per request.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from pathlib import Path
 
 import bentoml
 from bentoml.exceptions import NotFound
 
-from features.store import MODEL_SNAPSHOT_DIR, SnapshotError, current_version, read_snapshot
+from features.store import (
+    MODEL_SNAPSHOT_DIR,
+    SnapshotError,
+    current_version,
+    manifest_identity,
+    read_manifest,
+    read_snapshot,
+)
 from serving.api_models import ModelInfo, ModelTags
 from serving.settings import ServiceSettings
 from stages.candidates import CandidateModel
@@ -22,6 +30,25 @@ from stages.pipeline import TwoStageRecommender
 from stages.ranker import Ranker
 
 logger = logging.getLogger("recsys")
+PACKED_SOURCE = "the snapshot packed with the candidates model"
+# "/abs/path/x" or "C:\\x" in a message, and exception class names ("IndexError: ..."), are not for clients.
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"/\\:,;()]+)+[\\/]?")
+_CLASS = re.compile(r"\b[A-Z]\w*(?:Error|Exception|Warning)\b:?\s*")
+
+
+def public_message(message: str, root: str) -> str:
+    """A refresh error as ``/model_info`` shows it: no filesystem paths, no exception class names."""
+    text = message.replace(root, "<feature store>") if root else message
+    return _CLASS.sub("", _PATH.sub("<path>", text)).strip() or "snapshot could not be loaded"
+
+
+def public_source(source: str, packed: bool) -> str:
+    """Where features come from, without a local absolute path: a URI as given, a folder by its name."""
+    if packed:
+        return PACKED_SOURCE
+    if "://" in source:
+        return source
+    return Path(source).name or source
 
 
 class IncompatibleModels(RuntimeError):
@@ -81,13 +108,15 @@ class Runtime:
         self.names = self.card.features
         self.ranker = Ranker(bentoml.catboost.load_model(ranker_model), self.names)
         self.feature_source = feature_store or str(Path(candidates_model.path) / MODEL_SNAPSHOT_DIR)
+        self._packed = feature_store is None
         try:
-            view = self.load_view()
+            view, self._served_identity = self.load_view()
         except SnapshotError as exc:
             raise IncompatibleModels(f"feature store {self.feature_source}: {exc}") from exc
         self.pipeline = TwoStageRecommender(self.candidates, self.ranker, view, n_candidates or self.card.n_candidates)
         self.refresh_error: str | None = None
-        self._failed_version: str | None = None
+        self._served_pointer: str | None = None
+        self._failed: tuple | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -123,7 +152,7 @@ class Runtime:
             n_items=self.candidates.n_items,
             n_candidates=self.pipeline.n_candidates,
             feature_version=self.view.version,
-            feature_source=self.feature_source,
+            feature_source=public_source(self.feature_source, self._packed),
             feature_refresh_error=self.refresh_error,
             features=self.names.all,
             evaluation=card.evaluation,
@@ -133,8 +162,8 @@ class Runtime:
     def view(self) -> FeatureView:
         return self.pipeline.view
 
-    def load_view(self, version: str | None = None) -> FeatureView:
-        """Read a snapshot and check it can produce every feature the ranker needs."""
+    def load_view(self, version: str | None = None) -> tuple[FeatureView, tuple]:
+        """Read a snapshot, check it can produce every feature the ranker needs; the view and its identity."""
         snapshot = read_snapshot(self.feature_source, version)
         view = FeatureView(
             snapshot.tables, self.candidates.item_ids, self.candidates.als.item_factors, snapshot.version
@@ -143,33 +172,53 @@ class Runtime:
         if missing:
             raise SnapshotError(f"snapshot {snapshot.version} lacks features the ranker needs: {missing}")
         view.prepare(self.names)
-        return view
+        return view, manifest_identity(snapshot.manifest)
 
     def refresh_once(self) -> bool:
-        """Swap in a newer snapshot if there is one; keep the old one if it is bad."""
+        """Swap in the snapshot ``CURRENT`` names if it is new; keep the old one if it is bad.
+
+        A snapshot is known by its manifest, not its folder name: a copy of the
+        served one under another name is not reloaded. Every failure, expected or
+        not, is recorded for ``/model_info``; it clears once a good snapshot is served.
+        """
+        pointer = identity = None
         try:
-            version = current_version(self.feature_source)
+            pointer = current_version(self.feature_source)
+            if pointer == self._served_pointer:
+                self.refresh_error = None
+                return False
+            identity = manifest_identity(read_manifest(self.feature_source, pointer))
+            if identity == self._served_identity:
+                self._served_pointer, self.refresh_error = pointer, None
+                return False
+            if (pointer, identity) == self._failed:
+                return False  # the same bad snapshot: not read (nor logged) again
+            view, identity = self.load_view(pointer)
         except SnapshotError as exc:
-            self._record_failure(None, str(exc))
+            self._record_failure(str(exc), (pointer, identity))
             return False
-        if version in (self.view.version, self._failed_version):
+        except Exception as exc:  # a snapshot that breaks the loader must not break the refresh loop
+            message = f"snapshot {pointer} is inconsistent: {type(exc).__name__}: {exc}"
+            self._record_failure(message, (pointer, identity), unexpected=True)
             return False
-        try:
-            view = self.load_view(version)
-        except (SnapshotError, KeyError, ValueError) as exc:
-            self._record_failure(version, str(exc))
-            return False
+        old = self.view.version
         # One reference assignment: requests in flight keep the pipeline they started with.
         self.pipeline = self.pipeline.with_view(view)
+        self._served_pointer, self._served_identity, self._failed = pointer, identity, None
         self.refresh_error = None
-        logger.info("feature snapshot %s now serving", version)
+        logger.info("feature snapshot swapped: %s -> %s", old, view.version)
         return True
 
-    def _record_failure(self, version: str | None, message: str) -> None:
-        if message != self.refresh_error:
-            logger.error("feature refresh failed, still serving %s: %s", self.view.version, message)
-        self._failed_version = version
-        self.refresh_error = message
+    def _record_failure(self, message: str, snapshot: tuple, unexpected: bool = False) -> None:
+        if snapshot[1] is not None:
+            self._failed = snapshot
+        public = public_message(message, self.feature_source)
+        if public != self.refresh_error:
+            # Logged once per distinct failure; a traceback only when the loader itself broke.
+            logger.error(
+                "feature refresh failed, still serving %s: %s", self.view.version, message, exc_info=unexpected
+            )
+        self.refresh_error = public
 
     def start_refresh(self, every_seconds: float) -> None:
         """Poll the feature store in a daemon thread (0 turns it off)."""

@@ -25,13 +25,35 @@ class ServiceSettings(BaseSettings):
         None, ge=1, le=2000, description="ALS candidates per request (default: as trained)"
     )
     refresh_seconds: float = Field(30.0, ge=0, description="feature store poll interval; 0 turns refresh off")
-    max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="larger request bodies get 413; the default fits the largest legal batch "
+        "(100 requests x 1,000 excluded ids of up to 6 characters)",
+    )
+    max_headers: int = Field(64, ge=8, description="requests with more header lines get 431")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="requests with larger headers get 431")
+    body_timeout_seconds: float = Field(5.0, gt=0, description="a body not received in full by then gets 408")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="headers not complete this long after the connection opened get 408 and a close"
+    )
+    idle_timeout_seconds: float = Field(5.0, gt=0, description="a kept-alive connection idle this long is closed")
+    max_connections: int = Field(1000, ge=1, description="open connections per worker; the next gets 503")
+    backlog: int = Field(2048, ge=64, description="connections the listening socket queues before accepting")
+    max_concurrency: int | None = Field(
+        None, ge=1, description="requests in progress per service (BentoML's traffic limit; over it: 503)"
+    )
     api_key: str | None = Field(None, description="when set, every endpoint but the probes needs it")
+    metrics_public: bool = Field(False, description="/metrics open without the API key (for scrapers)")
     trace_requests: bool = Field(
         False, description="OpenTelemetry spans for the API routes (off: they cost ~10% of a request)"
     )
     ssl_certfile: str | None = Field(None, description="PEM certificate: serve HTTPS (BentoML's SSL settings)")
     ssl_keyfile: str | None = Field(None, description="PEM private key for ssl_certfile")
+    ssl_ciphers: str = Field(
+        "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL",
+        description="TLS 1.2 cipher suites (OpenSSL syntax): forward-secret AEAD only; TLS 1.3 suites are all AEAD",
+    )
     event_log: str = Field(
         "var/events",
         description="root of the impressions and feedback log (path or pyarrow URI, e.g. s3://bucket/events); "

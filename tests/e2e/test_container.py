@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.runtime import Runtime
+from serving.runtime import PACKED_SOURCE, Runtime
 from stages.pipeline import Query
 from tests.support import BENTOML, FIGURES, REPO, cmdline, free_port, status_field
 
@@ -127,7 +127,7 @@ def test_image_serves_real_recommendations(container, image, movielens_run):
         assert [r["item_id"] for r in body["recommendations"]] == offline.item_ids
         info = http.post("/model_info", json={}).json()
         assert info["model"] == {"candidates": run_result.candidates_tag, "ranker": run_result.ranker_tag}
-        assert info["feature_source"].startswith(IN_IMAGE)  # packed in the image, nothing mounted
+        assert info["feature_source"] == PACKED_SOURCE  # packed in the image, nothing mounted; no paths shown
 
 
 def test_image_rejects_bad_input(container):

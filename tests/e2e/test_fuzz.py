@@ -1,8 +1,9 @@
 """Schema-driven fuzzing of every endpoint from the service's own OpenAPI document.
 
 Schemathesis generates valid and invalid requests for each operation of
-``/docs.json`` and sends them to a real server: none may get a 5xx, and every
-4xx must be a JSON body that names the problem.
+``/docs.json`` and sends them to a real server: none may get a 5xx, every
+4xx must be a JSON body that names the problem, and every response must
+conform to the document (status documented, content type, body schema).
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.support import FIGURES, serve
 
 pytestmark = pytest.mark.slow
+CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES = 250  # per operation and mode: the 4 POST routes x 250 (probes need one each), ~1,000 per mode
 API = {"/recommend", "/recommend_batch", "/similar_items", "/model_info"}
 
@@ -74,6 +82,7 @@ def test_no_server_errors_and_every_4xx_explains_itself(api_schema, fuzz_server,
                     # counts as valid to the fuzzer; anything else valid must be served.
                     assert not isinstance(case.body, dict), f"{case.path} {case.body!r}: {response.text}"
                 check(case, response)
+                case.validate_response(response, checks=CONFORMANCE)  # the spec says what is sent
 
             try:
                 fuzz()

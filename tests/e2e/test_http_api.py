@@ -144,7 +144,8 @@ def test_python_client(server):
 def test_recommend_rejects_bad_fields(client, body, loc, kind):
     status, answer = post(client, "/recommend", body)
     assert status == 400
-    assert answer["error"].startswith("1 validation error")
+    assert answer["status"] == "error" and answer["error"] == "bad_request"
+    assert answer["message"].startswith(f"invalid request: {'.'.join(map(str, loc))}: ")
     assert [(d["loc"], d["type"]) for d in answer["detail"]] == [(loc, kind)]
 
 

@@ -29,7 +29,7 @@ def keyed(movielens_run):
 def test_missing_or_wrong_key_is_401(keyed, headers):
     response = httpx.post(f"{keyed.url}/recommend", json={"user_id": "196"}, headers=headers)
     assert response.status_code == 401
-    assert response.json()["error"].startswith("missing or wrong API key")
+    assert response.json()["message"].startswith("missing or wrong API key")
     assert response.headers["www-authenticate"] == "Bearer"
 
 

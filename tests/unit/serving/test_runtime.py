@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from features.store import current_version, read_snapshot, write_snapshot
@@ -94,3 +95,47 @@ def test_unreadable_pointer_is_recorded(runtime, store):
     pipeline = runtime.pipeline
     assert runtime.refresh_once() is False
     assert runtime.pipeline is pipeline and runtime.refresh_error is not None
+
+
+def test_inconsistent_snapshot_is_caught_recorded_and_cleared_when_current_points_back(runtime, store, caplog):
+    served = current_version(str(store))
+    snapshot = read_snapshot(str(store))
+    ghost = snapshot.tables.affinity.head(1).copy()
+    ghost[ghost.columns[0]] = "ghost-user-not-in-users"
+    snapshot.tables.affinity = pd.concat([snapshot.tables.affinity, ghost], ignore_index=True)
+    bad = write_snapshot(snapshot.tables, str(store), "e" * 64)
+    with caplog.at_level("ERROR", logger="recsys"):
+        assert runtime.refresh_once() is False  # nothing escapes, whatever the loader raised
+    assert runtime.refresh_error and f"snapshot {bad}" in runtime.refresh_error
+    assert "Error" not in runtime.refresh_error and str(store) not in runtime.refresh_error
+    (store / "CURRENT").write_text(served)
+    assert runtime.refresh_once() is False
+    assert runtime.refresh_error is None and runtime.info().feature_refresh_error is None
+
+
+def test_copy_under_another_name_is_not_reloaded(runtime, store, monkeypatch):
+    served = current_version(str(store))
+    shutil.copytree(store / "snapshots" / served, store / "snapshots" / "copy-of-served")
+    (store / "CURRENT").write_text("copy-of-served")
+    calls = []
+    monkeypatch.setattr(runtime, "load_view", lambda *a: calls.append(a))
+    for _ in range(3):
+        assert runtime.refresh_once() is False
+    assert calls == [] and runtime.refresh_error is None
+
+
+def test_swap_logged_at_info_with_old_and_new_version(runtime, store, caplog):
+    old = runtime.view.version
+    snapshot = read_snapshot(str(store))
+    new = write_snapshot(snapshot.tables, str(store), "f" * 64)
+    with caplog.at_level("INFO", logger="recsys"):
+        assert runtime.refresh_once() is True
+    assert f"feature snapshot swapped: {old} -> {new}" in caplog.text
+
+
+def test_model_info_shows_no_absolute_paths(runtime, store):
+    (store / "CURRENT").write_text("no-such-version")
+    runtime.refresh_once()
+    info = runtime.info()
+    assert info.feature_source == "feature_store"
+    assert str(store) not in (info.feature_refresh_error or "") and "Error" not in info.feature_refresh_error

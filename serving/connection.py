@@ -1,0 +1,171 @@
+"""Connection-level limits, below the ASGI edge: header size and time, idle time, open connections.
+
+uvicorn with httptools (what BentoML's workers run) has no header size limit
+and no header timeout, and arms its keep-alive timeout only after a first
+response: a 150 MB header or 3,000 connections that never finish their
+headers were all accepted (issue 12). BentoML builds ``uvicorn.Config`` itself
+and exposes none of ``h11_max_incomplete_event_size``, ``limit_concurrency``
+or a header timeout, so :func:`install` registers :class:`GuardedHttpToolsProtocol`
+as uvicorn's ``"auto"`` HTTP protocol in the worker process, before uvicorn
+loads its config. It is uvicorn's own protocol with four checks added:
+
+- at most ``max_connections`` open connections per worker; the next gets 503 and is closed;
+- the request line and headers within ``max_header_bytes`` (431 and closed);
+- the headers complete within ``header_timeout_seconds`` of the first byte or
+  of the connection opening, whichever is later (408 and closed): slowloris
+  and connections that send nothing;
+- ``idle_timeout_seconds`` between requests on a kept-alive connection;
+
+and it ignores ``Upgrade`` headers (:func:`ignore_upgrade`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from asyncio import TimerHandle
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger("recsys.edge")
+UPGRADE = re.compile(rb"\r\nupgrade:", re.IGNORECASE)
+
+
+def ignore_upgrade(data: bytes) -> bytes:
+    """The header section with any ``Upgrade`` header renamed, so the request is served as HTTP/1.1.
+
+    ``curl --http2`` and some Java clients send ``Upgrade: h2c`` with a body;
+    httptools then stops parsing at the headers and the body is lost (a
+    confusing 400). The service upgrades to nothing, so the header is ignored,
+    as RFC 9110 allows. Only the part before the blank line is touched.
+    """
+    head, blank, rest = data.partition(b"\r\n\r\n")
+    return UPGRADE.sub(b"\r\nx-ignored-upgrade:", head) + blank + rest
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int = 1000
+    max_header_bytes: int = 16 * 1024
+    header_timeout_seconds: float = 10.0
+    idle_timeout_seconds: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ConnectionLimits:
+        return cls(
+            max_connections=settings.max_connections,
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout_seconds=settings.header_timeout_seconds,
+            idle_timeout_seconds=settings.idle_timeout_seconds,
+        )
+
+
+def raw_response(status: int, phrase: str, message: str) -> bytes:
+    """A complete HTTP/1.1 error response in the edge's envelope, closing the connection."""
+    body = json.dumps({"status": "error", "error": phrase.lower().replace(" ", "_"), "message": message}).encode()
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class ConnectionGuard:
+    """Mixed in before uvicorn's ``HttpToolsProtocol``; ``limits`` set by :func:`install`."""
+
+    limits = ConnectionLimits()
+    # Set by uvicorn's protocol; named here for readers and type checkers.
+    connections: set
+    transport: Any
+    loop: Any
+    client: tuple | None
+    timeout_keep_alive: float
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout_keep_alive = self.limits.idle_timeout_seconds
+        self._awaiting_headers = True
+        self._header_bytes = 0
+        self._header_timer: TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            limit = self.limits.max_connections
+            logger.warning("503 connection refused: %d open, the limit is %d", len(self.connections) - 1, limit)
+            self._refuse(503, "Service Unavailable", "too many open connections; retry shortly")
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_headers:
+            data = ignore_upgrade(data)
+        super().data_received(data)
+        if self._awaiting_headers and not self.transport.is_closing():
+            self._header_bytes += len(data)
+            limit = self.limits.max_header_bytes
+            if self._header_bytes > limit:
+                logger.warning("431 headers over %d bytes from %s", limit, self._peer())
+                self._refuse(431, "Request Header Fields Too Large", f"request headers over {limit} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_headers, self._header_bytes = True, 0
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_headers = False
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        self._awaiting_headers, self._header_bytes = True, 0
+        super().on_response_complete()  # arms the idle (keep-alive) timer
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers and not self.transport.is_closing():
+            seconds = self.limits.header_timeout_seconds
+            logger.warning("408 headers not complete within %g s from %s", seconds, self._peer())
+            self._refuse(408, "Request Timeout", f"request headers not received within {seconds:g} s")
+
+    def _refuse(self, status: int, phrase: str, message: str) -> None:
+        self._cancel_header_timer()
+        self._awaiting_headers = False
+        self.transport.write(raw_response(status, phrase, message))
+        self.transport.close()
+
+    def _peer(self) -> str:
+        return self.client[0] if self.client else "?"
+
+
+def install(limits: ConnectionLimits) -> bool:
+    """Make the guarded protocol uvicorn's ``"auto"`` choice in this process; False if httptools is missing."""
+    from uvicorn import config
+
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # uvicorn falls back to h11, which caps headers at 16 KiB itself
+        logger.warning("httptools is not installed: connection limits other than h11's header cap are off")
+        return False
+    global Protocol
+    Protocol = type("GuardedHttpToolsProtocol", (ConnectionGuard, HttpToolsProtocol), {"limits": limits})
+    config.HTTP_PROTOCOLS["auto"] = f"{__name__}:Protocol"
+    return True
+
+
+Protocol: type | None = None  # the class uvicorn loads, once install() has run

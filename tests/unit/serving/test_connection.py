@@ -1,0 +1,100 @@
+"""The connection guard on uvicorn's own httptools protocol, with a fake transport: no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from serving.connection import ConnectionGuard, ConnectionLimits, ignore_upgrade, raw_response
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written, self.closed = b"", False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default=None):
+        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 3000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def app(scope, receive, send) -> None:
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def protocol(limits: ConnectionLimits, state: ServerState | None = None):
+    guarded = type("Guarded", (ConnectionGuard, HttpToolsProtocol), {"limits": limits})
+    config = Config(app=app, log_config=None)
+    config.load()
+    loop = asyncio.new_event_loop()
+    return guarded(config=config, server_state=state or ServerState(), app_state={}, _loop=loop), loop
+
+
+def test_oversized_headers_are_cut_off_with_431():
+    proto, loop = protocol(ConnectionLimits(max_header_bytes=1024))
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.data_received(b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    for _ in range(4):
+        if not transport.closed:
+            proto.data_received(b"a" * 512)
+    assert transport.closed and transport.written.startswith(b"HTTP/1.1 431")
+    loop.close()
+
+
+def test_connections_over_the_cap_get_503():
+    state = ServerState()
+    limits = ConnectionLimits(max_connections=2)
+    transports, loops = [], []
+    for _ in range(3):
+        proto, loop = protocol(limits, state)
+        loops.append(loop)
+        transports.append(FakeTransport())
+        proto.connection_made(transports[-1])
+    assert [t.closed for t in transports] == [False, False, True]
+    assert transports[-1].written.startswith(b"HTTP/1.1 503")
+    for loop in loops:
+        loop.close()
+
+
+def test_slow_headers_get_408_when_the_timer_fires():
+    proto, loop = protocol(ConnectionLimits(header_timeout_seconds=0.05))
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.data_received(b"POST /recommend HTTP/1.1\r\nHost")
+    loop.run_until_complete(asyncio.sleep(0.1))
+    assert transport.closed and transport.written.startswith(b"HTTP/1.1 408")
+    loop.close()
+
+
+def test_upgrade_header_is_renamed_only_in_the_header_section():
+    data = b"POST / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n{\r\nupgrade: 1}"
+    assert ignore_upgrade(data) == b"POST / HTTP/1.1\r\nx-ignored-upgrade: h2c\r\n\r\n{\r\nupgrade: 1}"
+
+
+def test_raw_response_is_the_envelope():
+    head, _, body = raw_response(408, "Request Timeout", "too slow").partition(b"\r\n\r\n")
+    assert b"connection: close" in head and json.loads(body) == {
+        "status": "error",
+        "error": "request_timeout",
+        "message": "too slow",
+    }

@@ -1,0 +1,239 @@
+"""The ASGI edge called directly, with a fake app behind it: routes, headers, keys, bodies, envelopes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from serving.edge import Edge, EdgeLimits, presented_keys, rewrite_error
+
+LIMIT = 100
+KEY = "k3y-0123456789"
+API = frozenset({"/recommend", "/model_info"})
+JSON = {"content-type": "application/json"}
+
+
+class FakeApp:
+    """Records whether it was called and the body it could read; answers 200 (or ``status``)."""
+
+    def __init__(self, status: int = 200, body: bytes = b"ok") -> None:
+        self.called = False
+        self.body = b""
+        self.status, self.answer = status, body
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.called = True
+        if scope["type"] == "http" and scope["method"] == "POST":
+            while True:
+                message = await receive()
+                self.body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    break
+        await send({"type": "http.response.start", "status": self.status, "headers": []})
+        await send({"type": "http.response.body", "body": self.answer})
+
+
+def edge(app, **limits) -> Edge:
+    return Edge(app, EdgeLimits(api_routes=API, max_body_bytes=LIMIT, **limits))
+
+
+def call(
+    layer: Edge,
+    path: str = "/recommend",
+    method: str = "POST",
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
+    chunks: list[bytes] | None = None,
+    stall: bool = False,
+) -> tuple[int, dict, dict]:
+    """Send one request through the edge; the status, the JSON body (if any) and the headers."""
+    pairs = (
+        list(headers.items()) if isinstance(headers, dict) else list(headers if headers is not None else JSON.items())
+    )
+    scope = {
+        "type": "http",
+        "path": path,
+        "method": method,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in pairs],
+    }
+    chunks = chunks or [b""]
+    pending = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1 or stall} for i, c in enumerate(chunks)
+    ]
+    sent: list[dict] = []
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        if stall:
+            await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(layer(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    decoded = json.loads(body) if response_headers.get("content-type") == "application/json" else {}
+    return start["status"], decoded, response_headers
+
+
+def test_declared_length_over_the_limit_is_413_before_the_app():
+    app = FakeApp()
+    status, body, headers = call(edge(app), headers={**JSON, "content-length": str(LIMIT + 1)})
+    assert status == 413 and not app.called
+    assert body == {
+        "status": "error",
+        "error": "request_entity_too_large",
+        "message": f"request body too large: {LIMIT + 1} bytes, the limit is {LIMIT}",
+    }
+    assert headers["content-length"] == str(len(json.dumps(body)))
+
+
+def test_body_within_the_limit_is_replayed_whole():
+    app = FakeApp()
+    status, _, _ = call(edge(app), chunks=[b'{"user_id": ', b'"196"}'])
+    assert status == 200 and app.body == b'{"user_id": "196"}'
+
+
+def test_chunked_body_over_the_limit_is_413():
+    app = FakeApp()
+    status, body, _ = call(edge(app), chunks=[b"x" * 60, b"x" * 60, b"x" * 60])
+    assert status == 413 and not app.called
+    assert body["message"] == f"request body too large: 120 bytes, the limit is {LIMIT}"  # stops reading at once
+
+
+def test_stalled_body_is_408():
+    app = FakeApp()
+    status, body, headers = call(edge(app, body_timeout_seconds=0.2), chunks=[b'{"user_id": '], stall=True)
+    assert status == 408 and not app.called and headers["connection"] == "close"
+    assert body["message"].startswith("request body not received within 0.2 s")
+
+
+@pytest.mark.parametrize("path", ["/x1", "/recommend/", "/RECOMMEND", "/static_content/../service.py"])
+def test_unknown_paths_are_404_before_the_app(path):
+    app = FakeApp()
+    status, body, _ = call(edge(app), path=path, method="GET")
+    assert status == 404 and not app.called and body["status"] == "error"
+
+
+def test_wrong_method_is_405():
+    app = FakeApp()
+    status, body, headers = call(edge(app), path="/recommend", method="GET")
+    assert status == 405 and headers["allow"] == "POST" and body["error"] == "method_not_allowed"
+
+
+def test_too_many_or_too_large_headers_are_431():
+    app = FakeApp()
+    many = [*JSON.items(), *((f"x-{i}", "1") for i in range(70))]
+    assert call(edge(app), headers=many)[0] == 431
+    assert call(edge(app), headers={**JSON, "x-big": "a" * 20_000})[0] == 431
+    assert not app.called
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "image/png", "multipart/form-data", "application/x-www-form-urlencoded"]
+)
+def test_api_routes_take_only_json(content_type):
+    app = FakeApp()
+    status, body, _ = call(edge(app), headers={"content-type": content_type}, chunks=[b"{}"])
+    assert status == 415 and not app.called and content_type in body["message"]
+
+
+def test_json_with_charset_and_an_empty_untyped_body_are_accepted():
+    app = FakeApp()
+    assert call(edge(app), headers={"content-type": "application/json; charset=utf-8"}, chunks=[b"{}"])[0] == 200
+    assert call(edge(app), path="/model_info", headers={"content-length": "0"})[0] == 200
+
+
+def test_content_encoding_is_415():
+    app = FakeApp()
+    assert call(edge(app), headers={**JSON, "content-encoding": "gzip"}, chunks=[b"\x1f\x8b"])[0] == 415
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"user_id": "1", "user_id": "2"}', b'{"user_id": "1", "k": NaN}', b'{"a": 1e309}', b'{"a": -Infinity}', b"{"],
+    ids=["duplicate", "nan", "overflow", "infinity", "truncated"],
+)
+def test_bad_json_is_400_at_the_edge(body):
+    app = FakeApp()
+    status, answer, _ = call(edge(app), chunks=[body])
+    assert status == 400 and not app.called and answer["message"].startswith("request body is not valid JSON")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"X-API-Key": KEY[:-1]}, {"Authorization": KEY}, {"X-API-Key": ""}],
+    ids=["none", "wrong-bearer", "wrong-header", "no-bearer-prefix", "empty-header"],
+)
+def test_missing_or_wrong_key_is_401(headers):
+    app = FakeApp()
+    status, body, response_headers = call(edge(app, api_key=KEY), headers={**JSON, **headers})
+    assert status == 401 and not app.called
+    assert body["message"].startswith("missing or wrong API key")
+    assert response_headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": f"Bearer {KEY}"},
+        {"Authorization": f"bearer   {KEY} "},
+        {"X-API-Key": f" {KEY}\t"},
+        {"X-API-Key": KEY, "Authorization": f"Bearer {KEY}"},
+    ],
+    ids=["bearer", "bearer-spaces", "header-trimmed", "both-agree"],
+)
+def test_right_key_is_let_through(headers):
+    app = FakeApp()
+    assert call(edge(app, api_key=KEY), headers={**JSON, **headers})[0] == 200 and app.called
+
+
+def test_conflicting_keys_are_refused():
+    app = FakeApp()
+    headers = {**JSON, "X-API-Key": "wrong", "Authorization": f"Bearer {KEY}"}
+    status, body, _ = call(edge(app, api_key=KEY), headers=headers)
+    assert status == 401 and body["message"].startswith("conflicting API keys") and not app.called
+    assert presented_keys([(b"x-api-key", b" a "), (b"authorization", b"Bearer  a")]) == {b"a"}
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/healthz"])
+def test_probes_stay_open_without_a_key(path):
+    app = FakeApp()
+    assert call(edge(app, api_key=KEY), path=path, method="GET")[0] == 200 and app.called
+
+
+def test_metrics_open_only_when_public():
+    assert call(edge(FakeApp(), api_key=KEY), path="/metrics", method="GET")[0] == 401
+    assert call(edge(FakeApp(), api_key=KEY, metrics_public=True), path="/metrics", method="GET")[0] == 200
+
+
+def test_non_http_scopes_pass_through():
+    app = FakeApp()
+
+    async def receive():
+        return {"type": "lifespan.startup"}
+
+    async def send(message):
+        pass
+
+    asyncio.run(edge(app, api_key=KEY)({"type": "lifespan"}, receive, send))
+    assert app.called
+
+
+def test_errors_from_behind_are_enveloped_without_internal_names():
+    bentoml_400 = {
+        "error": "1 validation error for RecommendRequestIODescriptor",
+        "detail": [{"type": "greater_than_equal", "loc": ["k"], "msg": "Input should be greater than or equal to 1"}],
+    }
+    status, body, headers = call(edge(FakeApp(400, json.dumps(bentoml_400).encode())), chunks=[b"{}"])
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert body["status"] == "error" and body["detail"] == bentoml_400["detail"]
+    assert body["message"] == "invalid request: k: Input should be greater than or equal to 1"
+    assert "IODescriptor" not in json.dumps(body)
+    assert json.loads(rewrite_error(500, b'{"error": "boom"}'))["message"].startswith("internal error")
+    assert rewrite_error(404, b'{"status": "error", "message": "unknown item_id"}') is None

@@ -1,0 +1,58 @@
+"""serving.openapi.conform on the shapes BentoML's generator produces."""
+
+from __future__ import annotations
+
+from serving.openapi import ERROR, ERROR_STATUSES, conform
+
+ITEM = {
+    "type": "object",
+    "properties": {
+        "message": {"default": None, "title": "Message", "type": "string"},
+        "model": {"default": None, "$ref": "#/components/schemas/ModelTags"},
+        "status": {"default": "success", "enum": ["success", "error"], "type": "string"},
+    },
+}
+SPEC = {
+    "openapi": "3.0.2",
+    "components": {
+        "schemas": {
+            "Answer": {"properties": {"message": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None}}},
+            "InvalidArgument": {"properties": {"error": {"type": "string"}, "detail": {"type": "string"}}},
+        }
+    },
+    "paths": {
+        "/similar_items": {
+            "post": {
+                "requestBody": {"content": {"application/json": {"schema": {}}}},
+                "responses": {200: {"content": {"application/json": {"schema": ITEM}}}},  # int, as BentoML has it
+            }
+        },
+        "/livez": {"get": {"responses": {"200": {"description": "ok"}}}},
+    },
+}
+
+
+def test_null_is_documented_where_it_is_sent():
+    fixed = conform(SPEC, {"/similar_items"})
+    answer = fixed["components"]["schemas"]["Answer"]["properties"]["message"]
+    assert answer["nullable"] is True and {"type": "null"} not in answer["anyOf"]
+    inline = fixed["paths"]["/similar_items"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert inline["properties"]["message"]["nullable"] is True
+    assert inline["properties"]["model"] == {
+        "default": None,
+        "allOf": [{"$ref": "#/components/schemas/ModelTags"}],
+        "nullable": True,
+    }
+    assert "nullable" not in inline["properties"]["status"]
+
+
+def test_errors_are_the_envelope_with_every_status_and_detail_a_list():
+    fixed = conform(SPEC, {"/similar_items"})
+    schemas = fixed["components"]["schemas"]
+    assert schemas["InvalidArgument"] == schemas[ERROR]
+    assert schemas[ERROR]["properties"]["detail"]["type"] == "array"
+    operation = fixed["paths"]["/similar_items"]["post"]
+    assert set(operation["responses"]) == {"200", *ERROR_STATUSES}
+    assert operation["responses"]["404"]["content"]["application/json"]["schema"]["properties"]["status"]
+    assert operation["requestBody"]["required"] is True
+    assert fixed["paths"]["/livez"] == SPEC["paths"]["/livez"] and "nullable" not in str(SPEC)  # a copy

@@ -17,7 +17,6 @@ from pydantic import (
     Field,
     PlainValidator,
     StrictBool,
-    StrictFloat,
     StrictInt,
     WithJsonSchema,
     model_validator,
@@ -107,7 +106,7 @@ class RecentItem(_Strict):
     timestamp: StrictInt | None = Field(
         None, ge=0, description="unix seconds; absent: now. Ages are counted from the model's data end, never below 0"
     )
-    weight: StrictFloat | StrictInt = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="as in training data")
+    weight: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, strict=True, description="as in training data")
 
 
 def _recent_item(value: object) -> object:
@@ -206,7 +205,7 @@ class FeedbackEvent(_Strict):
     user_id: Id
     item_id: Id
     timestamp: StrictInt | None = Field(None, ge=0, description="unix seconds; absent: when the server received it")
-    weight: StrictFloat | StrictInt = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="as in training data")
+    weight: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, strict=True, description="as in training data")
     type: str | None = Field(None, max_length=32, pattern=r"^[a-z][a-z0-9_]*$", description="click, watch, rating...")
     request_id: str | None = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="the request_id of the list it was taken from"

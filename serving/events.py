@@ -157,7 +157,7 @@ class Recorder:
                     "user_id": e.user_id,
                     "item_id": e.item_id,
                     "timestamp": now if e.timestamp is None else e.timestamp,
-                    "weight": float(e.weight),
+                    "weight": e.weight,
                     "type": e.type,
                 }
                 for e in events

@@ -32,7 +32,7 @@ def to_queries(requests: list[RecommendRequest]) -> list[Query]:
             r.exclude_seen,
             r.exclude_items,
             r.user_attributes,
-            [RecentEvent(e.item_id, e.timestamp, float(e.weight)) for e in r.recent_items],
+            [RecentEvent(e.item_id, e.timestamp, e.weight) for e in r.recent_items],
         )
         for r in requests
     ]

@@ -83,8 +83,9 @@ def test_batch_answers_in_order(client):
     requests = [{"user_id": u, "k": 3} for u in ("1", "nobody", "196")]
     status, body = post(client, "/recommend_batch", {"requests": requests})
     assert status == 200
-    singles = [post(client, "/recommend", r)[1] for r in requests]
-    assert body["results"] == singles
+    singles = [answer_of(post(client, "/recommend", r)[1]) for r in requests]
+    assert [answer_of(r) for r in body["results"]] == singles
+    assert len({r["request_id"] for r in body["results"]}) == 3  # each answer its own id
     assert [r["strategy"] for r in body["results"]] == ["two_stage", "popular", "two_stage"]
 
 

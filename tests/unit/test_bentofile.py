@@ -1,15 +1,18 @@
-"""bentofile.yaml copies the serving pins from pyproject.toml by hand: they must agree."""
+"""The Bento installs exactly the serving requirements, pinned as in the lock, and packs every file serving imports."""
 
 from __future__ import annotations
 
 import ast
 import re
+import subprocess  # nosec B404
+import sys
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
 import yaml
 
+from scripts.serving_requirements import SERVING
 from tests.support import REPO
 
 PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;]+)\s*$")
@@ -25,12 +28,45 @@ def pins(requirements: list[str]) -> dict[str, str]:
     return found
 
 
-def test_every_bentofile_package_is_pinned_as_in_pyproject():
-    bento = pins(yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]["packages"])
+def requirement_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_serving_requirements_are_the_locked_versions_without_the_plotting_stack():
+    serving = pins(requirement_lines(REPO / "requirements-serving.txt"))
+    locked = pins(requirement_lines(REPO / "requirements.lock"))
     project = pins(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
-    assert bento, "bentofile.yaml lists no packages"
-    assert not set(bento) - set(project), "in bentofile.yaml but not a dependency in pyproject.toml"
-    assert {name: bento[name] for name in bento} == {name: project[name] for name in bento}
+    assert {name: locked.get(name) for name in serving} == serving, "regenerate: scripts/serving_requirements.py"
+    assert {name: serving.get(name) for name in SERVING} == {name: project[name] for name in SERVING}
+    assert not {"plotly", "matplotlib", "graphviz"} & set(serving)
+
+
+def test_the_bento_installs_exactly_the_serving_requirements():
+    python = yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]
+    assert python["requirements_txt"] == "requirements-serving.txt"
+    assert python["pip_args"] == "--no-deps" and python["lock_packages"] is False
+    assert "packages" not in python
+
+
+def test_catboost_scores_without_its_plotting_dependencies():
+    """What lets the image leave plotly, matplotlib and graphviz out: CatBoost fits and predicts without them."""
+    blocked = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'plotly', 'matplotlib', 'graphviz'}:\n"
+        "            raise ImportError(f'blocked: {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np\n"
+        "from catboost import CatBoost, Pool\n"
+        "X = np.arange(40.0).reshape(20, 2)\n"
+        "model = CatBoost({'iterations': 5, 'verbose': False, 'allow_writing_files': False, 'thread_count': 1})\n"
+        "model.fit(Pool(X, label=(X[:, 0] > 20).astype(float)))\n"
+        "print(len(model.predict(X)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120)  # nosec
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "20"
 
 
 def test_bento_includes_no_tests_or_training_code():

@@ -1,0 +1,157 @@
+"""The request path under load: micro-batching against no batching, probes while saturated, overload shedding.
+
+All in one run, one worker (2-core machine; the load generator shares it):
+
+1. the in-process pipeline limit (CPU per single-user request, no HTTP);
+2. BentoML as served (micro-batched): 200 requests/s open loop, then 1/8/32/64
+   connections closed loop, with ``/livez`` probed every 50 ms throughout and the
+   batch sizes read from ``/metrics``;
+3. the same service with batching off (``RECSYS_MAX_BATCH_QUERIES=1``: one query
+   per pipeline call, still off the event loop), same loads;
+4. the FastAPI reference (same pipeline, unbatched, on the event loop), same loads;
+5. overload: 200 connections sending 20-user batch requests for 20 s against the
+   batched service: answers by status, ``/livez`` p99 and worker memory.
+
+Uses the models in the BentoML store (train first: ``python -m train``). Traffic
+goes to 127.0.0.1 only; every phase is bounded in time.
+
+    python -m benchmarks.request_path --out docs/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+import numpy as np
+
+from benchmarks.loadgen import fixed_concurrency, fixed_rate, markdown, process_tree_rss_mb, recommend_bodies
+from benchmarks.servers import free_port
+from benchmarks.serving import BIN, in_process_limit, server
+from serving.runtime import Runtime
+from serving.settings import get_settings
+
+BUCKET = re.compile(r'recsys_batch_queries_bucket\{le="([^"]+)"\} ([0-9.e+]+)')
+
+
+async def probe(url: str, stop: asyncio.Event, latencies: list[float]) -> None:
+    """``GET /livez`` every 50 ms until ``stop``; a failed probe counts as 10 s."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                async with session.get(f"{url}/livez") as response:
+                    await response.read()
+                latencies.append((time.perf_counter() - start) * 1000)
+            except (TimeoutError, aiohttp.ClientError):
+                latencies.append(10_000.0)
+            await asyncio.sleep(0.05)
+
+
+async def loaded(url: str, path: str, bodies: list[dict], concurrency: int, seconds: float) -> tuple[dict, dict]:
+    """Closed-loop load with probes alongside: the load's summary and the probes' percentiles."""
+    stop, probes = asyncio.Event(), []
+    prober = asyncio.create_task(probe(url, stop, probes))
+    result = await fixed_concurrency(f"{url}{path}", bodies, concurrency, seconds)
+    stop.set()
+    await prober
+    return result.summary() | {"statuses": result.errors}, {
+        "livez_p50_ms": round(float(np.percentile(probes, 50)), 2),
+        "livez_p99_ms": round(float(np.percentile(probes, 99)), 2),
+        "livez_max_ms": round(float(max(probes)), 2),
+    }
+
+
+def batch_histogram(url: str) -> dict[str, float]:
+    """Cumulative counts of ``recsys_batch_queries`` per bucket (empty for servers without batching)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {le: float(count) for le, count in BUCKET.findall(text)}
+
+
+def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    """Pipeline calls per batch-size bucket between two readings (non-cumulative)."""
+    out, previous = {}, 0.0
+    for le in after:
+        cumulative = after[le] - before.get(le, 0.0)
+        out[f"<={le}"] = int(cumulative - previous)
+        previous = cumulative
+    return {k: v for k, v in out.items() if v}
+
+
+def phase(name: str, url: str, pid: int, bodies: list[dict], levels: list[int], seconds: float, rate: float) -> dict:
+    """Open loop at ``rate``, then each closed-loop level with probes; rows for the report."""
+    fixed = asyncio.run(fixed_rate(f"{url}/recommend", bodies, rate, min(seconds * 2, 30)))
+    rows = [{"server": name, **fixed.summary()}]
+    print(markdown(rows), flush=True)
+    for level in levels:
+        before = batch_histogram(url)
+        summary, probes = asyncio.run(loaded(url, "/recommend", bodies, level, seconds))
+        summary.pop("statuses")
+        row = {"server": name, **summary, **probes, "rss_mb": process_tree_rss_mb(pid)}
+        row["batch_sizes"] = batch_sizes(before, batch_histogram(url)) or None
+        rows.append(row)
+        print(markdown([row]).splitlines()[-1], flush=True)
+    return {"rows": rows}
+
+
+def overload(url: str, pid: int, users: list[str], seconds: float, connections: int) -> dict:
+    """Many connections of 20-user batch requests: what the clients get and how the probes and memory fare."""
+    bodies = [{"requests": [{"user_id": u, "k": 10} for u in users[i : i + 20]]} for i in range(0, 900, 20)]
+    rss_start = process_tree_rss_mb(pid)
+    summary, probes = asyncio.run(loaded(url, "/recommend_batch", bodies, connections, seconds))
+    return {**summary, **probes, "rss_mb_start": rss_start, "rss_mb_end": process_tree_rss_mb(pid)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("--concurrency", default="1,8,32,64")
+    cli.add_argument("--seconds", type=float, default=15, help="per level")
+    cli.add_argument("--rate", type=float, default=200, help="open-loop requests/s")
+    cli.add_argument("--overload-connections", type=int, default=200)
+    cli.add_argument("--overload-seconds", type=float, default=20)
+    cli.add_argument("--out", type=Path, default=Path("var/bench"))
+    args = cli.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.environ.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "RECSYS_WORKERS": "1"})
+    report: dict = {"machine": f"{os.cpu_count()} cores", "workers": 1, "limit": in_process_limit()}
+    print(markdown([report["limit"]]), flush=True)
+    users = [str(u) for u in Runtime.from_settings(get_settings()).candidates.user_ids]
+    bodies = recommend_bodies(users, 5000, seed=2)
+    base_env = {"RECSYS_REFRESH_SECONDS": "0", "RECSYS_EVENT_LOG": ""}
+    bento = [str(BIN / "bentoml"), "serve", "service:Recommender", "--host", "127.0.0.1"]
+    for name, extra in (("bentoml batched", {}), ("bentoml unbatched", {"RECSYS_MAX_BATCH_QUERIES": "1"})):
+        port = free_port()
+        log = args.out / f"{name.replace(' ', '_')}.log"
+        with server([*bento, "--port", str(port)], port, base_env | extra, log) as (url, pid):
+            print(f"\n{name}", flush=True)
+            report[name] = phase(name, url, pid, bodies, levels, args.seconds, args.rate)
+            if not extra:
+                print(f"\n{name}: overload", flush=True)
+                report["overload"] = overload(url, pid, users, args.overload_seconds, args.overload_connections)
+                print(json.dumps(report["overload"]), flush=True)
+    port = free_port()
+    uvicorn = [
+        str(BIN / "uvicorn"), "benchmarks.fastapi_app:app", "--port", str(port), "--host", "127.0.0.1",
+        "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--workers", "1",
+    ]  # fmt: skip
+    with server(uvicorn, port, log=args.out / "fastapi.log") as (url, pid):
+        print("\nfastapi (unbatched reference)", flush=True)
+        report["fastapi"] = phase("fastapi", url, pid, bodies, levels, args.seconds, args.rate)
+    rows = report["bentoml batched"]["rows"] + report["bentoml unbatched"]["rows"] + report["fastapi"]["rows"]
+    print("\n" + markdown([{k: v for k, v in r.items() if k != "batch_sizes"} for r in rows]))
+    (args.out / "request_path.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out / 'request_path.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

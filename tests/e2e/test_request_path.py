@@ -1,0 +1,106 @@
+"""The request path over real HTTP: batched answers equal one-by-one answers, overload is shed, probes stay up."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+
+from stages.pipeline import Query
+from tests.support import serve
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small_queue(movielens_run, tmp_path_factory):
+    """One worker that lets at most 60 queries wait."""
+    run, _ = movielens_run
+    env = {
+        "RECSYS_RANKER_TAG": run.ranker_tag,
+        "RECSYS_REFRESH_SECONDS": "0",
+        "RECSYS_EVENT_LOG": "",
+        "RECSYS_WORKERS": "1",
+        "RECSYS_MAX_PENDING_QUERIES": "60",
+    }
+    with serve("service:Recommender", env) as live:
+        yield live
+
+
+async def _post_all(url: str, path: str, bodies: list[dict]) -> list[tuple[int, dict, dict]]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def one(body: dict) -> tuple[int, dict, dict]:
+            async with session.post(f"{url}{path}", json=body) as response:
+                return response.status, dict(response.headers), await response.json()
+
+        return await asyncio.gather(*(one(b) for b in bodies))
+
+
+def _calls(metrics: str) -> float:
+    found = re.search(r"^recsys_batch_queries_count(?:\{[^}]*\})? ([0-9.e+]+)$", metrics, re.M)
+    return float(found[1]) if found else 0.0
+
+
+def test_concurrent_requests_share_calls_and_get_the_one_by_one_answers(small_queue, offline):
+    users = [str(u) for u in range(1, 41)]
+    with small_queue.client() as http:
+        calls_before = _calls(http.get("/metrics").text)
+        answers = asyncio.run(_post_all(small_queue.url, "/recommend", [{"user_id": u, "k": 10} for u in users]))
+        calls = _calls(http.get("/metrics").text) - calls_before
+    assert all(status == 200 for status, _, _ in answers)
+    assert calls < len(users)  # some pipeline calls answered several requests
+    for user, (_, _, body) in zip(users, answers, strict=True):
+        [alone] = offline.pipeline.recommend([Query(user, k=10)])
+        assert [r["item_id"] for r in body["recommendations"]] == alone.item_ids
+        assert [r["score"] for r in body["recommendations"]] == pytest.approx(alone.scores, abs=1e-6)
+
+
+def test_overload_is_shed_at_once_with_503_and_retry_after(small_queue):
+    bodies = [{"requests": [{"user_id": str(1 + (i * 20 + j) % 900), "k": 10} for j in range(20)]} for i in range(30)]
+    answers = asyncio.run(_post_all(small_queue.url, "/recommend_batch", bodies))
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) == {200, 503}, statuses
+    for status, headers, body in answers:
+        if status == 503:
+            assert headers["Retry-After"] == "1"
+            assert body["status"] == "error" and body["results"] == []
+            assert re.fullmatch(r"overloaded: \d+ queries already waiting in this worker", body["message"])
+        else:
+            assert len(body["results"]) == 20
+
+
+def test_probes_answer_while_the_worker_is_busy(small_queue):
+    """/livez is answered between pipeline calls, not after the queue: far sooner than the work it waits beside."""
+
+    async def scenario() -> tuple[list[float], list[float]]:
+        bodies = [
+            {"requests": [{"user_id": str(1 + (i * 20 + j) % 900), "k": 50} for j in range(20)]} for i in range(3)
+        ]
+        work, probes = [], []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+            async def batch(body: dict) -> None:
+                start = time.perf_counter()
+                async with session.post(f"{small_queue.url}/recommend_batch", json=body) as response:
+                    assert response.status == 200
+                    await response.read()
+                work.append(time.perf_counter() - start)
+
+            async def probe() -> None:
+                await asyncio.sleep(0.01)
+                for _ in range(10):
+                    start = time.perf_counter()
+                    async with session.get(f"{small_queue.url}/livez") as response:
+                        assert response.status == 200
+                    probes.append(time.perf_counter() - start)
+
+            await asyncio.gather(*(batch(b) for b in bodies), probe())
+        return work, probes
+
+    work, probes = asyncio.run(scenario())
+    assert np.median(probes) < max(work) / 3, (probes, work)

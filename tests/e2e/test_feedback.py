@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
+import httpx
 import pytest
 
 from features.events import FEEDBACK, IMPRESSIONS, read_events
-from tests.support import KNOWN_USER, post, serve
+from tests.support import KNOWN_USER, answer_of, post, serve
 
 pytestmark = pytest.mark.slow
 
@@ -50,11 +52,17 @@ def test_sigterm_under_feedback_load_loses_no_event(logging_server):
         assert single == (200, {"accepted": 1, "status": "success", "message": None})
         sent += 1
         assert not (log / FEEDBACK).exists()  # nothing flushed yet: all of it waits for shutdown
+        # No per-user state: the same request on new connections (either worker) gets the same answer.
+        same = {"user_id": "visitor", "k": 5, "recent_items": ["50", {"item_id": "172", "weight": 4}]}
+        answers = [httpx.post(f"{live.url}/recommend", json=same, timeout=30).json() for _ in range(12)]
+        assert len({json.dumps(answer_of(a), sort_keys=True) for a in answers}) == 1
+        shown.update({a["request_id"]: [r["item_id"] for r in a["recommendations"]] for a in answers})
     # `serve` stopped the server with SIGTERM.
     feedback = read_events(str(log), FEEDBACK).to_pandas()
     impressions = read_events(str(log), IMPRESSIONS).to_pandas()
     assert len(feedback) == sent
     assert len(impressions) == 5 * len(shown)
+    assert impressions["user_id"].value_counts()["visitor"] == 5 * 12
     assert set(impressions["request_id"]) == set(shown)
     visitor = feedback[feedback["user_id"] == "visitor"].iloc[0]
     assert (visitor["item_id"], visitor["timestamp"], visitor["weight"]) == ("50", 893_286_638, 1.0)

@@ -7,6 +7,8 @@ Loading, compatibility checks and feature refresh live in
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import bentoml
 from threadpoolctl import threadpool_limits
 
@@ -22,7 +24,7 @@ from serving.api_models import (
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
-from serving.batcher import MicroBatcher, Overloaded
+from serving.batcher import PRESSURE, MicroBatcher, Overloaded
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.events import EventLog, Recorder
@@ -79,7 +81,11 @@ class Recommender:
         )
         # The pipeline off the event loop, requests queued meanwhile answered together (serving/batcher.py).
         self.batcher = MicroBatcher(
-            self._answer, settings.max_batch_queries, settings.max_pending_queries, settings.queue_timeout_seconds
+            self._answer,
+            settings.max_batch_queries,
+            settings.max_pending_queries,
+            settings.queue_timeout_seconds,
+            PRESSURE,
         )
 
     @bentoml.on_shutdown
@@ -152,6 +158,10 @@ def shed(ctx: bentoml.Context, error: Overloaded) -> None:
 
 
 # The edge wraps the app BentoML builds, outside its metrics middleware (see serving/edge.py).
-serve_behind_edge(
-    Recommender, EdgeLimits.from_settings(settings, set(API_ROUTES)), ConnectionLimits.from_settings(settings)
+# While the batcher's queue is full, the edge sheds /recommend* before reading their bodies.
+EDGE = replace(
+    EdgeLimits.from_settings(settings, set(API_ROUTES)),
+    queued_routes=frozenset({"/recommend", "/recommend_batch"}),
+    busy=PRESSURE.full,
 )
+serve_behind_edge(Recommender, EDGE, ConnectionLimits.from_settings(settings))

@@ -52,6 +52,25 @@ SHED = bentoml.metrics.Counter(
 )
 
 
+@dataclass
+class Pressure:
+    """How full this worker's queue is. The edge reads it to refuse work before reading a body.
+
+    Shedding in the handler comes after BentoML has read, parsed and validated the body: under
+    a flood that alone starves the event loop (probes included). So while the queue is full the
+    edge answers 503 at once (``serving/edge.py``), and the handler's check only catches races.
+    """
+
+    pending: int = 0
+    limit: int | None = None
+
+    def full(self) -> bool:
+        return self.limit is not None and self.pending >= self.limit
+
+
+PRESSURE = Pressure()  # this worker's (one batcher per worker)
+
+
 class Overloaded(Exception):
     """The worker cannot take this request now; ``retry_after`` is the seconds a client should wait."""
 
@@ -71,26 +90,32 @@ class MicroBatcher(Generic[Q, R]):
     """Answers ``submit(queries)`` with ``run(all queued queries)``, one call at a time, in a thread."""
 
     def __init__(
-        self, run: Callable[[list[Q]], list[R]], max_batch: int = 256, max_pending: int = 512, timeout: float = 10.0
+        self,
+        run: Callable[[list[Q]], list[R]],
+        max_batch: int = 256,
+        max_pending: int = 512,
+        timeout: float = 10.0,
+        pressure: Pressure | None = None,
     ) -> None:
         self.run = run
         self.max_batch = max_batch
         self.max_pending = max_pending
         self.timeout = timeout
+        self.pressure = pressure or Pressure()
+        self.pressure.limit = max_pending
         self._queue: deque[_Waiting[Q, R]] = deque()
-        self._pending = 0  # queries queued, not yet taken into a call
         self._drainer: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-pipeline")
 
     async def submit(self, queries: list[Q]) -> list[R]:
         """The answers to ``queries``, in order, from the next pipeline call that has room for them."""
-        if self._pending + len(queries) > self.max_pending:
+        if self.pressure.pending + len(queries) > self.max_pending:
             SHED.labels(reason="queue_full").inc()
-            raise Overloaded(f"overloaded: {self._pending} queries already waiting in this worker")
+            raise Overloaded(f"overloaded: {self.pressure.pending} queries already waiting in this worker")
         loop = asyncio.get_running_loop()
         waiting = _Waiting(queries, loop.create_future())
         self._queue.append(waiting)
-        self._pending += len(queries)
+        self.pressure.pending += len(queries)
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
         try:
@@ -139,7 +164,7 @@ class MicroBatcher(Generic[Q, R]):
             if batch and size + len(waiting.queries) > self.max_batch:
                 break
             self._queue.popleft()
-            self._pending -= len(waiting.queries)
+            self.pressure.pending -= len(waiting.queries)
             if waiting.future.done():  # timed out while queued
                 continue
             QUEUE_SECONDS.observe(now - waiting.since)

@@ -73,6 +73,9 @@ class EdgeLimits:
     api_key: str | None = None
     metrics_public: bool = False
     open_paths: frozenset[str] = field(default=PROBES)
+    # Load shedding before the body is read: routes that queue for the pipeline, and "is the queue full?".
+    queued_routes: frozenset[str] = frozenset()
+    busy: Callable[[], bool] | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, api_routes: frozenset[str] | set[str]) -> EdgeLimits:
@@ -134,6 +137,12 @@ def check_headers(scope: Scope, limits: EdgeLimits) -> None:
             f"the limits are {limits.max_headers} headers and {limits.max_header_bytes} bytes",
             [(b"connection", b"close")],
         )
+
+
+def check_pressure(scope: Scope, limits: EdgeLimits) -> None:
+    """503 with Retry-After, before the body is read, while the worker's queue is full."""
+    if limits.busy is not None and scope["path"] in limits.queued_routes and limits.busy():
+        raise EdgeError(503, "overloaded: this worker's queue is full; retry shortly", [(b"retry-after", b"1")])
 
 
 def check_route(scope: Scope, limits: EdgeLimits) -> None:
@@ -308,6 +317,9 @@ def rewrite_error(status: int, payload: bytes) -> bytes | None:
         body = json.loads(payload)
     except ValueError:
         body = None
+    if status == 503 and isinstance(body, dict) and body.get("status") == "error" and "error" not in body:
+        # The service's own shedding (serving/batcher.py): its message, in the envelope.
+        return json.dumps(envelope(status, str(body.get("message") or "overloaded"))).encode()
     if isinstance(body, dict) and body.get("status") == "error":
         return None  # already the envelope (the service's own 404 for an unknown item)
     if isinstance(body, list) and body and isinstance(body[0], dict):
@@ -383,6 +395,7 @@ class Edge:
         check_key(scope, limits)
         if scope["path"] not in limits.api_routes:
             return receive
+        check_pressure(scope, limits)
         check_body_headers(scope, limits)
         body = await read_body(receive, limits)
         if body is None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from serving.batcher import MicroBatcher, Overloaded
+from serving.batcher import MicroBatcher, Overloaded, Pressure
 
 
 class Recorded:
@@ -104,3 +104,22 @@ def test_a_failing_call_fails_only_its_own_requests():
         return await batcher.submit([3])
 
     assert asyncio.run(scenario()) == [6]
+
+
+def test_the_pressure_gauge_says_full_exactly_while_the_queue_is():
+    run, pressure = Recorded(), Pressure()
+    batcher = MicroBatcher(run, max_pending=2, pressure=pressure)
+
+    async def scenario():
+        run.gate.clear()
+        running = asyncio.create_task(batcher.submit([0]))
+        await asyncio.sleep(0.05)  # taken into a call: no longer pending
+        assert (pressure.pending, pressure.full()) == (0, False)
+        queued = asyncio.create_task(batcher.submit([1, 2]))
+        await asyncio.sleep(0)
+        assert (pressure.pending, pressure.full()) == (2, True)
+        run.gate.set()
+        await running, await queued
+        assert (pressure.pending, pressure.full()) == (0, False)
+
+    asyncio.run(scenario())

@@ -237,3 +237,24 @@ def test_errors_from_behind_are_enveloped_without_internal_names():
     assert "IODescriptor" not in json.dumps(body)
     assert json.loads(rewrite_error(500, b'{"error": "boom"}'))["message"].startswith("internal error")
     assert rewrite_error(404, b'{"status": "error", "message": "unknown item_id"}') is None
+
+
+def test_a_full_queue_is_503_before_the_body_is_read():
+    full = [True]
+    app = FakeApp()
+    layer = edge(app, queued_routes=frozenset({"/recommend"}), busy=lambda: full[0])
+    status, body, headers = call(layer, chunks=[b'{"user_id": "1"}'])
+    assert (status, body["error"], headers["retry-after"], app.called) == (503, "service_unavailable", "1", False)
+    assert body["message"] == "overloaded: this worker's queue is full; retry shortly"
+    assert call(edge(FakeApp(), queued_routes=frozenset({"/recommend"}), busy=lambda: full[0]), "/model_info")[0] == 200
+    full[0] = False
+    assert call(layer, chunks=[b'{"user_id": "1"}'])[0] == 200
+
+
+def test_the_services_own_503_is_put_in_the_envelope():
+    shed = json.dumps({"user_id": "1", "recommendations": [], "status": "error", "message": "overloaded: 9 waiting"})
+    assert json.loads(rewrite_error(503, shed.encode())) == {
+        "status": "error",
+        "error": "service_unavailable",
+        "message": "overloaded: 9 waiting",
+    }

@@ -68,6 +68,22 @@ def _nullable(schema: Any) -> None:
         _nullable(value)
 
 
+def _exclusive_bounds(schema: Any) -> None:
+    """OpenAPI 3.0 spelling of exclusive bounds: ``minimum: x, exclusiveMinimum: true`` (pydantic writes 3.1's)."""
+    if isinstance(schema, list):
+        for item in schema:
+            _exclusive_bounds(item)
+        return
+    if not isinstance(schema, dict):
+        return
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        value = schema.get(exclusive)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            schema[bound], schema[exclusive] = value, True
+    for value in schema.values():
+        _exclusive_bounds(value)
+
+
 def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -91,12 +107,14 @@ def conform(spec: dict, api_routes: frozenset[str] | set[str]) -> dict:
     spec = copy.deepcopy(spec)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     _nullable(schemas)
+    _exclusive_bounds(schemas)
     schemas[ERROR] = ERROR_SCHEMA
     for name in ("InvalidArgument", "NotFound", "InternalServerError"):
         if name in schemas:
             schemas[name] = ERROR_SCHEMA
     for path, item in spec.get("paths", {}).items():
         _nullable(item)
+        _exclusive_bounds(item)
         if path in api_routes and "post" in item:
             _operation(path, item["post"])
     return spec

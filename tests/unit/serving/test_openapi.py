@@ -56,3 +56,12 @@ def test_errors_are_the_envelope_with_every_status_and_detail_a_list():
     assert operation["responses"]["404"]["content"]["application/json"]["schema"]["properties"]["status"]
     assert operation["requestBody"]["required"] is True
     assert fixed["paths"]["/livez"] == SPEC["paths"]["/livez"] and "nullable" not in str(SPEC)  # a copy
+
+
+def test_exclusive_bounds_are_spelled_the_openapi_3_0_way():
+    spec = {
+        "components": {"schemas": {"E": {"properties": {"w": {"type": "number", "exclusiveMinimum": 0}}}}},
+        "paths": {},
+    }
+    weight = conform(spec, set())["components"]["schemas"]["E"]["properties"]["w"]
+    assert weight == {"type": "number", "minimum": 0, "exclusiveMinimum": True}

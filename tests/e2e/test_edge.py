@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import ssl
-import subprocess
 import time
 
 import httpx
@@ -373,43 +371,6 @@ def test_open_connections_are_capped_per_worker(edge_server, http):
             sock.close()
     time.sleep(0.3)
     assert http.post("/recommend", json={"user_id": KNOWN_USER, "k": 1}).status_code == 200
-
-
-# --- TLS --------------------------------------------------------------------------------------------------
-
-
-def test_tls_offers_only_aead_suites(movielens_run, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    env = {
-        "RECSYS_RANKER_TAG": movielens_run[0].ranker_tag,
-        "RECSYS_SSL_CERTFILE": str(cert),
-        "RECSYS_SSL_KEYFILE": str(key),
-        "RECSYS_REFRESH_SECONDS": "0",
-    }
-    trust = ssl.create_default_context(cafile=str(cert))
-    with serve("service:Recommender", env, scheme="https", verify=trust) as live:
-        host, port = address(live)
-
-        def handshake(cipher: str) -> str:
-            context = ssl.create_default_context(cafile=str(cert))
-            context.maximum_version = ssl.TLSVersion.TLSv1_2
-            context.set_ciphers(cipher)
-            with (
-                socket.create_connection((host, port), timeout=10) as raw,
-                context.wrap_socket(raw, server_hostname=host) as tls,
-            ):
-                return tls.cipher()[0]
-
-        assert handshake("ECDHE-RSA-AES128-GCM-SHA256") == "ECDHE-RSA-AES128-GCM-SHA256"
-        assert handshake("ECDHE-RSA-CHACHA20-POLY1305") == "ECDHE-RSA-CHACHA20-POLY1305"
-        for cbc in ("ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA", "AES128-SHA"):
-            with pytest.raises(ssl.SSLError):
-                handshake(cbc)
 
 
 # --- the OpenAPI document ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 
@@ -48,8 +49,11 @@ def test_probes_stay_open_everything_else_is_closed(keyed):
         assert httpx.post(f"{keyed.url}{path}", json={}).status_code == 401
 
 
-def test_tls_with_self_signed_certificate(movielens_run, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+@pytest.fixture(scope="module")
+def tls(movielens_run, tmp_path_factory):
+    """A server on HTTPS with a self-signed certificate: the server and a context that trusts it."""
+    tmp = tmp_path_factory.mktemp("tls")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
          "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
@@ -63,9 +67,36 @@ def test_tls_with_self_signed_certificate(movielens_run, tmp_path):
     }
     trust = ssl.create_default_context(cafile=str(cert))
     with serve("service:Recommender", env, scheme="https", verify=trust) as live:
-        response = httpx.post(f"{live.url}/recommend", json={"user_id": "196", "k": 3}, verify=trust)
-        assert response.status_code == 200 and response.json()["status"] == "success"
-        assert response.http_version == "HTTP/1.1"
+        yield live, cert
+
+
+def test_tls_with_self_signed_certificate(tls):
+    live, cert = tls
+    trust = ssl.create_default_context(cafile=str(cert))
+    response = httpx.post(f"{live.url}/recommend", json={"user_id": "196", "k": 3}, verify=trust)
+    assert response.status_code == 200 and response.json()["status"] == "success"
+    assert response.http_version == "HTTP/1.1"
+
+
+def test_tls_offers_only_aead_suites(tls):
+    live, cert = tls
+    host, port = live.url.removeprefix("https://").rsplit(":", 1)
+
+    def handshake(cipher: str) -> str:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(cipher)
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls_socket,
+        ):
+            return tls_socket.cipher()[0]
+
+    assert handshake("ECDHE-RSA-AES128-GCM-SHA256") == "ECDHE-RSA-AES128-GCM-SHA256"
+    assert handshake("ECDHE-RSA-CHACHA20-POLY1305") == "ECDHE-RSA-CHACHA20-POLY1305"
+    for cbc in ("ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA", "AES128-SHA"):
+        with pytest.raises(ssl.SSLError):
+            handshake(cbc)
         with pytest.raises(httpx.ConnectError):  # an unknown CA is refused
             httpx.post(f"{live.url}/recommend", json={"user_id": "196"}, verify=ssl.create_default_context())
         plain = live.url.replace("https://", "http://")

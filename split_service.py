@@ -82,12 +82,12 @@ class CandidateService:
         self.stage.stop_refresh()
 
     @bentoml.api
-    def candidates(self, requests: list[dict], n: int) -> dict:
+    async def candidates(self, requests: list[dict], n: int) -> dict:
         """``rankable`` per request and the CandidateBatch (``to_json``) of the rankable ones."""
         return self.stage.candidates_for(requests, n)
 
     @bentoml.api
-    def similar(self, item_id: str, k: int) -> dict | None:
+    async def similar(self, item_id: str, k: int) -> dict | None:
         """Closest items by ALS factors; ``None`` for an item outside the catalogue."""
         return self.stage.similar(item_id, k)
 
@@ -113,12 +113,12 @@ class RankerService:
         self.runtime.stop_refresh()
 
     @bentoml.api
-    def plan(self) -> dict:
+    async def plan(self) -> dict:
         """How many candidates to ask stage one for, and the model tags answers carry."""
         return self.stage.plan()
 
     @bentoml.api
-    def rank(self, requests: list[dict], candidates: dict) -> list[dict]:
+    async def rank(self, requests: list[dict], candidates: dict) -> list[dict]:
         """Ranked answers in request order, from the candidates service's output."""
         return self.stage.rank(requests, candidates)
 

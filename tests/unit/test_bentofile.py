@@ -8,6 +8,7 @@ import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.support import REPO
@@ -25,16 +26,21 @@ def pins(requirements: list[str]) -> dict[str, str]:
     return found
 
 
-def test_every_bentofile_package_is_pinned_as_in_pyproject():
-    bento = pins(yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]["packages"])
+BENTOFILES = ["bentofile.yaml", "bentofile.split.yaml"]
+
+
+@pytest.mark.parametrize("bentofile", BENTOFILES)
+def test_every_bentofile_package_is_pinned_as_in_pyproject(bentofile):
+    bento = pins(yaml.safe_load((REPO / bentofile).read_text())["python"]["packages"])
     project = pins(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
     assert bento, "bentofile.yaml lists no packages"
     assert not set(bento) - set(project), "in bentofile.yaml but not a dependency in pyproject.toml"
     assert {name: bento[name] for name in bento} == {name: project[name] for name in bento}
 
 
-def test_bento_includes_no_tests_or_training_code():
-    include = yaml.safe_load((REPO / "bentofile.yaml").read_text())["include"]
+@pytest.mark.parametrize("bentofile", BENTOFILES)
+def test_bento_includes_no_tests_or_training_code(bentofile):
+    include = yaml.safe_load((REPO / bentofile).read_text())["include"]
     assert not [p for p in include if p.startswith(("tests", "train", "benchmarks"))]
     assert "serving/*.py" in include and "service.py" in include
 
@@ -53,13 +59,15 @@ def first_party_imports(path: Path) -> set[Path]:
     return found
 
 
-def test_bento_includes_everything_the_service_imports():
-    include = yaml.safe_load((REPO / "bentofile.yaml").read_text())["include"]
-    seen, todo = set(), [REPO / "service.py"]
+@pytest.mark.parametrize("bentofile", BENTOFILES)
+def test_bento_includes_everything_the_service_imports(bentofile):
+    config = yaml.safe_load((REPO / bentofile).read_text())
+    include = config["include"]
+    seen, todo = set(), [REPO / (config["service"].split(":")[0] + ".py")]
     while todo:
         path = todo.pop()
         if path not in seen:
             seen.add(path)
             todo.extend(first_party_imports(path))
     missing = [str(p.relative_to(REPO)) for p in seen if not any(fnmatch(str(p.relative_to(REPO)), g) for g in include)]
-    assert not missing, f"service.py needs these, bentofile.yaml does not include them: {sorted(missing)}"
+    assert not missing, f"{config['service']} needs these, {bentofile} does not include them: {sorted(missing)}"

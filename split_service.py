@@ -3,14 +3,14 @@
 The same pipeline code as ``service.py`` (``stages.pipeline``), cut at the
 stage boundary::
 
-    client ──► Entry (/recommend, /recommend_batch, /model_info; no model)
+    client ──► Entry (/recommend, /recommend_batch, /similar_items, /model_info; no model)
                  ├─► CandidateService  (candidates model + feature snapshot): CandidateBatch as JSON
                  └─► RankerService     (ranker + the features it needs): rows, CatBoost, rules, cold start
 
     bentoml serve split_service:Entry        # all three services, one command
 
 On Kubernetes each stage is its own Deployment (``deploy/kubernetes/split.yaml``)
-and the entry finds them through ``RECSYS_CANDIDATES_URL`` / ``RECSYS_RANKER_URL``
+and the entry finds them through ``RECSYS_SPLIT_CANDIDATES_URL`` / ``RECSYS_SPLIT_RANKER_URL``
 (``http://recsys-candidates:3000``...): see README "Split topology".
 
 Answers are the single-process service's, request for request: the candidates
@@ -20,8 +20,9 @@ same queries with that batch, and the popular-items answer for the others, as
 :meth:`TwoStageRecommender.recommend` does in one process. Both stages get the
 whole query (``recent_items`` included), so fresh users are ranked on both sides.
 
-The calls between the services are idempotent and retried once on a dropped
-connection: see :mod:`serving.split_client` for why connections dropped.
+The calls between the services are idempotent and retried on a dropped
+connection: see :mod:`serving.split_client` for why connections dropped
+(BentoML #4971, PR #5698) and what is done about it.
 """
 
 from __future__ import annotations

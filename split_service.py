@@ -3,7 +3,7 @@
 The same pipeline code as ``service.py`` (``stages.pipeline``), cut at the
 stage boundary::
 
-    client ──► Entry (/recommend, /recommend_batch, /similar_items, /model_info; no model)
+    client ──► Entry (/recommend, /recommend_batch, /similar_items, /feedback, /model_info; no model)
                  ├─► CandidateService  (candidates model + feature snapshot): CandidateBatch as JSON
                  └─► RankerService     (ranker + the features it needs): rows, CatBoost, rules, cold start
 
@@ -36,6 +36,8 @@ from serving import startup
 from serving.api_models import (
     BatchRequest,
     BatchResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     ModelInfo,
     ModelTags,
     RecommendRequest,
@@ -43,6 +45,7 @@ from serving.api_models import (
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
+from serving.events import EventLog, Recorder
 from serving.guards import RequestGuard
 from serving.responses import ranked, to_responses
 from serving.runtime import Runtime, paired_candidates_tag
@@ -60,7 +63,9 @@ if not startup.in_worker() and not (split.candidates_url or split.ranker_url):
 
 QUIET = {"logging": {"access": {"enabled": False}}, "traffic": {"timeout": settings.timeout_seconds}}
 # No OpenTelemetry span per request (see BENCHMARKS.md: ~10% of a request); probes and metrics stay.
-NO_SPANS = {"excluded_urls": ["/candidates", "/rank", "/plan", "/similar", "/recommend", "/recommend_batch"]}
+NO_SPANS = {
+    "excluded_urls": ["/candidates", "/rank", "/plan", "/similar", "/recommend", "/recommend_batch", "/feedback"]
+}
 # The sessions bentoml.depends opens to a stage: see serving/split_client.py (BentoML #4971, PR #5698).
 CONNECTION = (
     {"runner_connection": {"max_requests": split.max_requests, "max_age": split.max_age}} if split.hardened else {}
@@ -76,6 +81,7 @@ class CandidateService:
     def __init__(self) -> None:
         threadpool_limits(1)
         self.stage = CandidateStage.from_model(self.candidates_model, settings.feature_store)
+        self.stage.warm(settings.n_candidates or 100)
         self.stage.start_refresh(settings.refresh_seconds)
 
     @bentoml.on_shutdown
@@ -108,6 +114,7 @@ class RankerService:
         )
         self.runtime.start_refresh(settings.refresh_seconds)
         self.stage = RankerStage(self.runtime)
+        self.stage.warm()
 
     @bentoml.on_shutdown
     def stop(self) -> None:
@@ -141,6 +148,15 @@ class Entry:
             harden(self.ranker_stage, split.max_requests, split.max_age)
         self._plan: tuple[int, ModelTags] | None = None
         self._call = call if split.hardened else functools.partial(call, retries=0)
+        # Impressions and /feedback as service.py records them: the entry sees every answer.
+        log = settings.event_log
+        self.recorder = Recorder(
+            EventLog(log, settings.event_flush_rows, settings.event_flush_seconds) if log else None
+        )
+
+    @bentoml.on_shutdown
+    def stop(self) -> None:
+        self.recorder.close()
 
     async def _tags_and_n(self) -> tuple[int, ModelTags]:
         if self._plan is None:
@@ -153,7 +169,9 @@ class Entry:
         body = requests_json(requests)
         found = await self._call(self.candidate_stage.to_async.candidates, requests=body, n=n)
         answers = await self._call(self.ranker_stage.to_async.rank, requests=body, candidates=found)
-        return to_responses([recommendation_of(a) for a in answers], tags)
+        responses = to_responses([recommendation_of(a) for a in answers], tags)
+        self.recorder.impressions(responses)
+        return responses
 
     @bentoml.api
     async def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
@@ -181,6 +199,16 @@ class Entry:
             )
         items = ranked(found["item_ids"], found["scores"], found["titles"])
         return SimilarItemsResponse(item_id=request.item_id, recommendations=items, model=tags)
+
+    @bentoml.api
+    async def feedback(self, request: FeedbackRequest, /, ctx: bentoml.Context) -> FeedbackResponse:
+        """What users did with items, appended to the event log (as ``service:Recommender`` does)."""
+        if not self.recorder.enabled:
+            ctx.response.status_code = 503
+            return FeedbackResponse(
+                accepted=0, status="error", message="the event log is off (RECSYS_EVENT_LOG is empty): nothing recorded"
+            )
+        return FeedbackResponse(accepted=self.recorder.feedback(request.events))
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> ModelInfo:

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--concurrency", default="1,8,32,64", help="comma-separated connection counts")
     cli.add_argument("--seconds", type=float, default=60, help="per concurrency level")
     cli.add_argument("--unhardened", action="store_true", help="also the split form with BentoML's client as released")
+    cli.add_argument("--skip-single", action="store_true", help="the split form only")
     cli.add_argument("--out", type=Path, default=Path("var/bench"))
     args = cli.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -69,12 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         "RECSYS_CANDIDATES_TAG": tags.candidates,
     }
     report: dict = {"machine": f"{os.cpu_count()} cores, shared", "seconds": args.seconds, "model": tags.model_dump()}
-    report["single"] = load("single-process", "service:Recommender", env, bodies, args)
+    report["single"] = [] if args.skip_single else load("single-process", "service:Recommender", env, bodies, args)
     report["split"] = load("split", "split_service:Entry", env, bodies, args)
     if args.unhardened:
         unhardened = {**env, "RECSYS_SPLIT_HARDENED": "false"}
         report["split_unhardened"] = load("split, client as released", "split_service:Entry", unhardened, bodies, args)
-    if 1 in args.concurrency:
+    if 1 in args.concurrency and report["single"]:
         i = args.concurrency.index(1)
         extra = report["split"][i]["p50_ms"] - report["single"][i]["p50_ms"]
         report["cost_per_hop_ms_p50"] = round(extra / HOPS, 2)

@@ -28,7 +28,7 @@ from serving.runtime import IncompatibleModels, Runtime
 from stages.candidates import CandidateBatch, CandidateModel
 from stages.card import CandidatesCard, CardError
 from stages.feature_view import FeatureView
-from stages.pipeline import Query, Recommendation, TwoStageRecommender
+from stages.pipeline import Query, RecentEvent, Recommendation, TwoStageRecommender
 
 logger = logging.getLogger("recsys")
 
@@ -93,6 +93,11 @@ class CandidateStage:
         batch = pipeline.candidate_lists(chosen) if chosen else CandidateBatch.empty()
         return {"model": self.tag, "features": self.view.version, "rankable": rankable, "batch": batch.to_json()}
 
+    def warm(self, n_candidates: int = 100) -> None:
+        """One known user and one with recent items through the stage, before the first request pays for it."""
+        user, item = str(self.candidates.user_ids[0]), str(self.candidates.item_ids[0])
+        self.pipeline(n_candidates).candidate_lists([Query(user), Query("warm-up", recent_items=[RecentEvent(item)])])
+
     def similar(self, item_id: str, k: int) -> dict | None:
         """Closest items by ALS factors, or ``None`` for an item outside the catalogue."""
         index = self.candidates.item_index.get(item_id)
@@ -132,6 +137,12 @@ class RankerStage:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+
+    def warm(self) -> None:
+        """The ranker's first scoring is slow (CatBoost, row plans): done at start-up, not in the first requests."""
+        candidates = self.runtime.candidates
+        user, item = str(candidates.user_ids[0]), str(candidates.item_ids[0])
+        self.runtime.pipeline.recommend([Query(user), Query("warm-up", recent_items=[RecentEvent(item)])])
 
     def plan(self) -> dict:
         """What the entry asks the candidates stage for, and the tags it reports."""

@@ -1,1 +1,1 @@
-"""What only serving needs: settings, API schemas, model loading, HTTP guards."""
+"""What only serving needs: settings, API schemas, model loading, the HTTP edge, batching, the event log."""

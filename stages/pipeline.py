@@ -156,6 +156,10 @@ class TwoStageRecommender:
         days_ago = np.array([ages[i] for i in order], dtype=np.float32)
         return _User(index, row, recent, days_ago, len(query.recent_items) - len(known))
 
+    def rankable(self, queries: list[Query]) -> list[bool]:
+        """Which queries the two stages answer (a stored or a recent history); the others get popular items."""
+        return [self._user(q).rankable for q in queries]
+
     def candidate_lists(self, queries: list[Query]) -> CandidateBatch:
         """Stage one: every source's candidates, merged, in query order (users with a history only)."""
         return self._candidate_lists(queries, [self._user(q) for q in queries])

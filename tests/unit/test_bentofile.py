@@ -10,6 +10,7 @@ import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
+import pytest
 import yaml
 
 from scripts.serving_requirements import SERVING
@@ -28,6 +29,9 @@ def pins(requirements: list[str]) -> dict[str, str]:
     return found
 
 
+BENTOFILES = ["bentofile.yaml", "bentofile.split.yaml"]
+
+
 def requirement_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
@@ -41,8 +45,11 @@ def test_serving_requirements_are_the_locked_versions_without_the_plotting_stack
     assert not {"plotly", "matplotlib", "graphviz"} & set(serving)
 
 
-def test_the_bento_installs_exactly_the_serving_requirements():
-    python = yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]
+@pytest.mark.parametrize("bentofile", BENTOFILES)
+def test_the_bento_installs_exactly_the_serving_requirements(bentofile):
+    config = yaml.safe_load((REPO / bentofile).read_text())
+    python = config["python"]
+    assert config["docker"]["dockerfile_template"] == "deploy/Dockerfile.template"
     assert python["requirements_txt"] == "requirements-serving.txt"
     assert python["pip_args"] == "--no-deps" and python["lock_packages"] is False
     assert "packages" not in python
@@ -69,8 +76,9 @@ def test_catboost_scores_without_its_plotting_dependencies():
     assert result.stdout.strip() == "20"
 
 
-def test_bento_includes_no_tests_or_training_code():
-    include = yaml.safe_load((REPO / "bentofile.yaml").read_text())["include"]
+@pytest.mark.parametrize("bentofile", BENTOFILES)
+def test_bento_includes_no_tests_or_training_code(bentofile):
+    include = yaml.safe_load((REPO / bentofile).read_text())["include"]
     assert not [p for p in include if p.startswith(("tests", "train", "benchmarks"))]
     assert "serving/*.py" in include and "service.py" in include
 
@@ -89,13 +97,15 @@ def first_party_imports(path: Path) -> set[Path]:
     return found
 
 
-def test_bento_includes_everything_the_service_imports():
-    include = yaml.safe_load((REPO / "bentofile.yaml").read_text())["include"]
-    seen, todo = set(), [REPO / "service.py"]
+@pytest.mark.parametrize("bentofile", BENTOFILES)
+def test_bento_includes_everything_the_service_imports(bentofile):
+    config = yaml.safe_load((REPO / bentofile).read_text())
+    include = config["include"]
+    seen, todo = set(), [REPO / (config["service"].split(":")[0] + ".py")]
     while todo:
         path = todo.pop()
         if path not in seen:
             seen.add(path)
             todo.extend(first_party_imports(path))
     missing = [str(p.relative_to(REPO)) for p in seen if not any(fnmatch(str(p.relative_to(REPO)), g) for g in include)]
-    assert not missing, f"service.py needs these, bentofile.yaml does not include them: {sorted(missing)}"
+    assert not missing, f"{config['service']} needs these, {bentofile} does not include them: {sorted(missing)}"

@@ -9,14 +9,15 @@ import yaml
 from tests.support import REPO
 
 MANIFESTS = REPO / "deploy" / "kubernetes" / "recsys.yaml"
+SPLIT = REPO / "deploy" / "kubernetes" / "split.yaml"
 KUBERNETES = "1.30.0"
 
 
-def documents() -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(MANIFESTS.read_text()) if doc]
+def documents(path=MANIFESTS) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-@pytest.mark.parametrize("doc", documents(), ids=lambda d: d["kind"])
+@pytest.mark.parametrize("doc", documents() + documents(SPLIT), ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
 def test_manifest_is_valid(doc):
     kubernetes_validate.validate(doc, KUBERNETES, strict=True)
 
@@ -37,3 +38,31 @@ def test_probes_and_resources():
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     kinds = {d["kind"] for d in documents()}
     assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+
+
+def test_split_form_one_deployment_and_autoscaler_per_stage_and_the_entry_finds_them_by_service_name():
+    docs = documents(SPLIT)
+    by_kind = {
+        kind: {d["metadata"]["name"]: d for d in docs if d["kind"] == kind} for kind in {d["kind"] for d in docs}
+    }
+    stages = {"recsys-entry", "recsys-candidates", "recsys-ranker"}
+    assert set(by_kind["Deployment"]) == set(by_kind["Service"]) == stages
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in by_kind["HorizontalPodAutoscaler"].values()} == stages
+    containers = {name: d["spec"]["template"]["spec"]["containers"][0] for name, d in by_kind["Deployment"].items()}
+    for name, container in containers.items():
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert set(container["resources"]) == {"requests", "limits"}
+        assert by_kind["Deployment"][name]["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+        service = by_kind["Service"][name]
+        assert service["spec"]["selector"] == by_kind["Deployment"][name]["spec"]["selector"]["matchLabels"]
+    # Each stage pod serves only its own service of the Bento (BentoML's --service-name).
+    for stage in ("recsys-candidates", "recsys-ranker"):
+        assert containers[stage]["args"][:3] == ["start-http-server", "--service-name", stage]
+    # The entry reaches each stage by its Service name and port.
+    env = {e["name"]: e["value"] for e in containers["recsys-entry"]["env"]}
+    for stage, variable in (
+        ("recsys-candidates", "RECSYS_SPLIT_CANDIDATES_URL"),
+        ("recsys-ranker", "RECSYS_SPLIT_RANKER_URL"),
+    ):
+        port = by_kind["Service"][stage]["spec"]["ports"][0]["port"]
+        assert env[variable] == f"http://{stage}:{port}"

@@ -1,0 +1,171 @@
+"""The two stages of the pipeline behind their own services (``split_service.py``): what each computes.
+
+Plain classes, no BentoML service here: the services are thin, and these are
+tested in-process against :meth:`TwoStageRecommender.recommend`.
+
+The candidates stage answers ``rankable`` for every request (a stored or a
+recent history) and the merged candidates of the rankable ones, in order, as
+:meth:`CandidateBatch.to_json`; the ranker stage scores those with the same
+requests and gives popular items to the others. That is the cut
+:meth:`TwoStageRecommender.recommend` makes in one process, so the answers are
+the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import bentoml
+
+from features.store import MODEL_SNAPSHOT_DIR, SnapshotError, current_version, read_snapshot
+from serving.api_models import ModelTags, RecommendRequest
+from serving.metrics import FILTERED_ITEMS
+from serving.responses import to_queries
+from serving.runtime import IncompatibleModels, Runtime
+from stages.candidates import CandidateBatch, CandidateModel
+from stages.card import CandidatesCard, CardError
+from stages.feature_view import FeatureView
+from stages.pipeline import Query, RecentEvent, Recommendation, TwoStageRecommender
+
+logger = logging.getLogger("recsys")
+
+
+def requests_json(requests: list[RecommendRequest]) -> list[dict]:
+    """Validated requests as JSON for the stage services (they validate them again: same model)."""
+    return [r.model_dump(mode="json") for r in requests]
+
+
+def queries_of(requests: list[dict]) -> list[Query]:
+    return to_queries([RecommendRequest.model_validate(r) for r in requests])
+
+
+def recommendation_of(data: dict) -> Recommendation:
+    return Recommendation(**data)
+
+
+class CandidateStage:
+    """Stage one: the candidates model and a feature snapshot (users' rows, the data's end for recent items)."""
+
+    def __init__(self, candidates: CandidateModel, tag: str, feature_source: str) -> None:
+        self.candidates = candidates
+        self.tag = tag
+        self.feature_source = feature_source
+        self.view = self._load_view()
+        self._pipelines: dict[int, TwoStageRecommender] = {}
+        self._stop = threading.Event()
+
+    @classmethod
+    def from_model(cls, model: bentoml.Model, feature_store: str | None = None) -> CandidateStage:
+        try:
+            card = CandidatesCard.from_metadata(model.info.metadata, str(model.tag))
+        except CardError as exc:
+            raise IncompatibleModels(str(exc)) from exc
+        candidates = CandidateModel.load(Path(model.path), card.params)
+        return cls(candidates, str(model.tag), feature_store or str(Path(model.path) / MODEL_SNAPSHOT_DIR))
+
+    def _load_view(self, version: str | None = None) -> FeatureView:
+        try:
+            snapshot = read_snapshot(self.feature_source, version)
+        except SnapshotError as exc:
+            raise IncompatibleModels(f"feature store {self.feature_source}: {exc}") from exc
+        return FeatureView(
+            snapshot.tables, self.candidates.item_ids, self.candidates.als.item_factors, snapshot.version
+        )
+
+    def pipeline(self, n_candidates: int) -> TwoStageRecommender:
+        """The pipeline without a ranker, over the current snapshot, cut at ``n_candidates``."""
+        pipeline = self._pipelines.get(n_candidates)
+        if pipeline is None or pipeline.view is not self.view:
+            pipeline = self._pipelines[n_candidates] = TwoStageRecommender(
+                self.candidates, None, self.view, n_candidates
+            )
+        return pipeline
+
+    def candidates_for(self, requests: list[dict], n_candidates: int) -> dict:
+        """``rankable`` per request, the candidates of the rankable ones, the model tag and the snapshot version."""
+        pipeline = self.pipeline(n_candidates)
+        queries = queries_of(requests)
+        rankable = pipeline.rankable(queries)
+        chosen = [q for q, r in zip(queries, rankable, strict=True) if r]
+        batch = pipeline.candidate_lists(chosen) if chosen else CandidateBatch.empty()
+        return {"model": self.tag, "features": self.view.version, "rankable": rankable, "batch": batch.to_json()}
+
+    def warm(self, n_candidates: int = 100) -> None:
+        """One known user and one with recent items through the stage, before the first request pays for it."""
+        user, item = str(self.candidates.user_ids[0]), str(self.candidates.item_ids[0])
+        self.pipeline(n_candidates).candidate_lists([Query(user), Query("warm-up", recent_items=[RecentEvent(item)])])
+
+    def similar(self, item_id: str, k: int) -> dict | None:
+        """Closest items by ALS factors, or ``None`` for an item outside the catalogue."""
+        index = self.candidates.item_index.get(item_id)
+        if index is None:
+            return None
+        item_ids, scores, titles = self.pipeline(1).similar(index, k)
+        return {"item_ids": item_ids, "scores": scores, "titles": titles}
+
+    def refresh_once(self) -> bool:
+        """Follow the feature store as the ranker does (the snapshot's end dates recent items)."""
+        version = current_version(self.feature_source)
+        if version == self.view.version:
+            return False
+        self.view = self._load_view(version)
+        logger.info("candidates stage: feature snapshot %s now serving", version)
+        return True
+
+    def start_refresh(self, every_seconds: float) -> None:
+        if every_seconds <= 0:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(every_seconds):
+                try:
+                    self.refresh_once()
+                except Exception:  # a refresh problem must never take serving down
+                    logger.exception("candidates stage: feature refresh failed; still serving %s", self.view.version)
+
+        threading.Thread(target=loop, name="feature-refresh", daemon=True).start()
+
+    def stop_refresh(self) -> None:
+        self._stop.set()
+
+
+class RankerStage:
+    """Stage two over a :class:`Runtime`: rows, CatBoost and the rules; popular items for users with no history."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def warm(self) -> None:
+        """The ranker's first scoring is slow (CatBoost, row plans): done at start-up, not in the first requests."""
+        candidates = self.runtime.candidates
+        user, item = str(candidates.user_ids[0]), str(candidates.item_ids[0])
+        self.runtime.pipeline.recommend([Query(user), Query("warm-up", recent_items=[RecentEvent(item)])])
+
+    def plan(self) -> dict:
+        """What the entry asks the candidates stage for, and the tags it reports."""
+        return {"n_candidates": self.runtime.pipeline.n_candidates, "tags": self.runtime.tags.model_dump()}
+
+    def rank(self, requests: list[dict], found: dict) -> list[dict]:
+        """Answers in request order, as :meth:`TwoStageRecommender.recommend` gives them in one process."""
+        if found["model"] != self.runtime.tags.candidates:
+            raise IncompatibleModels(
+                f"ranker {self.runtime.tags.ranker} was trained against candidates model "
+                f"{self.runtime.tags.candidates}, but the candidates service serves {found['model']}"
+            )
+        pipeline = self.runtime.pipeline
+        queries = queries_of(requests)
+        FILTERED_ITEMS.inc(sum(pipeline.filtered_count(q) for q in queries))
+        rankable = pipeline.rankable(queries)
+        if rankable != found["rankable"]:
+            raise IncompatibleModels("the candidates service and the ranker disagree on which users have a history")
+        chosen = [q for q, r in zip(queries, rankable, strict=True) if r]
+        ranked = iter(pipeline.rank(chosen, CandidateBatch.from_json(found["batch"])) if chosen else [])
+        cold = iter(pipeline.recommend([q for q, r in zip(queries, rankable, strict=True) if not r]))
+        return [asdict(next(ranked) if r else next(cold)) for r in rankable]
+
+    @property
+    def tags(self) -> ModelTags:
+        return self.runtime.tags

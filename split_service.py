@@ -1,0 +1,221 @@
+"""The split topology: the two stages as their own BentoML services, composed by an entry service.
+
+The same pipeline code as ``service.py`` (``stages.pipeline``), cut at the
+stage boundary::
+
+    client ──► Entry (/recommend, /recommend_batch, /similar_items, /feedback, /model_info; no model)
+                 ├─► CandidateService  (candidates model + feature snapshot): CandidateBatch as JSON
+                 └─► RankerService     (ranker + the features it needs): rows, CatBoost, rules, cold start
+
+    bentoml serve split_service:Entry        # all three services, one command
+
+On Kubernetes each stage is its own Deployment (``deploy/kubernetes/split.yaml``)
+and the entry finds them through ``RECSYS_SPLIT_CANDIDATES_URL`` / ``RECSYS_SPLIT_RANKER_URL``
+(``http://recsys-candidates:3000``...): see README "Split topology".
+
+Answers are the single-process service's, request for request: the candidates
+service runs :meth:`TwoStageRecommender.candidate_lists` over the queries with a
+history (stored or ``recent_items``), the ranker service :meth:`rank` over the
+same queries with that batch, and the popular-items answer for the others, as
+:meth:`TwoStageRecommender.recommend` does in one process. Both stages get the
+whole query (``recent_items`` included), so fresh users are ranked on both sides.
+
+The calls between the services are idempotent and retried on a dropped
+connection: see :mod:`serving.split_client` for why connections dropped
+(BentoML #4971, PR #5698) and what is done about it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import bentoml
+from threadpoolctl import threadpool_limits
+
+from serving import startup
+from serving.api_models import (
+    BatchRequest,
+    BatchResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    ModelInfo,
+    ModelTags,
+    RecommendRequest,
+    RecommendResponse,
+    SimilarItemsRequest,
+    SimilarItemsResponse,
+)
+from serving.connection import ConnectionLimits
+from serving.edge import EdgeLimits, serve_behind_edge
+from serving.events import EventLog, Recorder
+from serving.responses import ranked, to_responses
+from serving.runtime import Runtime, paired_candidates_tag
+from serving.settings import get_settings
+from serving.split import CandidateStage, RankerStage, recommendation_of, requests_json
+from serving.split_client import SplitSettings, call, harden, stage
+
+settings = get_settings()
+split = SplitSettings()
+CANDIDATES_TAG = paired_candidates_tag(settings.ranker_tag, settings.candidates_tag)
+if not startup.in_worker() and not (split.candidates_url or split.ranker_url):
+    # Served together (one command): refuse a mismatched pair before any worker starts, as service.py does.
+    # Served apart, each stage loads its own side and the ranker checks the candidates tag of every batch.
+    startup.check(settings)
+
+QUIET = {"logging": {"access": {"enabled": False}}, "traffic": {"timeout": settings.timeout_seconds}}
+# No OpenTelemetry span per request (see BENCHMARKS.md: ~10% of a request); probes and metrics stay.
+NO_SPANS = {
+    "excluded_urls": ["/candidates", "/rank", "/plan", "/similar", "/recommend", "/recommend_batch", "/feedback"]
+}
+# The sessions bentoml.depends opens to a stage: see serving/split_client.py (BentoML #4971, PR #5698).
+CONNECTION = (
+    {"runner_connection": {"max_requests": split.max_requests, "max_age": split.max_age}} if split.hardened else {}
+)
+
+
+@bentoml.service(name="recsys-candidates", workers=split.candidates_workers, tracing=NO_SPANS, **CONNECTION, **QUIET)
+class CandidateService:
+    """Stage one: every source's candidates for the requests with a history. Loads the candidates model only."""
+
+    candidates_model = bentoml.models.BentoModel(CANDIDATES_TAG)
+
+    def __init__(self) -> None:
+        threadpool_limits(1)
+        self.stage = CandidateStage.from_model(self.candidates_model, settings.feature_store)
+        self.stage.warm(settings.n_candidates or 100)
+        self.stage.start_refresh(settings.refresh_seconds)
+
+    @bentoml.on_shutdown
+    def stop(self) -> None:
+        self.stage.stop_refresh()
+
+    @bentoml.api
+    async def candidates(self, requests: list[dict], n: int) -> dict:
+        """``rankable`` per request and the CandidateBatch (``to_json``) of the rankable ones."""
+        return self.stage.candidates_for(requests, n)
+
+    @bentoml.api
+    async def similar(self, item_id: str, k: int) -> dict | None:
+        """Closest items by ALS factors; ``None`` for an item outside the catalogue."""
+        return self.stage.similar(item_id, k)
+
+
+@bentoml.service(name="recsys-ranker", workers=split.ranker_workers, tracing=NO_SPANS, **CONNECTION, **QUIET)
+class RankerService:
+    """Stage two: feature rows, CatBoost, the rules, and popular items for users without a history."""
+
+    ranker_model = bentoml.models.BentoModel(settings.ranker_tag)
+    # Read, not run: the features need the candidate model's ids and ALS item factors (pair features).
+    candidates_model = bentoml.models.BentoModel(CANDIDATES_TAG)
+
+    def __init__(self) -> None:
+        threadpool_limits(1)
+        self.runtime = Runtime.from_store(
+            str(self.ranker_model.tag), str(self.candidates_model.tag), settings.feature_store, settings.n_candidates
+        )
+        self.runtime.start_refresh(settings.refresh_seconds)
+        self.stage = RankerStage(self.runtime)
+        self.stage.warm()
+
+    @bentoml.on_shutdown
+    def stop(self) -> None:
+        self.runtime.stop_refresh()
+
+    @bentoml.api
+    async def plan(self) -> dict:
+        """How many candidates to ask stage one for, and the model tags answers carry."""
+        return self.stage.plan()
+
+    @bentoml.api
+    async def rank(self, requests: list[dict], candidates: dict) -> list[dict]:
+        """Ranked answers in request order, from the candidates service's output."""
+        return self.stage.rank(requests, candidates)
+
+    @bentoml.api(route="/model_info")
+    def model_info(self) -> ModelInfo:
+        return self.runtime.info()
+
+
+@bentoml.service(name="recsys-split", workers=settings.workers, tracing=NO_SPANS, **QUIET)
+class Entry:
+    """The public API of the split form: validates, calls stage one, then stage two. Loads no model."""
+
+    candidate_stage = stage(CandidateService, split.candidates_url)
+    ranker_stage = stage(RankerService, split.ranker_url)
+
+    def __init__(self) -> None:
+        if split.hardened:
+            harden(self.candidate_stage, split.max_requests, split.max_age)
+            harden(self.ranker_stage, split.max_requests, split.max_age)
+        self._plan: tuple[int, ModelTags] | None = None
+        self._call = call if split.hardened else functools.partial(call, retries=0)
+        # Impressions and /feedback as service.py records them: the entry sees every answer.
+        log = settings.event_log
+        self.recorder = Recorder(
+            EventLog(log, settings.event_flush_rows, settings.event_flush_seconds) if log else None
+        )
+
+    @bentoml.on_shutdown
+    def stop(self) -> None:
+        self.recorder.close()
+
+    async def _tags_and_n(self) -> tuple[int, ModelTags]:
+        if self._plan is None:
+            plan = await self._call(self.ranker_stage.to_async.plan)
+            self._plan = plan["n_candidates"], ModelTags.model_validate(plan["tags"])
+        return self._plan
+
+    async def _answer(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
+        n, tags = await self._tags_and_n()
+        body = requests_json(requests)
+        found = await self._call(self.candidate_stage.to_async.candidates, requests=body, n=n)
+        answers = await self._call(self.ranker_stage.to_async.rank, requests=body, candidates=found)
+        responses = to_responses([recommendation_of(a) for a in answers], tags)
+        self.recorder.impressions(responses)
+        return responses
+
+    @bentoml.api
+    async def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
+        """Top-k items for one user, as ``service:Recommender`` answers it."""
+        return (await self._answer([request]))[0]
+
+    @bentoml.api
+    async def recommend_batch(self, batch: BatchRequest, /) -> BatchResponse:
+        """Several recommendation requests, answered in order and scored together."""
+        return BatchResponse(results=await self._answer(batch.requests))
+
+    @bentoml.api
+    async def similar_items(self, request: SimilarItemsRequest, /, ctx: bentoml.Context) -> SimilarItemsResponse:
+        """Items whose ALS factors are closest (from the candidates service)."""
+        _, tags = await self._tags_and_n()
+        found = await self._call(self.candidate_stage.to_async.similar, item_id=request.item_id, k=request.k)
+        if found is None:
+            ctx.response.status_code = 404
+            return SimilarItemsResponse(
+                item_id=request.item_id,
+                recommendations=[],
+                status="error",
+                message=f"unknown item_id {request.item_id!r}: not in the model's catalogue",
+                model=tags,
+            )
+        items = ranked(found["item_ids"], found["scores"], found["titles"])
+        return SimilarItemsResponse(item_id=request.item_id, recommendations=items, model=tags)
+
+    @bentoml.api
+    async def feedback(self, request: FeedbackRequest, /, ctx: bentoml.Context) -> FeedbackResponse:
+        """What users did with items, appended to the event log (as ``service:Recommender`` does)."""
+        if not self.recorder.enabled:
+            ctx.response.status_code = 503
+            return FeedbackResponse(
+                accepted=0, status="error", message="the event log is off (RECSYS_EVENT_LOG is empty): nothing recorded"
+            )
+        return FeedbackResponse(accepted=self.recorder.feedback(request.events))
+
+    @bentoml.api(route="/model_info")
+    async def model_info(self) -> ModelInfo:
+        """The ranker service's model information (it holds both tags)."""
+        return ModelInfo.model_validate(await self._call(self.ranker_stage.to_async.model_info))
+
+
+# The public edge, as in service.py: routes, headers, key, content type, body, one error envelope.
+serve_behind_edge(Entry, EdgeLimits.from_settings(settings, set()), ConnectionLimits.from_settings(settings))

@@ -1,0 +1,144 @@
+"""The split topology over real HTTP: the one-process answers, no request lost under load, the same start-up guard.
+
+``bentoml serve split_service:Entry`` starts the entry and both stage services
+in one command (BentoML 1.4 serves a service's dependencies with it); the
+Kubernetes form, each stage served on its own and found by URL, is served too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import httpx
+import pytest
+
+from benchmarks.loadgen import fixed_concurrency, recommend_bodies
+from serving.api_models import RecommendRequest
+from serving.responses import to_queries
+from tests.support import FIGURES, KNOWN_USER, REPO, free_port, post, run_until_exit, serve
+from tests.support import running as running_process
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(movielens_run) -> dict[str, str]:
+    return {
+        "RECSYS_RANKER_TAG": movielens_run[0].ranker_tag,
+        "RECSYS_REFRESH_SECONDS": "0",
+        "RECSYS_EVENT_LOG": "",
+    }
+
+
+@pytest.fixture(scope="module")
+def split(env, tmp_path_factory):
+    with serve("split_service:Entry", {**env, "RECSYS_EVENT_LOG": str(tmp_path_factory.mktemp("events"))}) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def split_client(split):
+    with split.client() as http:
+        yield http
+
+
+def _items(body: dict) -> list[str]:
+    return [r["item_id"] for r in body["recommendations"]]
+
+
+CASES = [
+    {"user_id": KNOWN_USER, "k": 10},
+    {"user_id": "stranger", "k": 10},
+    {"user_id": "1", "k": 5, "exclude_items": ["50", "100"]},
+    {"user_id": "7", "k": 10, "exclude_seen": False},
+    {"user_id": "stranger", "k": 10, "user_attributes": {"age": 30}},
+    {"user_id": "visitor", "k": 10, "recent_items": [{"item_id": "50", "timestamp": 893_286_638, "weight": 5}, 172]},
+    {"user_id": KNOWN_USER, "k": 10, "recent_items": ["100", "not-an-item"]},
+]
+
+
+def single_process(offline, bodies: list[dict]):
+    """What ``service:Recommender`` answers: the same request conversion, the pipeline in-process."""
+    return offline.pipeline.recommend(to_queries([RecommendRequest.model_validate(b) for b in bodies]))
+
+
+@pytest.mark.parametrize("body", CASES, ids=lambda c: str(c)[:48])
+def test_split_answers_equal_the_single_process_pipeline(split_client, offline, body):
+    [want] = single_process(offline, [body])
+    status, got = post(split_client, "/recommend", body)
+    assert status == 200, got
+    assert _items(got) == want.item_ids
+    assert [r["score"] for r in got["recommendations"]] == [pytest.approx(s, abs=1e-6) for s in want.scores]
+    assert (got["strategy"], got["message"]) == (want.strategy, want.message)
+    assert got["model"] == offline.tags.model_dump() and got["request_id"]
+
+
+def test_a_batch_is_answered_as_one_process_answers_it(split_client, offline):
+    want = single_process(offline, CASES)
+    status, got = post(split_client, "/recommend_batch", {"requests": CASES})
+    assert status == 200
+    assert [_items(r) for r in got["results"]] == [w.item_ids for w in want]
+
+
+def test_similar_items_model_info_and_errors(split_client, offline):
+    status, body = post(split_client, "/similar_items", {"item_id": "50", "k": 5})
+    ids, scores, _ = offline.pipeline.similar(offline.candidates.item_index["50"], 5)
+    assert status == 200 and _items(body) == ids and [r["score"] for r in body["recommendations"]] == scores
+    status, body = post(split_client, "/similar_items", {"item_id": "no-such-item", "k": 5})
+    assert status == 404 and body["status"] == "error"
+    info = split_client.post("/model_info").json()
+    assert info["model"] == offline.tags.model_dump() and info["n_candidates"] == offline.pipeline.n_candidates
+    status, body = post(split_client, "/recommend", {"user_id": KNOWN_USER, "k": 0})
+    assert status == 400
+    status, body = post(split_client, "/feedback", {"user_id": KNOWN_USER, "item_id": "50"})
+    assert status == 200 and body["accepted"] == 1
+
+
+def test_a_short_load_loses_nothing(split, offline):
+    users = [str(u) for u in offline.candidates.user_ids]
+    bodies = recommend_bodies(users, 2000, seed=3)
+    for concurrency in (8, 32):
+        result = asyncio.run(fixed_concurrency(f"{split.url}/recommend", bodies, concurrency, 8))
+        summary = result.summary()
+        FIGURES.append(f"split topology, {concurrency} connections, 8 s: {summary}")
+        assert result.ok > 0
+        assert result.n_errors == 0, result.errors
+
+
+def test_refuses_a_ranker_that_does_not_match_the_candidates_model(movielens_run, small_run):
+    code, output = run_until_exit(
+        "split_service:Entry",
+        {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_CANDIDATES_TAG": small_run[0].candidates_tag},
+    )
+    assert code != 0
+    assert f"was trained against candidates model {movielens_run[0].candidates_tag}" in output
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _stage(name: str, env: dict[str, str], log):
+    """One stage served alone, as a Kubernetes pod of deploy/kubernetes/split.yaml runs it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "bentoml_cli._internal.start", "start-http-server", "--service-name", name]
+    command += ["--host", "127.0.0.1", "--port", str(port), "split_service:Entry"]
+    return url, running_process(command, lambda: _ready(url), REPO, env, log, timeout=120)
+
+
+def test_stages_served_apart_and_found_by_url_answer_the_same(env, offline, tmp_path):
+    candidates_url, candidates = _stage("recsys-candidates", env, tmp_path / "candidates.log")
+    ranker_url, ranker = _stage("recsys-ranker", env, tmp_path / "ranker.log")
+    urls = {"RECSYS_SPLIT_CANDIDATES_URL": candidates_url, "RECSYS_SPLIT_RANKER_URL": ranker_url}
+    entry = serve("split_service:Entry", {**env, **urls}, log=tmp_path / "entry.log")
+    with candidates, ranker, entry as live, live.client() as http:
+        for body, want in zip(CASES, single_process(offline, CASES), strict=True):
+            status, got = post(http, "/recommend", body)
+            assert status == 200 and _items(got) == want.item_ids
+    # The entry served alone: nothing but its own service in its process tree.
+    assert "Service recsys-candidates initialized" not in (tmp_path / "entry.log").read_text()

@@ -1,0 +1,113 @@
+"""The split topology's stages in-process: the answers of one process, and a refusal on a mismatched model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict
+
+import aiohttp
+import bentoml
+import pytest
+
+from serving.api_models import RecommendRequest
+from serving.runtime import IncompatibleModels, Runtime
+from serving.split import CandidateStage, RankerStage, requests_json
+from serving.split_client import KEEPALIVE_SECONDS, SessionManager, call
+from stages.pipeline import Query, RecentEvent
+
+
+@pytest.fixture(scope="module")
+def stages(small_run) -> tuple[Runtime, CandidateStage, RankerStage]:
+    run, _ = small_run
+    runtime = Runtime.from_store(run.ranker_tag)
+    candidates = CandidateStage.from_model(bentoml.models.get(runtime.tags.candidates))
+    return runtime, candidates, RankerStage(runtime)
+
+
+def split_answers(candidates: CandidateStage, ranker: RankerStage, requests: list[dict]) -> list[dict]:
+    """What the entry does, with JSON in between as over HTTP."""
+    body = json.loads(json.dumps(requests_json([RecommendRequest.model_validate(r) for r in requests])))
+    n = ranker.plan()["n_candidates"]
+    found = json.loads(json.dumps(candidates.candidates_for(body, n)))
+    return json.loads(json.dumps(ranker.rank(body, found)))
+
+
+def test_split_stages_answer_as_the_single_process_pipeline(stages):
+    runtime, candidates, ranker = stages
+    users = [str(u) for u in runtime.candidates.user_ids[:6]]
+    items = [str(i) for i in runtime.candidates.item_ids[:4]]
+    requests = [
+        {"user_id": users[0], "k": 10},
+        {"user_id": "stranger", "k": 5},
+        {"user_id": users[1], "k": 7, "exclude_items": items[:2], "exclude_seen": False},
+        {"user_id": "visitor", "k": 10, "recent_items": [items[0], {"item_id": items[1], "weight": 3}, "nope"]},
+        {"user_id": users[2], "k": 10, "recent_items": [{"item_id": items[3], "timestamp": 0}]},
+        *({"user_id": u, "k": 3} for u in users[3:]),
+    ]
+    queries = [
+        Query(users[0], 10),
+        Query("stranger", 5),
+        Query(users[1], 7, False, items[:2]),
+        Query(
+            "visitor", 10, recent_items=[RecentEvent(items[0]), RecentEvent(items[1], None, 3.0), RecentEvent("nope")]
+        ),
+        Query(users[2], 10, recent_items=[RecentEvent(items[3], 0)]),
+        *(Query(u, 3) for u in users[3:]),
+    ]
+    expected = [asdict(r) for r in runtime.pipeline.recommend(queries)]
+    got = split_answers(candidates, ranker, requests)
+    assert got == json.loads(json.dumps(expected))
+    assert [a["strategy"] for a in got][:4] == ["two_stage", "popular", "two_stage", "two_stage"]
+    # One at a time too (what /recommend sends).
+    assert [split_answers(candidates, ranker, [r])[0] for r in requests] == got
+
+
+def test_the_ranker_refuses_candidates_from_another_model(stages):
+    runtime, candidates, ranker = stages
+    body = requests_json([RecommendRequest(user_id=str(runtime.candidates.user_ids[0]))])
+    found = {**candidates.candidates_for(body, 10), "model": "recsys-candidates:other"}
+    with pytest.raises(IncompatibleModels, match="candidates service serves recsys-candidates:other"):
+        ranker.rank(body, found)
+
+
+class _Dropping:
+    """An endpoint whose connection drops ``fails`` times before it answers."""
+
+    def __init__(self, fails: int, exc: Exception) -> None:
+        self.fails, self.exc, self.calls = fails, exc, 0
+
+    async def __call__(self, **kwargs):
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise self.exc
+        return kwargs
+
+
+def test_a_dropped_connection_is_retried_and_a_timeout_is_not():
+    dropped = _Dropping(2, aiohttp.ServerDisconnectedError())
+    assert asyncio.run(call(dropped, x=1)) == {"x": 1} and dropped.calls == 3
+    always = _Dropping(5, aiohttp.ServerDisconnectedError())
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        asyncio.run(call(always))
+    assert always.calls == 3
+    slow = _Dropping(1, aiohttp.ServerTimeoutError())
+    with pytest.raises(aiohttp.ServerTimeoutError):
+        asyncio.run(call(slow))
+    assert slow.calls == 1
+
+
+def test_a_recycled_session_is_not_closed_under_calls_in_flight():
+    from _bentoml_impl.client import proxy2
+
+    async def scenario():
+        manager = SessionManager(proxy2.SessionManager("tcp://127.0.0.1:9", 30, {}), max_requests=1, max_age=60)
+        first = await manager.get_session()
+        assert first.connector._keepalive_timeout == KEEPALIVE_SECONDS
+        await manager.get_session()
+        third = await manager.get_session()  # over max_requests: a new session...
+        assert third is not first and not first.closed  # ...and the old one still open for its calls
+        await manager.close()
+        assert third.closed
+
+    asyncio.run(scenario())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from catboost import CatBoost, FeaturesData
+from catboost import CatBoost, FeaturesData, Pool
 
 from stages.feature_view import FeatureNames
 
@@ -34,3 +34,15 @@ class Ranker:
             return np.empty(0, dtype=np.float32)
         data = self.data(self.names, numeric, categorical)
         return self.model.predict(data, prediction_type="RawFormulaVal", thread_count=threads).astype(np.float32)
+
+    def contributions(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
+        """Per-row SHAP values (rows x features, the expected value dropped): what each feature added to a score.
+
+        ``NoPreCalc``: for the few rows of one answer, skipping CatBoost's per-model
+        precomputation is what keeps this under a millisecond.
+        """
+        if len(numeric) == 0:
+            return np.empty((0, len(self.names.all)), dtype=np.float32)
+        pool = Pool(self.data(self.names, numeric, categorical))
+        shap = self.model.get_feature_importance(pool, type="ShapValues", shap_mode="NoPreCalc", thread_count=1)
+        return np.asarray(shap, dtype=np.float32)[:, :-1]

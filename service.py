@@ -24,7 +24,7 @@ from serving.api_models import (
 )
 from serving.events import EventLog, Recorder
 from serving.guards import RequestGuard
-from serving.responses import answer, ranked
+from serving.responses import answer, similar_to
 from serving.runtime import Runtime, paired_candidates_tag
 from serving.settings import get_settings
 
@@ -103,8 +103,8 @@ class Recommender:
                 message=f"unknown item_id {request.item_id!r}: not in the model's catalogue",
                 model=self.tags,
             )
-        similar = pipeline.similar(index, request.k)
-        return SimilarItemsResponse(item_id=request.item_id, recommendations=ranked(*similar), model=self.tags)
+        similar = similar_to(pipeline, index, request)
+        return SimilarItemsResponse(item_id=request.item_id, recommendations=similar, model=self.tags)
 
     @bentoml.api
     async def feedback(self, request: FeedbackRequest, /, ctx: bentoml.Context) -> FeedbackResponse:

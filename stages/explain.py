@@ -44,15 +44,16 @@ PHRASES = {
 
 
 def because(unit_vectors: np.ndarray, history: np.ndarray, items: np.ndarray, n: int = MAX_BECAUSE) -> list[np.ndarray]:
-    """Per recommended item, up to ``n`` history items most similar to it (positive cosine only), best first."""
+    """Per recommended item, up to ``n`` history items most similar to it (positive cosine only), best first.
+
+    ``history`` sorted ascending (ties go to the lower index).
+    """
     if len(history) == 0:
         return [np.empty(0, np.int64) for _ in items]
     sims = unit_vectors[items] @ unit_vectors[history].T
-    out = []
-    for row in sims:
-        order = np.lexsort((history, -row))[:n]
-        out.append(history[order[row[order] > 0]])
-    return out
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :n]
+    best = np.take_along_axis(sims, top, axis=1)
+    return [history[picked[close > 0]] for picked, close in zip(top, best, strict=True)]
 
 
 class Reasons:
@@ -62,6 +63,8 @@ class Reasons:
         self.view = view
         self.names = names
         self.candidate = np.array([view.columns[n].scope != "user" for n in names])
+        # Phrases that do not depend on the item or user, worked out once.
+        self._phrases = {j: phrase(n, lambda _: None) for j, n in enumerate(names) if not n.startswith("aff_")}
         affinity = next((f for f in view.families if isinstance(f, Affinity)), None)
         self.affinity = {}
         if affinity is not None:
@@ -69,15 +72,15 @@ class Reasons:
 
     def of(self, contributions: np.ndarray, items: np.ndarray, user_row: int) -> list[list[str]]:
         """Per row (one per item), up to :data:`MAX_REASONS` distinct phrases, largest contribution first."""
+        scored = np.where(self.candidate, contributions, -np.inf)
+        top = np.argsort(-scored, axis=1, kind="stable")[:, : 2 * MAX_REASONS]  # room for phrases that repeat
         out = []
-        for row, item in zip(contributions, items, strict=True):
+        for row, item, columns in zip(scored, items, top, strict=True):
             phrases: list[str] = []
-            for j in np.argsort(-row, kind="stable"):
+            for j in columns:
                 if row[j] <= 0 or len(phrases) == MAX_REASONS:
                     break
-                if not self.candidate[j]:
-                    continue
-                text = phrase(self.names[j], self._value(int(item), user_row))
+                text = self._phrases.get(j) or phrase(self.names[j], self._value(int(item), user_row))
                 if text not in phrases:
                     phrases.append(text)
             out.append(phrases)

@@ -204,7 +204,11 @@ class TwoStageRecommender:
         """Item indices a query may not get: its exclusions, and what the filters and hidden list leave out."""
         excluded = self._excluded(query)
         allowed = self.allowed(query.rules)
-        return excluded if allowed is None else np.union1d(excluded, np.flatnonzero(~allowed))
+        if allowed is None:
+            return excluded
+        blocked = ~allowed
+        blocked[excluded] = True
+        return np.flatnonzero(blocked)
 
     def _user(self, query: Query) -> _User:
         """Resolve a query's user and recent items (newest first; ties by item id, as the features order them)."""
@@ -266,12 +270,15 @@ class TwoStageRecommender:
         batch = self._candidate_lists(queries, users) if batch is None else batch
         indices = np.array([u.index for u in users], dtype=np.int64)
         fresh = self._fresh_batch(queries, users)
-        rows = None
+        leaves = None
         if self.ranker is None:
             final = batch.scores
+        elif any(q.explain for q in queries):
+            # One CatBoost pool for the scores and the leaves the explanations read (a pool costs more than both).
+            scores, leaves = self.ranker.score_with_leaves(*self.pair_rows(indices, batch, fresh=fresh))
+            final = np.split(scores, np.cumsum([len(c) for c in batch.items])[:-1])
         else:
-            rows = self.pair_rows(indices, batch, fresh=fresh)
-            final = np.split(self.ranker.score(*rows), np.cumsum([len(c) for c in batch.items])[:-1])
+            final = self.score_pairs(indices, batch, fresh)
         starts = np.cumsum([0, *(len(c) for c in batch.items)])
         out = []
         for slot, (query, user, cand, score) in enumerate(zip(queries, users, batch.items, final, strict=True)):
@@ -280,7 +287,7 @@ class TwoStageRecommender:
             notes += self._rule_notes(query, len(order))
             answer = self._answer(query, cand[order], score[order], TWO_STAGE, "; ".join(notes) or None)
             if query.explain:
-                picked = None if rows is None else tuple(block[starts[slot] + order] for block in rows)
+                picked = None if leaves is None else leaves[starts[slot] + order]
                 answer.explanations = self._explain(user, cand[order], picked)
             out.append(answer)
         return out
@@ -309,14 +316,13 @@ class TwoStageRecommender:
         recent = user.recent.items if user.recent is not None else np.empty(0, np.int64)
         return np.unique(np.concatenate([stored, recent]).astype(np.int64))
 
-    def _explain(self, user: _User, items: np.ndarray, rows: tuple[np.ndarray, np.ndarray] | None) -> list[Explanation]:
+    def _explain(self, user: _User, items: np.ndarray, leaves: np.ndarray | None) -> list[Explanation]:
         """``because`` from the user's history, ``reasons`` from the ranker's contributions for the rows shown."""
         similar = because(self.unit_vectors, self._history(user), items)
-        if rows is None:
+        if leaves is None:
             reasons = [["fits your taste: people with similar taste liked it"] for _ in items]
         else:
-            contributions = self.ranker.contributions(*rows)
-            reasons = self._reasons.of(contributions, items, user.row)
+            reasons = self._reasons.of(self.ranker.path_contributions(leaves), items, user.row)
         return [Explanation([self._named(i) for i in near], why) for near, why in zip(similar, reasons, strict=True)]
 
     @cached_property

@@ -65,6 +65,12 @@ class Reasons:
         self.candidate = np.array([view.columns[n].scope != "user" for n in names])
         # Phrases that do not depend on the item or user, worked out once.
         self._phrases = {j: phrase(n, lambda _: None) for j, n in enumerate(names) if not n.startswith("aff_")}
+        # Item attributes worth naming with the item's value ("release year 1996").
+        self._valued = {
+            j: view.columns[n].values
+            for j, n in enumerate(names)
+            if n in view.catalogue.numbers and view.columns[n].scope == "item"
+        }
         affinity = next((f for f in view.families if isinstance(f, Affinity)), None)
         self.affinity = {}
         if affinity is not None:
@@ -80,11 +86,17 @@ class Reasons:
             for j in columns:
                 if row[j] <= 0 or len(phrases) == MAX_REASONS:
                     break
-                text = self._phrases.get(j) or phrase(self.names[j], self._value(int(item), user_row))
+                text = self._text(j, int(item), user_row)
                 if text not in phrases:
                     phrases.append(text)
             out.append(phrases)
         return out
+
+    def _text(self, j: int, item: int, user_row: int) -> str:
+        values = self._valued.get(j)
+        if values is not None and values[item] == values[item]:
+            return f"{self.names[j].replace('_', ' ')} {float(values[item]):g}"
+        return self._phrases.get(j) or phrase(self.names[j], self._value(item, user_row))
 
     def _value(self, item: int, user_row: int) -> Callable[[str], str | None]:
         """For ``aff_<attribute>``: the item's value of it the user gives the largest share to."""

@@ -9,7 +9,6 @@ import pytest
 from features.compute import compute_features
 from features.schema import Dataset, validate_interactions
 from stages.candidates import CandidateModel, CandidateParams
-from stages.explain import because, phrase
 from stages.feature_view import FeatureView
 from stages.pipeline import POPULAR, TWO_STAGE, Query, TwoStageRecommender
 from stages.rules import (
@@ -185,14 +184,6 @@ def test_diversity_zero_leaves_the_ranking_and_more_diversity_never_lowers_it(pi
     assert diverse.item_ids[0] == plain.item_ids[0] and ild(diverse) >= ild(plain)
 
 
-def test_because_picks_the_closest_history_items():
-    vectors = np.array([[1, 0], [0.8, 0.6], [0, 1], [-1, 0]], dtype=np.float32)
-    history = np.array([1, 2, 3])
-    # Item 0: cosine 0.8 with 1, 0 with 2 (not positive: left out), -1 with 3.
-    assert [b.tolist() for b in because(vectors, history, np.array([0, 2]))] == [[1], [2, 1]]
-    assert because(vectors, np.empty(0, np.int64), np.array([0]))[0].tolist() == []
-
-
 def test_explanations_name_the_users_own_items(pipeline):
     [answer] = pipeline.recommend([Query("u0", k=3, explain=True)])
     assert len(answer.explanations) == 3
@@ -205,38 +196,7 @@ def test_explanations_name_the_users_own_items(pipeline):
     assert [e.reasons for e in cold.explanations] == [["most popular in the last 30 days"]] * 2
 
 
-def test_phrases():
-    favourite = {"genres": "Comedy"}.get
-    assert phrase("pop_7d", favourite) == "popular this week"
-    assert phrase("aff_genres_max", favourite) == "you watch a lot of Comedy"
-    assert phrase("aff_lang", favourite) == "matches the lang you watch"
-    assert phrase("recent_sim_max", favourite) == "similar to what you watched last"
-    assert phrase("genres=Drama", favourite) == "it is Drama"
-
-
 def test_hidden_file(tmp_path):
     assert read_hidden(hidden_items_file(str(tmp_path))) == frozenset()
     (tmp_path / "hidden_items.txt").write_text("i1\n  i2  # withdrawn\n\n# a comment\n")
     assert read_hidden(hidden_items_file(str(tmp_path))) == {"i1", "i2"}
-
-
-def test_path_contributions_add_up_to_the_score():
-    from catboost import CatBoost
-
-    from stages.feature_view import FeatureNames
-    from stages.ranker import Ranker
-
-    rng = np.random.default_rng(0)
-    numeric = rng.normal(size=(200, 3)).astype(np.float32)
-    categorical = rng.choice(["a", "b", "c"], size=(200, 1)).astype(object)
-    target = numeric[:, 0] * 2 - numeric[:, 1] + (categorical[:, 0] == "a")
-    names = FeatureNames(("x0", "x1", "x2"), ("colour",))
-    model = CatBoost({"iterations": 30, "depth": 3, "verbose": False, "random_seed": 0, "thread_count": 1})
-    model.fit(Ranker.data(names, numeric, categorical), target)
-    ranker = Ranker(model, names)
-    contributions = ranker.contributions(numeric[:10], categorical[:10])
-    expected = ranker._paths.means[:, 0, 0].sum() + model.get_scale_and_bias()[1]
-    scores = ranker.score(numeric[:10], categorical[:10])
-    np.testing.assert_allclose(contributions.sum(axis=1) + expected, scores, rtol=1e-4, atol=1e-4)
-    # x0 drives the target most: it carries the largest contributions on average.
-    assert np.abs(contributions).mean(axis=0).argmax() == 0

@@ -142,7 +142,11 @@ class RecommendRequest(_Strict):
     )
     filters: Filters
     offset: StrictInt = Field(0, ge=0, le=MAX_OFFSET, description="skip this many items: the next page of a ranking")
-    diversity: StrictFloat | StrictInt = Field(
+    diversity: Annotated[
+        StrictFloat | StrictInt,
+        # Spelled out: pydantic leaves a union's bounds out of the schema, and clients and fuzzers read the schema.
+        WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1}),
+    ] = Field(
         0.0, ge=0, le=1, description="0..1: re-rank for variety (maximal marginal relevance); 0 leaves the ranking"
     )
     explain: StrictBool = Field(False, description="each item says why: `because` (your items) and `reasons`")

@@ -60,6 +60,8 @@ Id = Annotated[
 ]
 TopK = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
 Attribute = str | int | float | None
+# A union's bounds are left out of pydantic's schema: spelled out, so clients and fuzzers see them.
+Weight = Annotated[StrictFloat | StrictInt, WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 1e6})]
 
 
 class _Strict(BaseModel):
@@ -73,7 +75,7 @@ class RecentItem(_Strict):
     timestamp: StrictInt | None = Field(
         None, ge=0, description="unix seconds; absent: now. Ages are counted from the model's data end, never below 0"
     )
-    weight: StrictFloat | StrictInt = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="as in training data")
+    weight: Weight = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="as in training data")
 
 
 def _recent_item(value: object) -> object:
@@ -229,7 +231,7 @@ class FeedbackEvent(_Strict):
     user_id: Id
     item_id: Id
     timestamp: StrictInt | None = Field(None, ge=0, description="unix seconds; absent: when the server received it")
-    weight: StrictFloat | StrictInt = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="as in training data")
+    weight: Weight = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="as in training data")
     type: str | None = Field(None, max_length=32, pattern=r"^[a-z][a-z0-9_]*$", description="click, watch, rating...")
     request_id: str | None = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="the request_id of the list it was taken from"

@@ -61,7 +61,10 @@ Id = Annotated[
 TopK = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
 Attribute = str | int | float | None
 # A union's bounds are left out of pydantic's schema: spelled out, so clients and fuzzers see them.
-Weight = Annotated[StrictFloat | StrictInt, WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 1e6})]
+Weight = Annotated[
+    StrictFloat | StrictInt,
+    WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1e6}),  # OpenAPI 3.0 form
+]
 
 
 class _Strict(BaseModel):

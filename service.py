@@ -28,7 +28,7 @@ from serving.batcher import PRESSURE, MicroBatcher, Overloaded
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.events import EventLog, Recorder
-from serving.responses import answer, ranked
+from serving.responses import answer, similar_to
 from serving.runtime import Runtime, paired_candidates_tag
 from serving.settings import get_settings
 
@@ -132,8 +132,8 @@ class Recommender:
                 message=f"unknown item_id {request.item_id!r}: not in the model's catalogue",
                 model=self.tags,
             )
-        similar = await self.batcher.call(pipeline.similar, index, request.k)
-        return SimilarItemsResponse(item_id=request.item_id, recommendations=ranked(*similar), model=self.tags)
+        similar = await self.batcher.call(similar_to, pipeline, index, request)
+        return SimilarItemsResponse(item_id=request.item_id, recommendations=similar, model=self.tags)
 
     @bentoml.api
     async def feedback(self, request: FeedbackRequest, /, ctx: bentoml.Context) -> FeedbackResponse:

@@ -16,9 +16,12 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    SerializerFunctionWrapHandler,
     StrictBool,
+    StrictFloat,
     StrictInt,
     WithJsonSchema,
+    model_serializer,
     model_validator,
 )
 
@@ -31,6 +34,9 @@ MAX_RECENT = 100
 MAX_FEEDBACK = 500  # events per /feedback call
 MAX_ID_CHARS = 256
 MAX_ATTRIBUTE_CHARS = 64
+MAX_OFFSET = 1000
+MAX_FILTERS = 16  # attributes per request
+MAX_FILTER_VALUES = 100  # values per include or exclude list
 
 
 def _api_id(value: object) -> str:
@@ -117,6 +123,36 @@ def _recent_item(value: object) -> object:
 Recent = Annotated[RecentItem, BeforeValidator(_recent_item)]
 
 
+Value = Annotated[str, BeforeValidator(lambda v: id_text(v) if isinstance(v, int) and not isinstance(v, bool) else v)]
+Bound = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+
+
+class AttributeFilter(_Strict):
+    """A rule on one item attribute: ``include`` (any of) and ``exclude`` (none of) values, or a numeric range."""
+
+    include: list[Annotated[Value, Field(strict=True)]] | None = Field(
+        None, min_length=1, max_length=MAX_FILTER_VALUES, description="categorical or list attributes: any of these"
+    )
+    exclude: list[Annotated[Value, Field(strict=True)]] = Field(
+        default_factory=list, max_length=MAX_FILTER_VALUES, description="categorical or list attributes: none of these"
+    )
+    gte: Bound | None = Field(None, description="numeric attributes: at least")
+    gt: Bound | None = Field(None, description="numeric attributes: more than")
+    lte: Bound | None = Field(None, description="numeric attributes: at most")
+    lt: Bound | None = Field(None, description="numeric attributes: less than")
+
+
+Filters = Annotated[
+    dict[str, AttributeFilter],
+    Field(
+        default_factory=dict,
+        max_length=MAX_FILTERS,
+        description='item attribute -> rule, all must hold, e.g. {"genres": {"include": ["Comedy"]}, '
+        '"release_year": {"gte": 1990}}; unknown attributes or values are a 400',
+    ),
+]
+
+
 class RecommendRequest(_Strict):
     """Who to recommend for and how many."""
 
@@ -143,6 +179,21 @@ class RecommendRequest(_Strict):
             "both stages use them, and with exclude_seen they are not recommended"
         ),
     )
+    filters: Filters
+    offset: StrictInt = Field(0, ge=0, le=MAX_OFFSET, description="skip this many items: the next page of a ranking")
+    diversity: Annotated[
+        StrictFloat | StrictInt,
+        # Spelled out: pydantic leaves a union's bounds out of the schema, and clients and fuzzers read the schema.
+        WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1}),
+    ] = Field(
+        0.0, ge=0, le=1, description="0..1: re-rank for variety (maximal marginal relevance); 0 leaves the ranking"
+    )
+    explain: StrictBool = Field(False, description="each item says why: `because` (your items) and `reasons`")
+
+
+class BecauseItem(BaseModel):
+    item_id: str
+    title: str | None = None
 
 
 class RecommendedItem(BaseModel):
@@ -150,6 +201,17 @@ class RecommendedItem(BaseModel):
     score: float
     rank: int
     title: str | None = None
+    because: list[BecauseItem] | None = Field(None, description="with explain: the user's items closest to this one")
+    reasons: list[str] | None = Field(None, description="with explain: the ranker's main reasons, in words")
+
+    @model_serializer(mode="wrap")
+    def _only_when_explained(self, handler: SerializerFunctionWrapHandler):  # no return type: keeps the schema
+        """Without ``explain`` an item is what it always was: no ``because``/``reasons`` keys."""
+        data = handler(self)
+        for key in ("because", "reasons"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class ModelTags(BaseModel):
@@ -189,6 +251,7 @@ class SimilarItemsRequest(_Strict):
 
     item_id: Id
     k: TopK = 10
+    filters: Filters
 
 
 class SimilarItemsResponse(BaseModel):

@@ -2,25 +2,85 @@
 
 from __future__ import annotations
 
-from serving.api_models import ModelTags, RecommendedItem, RecommendRequest, RecommendResponse
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from serving.api_models import (
+    AttributeFilter,
+    BecauseItem,
+    ModelTags,
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+    SimilarItemsRequest,
+)
 from serving.events import new_request_id
 from serving.metrics import COLD_STARTS, FILTERED_ITEMS
-from stages.pipeline import POPULAR, Query, RecentEvent, Recommendation, TwoStageRecommender
+from stages import rules
+from stages.pipeline import POPULAR, Explanation, Query, RecentEvent, Recommendation, TwoStageRecommender
 
 
-def ranked(item_ids: list[str], scores: list[float], titles: list[str | None]) -> list[RecommendedItem]:
-    """Items with 1-based ranks in the order given."""
-    return [
+def ranked(
+    item_ids: list[str],
+    scores: list[float],
+    titles: list[str | None],
+    explanations: list[Explanation] | None = None,
+) -> list[RecommendedItem]:
+    """Items with 1-based ranks in the order given (with their explanations when there are some)."""
+    items = [
         RecommendedItem(item_id=i, score=s, rank=r, title=t)
         for r, (i, s, t) in enumerate(zip(item_ids, scores, titles, strict=True), start=1)
     ]
+    for item, why in zip(items, explanations or [], strict=False):
+        item.because = [BecauseItem(item_id=i, title=t) for i, t in why.because]
+        item.reasons = why.reasons
+    return items
 
 
 def answer(pipeline: TwoStageRecommender, requests: list[RecommendRequest], tags: ModelTags) -> list[RecommendResponse]:
     """Run validated requests through the pipeline (together) and count what the metrics need."""
     queries = to_queries(requests)
+    for slot, query in enumerate(queries):
+        if query.filters:
+            check_filters(pipeline, query.rules, "RecommendRequest" if len(queries) == 1 else "BatchRequest", slot)
     FILTERED_ITEMS.inc(sum(pipeline.filtered_count(q) for q in queries))
     return to_responses(pipeline.recommend(queries), tags)
+
+
+def check_filters(pipeline: TwoStageRecommender, filters: rules.Filters, title: str, slot: int = 0) -> None:
+    """Filters the catalogue cannot apply are a validation error naming the field (a 400, like any bad field)."""
+    try:
+        pipeline.view.catalogue.check(filters)
+    except rules.RuleError as exc:
+        loc = tuple(exc.field.split("."))
+        if title == "BatchRequest":
+            loc = ("requests", slot, *loc)
+        error = InitErrorDetails(
+            type=PydanticCustomError("unknown_filter", "{message}", {"message": str(exc)}), loc=loc, input=None
+        )
+        raise ValidationError.from_exception_data(title, [error]) from None
+
+
+def to_filters(filters: dict[str, AttributeFilter]) -> dict[str, rules.AttributeFilter]:
+    """API filters as the pipeline's rules."""
+    return {
+        attribute: rules.AttributeFilter(
+            include=tuple(rule.include) if rule.include is not None else None,
+            exclude=tuple(rule.exclude),
+            gte=rule.gte,
+            gt=rule.gt,
+            lte=rule.lte,
+            lt=rule.lt,
+        )
+        for attribute, rule in filters.items()
+    }
+
+
+def similar_to(pipeline: TwoStageRecommender, index: int, request: SimilarItemsRequest) -> list[RecommendedItem]:
+    """``/similar_items``: the nearest items the request's filters and the hidden list allow."""
+    filters = rules.as_filters(to_filters(request.filters))
+    check_filters(pipeline, filters, "SimilarItemsRequest")
+    return ranked(*pipeline.similar(index, request.k, filters))
 
 
 def to_queries(requests: list[RecommendRequest]) -> list[Query]:
@@ -33,6 +93,10 @@ def to_queries(requests: list[RecommendRequest]) -> list[Query]:
             r.exclude_items,
             r.user_attributes,
             [RecentEvent(e.item_id, e.timestamp, e.weight) for e in r.recent_items],
+            to_filters(r.filters),
+            r.offset,
+            float(r.diversity),
+            r.explain,
         )
         for r in requests
     ]
@@ -47,7 +111,9 @@ def to_responses(recommendations: list[Recommendation], tags: ModelTags) -> list
         responses.append(
             RecommendResponse(
                 user_id=recommendation.user_id,
-                recommendations=ranked(recommendation.item_ids, recommendation.scores, recommendation.titles),
+                recommendations=ranked(
+                    recommendation.item_ids, recommendation.scores, recommendation.titles, recommendation.explanations
+                ),
                 message=recommendation.message,
                 strategy=recommendation.strategy,
                 model=tags,

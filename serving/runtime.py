@@ -28,6 +28,7 @@ from stages.card import RANKER_MODEL, CandidatesCard, CardError, RankerCard
 from stages.feature_view import FeatureView
 from stages.pipeline import TwoStageRecommender
 from stages.ranker import Ranker
+from stages.rules import hidden_items_file, read_hidden
 
 logger = logging.getLogger("recsys")
 PACKED_SOURCE = "the snapshot packed with the candidates model"
@@ -113,7 +114,9 @@ class Runtime:
             view, self._served_identity = self.load_view()
         except SnapshotError as exc:
             raise IncompatibleModels(f"feature store {self.feature_source}: {exc}") from exc
-        self.pipeline = TwoStageRecommender(self.candidates, self.ranker, view, n_candidates or self.card.n_candidates)
+        self.pipeline = TwoStageRecommender(
+            self.candidates, self.ranker, view, n_candidates or self.card.n_candidates, self.read_hidden()
+        )
         self.refresh_error: str | None = None
         self._served_pointer: str | None = None
         self._failed: tuple | None = None
@@ -174,6 +177,19 @@ class Runtime:
         view.prepare(self.names)
         return view, manifest_identity(snapshot.manifest)
 
+    def read_hidden(self) -> frozenset[str]:
+        """The operators' hidden items (``hidden_items.txt`` at the feature store root; absent: none)."""
+        return read_hidden(hidden_items_file(self.feature_source))
+
+    def refresh_hidden(self) -> bool:
+        """Swap in the hidden list if the file changed (the refresh poll does this along with snapshots)."""
+        hidden = self.read_hidden()
+        if hidden == self.pipeline.hidden:
+            return False
+        self.pipeline = self.pipeline.with_hidden(hidden)
+        logger.info("hidden items now %d", len(hidden))
+        return True
+
     def refresh_once(self) -> bool:
         """Swap in the snapshot ``CURRENT`` names if it is new; keep the old one if it is bad.
 
@@ -181,6 +197,7 @@ class Runtime:
         served one under another name is not reloaded. Every failure, expected or
         not, is recorded for ``/model_info``; it clears once a good snapshot is served.
         """
+        self.refresh_hidden()
         pointer = identity = None
         try:
             pointer = current_version(self.feature_source)

@@ -329,6 +329,10 @@ class CandidateModel:
         factors = self.als.item_factors.astype(np.float64)
         return factors.T @ factors + self.params.regularization * np.eye(factors.shape[1])
 
+    def seen_items(self, user: int) -> np.ndarray:
+        """The items a user has taken in the training data (none for -1)."""
+        return self._seen_row(user)[0]
+
     def _seen_row(self, user: int) -> tuple[np.ndarray, np.ndarray]:
         """A user's stored items and summed weights (none for a user the model does not know)."""
         if user < 0:

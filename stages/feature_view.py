@@ -15,6 +15,7 @@ import numpy as np
 
 from features.families import FAMILIES, Column, FeatureTables, FreshUsers, Pairs, Segments, ViewContext
 from features.schema import Columns
+from stages.rules import Catalogue
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class FeatureView:
             if Columns.title in items
             else np.full(len(self.item_ids), None, dtype=object)
         )
+        # Item attributes as masks for request filters, built once per snapshot.
+        self.catalogue = Catalogue(items, context.item_kinds)
         self.families = [family(context) for family in FAMILIES]
         self.segments: Segments = next(f for f in self.families if isinstance(f, Segments))
         self.columns: dict[str, Column] = {c.name: c for f in self.families for c in f.columns()}

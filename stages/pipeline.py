@@ -7,14 +7,18 @@ call :meth:`TwoStageRecommender.recommend`; there is no second copy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from features.families import FreshUsers, Pairs
+from features.families.segments import bucket_label
 from features.schema import DAY
 from stages.candidates import CandidateBatch, CandidateModel, Recent, ranking
+from stages.explain import Reasons, because
 from stages.feature_view import FeatureNames, FeatureView
 from stages.ranker import Ranker
+from stages.rules import AttributeFilter, Filters, as_filters, mmr, unit_rows
 
 TWO_STAGE = "two_stage"
 POPULAR = "popular"
@@ -39,6 +43,27 @@ class Query:
     exclude_items: list[str] = field(default_factory=list)
     user_attributes: dict[str, object] = field(default_factory=dict)
     recent_items: list[RecentEvent] = field(default_factory=list)
+    filters: dict[str, AttributeFilter] = field(default_factory=dict)  # attribute -> rule, all must hold
+    offset: int = 0  # items to skip: the page starts after them
+    diversity: float = 0.0  # 0..1, maximal-marginal-relevance re-rank; 0 leaves the ranking as it is
+    explain: bool = False  # attach `because` and `reasons` to each item
+
+    @property
+    def rules(self) -> Filters:
+        return as_filters(self.filters)
+
+    @property
+    def depth(self) -> int:
+        """How far down the ranking this query reads: its page's last position."""
+        return self.offset + self.k
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why an item was recommended: the user's own items it resembles (id, title) and the ranker's reasons."""
+
+    because: list[tuple[str, str | None]]
+    reasons: list[str]
 
 
 @dataclass(frozen=True)
@@ -74,6 +99,7 @@ class Recommendation:
     titles: list[str | None]
     strategy: str
     message: str | None = None
+    explanations: list[Explanation] | None = None  # one per item when the query asked to explain
 
 
 class TwoStageRecommender:
@@ -88,6 +114,7 @@ class TwoStageRecommender:
         ranker: Ranker | None,
         view: FeatureView,
         n_candidates: int = 100,
+        hidden: frozenset[str] = frozenset(),
     ) -> None:
         self.candidates = candidates
         self.ranker = ranker
@@ -95,13 +122,34 @@ class TwoStageRecommender:
         self.n_candidates = n_candidates
         # Snapshot row of each candidate-model user, fixed per view.
         self._user_rows = view.user_rows(list(candidates.user_ids))
+        self.hidden = hidden
+        index = candidates.item_index
+        hidden_items = [index[i] for i in hidden if i in index]
+        self._hidden = np.zeros(candidates.n_items, dtype=bool)
+        self._hidden[hidden_items] = True
+        self._any_hidden = bool(hidden_items)
 
     def with_view(self, view: FeatureView) -> TwoStageRecommender:
         """The same models over another feature snapshot."""
-        return TwoStageRecommender(self.candidates, self.ranker, view, self.n_candidates)
+        return TwoStageRecommender(self.candidates, self.ranker, view, self.n_candidates, self.hidden)
+
+    def with_hidden(self, hidden: frozenset[str]) -> TwoStageRecommender:
+        """The same models and snapshot with another list of hidden item ids (never recommended)."""
+        return TwoStageRecommender(self.candidates, self.ranker, self.view, self.n_candidates, frozenset(hidden))
+
+    @cached_property
+    def unit_vectors(self) -> np.ndarray:
+        """ALS item factors scaled to unit length: cosine similarity is a dot product."""
+        return unit_rows(self.candidates.als.item_factors)
+
+    def check(self, queries: list[Query]) -> None:
+        """Raise :class:`stages.rules.RuleError` for a query whose filters this catalogue cannot apply."""
+        for query in queries:
+            self.view.catalogue.check(query.rules)
 
     def recommend(self, queries: list[Query]) -> list[Recommendation]:
         """Answer queries in order; users with a history (stored or recent) are scored together."""
+        self.check(queries)
         users = [self._user(q) for q in queries]
         ranked = [i for i, user in enumerate(users) if user.rankable]
         answers = (
@@ -123,9 +171,25 @@ class TwoStageRecommender:
                 removed.update(user.recent.items.tolist())
         return len(removed)
 
-    def similar(self, item: int, k: int) -> tuple[list[str], list[float], list[str | None]]:
-        """Ids, cosine scores and titles of the ``k`` items closest to ``item``."""
-        items, scores = self.candidates.similar_items(item, k)
+    def allowed(self, filters: Filters) -> np.ndarray | None:
+        """Items the filters and the hidden list let through (``None``: every item)."""
+        mask = self.view.catalogue.mask(filters)
+        if not self._any_hidden:
+            return mask
+        return ~self._hidden if mask is None else mask & ~self._hidden
+
+    def similar(self, item: int, k: int, filters: Filters = ()) -> tuple[list[str], list[float], list[str | None]]:
+        """Ids, cosine scores and titles of the ``k`` items closest to ``item`` that the rules allow."""
+        allowed = self.allowed(filters)
+        if allowed is None:
+            items, scores = self.candidates.similar_items(item, k)
+        else:
+            cosine = self.unit_vectors @ self.unit_vectors[item]
+            cosine[~allowed] = -np.inf
+            cosine[item] = -np.inf
+            items = ranking(cosine)[:k]
+            items = items[np.isfinite(cosine[items])]
+            scores = cosine[items]
         return (
             [str(i) for i in self.candidates.item_ids[items]],
             [round(float(s), 6) for s in scores],
@@ -135,6 +199,16 @@ class TwoStageRecommender:
     def _excluded(self, query: Query) -> np.ndarray:
         index = self.candidates.item_index
         return np.array([index[i] for i in query.exclude_items if i in index], dtype=np.int64)
+
+    def _blocked(self, query: Query) -> np.ndarray:
+        """Item indices a query may not get: its exclusions, and what the filters and hidden list leave out."""
+        excluded = self._excluded(query)
+        allowed = self.allowed(query.rules)
+        if allowed is None:
+            return excluded
+        blocked = ~allowed
+        blocked[excluded] = True
+        return np.flatnonzero(blocked)
 
     def _user(self, query: Query) -> _User:
         """Resolve a query's user and recent items (newest first; ties by item id, as the features order them)."""
@@ -166,15 +240,16 @@ class TwoStageRecommender:
 
     def _candidate_lists(self, queries: list[Query], users: list[_User]) -> CandidateBatch:
         indices = np.array([u.index for u in users], dtype=np.int64)
-        exclude_seen = [q.exclude_seen for q in queries]
+        # A page deep in the ranking needs more ALS candidates than it skips; queries group by (seen flag, depth).
+        groups = [(q.exclude_seen, max(self.n_candidates, q.depth)) for q in queries]
         slots: dict[int, tuple[CandidateBatch, int]] = {}
-        for flag in set(exclude_seen):
-            rows = [i for i, f in enumerate(exclude_seen) if f == flag]
+        for flag, n in sorted(set(groups)):
+            rows = [i for i, g in enumerate(groups) if g == (flag, n)]
             batch = self.candidates.top_n(
                 indices[rows],
-                self.n_candidates,
+                n,
                 flag,
-                [self._excluded(queries[i]) for i in rows],
+                [self._blocked(queries[i]) for i in rows],
                 [users[i].recent for i in rows],
             )
             slots.update({row: (batch, slot) for slot, row in enumerate(rows)})
@@ -199,15 +274,67 @@ class TwoStageRecommender:
         batch = self._candidate_lists(queries, users) if batch is None else batch
         indices = np.array([u.index for u in users], dtype=np.int64)
         fresh = self._fresh_batch(queries, users)
-        final = self.score_pairs(indices, batch, fresh) if self.ranker is not None else batch.scores
+        leaves = None
+        if self.ranker is None:
+            final = batch.scores
+        elif any(q.explain for q in queries):
+            # One CatBoost pool for the scores and the leaves the explanations read (a pool costs more than both).
+            scores, leaves = self.ranker.score_with_leaves(*self.pair_rows(indices, batch, fresh=fresh))
+            final = np.split(scores, np.cumsum([len(c) for c in batch.items])[:-1])
+        else:
+            final = self.score_pairs(indices, batch, fresh)
+        starts = np.cumsum([0, *(len(c) for c in batch.items)])
         out = []
-        for query, user, cand, score in zip(queries, users, batch.items, final, strict=True):
-            order = np.lexsort((np.arange(len(cand)), -score))[: query.k]
+        for slot, (query, user, cand, score) in enumerate(zip(queries, users, batch.items, final, strict=True)):
+            order = self._order(query, cand, score)
             notes = [_recent_note(query, user)] if user.recent is not None or user.ignored else []
-            if len(order) < query.k:
-                notes.append(_shortfall(len(order)))
-            out.append(self._answer(query, cand[order], score[order], TWO_STAGE, "; ".join(notes) or None))
+            notes += self._rule_notes(query, len(order))
+            answer = self._answer(query, cand[order], score[order], TWO_STAGE, "; ".join(notes) or None)
+            if query.explain:
+                picked = None if leaves is None else leaves[starts[slot] + order]
+                answer.explanations = self._explain(user, cand[order], picked)
+            out.append(answer)
         return out
+
+    def _order(self, query: Query, cand: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """Positions of a query's page among its candidates: ranked once to its depth, re-ranked for diversity."""
+        order = np.lexsort((np.arange(len(cand)), -score))
+        if query.diversity > 0:
+            order = mmr(order, score[order], self.unit_vectors[cand[order]], query.diversity, query.depth)
+        return order[query.offset : query.depth]
+
+    def _rule_notes(self, query: Query, found: int) -> list[str]:
+        """What the filters left and why a page is short (never silent); nothing for a plain full answer."""
+        notes = []
+        allowed = self.view.catalogue.mask(query.rules)
+        if allowed is not None:
+            notes.append(f"filters allow {int(allowed.sum())} of {len(allowed)} items")
+        if found < query.k:
+            ruled = bool(query.filters) or self._any_hidden
+            notes.append(_shortfall(found) if not (ruled or query.offset) else _short_page(found, query, ruled))
+        return notes
+
+    def _history(self, user: _User) -> np.ndarray:
+        """The user's items: stored and recent, each once."""
+        stored = self.candidates.seen_items(user.index)
+        recent = user.recent.items if user.recent is not None else np.empty(0, np.int64)
+        return np.unique(np.concatenate([stored, recent]).astype(np.int64))
+
+    def _explain(self, user: _User, items: np.ndarray, leaves: np.ndarray | None) -> list[Explanation]:
+        """``because`` from the user's history, ``reasons`` from the ranker's contributions for the rows shown."""
+        similar = because(self.unit_vectors, self._history(user), items)
+        if leaves is None:
+            reasons = [["fits your taste: people with similar taste liked it"] for _ in items]
+        else:
+            reasons = self._reasons.of(self.ranker.path_contributions(leaves), items, user.row)
+        return [Explanation([self._named(i) for i in near], why) for near, why in zip(similar, reasons, strict=True)]
+
+    @cached_property
+    def _reasons(self) -> Reasons:
+        return Reasons(self.view, self.ranker.names.all)
+
+    def _named(self, item: int) -> tuple[str, str | None]:
+        return str(self.candidates.item_ids[item]), self.view.titles[item]
 
     def _fresh_batch(self, queries: list[Query], users: list[_User]) -> FreshBatch | None:
         """The fresh users of a batch (those with usable recent items), or ``None`` when there are none."""
@@ -275,9 +402,37 @@ class TwoStageRecommender:
         among = f", reordered by what users with {', '.join(used)} take" if used else ""
         if attributes and params.segment_weight == 0:
             among = " (attributes not used: segments got no weight in the backtest)"
-        picked = first_k_not_in(ranking(scores), query.k, set(self._excluded(query).tolist()))
+        order = ranking(scores)
+        allowed = self.allowed(query.rules)
+        if allowed is None and not query.offset:
+            picked = first_k_not_in(order, query.k, set(self._excluded(query).tolist()))
+        else:
+            keep = np.ones(len(order), dtype=bool) if allowed is None else allowed.copy()
+            keep[self._excluded(query)] = False
+            picked = order[keep[order]][query.offset : query.depth]
         ignored = f"; {_recent_note(query, user)}" if user.ignored else ""
-        return self._answer(query, picked, scores[picked], POPULAR, f"{who}: most popular in {window}{among}{ignored}")
+        ruled = bool(query.filters) or self._any_hidden or bool(query.offset)
+        notes = "".join(f"; {note}" for note in self._rule_notes(query, len(picked))) if ruled else ""
+        answer = self._answer(
+            query, picked, scores[picked], POPULAR, f"{who}: most popular in {window}{among}{ignored}{notes}"
+        )
+        if query.explain:
+            why = [f"most popular in {window}", *(self._segment_phrase(u) for u in used)]
+            answer.explanations = [Explanation([], why) for _ in picked]
+        return answer
+
+    def _segment_phrase(self, used: str) -> str:
+        """``age=30`` as "popular among users with age 25–34" (numeric attributes by their segment's range)."""
+        attribute, raw = used.split("=", 1)
+        edges = self.view.info.get("buckets", {}).get(attribute)
+        if not edges:
+            return f"popular among users with {attribute} {raw}"
+        label = bucket_label(float(raw), edges)
+        slot = int(label[1:])
+        low = f"{edges[slot - 1]:g}" if slot > 0 else None
+        high = f"{edges[slot]:g}" if slot < len(edges) else None
+        span = f"{low}–{high}" if low and high else (f"under {high}" if high else f"{low} and over")
+        return f"popular among users with {attribute} {span}"
 
     def _answer(
         self, query: Query, items: np.ndarray, scores: np.ndarray, strategy: str, message: str | None = None
@@ -325,6 +480,13 @@ def _shortfall(found: int) -> str:
     if found == 0:
         return "nothing left to recommend: the user has already taken (or excluded) every item in the catalogue"
     return f"only {found} items left to recommend: the rest are seen or excluded"
+
+
+def _short_page(found: int, query: Query, ruled: bool) -> str:
+    """Why a page with rules or an offset is short: what is left is all the rules allow."""
+    removed = "seen, excluded, filtered out or hidden" if ruled else "seen or excluded"
+    where = f" from position {query.offset + 1}" if query.offset else ""
+    return f"only {found} items left to recommend{where}: the rest are {removed}"
 
 
 def _flat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:

@@ -33,3 +33,21 @@ def test_batch_cli_matches_pipeline(movielens_run, tmp_path, offline):
         assert rows["item_id"].tolist() == answer.item_ids
         assert rows["strategy"].unique().tolist() == [answer.strategy]
     assert np.isfinite(table["score"]).all()
+
+
+def test_batch_cli_takes_filters(movielens_run, tmp_path, offline):
+    users = tmp_path / "users.txt"
+    users.write_text("196\nnew-user\n")
+    out = tmp_path / "recs.parquet"
+    env = {**os.environ, "RECSYS_RANKER_TAG": movielens_run[0].ranker_tag}
+    command = [sys.executable, "-m", "serving.batch", "--out", str(out), "--k", "5", "--users", str(users)]
+    rules = '{"genres": {"include": ["Film-Noir"]}}'
+    subprocess.run([*command, "--filters", rules], cwd=REPO, env=env, check=True)
+    table = pd.read_parquet(out)
+    catalogue, index = offline.view.catalogue, offline.candidates.item_index
+    noir = catalogue.matrices["genres"][:, catalogue.values["genres"]["Film-Noir"]]
+    assert len(table) == 10 and all(noir[index[i]] for i in table["item_id"])
+    bad = subprocess.run(
+        [*command, "--filters", '{"colour": {"include": ["red"]}}'], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "unknown item attribute 'colour'" in bad.stderr

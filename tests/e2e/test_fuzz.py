@@ -62,6 +62,15 @@ def check(case, response) -> None:
         assert "Traceback" not in response.text
 
 
+def rule_error(response) -> bool:
+    """A 400 for filters the catalogue cannot apply: valid to the schema (keys are data), refused by design."""
+    try:
+        detail = json.loads(response.text).get("detail")
+    except (ValueError, AttributeError):
+        return False
+    return bool(detail) and all(d.get("type") == "unknown_filter" for d in detail)
+
+
 # Schemathesis' pytest plugin does not load under pytest 9 ("'Function' object has
 # no attribute '_nodeid'"), so each operation's strategy is driven by hypothesis here.
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
@@ -77,7 +86,7 @@ def test_no_server_errors_and_every_4xx_explains_itself(api_schema, fuzz_server,
             def fuzz(case):
                 response = case.call(base_url=fuzz_server.url, session=session, timeout=30)
                 statuses.append(response.status_code)
-                if mode is GenerationMode.POSITIVE and response.status_code == 400:
+                if mode is GenerationMode.POSITIVE and response.status_code == 400 and not rule_error(response):
                     # BentoML's OpenAPI does not mark request bodies required, so "no body"
                     # counts as valid to the fuzzer; anything else valid must be served.
                     assert not isinstance(case.body, dict), f"{case.path} {case.body!r}: {response.text}"

@@ -137,7 +137,8 @@ def test_image_rejects_bad_input(container):
         assert response.status_code == 400 and response.json()["detail"][0]["loc"] == ["k"]
         response = http.post("/similar_items", json={"item_id": "no-such-item"})
         assert response.status_code == 404
-        response = http.post("/recommend", content=b"{" + b" " * (1024 * 1024) + b"}")  # over the 1 MiB default
+        too_large = b"{" + b" " * (1024 * 1024) + b"}"  # over the 1 MiB default
+        response = http.post("/recommend", content=too_large, headers={"content-type": "application/json"})
         assert response.status_code == 413
 
 

@@ -7,6 +7,7 @@ Loading, compatibility checks and feature refresh live in
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 import bentoml
@@ -28,6 +29,7 @@ from serving.batcher import PRESSURE, MicroBatcher, Overloaded
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.events import EventLog, Recorder
+from serving.health import start_probes
 from serving.responses import answer, similar_to
 from serving.runtime import Runtime, paired_candidates_tag
 from serving.settings import get_settings
@@ -70,6 +72,8 @@ class Recommender:
     def __init__(self) -> None:
         # One BLAS/OpenMP thread per worker: requests are small, workers give the parallelism.
         threadpool_limits(1)
+        # The event loop, the probe thread and the pipeline thread share one GIL: hand it over sooner.
+        sys.setswitchinterval(settings.gil_switch_ms / 1000)
         self.runtime = Runtime.from_store(
             str(self.ranker_model.tag), str(self.candidates_model.tag), settings.feature_store, settings.n_candidates
         )
@@ -87,9 +91,22 @@ class Recommender:
             settings.queue_timeout_seconds,
             PRESSURE,
         )
+        self.health = None  # the probe port, opened once the event loop runs (open_probe_port)
+
+    @bentoml.on_startup
+    async def open_probe_port(self) -> None:
+        """/livez and /readyz on RECSYS_HEALTH_PORT, answered off the event loop (serving/health.py)."""
+        self.health = start_probes(
+            settings.health_host,
+            settings.health_port,
+            settings.health_stale_seconds,
+            ready=lambda: True,  # this hook runs after __init__ loaded the models; stop() makes it False
+        )
 
     @bentoml.on_shutdown
     def stop(self) -> None:
+        if self.health is not None:
+            self.health.stop()
         self.runtime.stop_refresh()
         self.batcher.close()
         self.recorder.close()

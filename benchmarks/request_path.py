@@ -26,10 +26,8 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
-import aiohttp
 import httpx
 import numpy as np
 
@@ -42,32 +40,33 @@ from serving.settings import get_settings
 BUCKET = re.compile(r'recsys_batch_queries_bucket\{le="([^"]+)"\} ([0-9.e+]+)')
 
 
-async def probe(url: str, stop: asyncio.Event, latencies: list[float]) -> None:
-    """``GET /livez`` every 50 ms until ``stop``; a failed probe counts as 10 s."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        while not stop.is_set():
-            start = time.perf_counter()
-            try:
-                async with session.get(f"{url}/livez") as response:
-                    await response.read()
-                latencies.append((time.perf_counter() - start) * 1000)
-            except (TimeoutError, aiohttp.ClientError):
-                latencies.append(10_000.0)
-            await asyncio.sleep(0.05)
+def probe_urls(url: str, health_port: int | None) -> dict[str, str]:
+    """What the prober asks: ``/livez`` on the service port, and on the probe port when there is one."""
+    urls = {"livez": f"{url}/livez"}
+    if health_port:
+        urls["probe_port_livez"] = f"http://127.0.0.1:{health_port}/livez"
+    return urls
 
 
-async def loaded(url: str, path: str, bodies: list[dict], concurrency: int, seconds: float) -> tuple[dict, dict]:
-    """Closed-loop load with probes alongside: the load's summary and the probes' percentiles."""
-    stop, probes = asyncio.Event(), []
-    prober = asyncio.create_task(probe(url, stop, probes))
+async def loaded(
+    url: str, path: str, bodies: list[dict], concurrency: int, seconds: float, probes: dict[str, str]
+) -> tuple[dict, dict]:
+    """Closed-loop load, probed from another process: the load's summary and the probes' percentiles."""
+    prober = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.prober", "--seconds", str(seconds), *probes.values(),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     result = await fixed_concurrency(f"{url}{path}", bodies, concurrency, seconds)
-    stop.set()
-    await prober
-    return result.summary() | {"statuses": result.errors}, {
-        "livez_p50_ms": round(float(np.percentile(probes, 50)), 2),
-        "livez_p99_ms": round(float(np.percentile(probes, 99)), 2),
-        "livez_max_ms": round(float(max(probes)), 2),
-    }
+    latencies = json.loads((await prober.communicate())[0])
+    percentiles = {}
+    for name, probe_url in probes.items():
+        ms = latencies[probe_url]
+        percentiles |= {
+            f"{name}_p50_ms": round(float(np.percentile(ms, 50)), 2),
+            f"{name}_p99_ms": round(float(np.percentile(ms, 99)), 2),
+            f"{name}_max_ms": round(float(max(ms)), 2),
+        }
+    return result.summary() | {"statuses": result.errors}, percentiles
 
 
 def batch_histogram(url: str) -> dict[str, float]:
@@ -86,28 +85,30 @@ def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     return {k: v for k, v in out.items() if v}
 
 
-def phase(name: str, url: str, pid: int, bodies: list[dict], levels: list[int], seconds: float, rate: float) -> dict:
+def phase(
+    name: str, url: str, pid: int, bodies: list[dict], levels: list[int], seconds: float, rate: float, probes: dict
+) -> dict:
     """Open loop at ``rate``, then each closed-loop level with probes; rows for the report."""
     fixed = asyncio.run(fixed_rate(f"{url}/recommend", bodies, rate, min(seconds * 2, 30)))
     rows = [{"server": name, **fixed.summary()}]
     print(markdown(rows), flush=True)
     for level in levels:
         before = batch_histogram(url)
-        summary, probes = asyncio.run(loaded(url, "/recommend", bodies, level, seconds))
+        summary, probed = asyncio.run(loaded(url, "/recommend", bodies, level, seconds, probes))
         summary.pop("statuses")
-        row = {"server": name, **summary, **probes, "rss_mb": process_tree_rss_mb(pid)}
+        row = {"server": name, **summary, **probed, "rss_mb": process_tree_rss_mb(pid)}
         row["batch_sizes"] = batch_sizes(before, batch_histogram(url)) or None
         rows.append(row)
         print(markdown([row]).splitlines()[-1], flush=True)
     return {"rows": rows}
 
 
-def overload(url: str, pid: int, users: list[str], seconds: float, connections: int) -> dict:
+def overload(url: str, pid: int, users: list[str], seconds: float, connections: int, probes: dict) -> dict:
     """Many connections of 20-user batch requests: what the clients get and how the probes and memory fare."""
     bodies = [{"requests": [{"user_id": u, "k": 10} for u in users[i : i + 20]]} for i in range(0, 900, 20)]
     rss_start = process_tree_rss_mb(pid)
-    summary, probes = asyncio.run(loaded(url, "/recommend_batch", bodies, connections, seconds))
-    return {**summary, **probes, "rss_mb_start": rss_start, "rss_mb_end": process_tree_rss_mb(pid)}
+    summary, probed = asyncio.run(loaded(url, "/recommend_batch", bodies, connections, seconds, probes))
+    return {**summary, **probed, "rss_mb_start": rss_start, "rss_mb_end": process_tree_rss_mb(pid)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--overload-connections", type=int, default=200)
     cli.add_argument("--overload-seconds", type=float, default=20)
     cli.add_argument("--out", type=Path, default=Path("var/bench"))
+    cli.add_argument("--only-batched", action="store_true", help="skip the unbatched service and FastAPI")
     args = cli.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -128,16 +130,22 @@ def main(argv: list[str] | None = None) -> int:
     bodies = recommend_bodies(users, 5000, seed=2)
     base_env = {"RECSYS_REFRESH_SECONDS": "0", "RECSYS_EVENT_LOG": ""}
     bento = [str(BIN / "bentoml"), "serve", "service:Recommender", "--host", "127.0.0.1"]
-    for name, extra in (("bentoml batched", {}), ("bentoml unbatched", {"RECSYS_MAX_BATCH_QUERIES": "1"})):
-        port = free_port()
+    services = (("bentoml batched", {}), ("bentoml unbatched", {"RECSYS_MAX_BATCH_QUERIES": "1"}))
+    for name, extra in services[:1] if args.only_batched else services:
+        port, health_port = free_port(), free_port()
         log = args.out / f"{name.replace(' ', '_')}.log"
-        with server([*bento, "--port", str(port)], port, base_env | extra, log) as (url, pid):
+        env = base_env | extra | {"RECSYS_HEALTH_PORT": str(health_port)}
+        with server([*bento, "--port", str(port)], port, env, log) as (url, pid):
             print(f"\n{name}", flush=True)
-            report[name] = phase(name, url, pid, bodies, levels, args.seconds, args.rate)
+            probes = probe_urls(url, health_port)
+            report[name] = phase(name, url, pid, bodies, levels, args.seconds, args.rate, probes)
             if not extra:
                 print(f"\n{name}: overload", flush=True)
-                report["overload"] = overload(url, pid, users, args.overload_seconds, args.overload_connections)
+                report["overload"] = overload(url, pid, users, args.overload_seconds, args.overload_connections, probes)
                 print(json.dumps(report["overload"]), flush=True)
+    if args.only_batched:
+        (args.out / "request_path.json").write_text(json.dumps(report, indent=2))
+        return 0
     port = free_port()
     uvicorn = [
         str(BIN / "uvicorn"), "benchmarks.fastapi_app:app", "--port", str(port), "--host", "127.0.0.1",
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     with server(uvicorn, port, log=args.out / "fastapi.log") as (url, pid):
         print("\nfastapi (unbatched reference)", flush=True)
-        report["fastapi"] = phase("fastapi", url, pid, bodies, levels, args.seconds, args.rate)
+        report["fastapi"] = phase("fastapi", url, pid, bodies, levels, args.seconds, args.rate, probe_urls(url, None))
     rows = report["bentoml batched"]["rows"] + report["bentoml unbatched"]["rows"] + report["fastapi"]["rows"]
     print("\n" + markdown([{k: v for k, v in r.items() if k != "batch_sizes"} for r in rows]))
     (args.out / "request_path.json").write_text(json.dumps(report, indent=2))

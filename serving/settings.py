@@ -68,6 +68,24 @@ class ServiceSettings(BaseSettings):
     queue_timeout_seconds: float = Field(
         5.0, gt=0, description="a request still waiting for the pipeline after this long gets 503"
     )
+    health_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="also answer /livez and /readyz on this port, from a thread of their own: fast under any load "
+        "(for the kubelet; see serving/health.py)",
+    )
+    health_host: str = Field("0.0.0.0", description="address the probe port listens on")
+    health_stale_seconds: float = Field(
+        30.0, gt=0, description="the probes answer 503 when the event loop has not run for this long"
+    )
+    gil_switch_ms: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="how long a thread may hold the GIL while another waits (Python's default: 5 ms); shorter "
+        "gets the event loop and the probe thread in sooner while the pipeline thread computes",
+    )
     workers: int = Field(1, ge=1, le=64)
     timeout_seconds: float = Field(10.0, gt=0, description="BentoML traffic timeout")
 

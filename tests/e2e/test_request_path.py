@@ -7,20 +7,26 @@ import re
 import time
 
 import aiohttp
+import httpx
 import numpy as np
 import pytest
 
+from benchmarks.servers import free_port
 from stages.pipeline import Query
 from tests.support import serve
 
 pytestmark = pytest.mark.slow
 
 
+HEALTH_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def small_queue(movielens_run, tmp_path_factory):
-    """One worker that lets at most 60 queries wait."""
+    """One worker that lets at most 60 queries wait, with the probe port open."""
     run, _ = movielens_run
     env = {
+        "RECSYS_HEALTH_PORT": str(HEALTH_PORT),
         "RECSYS_RANKER_TAG": run.ranker_tag,
         "RECSYS_REFRESH_SECONDS": "0",
         "RECSYS_EVENT_LOG": "",
@@ -79,31 +85,40 @@ def test_overload_is_shed_at_once_with_503_and_retry_after(small_queue):
 
 def test_probes_answer_while_the_worker_is_busy(small_queue):
     """/livez is answered between pipeline calls, not after the queue: far sooner than the work it waits beside."""
-
-    async def scenario() -> tuple[list[float], list[float]]:
-        bodies = [
-            {"requests": [{"user_id": str(1 + (i * 20 + j) % 900), "k": 50} for j in range(20)]} for i in range(3)
-        ]
-        work, probes = [], []
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-
-            async def batch(body: dict) -> None:
-                start = time.perf_counter()
-                async with session.post(f"{small_queue.url}/recommend_batch", json=body) as response:
-                    assert response.status == 200
-                    await response.read()
-                work.append(time.perf_counter() - start)
-
-            async def probe() -> None:
-                await asyncio.sleep(0.01)
-                for _ in range(10):
-                    start = time.perf_counter()
-                    async with session.get(f"{small_queue.url}/livez") as response:
-                        assert response.status == 200
-                    probes.append(time.perf_counter() - start)
-
-            await asyncio.gather(*(batch(b) for b in bodies), probe())
-        return work, probes
-
-    work, probes = asyncio.run(scenario())
+    work, probes = asyncio.run(_busy_with_probes(small_queue.url, f"{small_queue.url}/livez"))
     assert np.median(probes) < max(work) / 3, (probes, work)
+
+
+def test_the_probe_port_answers_from_its_own_thread_while_the_worker_is_busy(small_queue):
+    """The probe port needs neither the event loop nor the pipeline thread: it says the loop beat recently."""
+    work, probes = asyncio.run(_busy_with_probes(small_queue.url, f"http://127.0.0.1:{HEALTH_PORT}/readyz"))
+    assert np.median(probes) < max(work) / 3, (probes, work)
+    answer = httpx.get(f"http://127.0.0.1:{HEALTH_PORT}/livez").json()
+    assert answer["status"] == "ok"
+    assert answer["event_loop_ms"] < 5_000
+    assert httpx.get(f"http://127.0.0.1:{HEALTH_PORT}/recommend").status_code == 404
+
+
+async def _busy_with_probes(service_url: str, probe_url: str) -> tuple[list[float], list[float]]:
+    """Three 20-user batches sent at once and ten probes of ``probe_url`` meanwhile: seconds each took."""
+    bodies = [{"requests": [{"user_id": str(1 + (i * 20 + j) % 900), "k": 50} for j in range(20)]} for i in range(3)]
+    work, probes = [], []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def batch(body: dict) -> None:
+            start = time.perf_counter()
+            async with session.post(f"{service_url}/recommend_batch", json=body) as response:
+                assert response.status == 200
+                await response.read()
+            work.append(time.perf_counter() - start)
+
+        async def probe() -> None:
+            await asyncio.sleep(0.01)
+            for _ in range(10):
+                start = time.perf_counter()
+                async with session.get(probe_url) as response:
+                    assert response.status == 200
+                probes.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(batch(b) for b in bodies), probe())
+    return work, probes

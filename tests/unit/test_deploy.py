@@ -40,6 +40,19 @@ def test_probes_and_resources():
     assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler"}
 
 
+def test_probes_go_to_the_probe_port_the_service_opens_and_the_cluster_service_does_not_expose():
+    deployment = next(d for d in documents() if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RECSYS_HEALTH_PORT"] == str(ports["probes"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "probes"
+        assert container[probe]["timeoutSeconds"] == 1
+    service = next(d for d in documents() if d["kind"] == "Service")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+
+
 def test_split_form_one_deployment_and_autoscaler_per_stage_and_the_entry_finds_them_by_service_name():
     docs = documents(SPLIT)
     by_kind = {

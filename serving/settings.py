@@ -75,7 +75,8 @@ class ServiceSettings(BaseSettings):
         description="also answer /livez and /readyz on this port, from a thread of their own: fast under any load "
         "(for the kubelet; see serving/health.py)",
     )
-    health_host: str = Field("0.0.0.0", description="address the probe port listens on")
+    # Every interface of the pod, so the kubelet reaches it; the Service does not expose the port.
+    health_host: str = Field("0.0.0.0", description="address the probe port listens on")  # nosec B104
     health_stale_seconds: float = Field(
         30.0, gt=0, description="the probes answer 503 when the event loop has not run for this long"
     )

@@ -16,12 +16,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
-    SerializerFunctionWrapHandler,
     StrictBool,
     StrictFloat,
     StrictInt,
     WithJsonSchema,
-    model_serializer,
     model_validator,
 )
 
@@ -196,22 +194,22 @@ class BecauseItem(BaseModel):
     title: str | None = None
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class RecommendedItem(BaseModel):
     item_id: str
     score: float
     rank: int
     title: str | None = None
-    because: list[BecauseItem] | None = Field(None, description="with explain: the user's items closest to this one")
-    reasons: list[str] | None = Field(None, description="with explain: the ranker's main reasons, in words")
-
-    @model_serializer(mode="wrap")
-    def _only_when_explained(self, handler: SerializerFunctionWrapHandler):  # no return type: keeps the schema
-        """Without ``explain`` an item is what it always was: no ``because``/``reasons`` keys."""
-        data = handler(self)
-        for key in ("because", "reasons"):
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+    # Without ``explain`` an item is what it always was: no ``because``/``reasons`` keys.
+    because: list[BecauseItem] | None = Field(
+        None, description="with explain: the user's items closest to this one", exclude_if=_is_none
+    )
+    reasons: list[str] | None = Field(
+        None, description="with explain: the ranker's main reasons, in words", exclude_if=_is_none
+    )
 
 
 class ModelTags(BaseModel):

@@ -71,6 +71,15 @@ class Pressure:
 PRESSURE = Pressure()  # this worker's (one batcher per worker)
 
 
+class _Expired(Exception):
+    """A queued request's time ran out before a pipeline call took it."""
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
+
+
 class Overloaded(Exception):
     """The worker cannot take this request now; ``retry_after`` is the seconds a client should wait."""
 
@@ -118,12 +127,16 @@ class MicroBatcher(Generic[Q, R]):
         self.pressure.pending += len(queries)
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
+        # One timer per request, no task: asyncio.wait_for(shield(...)) cost two more objects per request.
+        # A request that times out or whose client leaves (cancelled) is done: the drainer skips it.
+        timer = loop.call_later(self.timeout, _expire, waiting.future)
         try:
-            return await asyncio.wait_for(asyncio.shield(waiting.future), self.timeout)
-        except TimeoutError:
-            waiting.future.cancel()  # if still queued, the drainer skips it
+            return await waiting.future
+        except _Expired:
             SHED.labels(reason="timeout").inc()
             raise Overloaded(f"timed out after {self.timeout:g}s waiting for the pipeline") from None
+        finally:
+            timer.cancel()
 
     async def call(self, function: Callable[..., R], *args: object) -> R:
         """Run another pipeline function in the same thread (never two pipeline calls at once)."""

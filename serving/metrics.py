@@ -1,4 +1,13 @@
-"""Prometheus counters served on /metrics next to BentoML's own."""
+"""Prometheus counters served on /metrics next to BentoML's own.
+
+``bentoml.metrics`` warns that it is deprecated in favour of
+``prometheus_client``, but in BentoML 1.4.40 it is still the safe way: a
+worker sets ``PROMETHEUS_MULTIPROC_DIR`` after it imported the service
+module, and ``bentoml.metrics`` defers importing ``prometheus_client`` until
+a metric is created; imported here directly, it would start in
+single-process mode and these metrics would never reach ``/metrics``
+(see the docstring of ``bentoml/metrics.py``).
+"""
 
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ users and the same relevant items:
 
 - warm users: the two-stage model without the recent items, with them only
   excluded (a client that filters but does not tell), and with them passed;
-- users unknown at T: popularity over each window and the two-stage model
-  from the recent items alone.
+- users unknown at T: popularity over each window, item-to-item cosine
+  from the recent items (the usual "because you watched" answer for a
+  visitor), and the two-stage model from the recent items alone.
 
     python -m train.freshness            # MovieLens-100K, the README's table
 """
@@ -26,7 +27,7 @@ import pandas as pd
 
 from features import movielens
 from features.schema import Columns
-from stages.candidates import CandidateParams, popularity_share
+from stages.candidates import CandidateModel, CandidateParams, popularity_share, ranking
 from stages.pipeline import Query, RecentEvent, TwoStageRecommender
 from train.backtest import POPULARITY_WINDOWS, BacktestParams, backtest_cuts, popularity_name
 from train.evaluate import K, popularity_lists, ranking_metrics
@@ -35,6 +36,7 @@ from train.ranker_training import DAY, RankerParams, Stages, fit_ranker
 WITHOUT = "two-stage, recent items not passed"
 EXCLUDED = "two-stage, recent items only excluded"
 WITH = "two-stage, recent items passed"
+ITEM_KNN = "item-to-item cosine from the recent items"
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,24 @@ def _lists(
             # The baseline knows the recent items too: it leaves them out.
             ranked = popularity_lists(candidates, share, users, K + len(told[users[0]]))
             lists[popularity_name(days)] = {u: [i for i in ranked[u] if i not in told[u]][:K] for u in users}
+        lists[ITEM_KNN] = item_knn_lists(candidates, {u: told[u] for u in users})
     return lists
+
+
+def item_knn_lists(candidates: CandidateModel, told: dict[str, list[str]], k: int = K) -> dict[str, list[str]]:
+    """Per user, the items closest to their recent ones: summed cosine of item columns of the training matrix."""
+    taken = (candidates.seen > 0).astype(np.float32).tocsc()
+    norms = np.sqrt(np.asarray(taken.sum(axis=0)).ravel()) + 1e-9
+    out = {}
+    for user, items in told.items():
+        seeds = [candidates.item_index[i] for i in items if i in candidates.item_index]
+        scores = np.zeros(candidates.n_items)
+        if seeds:
+            overlap = (taken.T @ taken[:, seeds]).toarray()  # items x seeds: users who took both
+            scores = (overlap / norms[:, None] / norms[seeds][None, :]).sum(axis=1)
+            scores[seeds] = -np.inf
+        out[user] = [str(i) for i in candidates.item_ids[ranking(scores)[:k]]]
+    return out
 
 
 def run(stages: Stages, ranker_params: RankerParams, params: FreshnessParams, echo: bool = True) -> dict:

@@ -160,16 +160,19 @@ class TwoStageRecommender:
         return [answers[i] if i in answers else self._cold_start(q, users[i]) for i, q in enumerate(queries)]
 
     def filtered_count(self, query: Query) -> int:
-        """Catalogue items the filters remove for a query (seen, then excluded, each once), for metrics."""
-        user = self._user(query)
-        removed = set(self._excluded(query).tolist())
+        """Catalogue items a query may not get, each once, for metrics.
+
+        Seen (stored and recent, with ``exclude_seen``), excluded, outside the
+        query's filters or hidden: every reason an item is kept out of the answer.
+        """
+        removed = np.zeros(self.candidates.n_items, dtype=bool)
+        removed[self._blocked(query)] = True  # exclusions, filters, hidden items
         if query.exclude_seen:
-            if user.index >= 0:
-                seen = self.candidates.seen
-                removed.update(seen.indices[seen.indptr[user.index] : seen.indptr[user.index + 1]].tolist())
+            user = self._user(query)
+            removed[self.candidates.seen_items(user.index)] = True
             if user.recent is not None:
-                removed.update(user.recent.items.tolist())
-        return len(removed)
+                removed[user.recent.items] = True
+        return int(removed.sum())
 
     def allowed(self, filters: Filters) -> np.ndarray | None:
         """Items the filters and the hidden list let through (``None``: every item)."""

@@ -19,7 +19,7 @@ COLD_STARTS = bentoml.metrics.Counter(
 )
 FILTERED_ITEMS = bentoml.metrics.Counter(
     name="recsys_filtered_items_total",
-    documentation="Items removed from answers as already seen or explicitly excluded",
+    documentation="Catalogue items kept out of answers: already seen, excluded, outside the filters or hidden",
 )
 FEEDBACK = bentoml.metrics.Counter(
     name="recsys_feedback_total",

@@ -108,6 +108,8 @@ class Runtime:
         self.candidates = CandidateModel.load(Path(candidates_model.path), candidates_card.params)
         self.names = self.card.features
         self.ranker = Ranker(bentoml.catboost.load_model(ranker_model), self.names)
+        # The tree tables `explain` reads are built at load (~30 ms), not by the first request that asks for them.
+        self.ranker.paths  # noqa: B018
         self.feature_source = feature_store or str(Path(candidates_model.path) / MODEL_SNAPSHOT_DIR)
         self._packed = feature_store is None
         try:

@@ -3,8 +3,9 @@
 - ``because``: the user's own items (stored history and the request's recent
   items) closest to the recommended item by cosine of ALS item factors, the
   similarity the ALS candidate stage ranks by.
-- ``reasons``: the ranker's largest positive per-row contributions (CatBoost
-  SHAP values for the rows shown), each feature put in words through
+- ``reasons``: the ranker's largest positive per-row contributions (tree
+  path contributions for the rows shown, see
+  :meth:`stages.ranker.Ranker.path_contributions`), each feature put in words through
   :data:`PHRASES`. Features of the user alone (their activity, their
   attributes) are left out: they add the same to every item of a list and so
   do not say why this item.
@@ -46,14 +47,25 @@ PHRASES = {
 def because(unit_vectors: np.ndarray, history: np.ndarray, items: np.ndarray, n: int = MAX_BECAUSE) -> list[np.ndarray]:
     """Per recommended item, up to ``n`` history items most similar to it (positive cosine only), best first.
 
-    ``history`` sorted ascending (ties go to the lower index).
+    ``history`` sorted ascending (ties go to the lower index). One matrix
+    product over the history, then ``n`` passes of ``argmax`` (which returns
+    the first of equal values, so ties fall as a stable sort would order them)
+    instead of sorting every row: a long history costs a product, not a sort.
     """
     if len(history) == 0:
         return [np.empty(0, np.int64) for _ in items]
-    sims = unit_vectors[items] @ unit_vectors[history].T
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :n]
-    best = np.take_along_axis(sims, top, axis=1)
-    return [history[picked[close > 0]] for picked, close in zip(top, best, strict=True)]
+    sims = np.take(unit_vectors, items, axis=0) @ np.take(unit_vectors, history, axis=0).T
+    sims[np.isnan(sims)] = -np.inf  # a sort puts NaN last; never picked, as it is not positive
+    flat, starts = sims.ravel(), np.arange(len(items)) * len(history)  # flat indices: cheaper than [rows, cols]
+    picked = np.empty((len(items), min(n, len(history))), dtype=np.int64)
+    positive = np.empty(picked.shape, dtype=bool)
+    for rank in range(picked.shape[1]):
+        best = sims.argmax(axis=1)
+        picked[:, rank] = best
+        positive[:, rank] = flat[starts + best] > 0
+        flat[starts + best] = -np.inf
+    # Picked best first, so the positive ones are a prefix of each row.
+    return [near[:count] for near, count in zip(history[picked], positive.sum(axis=1).tolist(), strict=True)]
 
 
 class Reasons:
@@ -80,13 +92,15 @@ class Reasons:
         """Per row (one per item), up to :data:`MAX_REASONS` distinct phrases, largest contribution first."""
         scored = np.where(self.candidate, contributions, -np.inf)
         top = np.argsort(-scored, axis=1, kind="stable")[:, : 2 * MAX_REASONS]  # room for phrases that repeat
+        # Plain Python numbers from here: the loop below reads a few per row, and numpy scalars are slow to compare.
+        values = np.take_along_axis(scored, top, axis=1).tolist()
         out = []
-        for row, item, columns in zip(scored, items, top, strict=True):
+        for item, columns, row in zip(items.tolist(), top.tolist(), values, strict=True):
             phrases: list[str] = []
-            for j in columns:
-                if row[j] <= 0 or len(phrases) == MAX_REASONS:
+            for j, value in zip(columns, row, strict=True):
+                if value <= 0 or len(phrases) == MAX_REASONS:
                     break
-                text = self._text(j, int(item), user_row)
+                text = self._text(j, item, user_row)
                 if text not in phrases:
                     phrases.append(text)
             out.append(phrases)

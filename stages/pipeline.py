@@ -160,16 +160,19 @@ class TwoStageRecommender:
         return [answers[i] if i in answers else self._cold_start(q, users[i]) for i, q in enumerate(queries)]
 
     def filtered_count(self, query: Query) -> int:
-        """Catalogue items the filters remove for a query (seen, then excluded, each once), for metrics."""
-        user = self._user(query)
-        removed = set(self._excluded(query).tolist())
+        """Catalogue items a query may not get, each once, for metrics.
+
+        Seen (stored and recent, with ``exclude_seen``), excluded, outside the
+        query's filters or hidden: every reason an item is kept out of the answer.
+        """
+        removed = np.zeros(self.candidates.n_items, dtype=bool)
+        removed[self._blocked(query)] = True  # exclusions, filters, hidden items
         if query.exclude_seen:
-            if user.index >= 0:
-                seen = self.candidates.seen
-                removed.update(seen.indices[seen.indptr[user.index] : seen.indptr[user.index + 1]].tolist())
+            user = self._user(query)
+            removed[self.candidates.seen_items(user.index)] = True
             if user.recent is not None:
-                removed.update(user.recent.items.tolist())
-        return len(removed)
+                removed[user.recent.items] = True
+        return int(removed.sum())
 
     def allowed(self, filters: Filters) -> np.ndarray | None:
         """Items the filters and the hidden list let through (``None``: every item)."""
@@ -315,10 +318,17 @@ class TwoStageRecommender:
         return notes
 
     def _history(self, user: _User) -> np.ndarray:
-        """The user's items: stored and recent, each once."""
-        stored = self.candidates.seen_items(user.index)
+        """The user's items, ascending: stored and recent, each once."""
+        stored = self.candidates.seen_items(user.index).astype(np.int64, copy=False)
+        if user.recent is None and self._seen_canonical:
+            return stored  # a canonical CSR row is already sorted and free of repeats
         recent = user.recent.items if user.recent is not None else np.empty(0, np.int64)
-        return np.unique(np.concatenate([stored, recent]).astype(np.int64))
+        return np.unique(np.concatenate([stored, recent]))
+
+    @cached_property
+    def _seen_canonical(self) -> bool:
+        """Whether the stored histories are sorted without repeats (checked once, not per request)."""
+        return bool(self.candidates.seen.has_canonical_format)
 
     def _explain(self, user: _User, items: np.ndarray, leaves: np.ndarray | None) -> list[Explanation]:
         """``because`` from the user's history, ``reasons`` from the ranker's contributions for the rows shown."""
@@ -327,14 +337,19 @@ class TwoStageRecommender:
             reasons = [["fits your taste: people with similar taste liked it"] for _ in items]
         else:
             reasons = self._reasons.of(self.ranker.path_contributions(leaves), items, user.row)
-        return [Explanation([self._named(i) for i in near], why) for near, why in zip(similar, reasons, strict=True)]
+        # Ids and titles of every named item in one gather each, not one numpy lookup per item.
+        flat = np.concatenate(similar) if similar else np.empty(0, np.int64)
+        ids = [str(i) for i in self.candidates.item_ids[flat].tolist()]
+        named = list(zip(ids, self.view.titles[flat].tolist(), strict=True))
+        ends = np.cumsum([len(near) for near in similar]).tolist()
+        return [
+            Explanation(named[end - len(near) : end], why)
+            for near, end, why in zip(similar, ends, reasons, strict=True)
+        ]
 
     @cached_property
     def _reasons(self) -> Reasons:
         return Reasons(self.view, self.ranker.names.all)
-
-    def _named(self, item: int) -> tuple[str, str | None]:
-        return str(self.candidates.item_ids[item]), self.view.titles[item]
 
     def _fresh_batch(self, queries: list[Query], users: list[_User]) -> FreshBatch | None:
         """The fresh users of a batch (those with usable recent items), or ``None`` when there are none."""

@@ -16,7 +16,6 @@ class Ranker:
     def __init__(self, model: CatBoost, names: FeatureNames) -> None:
         self.model = model
         self.names = names
-        self._paths: TreePaths | None = None
 
     @staticmethod
     def data(names: FeatureNames, numeric: np.ndarray, categorical: np.ndarray) -> FeaturesData:
@@ -43,8 +42,6 @@ class Ranker:
         if len(numeric) == 0:
             return np.empty(0, dtype=np.float32), np.empty((0, self.model.tree_count_), dtype=np.int64)
         pool = Pool(self.data(self.names, numeric, categorical))
-        if self._paths is None:
-            self._paths = TreePaths.of(self.model, pool, self.names.all)
         scores = self.model.predict(pool, prediction_type="RawFormulaVal", thread_count=1).astype(np.float32)
         return scores, np.asarray(self.model.calc_leaf_indexes(pool, thread_count=1), dtype=np.int64)
 
@@ -57,7 +54,12 @@ class Ranker:
         A few numpy gathers over the rows' leaves, where CatBoost's ``ShapValues``
         take 75-105 ms for ten rows of the MovieLens model (``Approximate``: 3 ms).
         """
-        return self._paths.contributions(leaves)
+        return self.paths.contributions(leaves)
+
+    @cached_property
+    def paths(self) -> TreePaths:
+        """The trees as arrays for :meth:`path_contributions`, built once per model (tens of ms, not per request)."""
+        return TreePaths.of(self.model, self.names)
 
     def contributions(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
         """:meth:`path_contributions` for rows given as features."""
@@ -65,55 +67,92 @@ class Ranker:
 
 
 class TreePaths:
-    """A symmetric-tree CatBoost model as arrays: each tree's split features and expected value at each depth."""
+    """A symmetric-tree CatBoost model as arrays, for per-row path contributions.
 
-    def __init__(self, features: np.ndarray, means: np.ndarray, n_features: int) -> None:
-        self.features = features  # (trees, depth): the feature each level splits on
-        self.means = means  # (trees, depth + 1, 2**depth): expected leaf value given the first d splits' outcomes
+    Everything a request needs is precomputed here, once per model: for each
+    (tree, leaf), the feature of each split on the path to that leaf and what
+    that split changes the expected value by. A request's contributions are then
+    one gather over its rows' leaves and one ``bincount``: no Python per tree or
+    per row. Trees shallower than the deepest (CatBoost stops a tree when no
+    split helps) are padded with splits that change nothing.
+    """
+
+    def __init__(self, features: np.ndarray, deltas: np.ndarray, n_features: int, expected: float) -> None:
+        self.features = features  # (trees, depth): the feature each level splits on; n_features for padding
+        self.deltas = deltas  # (trees * 2**depth, depth): row t * 2**depth + leaf, the change at each split
         self.n_features = n_features
+        self.expected = expected  # the model's expected score: the sum of each tree's weighted mean leaf value
+        self.offsets = np.arange(len(features), dtype=np.int64) * (1 << features.shape[1])
+        self._bins = self._bins_for(100)  # grown on demand; 100 covers any page (k <= 100)
 
     @classmethod
-    def of(cls, model: CatBoost, pool: Pool, names: list[str]) -> TreePaths:
-        counts = np.asarray(model.get_tree_leaf_counts())
-        if len(set(counts.tolist())) != 1:
-            raise ValueError("path contributions need symmetric trees of one depth")
-        trees, depth = len(counts), int(np.log2(counts[0]))
-        index = {name: j for j, name in enumerate(names)}
-        # "{cat_a, cat_b} pr0..." is a CTR over categorical features (credited to the first); else "name, bin=...".
-        features = np.array(
-            [[index[_split_feature(split)] for split in model._get_tree_splits(t, pool)] for t in range(trees)],
-            dtype=np.int64,
-        ).reshape(trees, depth)
-        values = np.asarray(model.get_leaf_values(), dtype=np.float64).reshape(trees, 2**depth)
-        weights = np.asarray(model.get_leaf_weights(), dtype=np.float64).reshape(trees, 2**depth)
-        scale = model.get_scale_and_bias()[0]
-        leaves = np.arange(2**depth)
-        means = np.zeros((trees, depth + 1, 2**depth))
-        for d in range(depth + 1):
-            for prefix in range(2**d):
-                under = (leaves & ((1 << d) - 1)) == prefix  # leaf index bit d: the outcome of split d
-                total = weights[:, under].sum(axis=1)
-                means[:, d, prefix] = (
-                    scale * (values[:, under] * weights[:, under]).sum(axis=1) / np.maximum(total, 1e-12)
-                )
-        return cls(features, means, len(names))
-
-    @cached_property
-    def _deltas(self) -> np.ndarray:
-        """(trees, leaves, depth): what each split on the path to a leaf changes the expected value by."""
-        depth = self.features.shape[1]
-        leaves = np.arange(self.means.shape[2])
-        prefixes = leaves[:, None] & ((1 << np.arange(depth + 1)) - 1)  # (leaves, depth + 1)
-        expected = self.means[:, np.arange(depth + 1)[None, :], prefixes]  # (trees, leaves, depth + 1)
-        return np.diff(expected, axis=2)
+    def of(cls, model: CatBoost, names: FeatureNames) -> TreePaths:
+        """The arrays of a trained model; ``ValueError`` unless its trees are symmetric (CatBoost's default)."""
+        if model.get_all_params().get("grow_policy", "SymmetricTree") != "SymmetricTree":
+            raise ValueError("path contributions need symmetric trees")
+        counts = np.asarray(model.get_tree_leaf_counts(), dtype=np.int64)
+        depths = np.log2(counts).astype(np.int64)
+        if not np.array_equal(1 << depths, counts):
+            raise ValueError("path contributions need symmetric trees")
+        index = {name: j for j, name in enumerate(names.all)}
+        # Split descriptions need a pool only to name categorical values; one blank row does (names are all we read).
+        blank = Pool(
+            Ranker.data(
+                names,
+                np.zeros((1, len(names.numeric)), dtype=np.float32),
+                np.full((1, len(names.categorical)), "", dtype=object),
+            )
+        )
+        top = int(depths.max(initial=0))
+        n_features = len(names.all)
+        features = np.full((len(counts), top), n_features, dtype=np.int64)
+        deltas = np.zeros((len(counts), 1 << top, top))
+        values = np.asarray(model.get_leaf_values(), dtype=np.float64)
+        weights = np.asarray(model.get_leaf_weights(), dtype=np.float64)
+        scale, bias = model.get_scale_and_bias()
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        expected = float(bias)
+        for t, depth in enumerate(depths.tolist()):
+            # "{cat_a, cat_b} pr0..." is a CTR over categorical features (credited to the first); else "name, bin=...".
+            features[t, :depth] = [index[_split_feature(split)] for split in model._get_tree_splits(t, blank)]
+            leaf = slice(starts[t], starts[t + 1])
+            means = _prefix_means(scale * values[leaf], weights[leaf], depth)  # (depth + 1, leaves)
+            expected += float(means[0, 0])
+            deltas[t, : 1 << depth, :depth] = np.diff(means, axis=0).T
+        return cls(features, deltas.reshape(-1, top), n_features, expected)
 
     def contributions(self, leaves: np.ndarray) -> np.ndarray:
         """Rows x features contributions for rows whose leaf index in each tree is ``leaves`` (rows x trees)."""
-        rows, trees = leaves.shape
-        delta = self._deltas[np.arange(trees)[None, :], leaves]  # (rows, trees, depth)
-        flat = np.arange(rows)[:, None, None] * self.n_features + self.features[None, :, :]
-        out = np.bincount(flat.ravel(), weights=delta.ravel(), minlength=rows * self.n_features)
-        return out.reshape(rows, self.n_features).astype(np.float32)
+        rows = len(leaves)
+        if rows > len(self._bins):
+            self._bins = self._bins_for(rows)
+        width = self.n_features + 1
+        delta = np.take(self.deltas, leaves + self.offsets, axis=0)  # (rows, trees, depth); take beats [] here
+        out = np.bincount(self._bins[:rows].ravel(), weights=delta.ravel(), minlength=rows * width)
+        return out.reshape(rows, width)[:, : self.n_features].astype(np.float32)
+
+    def _bins_for(self, rows: int) -> np.ndarray:
+        """(rows, trees, depth): where each split's change lands in a flat rows x (features + 1) result.
+
+        One more column than features takes the padding splits' zeros.
+        """
+        return self.features + (np.arange(rows) * (self.n_features + 1))[:, None, None]
+
+
+def _prefix_means(values: np.ndarray, weights: np.ndarray, depth: int) -> np.ndarray:
+    """(depth + 1, leaves): for each leaf, the weighted mean value of the leaves that share its first d splits.
+
+    Bit d of a leaf index is the outcome of split d, so the leaves sharing the
+    first d outcomes are those with the same low d bits.
+    """
+    leaves = np.arange(1 << depth)
+    out = np.empty((depth + 1, len(leaves)))
+    for d in range(depth + 1):
+        group = leaves & ((1 << d) - 1)
+        total = np.bincount(group, weights=weights * values, minlength=1 << d)
+        mass = np.bincount(group, weights=weights, minlength=1 << d)
+        out[d] = (total / np.maximum(mass, 1e-12))[group]
+    return out
 
 
 def _split_feature(split: str) -> str:

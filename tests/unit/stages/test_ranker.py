@@ -1,26 +1,108 @@
-"""The ranker's per-row path contributions on a small model trained here."""
+"""The ranker's per-row path contributions, pinned against references computed another way."""
 
 from __future__ import annotations
 
 import numpy as np
-from catboost import CatBoost
+import pytest
+from catboost import CatBoost, Pool
 
 from stages.feature_view import FeatureNames
-from stages.ranker import Ranker
+from stages.ranker import Ranker, TreePaths
+
+
+def trained(depth: int, categorical: bool = True, rows: int = 200) -> tuple[Ranker, np.ndarray, np.ndarray]:
+    """A small seeded model; with ``categorical``, a 2-value (one-hot) and a 3-value (CTR) column."""
+    rng = np.random.default_rng(0)
+    numeric = rng.normal(size=(rows, 3)).astype(np.float32)
+    colour = rng.choice(["a", "b", "c"], size=rows)
+    side = rng.choice(["left", "right"], size=rows)
+    target = numeric[:, 0] * 2 - numeric[:, 1] + (colour == "a") + 0.5 * (side == "left")
+    names = FeatureNames(("x0", "x1", "x2"), ("colour", "side") if categorical else ())
+    cats = np.stack([colour, side], axis=1).astype(object) if categorical else np.empty((rows, 0), dtype=object)
+    params = {"iterations": 30, "depth": depth, "verbose": False, "random_seed": 0, "thread_count": 1}
+    model = CatBoost({**params, "allow_writing_files": False})
+    model.fit(Pool(Ranker.data(names, numeric, cats), label=target))
+    return Ranker(model, names), numeric, cats
 
 
 def test_path_contributions_add_up_to_the_score():
-    rng = np.random.default_rng(0)
-    numeric = rng.normal(size=(200, 3)).astype(np.float32)
-    categorical = rng.choice(["a", "b", "c"], size=(200, 1)).astype(object)
-    target = numeric[:, 0] * 2 - numeric[:, 1] + (categorical[:, 0] == "a")
-    names = FeatureNames(("x0", "x1", "x2"), ("colour",))
-    model = CatBoost({"iterations": 30, "depth": 3, "verbose": False, "random_seed": 0, "thread_count": 1})
-    model.fit(Ranker.data(names, numeric, categorical), target)
-    ranker = Ranker(model, names)
+    ranker, numeric, categorical = trained(depth=3)
     contributions = ranker.contributions(numeric[:10], categorical[:10])
-    expected = ranker._paths.means[:, 0, 0].sum() + model.get_scale_and_bias()[1]
     scores = ranker.score(numeric[:10], categorical[:10])
-    np.testing.assert_allclose(contributions.sum(axis=1) + expected, scores, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(contributions.sum(axis=1) + ranker.paths.expected, scores, rtol=1e-4, atol=1e-4)
     # x0 drives the target most: it carries the largest contributions on average.
     assert np.abs(contributions).mean(axis=0).argmax() == 0
+
+
+def test_path_contributions_equal_a_walk_down_each_tree():
+    """The vectorised tables against the definition, one row, tree and split at a time.
+
+    The walk finds each row's path from its raw features and the split borders
+    (so it also pins which bit of CatBoost's leaf index is which split), and
+    takes expected values straight from the leaf values and weights.
+    """
+    ranker, numeric, _ = trained(depth=4, categorical=False)
+    model, rows = ranker.model, numeric[:25]
+    leaves = np.asarray(model.calc_leaf_indexes(Pool(rows)), dtype=np.int64)
+    counts = model.get_tree_leaf_counts()
+    values = np.split(np.asarray(model.get_leaf_values()), np.cumsum(counts)[:-1])
+    weights = np.split(np.asarray(model.get_leaf_weights()), np.cumsum(counts)[:-1])
+    reference = np.zeros((len(rows), 3))
+    for t in range(model.tree_count_):
+        splits = [split.split(", bin=") for split in model._get_tree_splits(t, None)]  # "<column>, bin=<border>"
+
+        def expected(taken: list[int], t: int = t) -> float:
+            """Weighted mean leaf value over the leaves whose first splits went as ``taken``."""
+            under = [leaf for leaf in range(counts[t]) if all((leaf >> d) & 1 == b for d, b in enumerate(taken))]
+            return float(np.average(values[t][under], weights=np.maximum(weights[t][under], 1e-300)))
+
+        for r, row in enumerate(rows):
+            taken = [int(row[int(name)] > float(border)) for name, border in splits]
+            assert sum(b << d for d, b in enumerate(taken)) == leaves[r, t]
+            for d, (name, _) in enumerate(splits):
+                reference[r, int(name)] += expected(taken[: d + 1]) - expected(taken[:d])
+    np.testing.assert_allclose(ranker.path_contributions(leaves), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_one_split_trees_give_catboost_shap_values():
+    """With one split per tree, path contributions and SHAP values are the same thing: CatBoost's own answer.
+
+    Categorical splits included (one-hot and CTR), so their credit goes to the right column.
+    """
+    ranker, numeric, categorical = trained(depth=1)
+    data = Ranker.data(ranker.names, numeric[:20], categorical[:20])
+    shap = ranker.model.get_feature_importance(Pool(data), type="ShapValues")
+    np.testing.assert_allclose(ranker.contributions(numeric[:20], categorical[:20]), shap[:, :-1], atol=1e-5)
+    np.testing.assert_allclose(ranker.paths.expected, shap[0, -1], atol=1e-5)
+
+
+class ThreeTrees:
+    """Just enough of a CatBoost model for :meth:`TreePaths.of`: trees of depth 2, 1 and 0 (a lone leaf)."""
+
+    def get_all_params(self) -> dict:
+        return {"grow_policy": "SymmetricTree"}
+
+    def get_tree_leaf_counts(self) -> np.ndarray:
+        return np.array([4, 2, 1])
+
+    def _get_tree_splits(self, tree: int, pool: Pool) -> list[str]:
+        return [["a, bin=0.5", "b, bin=0.5"], ["b, bin=0.5"], []][tree]
+
+    def get_leaf_values(self) -> np.ndarray:
+        return np.array([0.0, 1, 2, 3, 0, 4, 5])
+
+    def get_leaf_weights(self) -> np.ndarray:
+        return np.array([1.0, 1, 1, 1, 3, 1, 2])
+
+    def get_scale_and_bias(self) -> tuple[float, float]:
+        return 1.0, 0.5
+
+
+def test_trees_of_different_depths_worked_by_hand():
+    """CatBoost stops a tree early when no split helps; such models must explain too (they raised before)."""
+    paths = TreePaths.of(ThreeTrees(), FeatureNames(("a", "b", "c"), ()))
+    assert paths.expected == pytest.approx(0.5 + 1.5 + 1.0 + 5.0)
+    # Leaf 3 (a and b true): a moves tree 0 from 1.5 to 2, b from 2 to 3; leaf 1 of tree 1: b from 1 to 4.
+    # Leaf 2 (a false, b true): a moves 1.5 to 1, b 1 to 2; leaf 0 of tree 1: b from 1 to 0.
+    contributions = paths.contributions(np.array([[3, 1, 0], [2, 0, 0]]))
+    np.testing.assert_allclose(contributions, [[0.5, 4.0, 0.0], [-0.5, 0.0, 0.0]])

@@ -10,7 +10,7 @@ from features.compute import compute_features
 from features.schema import Dataset, validate_interactions
 from stages.candidates import CandidateModel, CandidateParams
 from stages.feature_view import FeatureView
-from stages.pipeline import POPULAR, TWO_STAGE, Query, TwoStageRecommender
+from stages.pipeline import POPULAR, TWO_STAGE, Query, RecentEvent, TwoStageRecommender
 from stages.rules import (
     AttributeFilter,
     Catalogue,
@@ -143,6 +143,19 @@ def test_hidden_items_never_come_back_on_any_path(pipeline):
     similar, _, _ = hidden.similar(0, 7)
     assert not gone & set(similar) and len(similar) == 5
     assert hidden.with_view(hidden.view).hidden == gone  # a feature refresh keeps the list
+
+
+def test_filtered_count_counts_filtered_out_and_hidden_items_too(pipeline):
+    """The metric counts every item kept out of an answer, each once (it counted only seen and excluded ones)."""
+    comedy = {"genres": AttributeFilter(include=("Comedy",))}  # leaves out i0, i3, i5, i7
+    assert pipeline.filtered_count(Query("u0")) == 3  # seen: i0, i1, i3
+    assert pipeline.filtered_count(Query("u0", filters=comedy)) == 5  # i0, i1, i3 seen; i5, i7 filtered out
+    assert pipeline.filtered_count(Query("u0", exclude_seen=False, filters=comedy)) == 4
+    assert pipeline.filtered_count(Query("stranger", filters=comedy, exclude_items=["i4", "i0"])) == 5
+    assert pipeline.filtered_count(Query("visitor", filters=comedy, recent_items=[RecentEvent("i6")])) == 5
+    hidden = pipeline.with_hidden(frozenset({"i2", "i3"}))
+    assert hidden.filtered_count(Query("u0", filters=comedy)) == 6  # i2 hidden; i3 already counted
+    assert hidden.filtered_count(Query("stranger")) == 2
 
 
 def test_similar_items_take_filters(pipeline):

@@ -11,7 +11,6 @@ import sys
 from dataclasses import replace
 
 import bentoml
-from threadpoolctl import threadpool_limits
 
 from serving import logs, startup
 from serving.api_models import (
@@ -28,11 +27,11 @@ from serving.api_models import (
 from serving.batcher import PRESSURE, MicroBatcher, Overloaded
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
-from serving.events import EventLog, Recorder
 from serving.health import start_probes
 from serving.responses import answer, similar_to
-from serving.runtime import Runtime, paired_candidates_tag
+from serving.runtime import paired_candidates_tag
 from serving.settings import get_settings
+from serving.shared import record_feedback, recorder_from, shed, start_runtime, unknown_item
 
 settings = get_settings()
 logs.install()  # client errors as one WARNING line, floods rate-limited (serving/logs.py)
@@ -70,19 +69,11 @@ class Recommender:
     candidates_model = bentoml.models.BentoModel(CANDIDATES_TAG)
 
     def __init__(self) -> None:
-        # One BLAS/OpenMP thread per worker: requests are small, workers give the parallelism.
-        threadpool_limits(1)
         # The event loop, the probe thread and the pipeline thread share one GIL: hand it over sooner.
         sys.setswitchinterval(settings.gil_switch_ms / 1000)
-        self.runtime = Runtime.from_store(
-            str(self.ranker_model.tag), str(self.candidates_model.tag), settings.feature_store, settings.n_candidates
-        )
+        self.runtime = start_runtime(settings, str(self.ranker_model.tag), str(self.candidates_model.tag))
         self.tags = self.runtime.tags
-        self.runtime.start_refresh(settings.refresh_seconds)
-        log = settings.event_log
-        self.recorder = Recorder(
-            EventLog(log, settings.event_flush_rows, settings.event_flush_seconds) if log else None
-        )
+        self.recorder = recorder_from(settings)
         # The pipeline off the event loop, requests queued meanwhile answered together (serving/batcher.py).
         self.batcher = MicroBatcher(
             self._answer,
@@ -141,37 +132,19 @@ class Recommender:
         pipeline = self.runtime.pipeline
         index = pipeline.candidates.item_index.get(request.item_id)
         if index is None:
-            ctx.response.status_code = 404
-            return SimilarItemsResponse(
-                item_id=request.item_id,
-                recommendations=[],
-                status="error",
-                message=f"unknown item_id {request.item_id!r}: not in the model's catalogue",
-                model=self.tags,
-            )
+            return unknown_item(ctx, request, self.tags)
         similar = await self.batcher.call(similar_to, pipeline, index, request)
         return SimilarItemsResponse(item_id=request.item_id, recommendations=similar, model=self.tags)
 
     @bentoml.api
     async def feedback(self, request: FeedbackRequest, /, ctx: bentoml.Context) -> FeedbackResponse:
         """What users did with items (one event or many), appended to the event log for the next training run."""
-        if not self.recorder.enabled:
-            ctx.response.status_code = 503
-            return FeedbackResponse(
-                accepted=0, status="error", message="the event log is off (RECSYS_EVENT_LOG is empty): nothing recorded"
-            )
-        return FeedbackResponse(accepted=self.recorder.feedback(request.events))
+        return record_feedback(self.recorder, request, ctx)
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> ModelInfo:
         """Tags, training time, data fingerprint, offline metrics, feature version."""
         return self.runtime.info()
-
-
-def shed(ctx: bentoml.Context, error: Overloaded) -> None:
-    """503 with Retry-After: the client may try again shortly, nothing was computed."""
-    ctx.response.status_code = 503
-    ctx.response.headers["Retry-After"] = str(error.retry_after)
 
 
 # The edge wraps the app BentoML builds, outside its metrics middleware (see serving/edge.py).

@@ -47,10 +47,10 @@ from serving.api_models import (
 )
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
-from serving.events import EventLog, Recorder
 from serving.responses import ranked, to_responses
-from serving.runtime import Runtime, paired_candidates_tag
+from serving.runtime import paired_candidates_tag
 from serving.settings import get_settings
+from serving.shared import record_feedback, recorder_from, start_runtime, unknown_item
 from serving.split import CandidateStage, RankerStage, recommendation_of, requests_json
 from serving.split_client import SplitSettings, call, harden, stage
 
@@ -109,11 +109,7 @@ class RankerService:
     candidates_model = bentoml.models.BentoModel(CANDIDATES_TAG)
 
     def __init__(self) -> None:
-        threadpool_limits(1)
-        self.runtime = Runtime.from_store(
-            str(self.ranker_model.tag), str(self.candidates_model.tag), settings.feature_store, settings.n_candidates
-        )
-        self.runtime.start_refresh(settings.refresh_seconds)
+        self.runtime = start_runtime(settings, str(self.ranker_model.tag), str(self.candidates_model.tag))
         self.stage = RankerStage(self.runtime)
         self.stage.warm()
 
@@ -150,10 +146,7 @@ class Entry:
         self._plan: tuple[int, ModelTags] | None = None
         self._call = call if split.hardened else functools.partial(call, retries=0)
         # Impressions and /feedback as service.py records them: the entry sees every answer.
-        log = settings.event_log
-        self.recorder = Recorder(
-            EventLog(log, settings.event_flush_rows, settings.event_flush_seconds) if log else None
-        )
+        self.recorder = recorder_from(settings)
 
     @bentoml.on_shutdown
     def stop(self) -> None:
@@ -190,26 +183,14 @@ class Entry:
         _, tags = await self._tags_and_n()
         found = await self._call(self.candidate_stage.to_async.similar, item_id=request.item_id, k=request.k)
         if found is None:
-            ctx.response.status_code = 404
-            return SimilarItemsResponse(
-                item_id=request.item_id,
-                recommendations=[],
-                status="error",
-                message=f"unknown item_id {request.item_id!r}: not in the model's catalogue",
-                model=tags,
-            )
+            return unknown_item(ctx, request, tags)
         items = ranked(found["item_ids"], found["scores"], found["titles"])
         return SimilarItemsResponse(item_id=request.item_id, recommendations=items, model=tags)
 
     @bentoml.api
     async def feedback(self, request: FeedbackRequest, /, ctx: bentoml.Context) -> FeedbackResponse:
         """What users did with items, appended to the event log (as ``service:Recommender`` does)."""
-        if not self.recorder.enabled:
-            ctx.response.status_code = 503
-            return FeedbackResponse(
-                accepted=0, status="error", message="the event log is off (RECSYS_EVENT_LOG is empty): nothing recorded"
-            )
-        return FeedbackResponse(accepted=self.recorder.feedback(request.events))
+        return record_feedback(self.recorder, request, ctx)
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> ModelInfo:

@@ -1,0 +1,64 @@
+"""What ``service.py`` and ``split_service.py`` both do, written once: set-up, /feedback, shedding, the 404.
+
+The services stay thin: they declare models, routes and BentoML settings, and
+call these for everything the two topologies have in common, so the single
+process and the split form cannot drift apart (same event log, same /feedback
+answers, same 503 with ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import bentoml
+from threadpoolctl import threadpool_limits
+
+from serving.api_models import FeedbackRequest, FeedbackResponse, ModelTags, SimilarItemsRequest, SimilarItemsResponse
+from serving.batcher import Overloaded
+from serving.events import EventLog, Recorder
+from serving.runtime import Runtime
+from serving.settings import ServiceSettings
+
+
+def start_runtime(settings: ServiceSettings, ranker_tag: str, candidates_tag: str) -> Runtime:
+    """The pipeline a worker serves, with its feature refresh running.
+
+    One BLAS/OpenMP thread per worker: requests are small, workers give the parallelism
+    (and a BLAS pool per worker would fight over the cores with the other workers').
+    """
+    threadpool_limits(1)
+    runtime = Runtime.from_store(ranker_tag, candidates_tag, settings.feature_store, settings.n_candidates)
+    runtime.start_refresh(settings.refresh_seconds)
+    return runtime
+
+
+def recorder_from(settings: ServiceSettings) -> Recorder:
+    """Impressions and feedback to the event log, or a recorder that records nothing when the log is off."""
+    log = settings.event_log
+    return Recorder(EventLog(log, settings.event_flush_rows, settings.event_flush_seconds) if log else None)
+
+
+def record_feedback(recorder: Recorder, request: FeedbackRequest, ctx: bentoml.Context) -> FeedbackResponse:
+    """The /feedback answer: events appended to the event log, or 503 when there is no log to append to."""
+    if not recorder.enabled:
+        ctx.response.status_code = 503
+        return FeedbackResponse(
+            accepted=0, status="error", message="the event log is off (RECSYS_EVENT_LOG is empty): nothing recorded"
+        )
+    return FeedbackResponse(accepted=recorder.feedback(request.events))
+
+
+def shed(ctx: bentoml.Context, error: Overloaded) -> None:
+    """503 with Retry-After: the client may try again shortly, nothing was computed."""
+    ctx.response.status_code = 503
+    ctx.response.headers["Retry-After"] = str(error.retry_after)
+
+
+def unknown_item(ctx: bentoml.Context, request: SimilarItemsRequest, tags: ModelTags) -> SimilarItemsResponse:
+    """404 for /similar_items on an item outside the model's catalogue."""
+    ctx.response.status_code = 404
+    return SimilarItemsResponse(
+        item_id=request.item_id,
+        recommendations=[],
+        status="error",
+        message=f"unknown item_id {request.item_id!r}: not in the model's catalogue",
+        model=tags,
+    )

@@ -23,11 +23,21 @@ whole query (``recent_items`` included), so fresh users are ranked on both sides
 The calls between the services are idempotent and retried on a dropped
 connection: see :mod:`serving.split_client` for why connections dropped
 (BentoML #4971, PR #5698) and what is done about it.
+
+Each stage computes in one thread of its own and answers every call that
+queued meanwhile in one pipeline call (:class:`serving.batcher.MicroBatcher`,
+as ``service.py``): its event loop only reads, queues and writes. When the
+stages computed on their event loops (``async`` APIs), a burst left requests
+unread in the ranker's socket for up to 10 s and the entry answered 504
+(BENCHMARKS.md, issue 16). A stage whose queue is full, or where a call waited
+past ``RECSYS_QUEUE_TIMEOUT_SECONDS``, answers 503, and the entry answers 503
+with ``Retry-After`` instead of a late 504.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import bentoml
 from threadpoolctl import threadpool_limits
@@ -45,13 +55,22 @@ from serving.api_models import (
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
+from serving.batcher import MicroBatcher, Overloaded
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.responses import ranked, to_responses
 from serving.runtime import paired_candidates_tag
 from serving.settings import get_settings
-from serving.shared import record_feedback, recorder_from, start_runtime, unknown_item
-from serving.split import CandidateStage, RankerStage, recommendation_of, requests_json
+from serving.shared import record_feedback, recorder_from, shed, start_runtime, unknown_item
+from serving.split import (
+    CandidateStage,
+    RankerStage,
+    join_found,
+    queued,
+    recommendation_of,
+    requests_json,
+    split_found,
+)
 from serving.split_client import SplitSettings, call, harden, stage
 
 settings = get_settings()
@@ -73,6 +92,11 @@ CONNECTION = (
 )
 
 
+def stage_batcher(run: Callable[[list], list]) -> MicroBatcher:
+    """A stage's pipeline thread: the calls that queue while one runs are answered by the next, together."""
+    return MicroBatcher(run, settings.max_batch_queries, settings.max_pending_queries, settings.queue_timeout_seconds)
+
+
 @bentoml.service(name="recsys-candidates", workers=split.candidates_workers, tracing=NO_SPANS, **CONNECTION, **QUIET)
 class CandidateService:
     """Stage one: every source's candidates for the requests with a history. Loads the candidates model only."""
@@ -84,20 +108,27 @@ class CandidateService:
         self.stage = CandidateStage.from_model(self.candidates_model, settings.feature_store)
         self.stage.warm(settings.n_candidates or 100)
         self.stage.start_refresh(settings.refresh_seconds)
+        self.batcher = stage_batcher(self.stage.candidate_rows)
 
     @bentoml.on_shutdown
     def stop(self) -> None:
         self.stage.stop_refresh()
+        self.batcher.close()
 
     @bentoml.api
     async def candidates(self, requests: list[dict], n: int) -> dict:
         """``rankable`` per request and the CandidateBatch (``to_json``) of the rankable ones."""
-        return self.stage.candidates_for(requests, n)
+        if not requests:
+            return self.stage.candidates_for([], n)
+        rows = await queued(self.batcher, [(request, n) for request in requests])
+        # A call is never split between two pipeline calls: one model tag and snapshot version for all its rows.
+        _, model, features = rows[0]
+        return join_found([row for row, _, _ in rows], model, features)
 
     @bentoml.api
     async def similar(self, item_id: str, k: int) -> dict | None:
         """Closest items by ALS factors; ``None`` for an item outside the catalogue."""
-        return self.stage.similar(item_id, k)
+        return await self.batcher.call(self.stage.similar, item_id, k)
 
 
 @bentoml.service(name="recsys-ranker", workers=split.ranker_workers, tracing=NO_SPANS, **CONNECTION, **QUIET)
@@ -112,10 +143,12 @@ class RankerService:
         self.runtime = start_runtime(settings, str(self.ranker_model.tag), str(self.candidates_model.tag))
         self.stage = RankerStage(self.runtime)
         self.stage.warm()
+        self.batcher = stage_batcher(self.stage.rank_rows)
 
     @bentoml.on_shutdown
     def stop(self) -> None:
         self.runtime.stop_refresh()
+        self.batcher.close()
 
     @bentoml.api
     async def plan(self) -> dict:
@@ -125,7 +158,8 @@ class RankerService:
     @bentoml.api
     async def rank(self, requests: list[dict], candidates: dict) -> list[dict]:
         """Ranked answers in request order, from the candidates service's output."""
-        return self.stage.rank(requests, candidates)
+        self.stage.check_model(candidates)
+        return await queued(self.batcher, list(zip(requests, split_found(candidates), strict=True)))
 
     @bentoml.api(route="/model_info")
     def model_info(self) -> ModelInfo:
@@ -168,14 +202,22 @@ class Entry:
         return responses
 
     @bentoml.api
-    async def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
+    async def recommend(self, request: RecommendRequest, /, ctx: bentoml.Context) -> RecommendResponse:
         """Top-k items for one user, as ``service:Recommender`` answers it."""
-        return (await self._answer([request]))[0]
+        try:
+            return (await self._answer([request]))[0]
+        except Overloaded as error:
+            shed(ctx, error)
+            return RecommendResponse(user_id=request.user_id, recommendations=[], status="error", message=str(error))
 
     @bentoml.api
-    async def recommend_batch(self, batch: BatchRequest, /) -> BatchResponse:
+    async def recommend_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchResponse:
         """Several recommendation requests, answered in order and scored together."""
-        return BatchResponse(results=await self._answer(batch.requests))
+        try:
+            return BatchResponse(results=await self._answer(batch.requests))
+        except Overloaded as error:
+            shed(ctx, error)
+            return BatchResponse(results=[], status="error", message=str(error))
 
     @bentoml.api
     async def similar_items(self, request: SimilarItemsRequest, /, ctx: bentoml.Context) -> SimilarItemsResponse:

@@ -9,6 +9,14 @@ recent history) and the merged candidates of the rankable ones, in order, as
 requests and gives popular items to the others. That is the cut
 :meth:`TwoStageRecommender.recommend` makes in one process, so the answers are
 the same.
+
+Both stages compute off the event loop, in one thread each, and answer the
+calls that queued meanwhile in one pipeline call (:class:`serving.batcher.MicroBatcher`,
+as ``service.py`` does): a stage that computed on its event loop left
+requests unread in its sockets for seconds under a burst (BENCHMARKS.md,
+issue 16). A call's share of a batch is one row per request
+(:func:`split_found`, :func:`join_found`); the wire format between the
+services is unchanged.
 """
 
 from __future__ import annotations
@@ -19,9 +27,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import bentoml
+from bentoml.exceptions import ServiceUnavailable
 
 from features.store import MODEL_SNAPSHOT_DIR, SnapshotError, current_version, read_snapshot
 from serving.api_models import ModelTags, RecommendRequest
+from serving.batcher import MicroBatcher, Overloaded
 from serving.metrics import FILTERED_ITEMS
 from serving.responses import to_queries
 from serving.runtime import IncompatibleModels, Runtime
@@ -44,6 +54,40 @@ def queries_of(requests: list[dict]) -> list[Query]:
 
 def recommendation_of(data: dict) -> Recommendation:
     return Recommendation(**data)
+
+
+Row = dict[str, list]  # one request's candidates: a row of each CandidateBatch.to_json() list
+
+
+def split_found(found: dict) -> list[Row | None]:
+    """The candidates stage's answer per request: its candidate row, or ``None`` for a request with no history."""
+    rows: list[Row | None] = []
+    slot = 0
+    for rankable in found["rankable"]:
+        rows.append({key: column[slot] for key, column in found["batch"].items()} if rankable else None)
+        slot += rankable
+    return rows
+
+
+def join_found(rows: list[Row | None], model: str, features: str) -> dict:
+    """The inverse of :func:`split_found`: one answer (as :meth:`CandidateStage.candidates_for`) over many rows."""
+    keys = CandidateBatch.empty().to_json()
+    batch = {key: [row[key] for row in rows if row is not None] for key in keys}
+    return {"model": model, "features": features, "rankable": [row is not None for row in rows], "batch": batch}
+
+
+async def queued(batcher: MicroBatcher, parts: list) -> list:
+    """``batcher.submit`` in a stage service: a full queue or a wait past the queue timeout answers 503.
+
+    The entry turns that 503 into its own, with ``Retry-After`` (:func:`serving.split_client.call`), so a
+    burst is refused early instead of queueing past the entry's traffic timeout (504).
+    """
+    if not parts:
+        return []
+    try:
+        return await batcher.submit(parts)
+    except Overloaded as error:
+        raise ServiceUnavailable(str(error)) from None
 
 
 class CandidateStage:
@@ -92,6 +136,21 @@ class CandidateStage:
         chosen = [q for q, r in zip(queries, rankable, strict=True) if r]
         batch = pipeline.candidate_lists(chosen) if chosen else CandidateBatch.empty()
         return {"model": self.tag, "features": self.view.version, "rankable": rankable, "batch": batch.to_json()}
+
+    def candidate_rows(self, asks: list[tuple[dict, int]]) -> list[tuple[Row | None, str, str]]:
+        """:meth:`candidates_for` over the requests of many calls, ``(request, n_candidates)`` each, in one go.
+
+        Per request: its row (``None``: no history), the model tag and the snapshot version it came from.
+        """
+        answers: list[tuple[Row | None, str, str]] = [(None, self.tag, self.view.version)] * len(asks)
+        by_n: dict[int, list[int]] = {}
+        for i, (_, n) in enumerate(asks):
+            by_n.setdefault(n, []).append(i)
+        for n, slots in by_n.items():
+            found = self.candidates_for([asks[i][0] for i in slots], n)
+            for i, row in zip(slots, split_found(found), strict=True):
+                answers[i] = (row, found["model"], found["features"])
+        return answers
 
     def warm(self, n_candidates: int = 100) -> None:
         """One known user and one with recent items through the stage, before the first request pays for it."""
@@ -148,13 +207,17 @@ class RankerStage:
         """What the entry asks the candidates stage for, and the tags it reports."""
         return {"n_candidates": self.runtime.pipeline.n_candidates, "tags": self.runtime.tags.model_dump()}
 
-    def rank(self, requests: list[dict], found: dict) -> list[dict]:
-        """Answers in request order, as :meth:`TwoStageRecommender.recommend` gives them in one process."""
+    def check_model(self, found: dict) -> None:
+        """Candidates from another candidates model than this ranker's partner are refused, not ranked."""
         if found["model"] != self.runtime.tags.candidates:
             raise IncompatibleModels(
                 f"ranker {self.runtime.tags.ranker} was trained against candidates model "
                 f"{self.runtime.tags.candidates}, but the candidates service serves {found['model']}"
             )
+
+    def rank(self, requests: list[dict], found: dict) -> list[dict]:
+        """Answers in request order, as :meth:`TwoStageRecommender.recommend` gives them in one process."""
+        self.check_model(found)
         pipeline = self.runtime.pipeline
         queries = queries_of(requests)
         FILTERED_ITEMS.inc(sum(pipeline.filtered_count(q) for q in queries))
@@ -165,6 +228,15 @@ class RankerStage:
         ranked = iter(pipeline.rank(chosen, CandidateBatch.from_json(found["batch"])) if chosen else [])
         cold = iter(pipeline.recommend([q for q, r in zip(queries, rankable, strict=True) if not r]))
         return [asdict(next(ranked) if r else next(cold)) for r in rankable]
+
+    def rank_rows(self, parts: list[tuple[dict, Row | None]]) -> list[dict]:
+        """:meth:`rank` over the requests of many calls, ``(request, its candidate row)`` each, in one go.
+
+        One CatBoost call for all of them: its per-call cost is what batching saves (DESIGN.md).
+        Each call's model tag was checked when it queued (:meth:`check_model`).
+        """
+        found = join_found([row for _, row in parts], self.runtime.tags.candidates, "")
+        return self.rank([request for request, _ in parts], found)
 
     @property
     def tags(self) -> ModelTags:

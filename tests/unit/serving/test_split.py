@@ -9,10 +9,12 @@ from dataclasses import asdict
 import aiohttp
 import bentoml
 import pytest
+from bentoml.exceptions import ServiceUnavailable
 
 from serving.api_models import RecommendRequest
+from serving.batcher import MicroBatcher, Overloaded
 from serving.runtime import IncompatibleModels, Runtime
-from serving.split import CandidateStage, RankerStage, requests_json
+from serving.split import CandidateStage, RankerStage, join_found, queued, requests_json, split_found
 from serving.split_client import KEEPALIVE_SECONDS, SessionManager, call
 from stages.pipeline import Query, RecentEvent
 
@@ -63,12 +65,70 @@ def test_split_stages_answer_as_the_single_process_pipeline(stages):
     assert [split_answers(candidates, ranker, [r])[0] for r in requests] == got
 
 
+def test_calls_answered_together_get_the_answers_they_get_alone(stages):
+    """What the stage services' micro-batchers do: rows of several calls in one pipeline call, split back."""
+    runtime, candidates, ranker = stages
+    users = [str(u) for u in runtime.candidates.user_ids[:5]]
+    item = str(runtime.candidates.item_ids[0])
+    calls = [
+        [{"user_id": users[0], "k": 10}, {"user_id": "stranger", "k": 5}],
+        [{"user_id": "visitor", "k": 4, "recent_items": [item]}],
+        [{"user_id": u, "k": 3} for u in users[1:]],
+    ]
+    n = ranker.plan()["n_candidates"]
+    alone = [split_answers(candidates, ranker, c) for c in calls]
+    bodies = [requests_json([RecommendRequest.model_validate(r) for r in c]) for c in calls]
+    asks = [(request, n) for body in bodies for request in body]
+    rows = candidates.candidate_rows(asks)
+    assert {(model, features) for _, model, features in rows} == {(candidates.tag, candidates.view.version)}
+    # Through the wire format and back, per call, as the candidates service answers each call.
+    start, found = 0, []
+    for body in bodies:
+        part = rows[start : start + len(body)]
+        found.append(json.loads(json.dumps(join_found([r for r, _, _ in part], candidates.tag, "v"))))
+        start += len(body)
+    assert [f["rankable"] for f in found] == [[True, False], [True], [True] * 4]
+    parts = [pair for body, f in zip(bodies, found, strict=True) for pair in zip(body, split_found(f), strict=True)]
+    together = json.loads(json.dumps(ranker.rank_rows(parts)))
+    assert together == [answer for answers in alone for answer in answers]
+
+
+def test_split_found_and_join_found_are_inverse(stages):
+    runtime, candidates, _ = stages
+    body = requests_json(
+        [RecommendRequest(user_id=u) for u in ("stranger", str(runtime.candidates.user_ids[0]), "nobody")]
+    )
+    found = json.loads(json.dumps(candidates.candidates_for(body, 10)))
+    assert join_found(split_found(found), found["model"], found["features"]) == found
+    empty = join_found([], "m", "f")
+    assert empty["rankable"] == [] and set(empty["batch"]) == set(found["batch"]) and not any(empty["batch"].values())
+
+
+def test_a_stage_sheds_with_503_and_the_entry_turns_it_into_overloaded():
+    async def scenario():
+        batcher = MicroBatcher(lambda xs: xs, max_batch=4, max_pending=1)
+        with pytest.raises(ServiceUnavailable):
+            await queued(batcher, [1, 2])  # more than may wait: refused at once
+        assert await queued(batcher, [3]) == [3]
+        batcher.close()
+
+    asyncio.run(scenario())
+
+    async def shed(**kwargs):
+        raise ServiceUnavailable("overloaded: 9 queries already waiting in this worker")
+
+    with pytest.raises(Overloaded, match="a stage service shed the call"):
+        asyncio.run(call(shed))
+
+
 def test_the_ranker_refuses_candidates_from_another_model(stages):
     runtime, candidates, ranker = stages
     body = requests_json([RecommendRequest(user_id=str(runtime.candidates.user_ids[0]))])
     found = {**candidates.candidates_for(body, 10), "model": "recsys-candidates:other"}
     with pytest.raises(IncompatibleModels, match="candidates service serves recsys-candidates:other"):
         ranker.rank(body, found)
+    with pytest.raises(IncompatibleModels, match="candidates service serves recsys-candidates:other"):
+        ranker.check_model(found)  # what the ranker service checks before a call joins its queue
 
 
 class _Dropping:

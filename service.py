@@ -24,14 +24,21 @@ from serving.api_models import (
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
-from serving.batcher import PRESSURE, MicroBatcher, Overloaded
+from serving.batcher import PRESSURE, MicroBatcher
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.health import start_probes
 from serving.responses import answer, similar_to
 from serving.runtime import paired_candidates_tag
 from serving.settings import get_settings
-from serving.shared import record_feedback, recorder_from, shed, start_runtime, unknown_item
+from serving.shared import (
+    batch_or_shed,
+    recommend_or_shed,
+    record_feedback,
+    recorder_from,
+    start_runtime,
+    unknown_item,
+)
 
 settings = get_settings()
 logs.install()  # client errors as one WARNING line, floods rate-limited (serving/logs.py)
@@ -111,20 +118,12 @@ class Recommender:
     @bentoml.api
     async def recommend(self, request: RecommendRequest, /, ctx: bentoml.Context) -> RecommendResponse:
         """Top-k items for one user (popular items for a user the model has not seen)."""
-        try:
-            return (await self.batcher.submit([request]))[0]
-        except Overloaded as error:
-            shed(ctx, error)
-            return RecommendResponse(user_id=request.user_id, recommendations=[], status="error", message=str(error))
+        return await recommend_or_shed(ctx, request, self.batcher.submit)
 
     @bentoml.api
     async def recommend_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchResponse:
         """Several recommendation requests, answered in order and scored together."""
-        try:
-            return BatchResponse(results=await self.batcher.submit(batch.requests))
-        except Overloaded as error:
-            shed(ctx, error)
-            return BatchResponse(results=[], status="error", message=str(error))
+        return await batch_or_shed(ctx, batch, self.batcher.submit)
 
     @bentoml.api
     async def similar_items(self, request: SimilarItemsRequest, /, ctx: bentoml.Context) -> SimilarItemsResponse:

@@ -55,13 +55,20 @@ from serving.api_models import (
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
-from serving.batcher import MicroBatcher, Overloaded
+from serving.batcher import MicroBatcher
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.responses import ranked, to_responses
 from serving.runtime import paired_candidates_tag
 from serving.settings import get_settings
-from serving.shared import record_feedback, recorder_from, shed, start_runtime, unknown_item
+from serving.shared import (
+    batch_or_shed,
+    recommend_or_shed,
+    record_feedback,
+    recorder_from,
+    start_runtime,
+    unknown_item,
+)
 from serving.split import (
     CandidateStage,
     RankerStage,
@@ -204,20 +211,12 @@ class Entry:
     @bentoml.api
     async def recommend(self, request: RecommendRequest, /, ctx: bentoml.Context) -> RecommendResponse:
         """Top-k items for one user, as ``service:Recommender`` answers it."""
-        try:
-            return (await self._answer([request]))[0]
-        except Overloaded as error:
-            shed(ctx, error)
-            return RecommendResponse(user_id=request.user_id, recommendations=[], status="error", message=str(error))
+        return await recommend_or_shed(ctx, request, self._answer)
 
     @bentoml.api
     async def recommend_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchResponse:
         """Several recommendation requests, answered in order and scored together."""
-        try:
-            return BatchResponse(results=await self._answer(batch.requests))
-        except Overloaded as error:
-            shed(ctx, error)
-            return BatchResponse(results=[], status="error", message=str(error))
+        return await batch_or_shed(ctx, batch, self._answer)
 
     @bentoml.api
     async def similar_items(self, request: SimilarItemsRequest, /, ctx: bentoml.Context) -> SimilarItemsResponse:

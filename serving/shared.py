@@ -8,10 +8,22 @@ answers, same 503 with ``Retry-After``).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import bentoml
 from threadpoolctl import threadpool_limits
 
-from serving.api_models import FeedbackRequest, FeedbackResponse, ModelTags, SimilarItemsRequest, SimilarItemsResponse
+from serving.api_models import (
+    BatchRequest,
+    BatchResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    ModelTags,
+    RecommendRequest,
+    RecommendResponse,
+    SimilarItemsRequest,
+    SimilarItemsResponse,
+)
 from serving.batcher import Overloaded
 from serving.events import EventLog, Recorder
 from serving.runtime import Runtime
@@ -50,6 +62,27 @@ def shed(ctx: bentoml.Context, error: Overloaded) -> None:
     """503 with Retry-After: the client may try again shortly, nothing was computed."""
     ctx.response.status_code = 503
     ctx.response.headers["Retry-After"] = str(error.retry_after)
+
+
+Answer = Callable[[list[RecommendRequest]], Awaitable[list[RecommendResponse]]]
+
+
+async def recommend_or_shed(ctx: bentoml.Context, request: RecommendRequest, answer: Answer) -> RecommendResponse:
+    """/recommend: ``answer``'s response, or 503 with Retry-After in the API's envelope when it is overloaded."""
+    try:
+        return (await answer([request]))[0]
+    except Overloaded as error:
+        shed(ctx, error)
+        return RecommendResponse(user_id=request.user_id, recommendations=[], status="error", message=str(error))
+
+
+async def batch_or_shed(ctx: bentoml.Context, batch: BatchRequest, answer: Answer) -> BatchResponse:
+    """/recommend_batch: as :func:`recommend_or_shed`, for a batch."""
+    try:
+        return BatchResponse(results=await answer(batch.requests))
+    except Overloaded as error:
+        shed(ctx, error)
+        return BatchResponse(results=[], status="error", message=str(error))
 
 
 def unknown_item(ctx: bentoml.Context, request: SimilarItemsRequest, tags: ModelTags) -> SimilarItemsResponse:

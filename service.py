@@ -7,7 +7,6 @@ Loading, compatibility checks and feature refresh live in
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 
 import bentoml
@@ -76,8 +75,6 @@ class Recommender:
     candidates_model = bentoml.models.BentoModel(CANDIDATES_TAG)
 
     def __init__(self) -> None:
-        # The event loop, the probe thread and the pipeline thread share one GIL: hand it over sooner.
-        sys.setswitchinterval(settings.gil_switch_ms / 1000)
         self.runtime = start_runtime(settings, str(self.ranker_model.tag), str(self.candidates_model.tag))
         self.tags = self.runtime.tags
         self.recorder = recorder_from(settings)

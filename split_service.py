@@ -40,7 +40,6 @@ import functools
 from collections.abc import Callable
 
 import bentoml
-from threadpoolctl import threadpool_limits
 
 from serving import startup
 from serving.api_models import (
@@ -68,6 +67,7 @@ from serving.shared import (
     recorder_from,
     start_runtime,
     unknown_item,
+    worker_threads,
 )
 from serving.split import (
     CandidateStage,
@@ -111,7 +111,7 @@ class CandidateService:
     candidates_model = bentoml.models.BentoModel(CANDIDATES_TAG)
 
     def __init__(self) -> None:
-        threadpool_limits(1)
+        worker_threads(settings)
         self.stage = CandidateStage.from_model(self.candidates_model, settings.feature_store)
         self.stage.warm(settings.n_candidates or 100)
         self.stage.start_refresh(settings.refresh_seconds)

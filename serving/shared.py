@@ -8,6 +8,7 @@ answers, same 503 with ``Retry-After``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable
 
 import bentoml
@@ -30,13 +31,21 @@ from serving.runtime import Runtime
 from serving.settings import ServiceSettings
 
 
-def start_runtime(settings: ServiceSettings, ranker_tag: str, candidates_tag: str) -> Runtime:
-    """The pipeline a worker serves, with its feature refresh running.
+def worker_threads(settings: ServiceSettings) -> None:
+    """How a worker's threads share the CPU, set before it loads anything.
 
     One BLAS/OpenMP thread per worker: requests are small, workers give the parallelism
     (and a BLAS pool per worker would fight over the cores with the other workers').
+    The event loop, the probe thread and the pipeline (or stage) thread share one GIL:
+    a short switch interval hands it over sooner (``RECSYS_GIL_SWITCH_MS``).
     """
     threadpool_limits(1)
+    sys.setswitchinterval(settings.gil_switch_ms / 1000)
+
+
+def start_runtime(settings: ServiceSettings, ranker_tag: str, candidates_tag: str) -> Runtime:
+    """The pipeline a worker serves, with its feature refresh running (after :func:`worker_threads`)."""
+    worker_threads(settings)
     runtime = Runtime.from_store(ranker_tag, candidates_tag, settings.feature_store, settings.n_candidates)
     runtime.start_refresh(settings.refresh_seconds)
     return runtime

@@ -24,3 +24,9 @@ app = FastAPI(title="recsys (FastAPI reference)")
 @app.post("/recommend", response_model=RecommendResponse)
 async def recommend(request: RecommendRequest) -> RecommendResponse:
     return answer(runtime.pipeline, [request], tags)[0]
+
+
+@app.get("/livez")
+async def livez() -> dict[str, str]:
+    """A probe as BentoML's: answered on the event loop, between requests."""
+    return {"status": "ok"}

@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--overload-connections", type=int, default=200)
     cli.add_argument("--overload-seconds", type=float, default=20)
     cli.add_argument("--out", type=Path, default=Path("var/bench"))
-    cli.add_argument("--only-batched", action="store_true", help="skip the unbatched service and FastAPI")
+    cli.add_argument(
+        "--servers", default="batched,unbatched,fastapi", help="which of batched, unbatched, fastapi to measure"
+    )
     args = cli.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -130,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     bodies = recommend_bodies(users, 5000, seed=2)
     base_env = {"RECSYS_REFRESH_SECONDS": "0", "RECSYS_EVENT_LOG": ""}
     bento = [str(BIN / "bentoml"), "serve", "service:Recommender", "--host", "127.0.0.1"]
+    servers = set(args.servers.split(","))
     services = (("bentoml batched", {}), ("bentoml unbatched", {"RECSYS_MAX_BATCH_QUERIES": "1"}))
-    for name, extra in services[:1] if args.only_batched else services:
+    for name, extra in [(n, e) for n, e in services if n.split()[1] in servers]:
         port, health_port = free_port(), free_port()
         log = args.out / f"{name.replace(' ', '_')}.log"
         env = base_env | extra | {"RECSYS_HEALTH_PORT": str(health_port)}
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n{name}: overload", flush=True)
                 report["overload"] = overload(url, pid, users, args.overload_seconds, args.overload_connections, probes)
                 print(json.dumps(report["overload"]), flush=True)
-    if args.only_batched:
+    if "fastapi" not in servers:
         (args.out / "request_path.json").write_text(json.dumps(report, indent=2))
         return 0
     port = free_port()
@@ -154,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     with server(uvicorn, port, log=args.out / "fastapi.log") as (url, pid):
         print("\nfastapi (unbatched reference)", flush=True)
         report["fastapi"] = phase("fastapi", url, pid, bodies, levels, args.seconds, args.rate, probe_urls(url, None))
-    rows = report["bentoml batched"]["rows"] + report["bentoml unbatched"]["rows"] + report["fastapi"]["rows"]
+    rows = [
+        row
+        for name in ("bentoml batched", "bentoml unbatched", "fastapi")
+        for row in report.get(name, {}).get("rows", [])
+    ]
     print("\n" + markdown([{k: v for k, v in r.items() if k != "batch_sizes"} for r in rows]))
     (args.out / "request_path.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out / 'request_path.json'}")

@@ -86,6 +86,7 @@ def container(image):
     working = run("buildah", "from", name).strip()
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"recsys-container-{port}.log"
+    started = time.monotonic()
     with log.open("w") as out:
         process = subprocess.Popen(
             ["buildah", "run", "--isolation", "chroot", "--network", "host", "--user", "bentoml", working, "--",
@@ -99,6 +100,7 @@ def container(image):
             assert process.poll() is None, f"container exited:\n{log.read_text()[-3000:]}"
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    FIGURES.append(f"container start to ready: {time.monotonic() - started:.1f}s (polled every 1 s)")
                     break
             except httpx.HTTPError:
                 pass

@@ -58,7 +58,7 @@ from serving.batcher import MicroBatcher
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.responses import ranked, to_responses
-from serving.runtime import paired_candidates_tag
+from serving.runtime import IncompatibleModels, paired_candidates_tag
 from serving.settings import get_settings
 from serving.shared import (
     batch_or_shed,
@@ -73,6 +73,7 @@ from serving.split import (
     CandidateStage,
     RankerStage,
     join_found,
+    out_of_step,
     queued,
     recommendation_of,
     requests_json,
@@ -165,7 +166,10 @@ class RankerService:
     @bentoml.api
     async def rank(self, requests: list[dict], candidates: dict) -> list[dict]:
         """Ranked answers in request order, from the candidates service's output."""
-        self.stage.check_model(candidates)
+        try:
+            self.stage.check_model(candidates)
+        except IncompatibleModels as error:
+            raise out_of_step(error) from None
         return await queued(self.batcher, list(zip(requests, split_found(candidates), strict=True)))
 
     @bentoml.api(route="/model_info")

@@ -88,6 +88,18 @@ async def queued(batcher: MicroBatcher, parts: list) -> list:
         return await batcher.submit(parts)
     except Overloaded as error:
         raise ServiceUnavailable(str(error)) from None
+    except IncompatibleModels as error:
+        raise out_of_step(error) from None
+
+
+def out_of_step(error: IncompatibleModels) -> ServiceUnavailable:
+    """A 503 for stages serving models or snapshots that do not go together.
+
+    At start-up that refuses to start (the guard); while serving it means a rolling update or a
+    feature refresh has reached one stage and not yet the other: the entry answers 503 with
+    ``Retry-After``, not 500, and a retry soon after finds them in step again.
+    """
+    return ServiceUnavailable(f"models out of step: {error}")
 
 
 class CandidateStage:

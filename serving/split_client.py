@@ -141,15 +141,16 @@ def harden(proxy: Any, max_requests: int, max_age: float) -> Any:
 async def call(method: Callable[..., Awaitable[T]], retries: int = RETRIES, **kwargs: Any) -> T:
     """Call a stage's endpoint; repeat it if the connection dropped under it (the stage calls are idempotent).
 
-    A stage that sheds the call (503: its queue is full, or the call waited past the queue
-    timeout) raises :class:`Overloaded`: the entry answers 503 with ``Retry-After``, not 500,
-    and does not repeat it (that would only add to the queue that refused it).
+    A stage that sheds the call (503: its queue is full, the call waited past the queue
+    timeout, or the stages' models are out of step during an update) raises
+    :class:`Overloaded`: the entry answers 503 with ``Retry-After``, not 500, and does
+    not repeat it (that would only add to the queue that refused it).
     """
     for attempt in range(retries + 1):
         try:
             return await method(**kwargs)
         except ServiceUnavailable as exc:
-            raise Overloaded(f"overloaded: a stage service shed the call ({exc.message[:200]})") from None
+            raise Overloaded(f"a stage service shed the call: {exc.message[:200]}") from None
         except aiohttp.ClientConnectionError as exc:
             # A dropped connection, not a slow stage: a timeout is not repeated (it would double the load).
             if isinstance(exc, TimeoutError) or attempt == retries:

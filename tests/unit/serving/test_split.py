@@ -14,7 +14,7 @@ from bentoml.exceptions import ServiceUnavailable
 from serving.api_models import RecommendRequest
 from serving.batcher import MicroBatcher, Overloaded
 from serving.runtime import IncompatibleModels, Runtime
-from serving.split import CandidateStage, RankerStage, join_found, queued, requests_json, split_found
+from serving.split import CandidateStage, RankerStage, join_found, out_of_step, queued, requests_json, split_found
 from serving.split_client import KEEPALIVE_SECONDS, SessionManager, call
 from stages.pipeline import Query, RecentEvent
 
@@ -117,8 +117,28 @@ def test_a_stage_sheds_with_503_and_the_entry_turns_it_into_overloaded():
     async def shed(**kwargs):
         raise ServiceUnavailable("overloaded: 9 queries already waiting in this worker")
 
-    with pytest.raises(Overloaded, match="a stage service shed the call"):
+    with pytest.raises(Overloaded, match="a stage service shed the call: overloaded: 9 queries already waiting"):
         asyncio.run(call(shed))
+
+
+def test_stages_out_of_step_answer_503_so_the_entry_says_retry_not_500():
+    """A rolling update or a refresh that reached one stage first: 503 (Retry-After at the entry), not 500."""
+
+    def disagree(parts):
+        raise IncompatibleModels("the candidates service and the ranker disagree on which users have a history")
+
+    async def scenario():
+        batcher = MicroBatcher(disagree, max_batch=4, max_pending=8)
+        try:
+            with pytest.raises(ServiceUnavailable, match="models out of step: the candidates service and the ranker"):
+                await queued(batcher, [1])
+        finally:
+            batcher.close()
+
+    asyncio.run(scenario())
+    error = out_of_step(IncompatibleModels("ranker r was trained against candidates model a"))
+    assert isinstance(error, ServiceUnavailable)
+    assert error.message == "models out of step: ranker r was trained against candidates model a"
 
 
 def test_the_ranker_refuses_candidates_from_another_model(stages):

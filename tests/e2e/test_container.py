@@ -7,6 +7,7 @@ user, queries it, then stops it by process id and removes what it created.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -109,12 +110,15 @@ def container(image):
         yield url
     finally:
         # `buildah run` with chroot isolation leaves the server as plain host
-        # processes: stop them by pid, then the run itself.
+        # processes: stop them by pid, then the run itself. A worker may be gone
+        # between listing and signalling (the server stops its workers itself).
         for pid in image_processes():
-            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         time.sleep(3)
         for pid in image_processes():
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)

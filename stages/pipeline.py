@@ -165,6 +165,10 @@ class TwoStageRecommender:
         Seen (stored and recent, with ``exclude_seen``), excluded, outside the
         query's filters or hidden: every reason an item is kept out of the answer.
         """
+        if not (query.exclude_items or query.filters or query.recent_items or self._any_hidden):
+            # The common request: only the stored history is kept out, a count the matrix holds already.
+            stored = self.candidates.seen_items(self.candidates.user_index.get(query.user_id, -1))
+            return len(stored) if query.exclude_seen else 0
         removed = np.zeros(self.candidates.n_items, dtype=bool)
         removed[self._blocked(query)] = True  # exclusions, filters, hidden items
         if query.exclude_seen:

@@ -157,6 +157,16 @@ def test_filtered_count(als_only):
     assert als_only.filtered_count(Query("u0", exclude_items=["i0", "i2", "i2", "not-an-item"])) == 3 + 1
 
 
+def test_filtered_count_of_a_plain_request_is_the_count_of_the_full_mask(als_only):
+    """A request with only the stored history kept out is counted without a mask; it counts the same."""
+    for user in [*als_only.candidates.user_ids, "nobody"]:
+        for seen in (True, False):
+            plain = als_only.filtered_count(Query(str(user), exclude_seen=seen))
+            masked = als_only.filtered_count(Query(str(user), exclude_seen=seen, exclude_items=["not-an-item"]))
+            assert plain == masked, user
+    assert als_only.filtered_count(Query("u0")) == 3
+
+
 def test_with_view_swaps_features_and_keeps_models(parts, als_only):
     candidates, _ = parts
     renamed = FeatureView(

@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 import bentoml
 
-from serving import startup
+from serving import heap, startup
 from serving.api_models import (
     BatchRequest,
     BatchResponse,
@@ -115,7 +115,8 @@ class CandidateService:
         worker_threads(settings)
         self.stage = CandidateStage.from_model(self.candidates_model, settings.feature_store)
         self.stage.warm(settings.n_candidates or 100)
-        self.stage.start_refresh(settings.refresh_seconds)
+        heap.settle()  # as start_runtime does (serving/heap.py)
+        self.stage.start_refresh(settings.refresh_seconds, after_swap=heap.settle)
         self.batcher = stage_batcher(self.stage.candidate_rows)
 
     @bentoml.on_shutdown

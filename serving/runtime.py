@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import bentoml
@@ -239,15 +240,16 @@ class Runtime:
             )
         self.refresh_error = public
 
-    def start_refresh(self, every_seconds: float) -> None:
-        """Poll the feature store in a daemon thread (0 turns it off)."""
+    def start_refresh(self, every_seconds: float, after_swap: Callable[[], None] | None = None) -> None:
+        """Poll the feature store in a daemon thread (0 turns it off); ``after_swap`` runs after each new snapshot."""
         if every_seconds <= 0 or self._thread is not None:
             return
 
         def loop() -> None:
             while not self._stop.wait(every_seconds):
                 try:
-                    self.refresh_once()
+                    if self.refresh_once() and after_swap is not None:
+                        after_swap()
                 except Exception:  # a refresh bug must never take serving down
                     logger.exception("feature refresh crashed; still serving %s", self.view.version)
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import bentoml
 from threadpoolctl import threadpool_limits
 
+from serving import heap
 from serving.api_models import (
     BatchRequest,
     BatchResponse,
@@ -47,7 +48,8 @@ def start_runtime(settings: ServiceSettings, ranker_tag: str, candidates_tag: st
     """The pipeline a worker serves, with its feature refresh running (after :func:`worker_threads`)."""
     worker_threads(settings)
     runtime = Runtime.from_store(ranker_tag, candidates_tag, settings.feature_store, settings.n_candidates)
-    runtime.start_refresh(settings.refresh_seconds)
+    heap.settle()  # the loaded models and features out of full collections' way (serving/heap.py)
+    runtime.start_refresh(settings.refresh_seconds, after_swap=heap.settle)
     return runtime
 
 

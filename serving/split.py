@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -186,14 +187,15 @@ class CandidateStage:
         logger.info("candidates stage: feature snapshot %s now serving", version)
         return True
 
-    def start_refresh(self, every_seconds: float) -> None:
+    def start_refresh(self, every_seconds: float, after_swap: Callable[[], None] | None = None) -> None:
         if every_seconds <= 0:
             return
 
         def loop() -> None:
             while not self._stop.wait(every_seconds):
                 try:
-                    self.refresh_once()
+                    if self.refresh_once() and after_swap is not None:
+                        after_swap()
                 except Exception:  # a refresh problem must never take serving down
                     logger.exception("candidates stage: feature refresh failed; still serving %s", self.view.version)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -139,3 +141,24 @@ def test_model_info_shows_no_absolute_paths(runtime, store):
     info = runtime.info()
     assert info.feature_source == "feature_store"
     assert str(store) not in (info.feature_refresh_error or "") and "Error" not in info.feature_refresh_error
+
+
+def test_the_refresh_loop_runs_after_swap_once_per_new_snapshot(runtime, store):
+    swapped = threading.Event()
+    calls = []
+
+    def after_swap() -> None:
+        calls.append(runtime.view.version)
+        swapped.set()
+
+    runtime.start_refresh(0.05, after_swap=after_swap)
+    try:
+        time.sleep(0.2)
+        assert calls == []  # polls that find nothing new do not call it
+        snapshot = read_snapshot(str(store))
+        new_version = write_snapshot(snapshot.tables, str(store), "d" * 64)
+        assert swapped.wait(10)
+        time.sleep(0.2)
+        assert calls == [new_version]
+    finally:
+        runtime.stop_refresh()

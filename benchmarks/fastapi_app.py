@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from serving import heap
 from serving.api_models import RecommendRequest, RecommendResponse
 from serving.responses import answer
 from serving.runtime import Runtime
 from serving.settings import get_settings
 
 runtime = Runtime.from_settings(get_settings())
+heap.settle()  # as the BentoML workers do (serving/heap.py): the comparison is of the HTTP path, not of GC pauses
 tags = runtime.tags
 app = FastAPI(title="recsys (FastAPI reference)")
 

@@ -66,7 +66,10 @@ class ServiceSettings(BaseSettings):
         512, ge=1, description="queries a worker lets wait; beyond, requests get 503 with Retry-After at once"
     )
     queue_timeout_seconds: float = Field(
-        5.0, gt=0, description="a request still waiting for the pipeline after this long gets 503"
+        5.0,
+        gt=0,
+        description="a request still queued for the pipeline after this long gets 503 (one already in a pipeline "
+        "call is answered; the traffic timeout bounds the whole request)",
     )
     health_port: int | None = Field(
         None,

@@ -242,19 +242,39 @@ class Runtime:
 
     def start_refresh(self, every_seconds: float, after_swap: Callable[[], None] | None = None) -> None:
         """Poll the feature store in a daemon thread (0 turns it off); ``after_swap`` runs after each new snapshot."""
-        if every_seconds <= 0 or self._thread is not None:
-            return
-
-        def loop() -> None:
-            while not self._stop.wait(every_seconds):
-                try:
-                    if self.refresh_once() and after_swap is not None:
-                        after_swap()
-                except Exception:  # a refresh bug must never take serving down
-                    logger.exception("feature refresh crashed; still serving %s", self.view.version)
-
-        self._thread = threading.Thread(target=loop, name="feature-refresh", daemon=True)
-        self._thread.start()
+        if self._thread is None:
+            served = lambda: self.view.version  # noqa: E731 (read at log time: the view changes)
+            self._thread = poll_in_thread(every_seconds, self._stop, self.refresh_once, after_swap, served)
 
     def stop_refresh(self) -> None:
         self._stop.set()
+
+
+def poll_in_thread(
+    every_seconds: float,
+    stop: threading.Event,
+    refresh_once: Callable[[], bool],
+    after_swap: Callable[[], None] | None,
+    served: Callable[[], str],
+    who: str = "feature refresh",
+) -> threading.Thread | None:
+    """Call ``refresh_once`` every ``every_seconds`` in a daemon thread until ``stop`` (0: no thread).
+
+    ``after_swap`` runs when it swapped something in. Any exception is logged
+    with what is still served (``served()``) and the polling goes on: a
+    refresh problem must never take serving down.
+    """
+    if every_seconds <= 0:
+        return None
+
+    def loop() -> None:
+        while not stop.wait(every_seconds):
+            try:
+                if refresh_once() and after_swap is not None:
+                    after_swap()
+            except Exception:
+                logger.exception("%s crashed; still serving %s", who, served())
+
+    thread = threading.Thread(target=loop, name="feature-refresh", daemon=True)
+    thread.start()
+    return thread

@@ -35,7 +35,7 @@ from serving.api_models import ModelTags, RecommendRequest
 from serving.batcher import MicroBatcher, Overloaded
 from serving.metrics import FILTERED_ITEMS
 from serving.responses import to_queries
-from serving.runtime import IncompatibleModels, Runtime
+from serving.runtime import IncompatibleModels, Runtime, poll_in_thread
 from stages.candidates import CandidateBatch, CandidateModel
 from stages.card import CandidatesCard, CardError
 from stages.feature_view import FeatureView
@@ -188,18 +188,11 @@ class CandidateStage:
         return True
 
     def start_refresh(self, every_seconds: float, after_swap: Callable[[], None] | None = None) -> None:
-        if every_seconds <= 0:
-            return
-
-        def loop() -> None:
-            while not self._stop.wait(every_seconds):
-                try:
-                    if self.refresh_once() and after_swap is not None:
-                        after_swap()
-                except Exception:  # a refresh problem must never take serving down
-                    logger.exception("candidates stage: feature refresh failed; still serving %s", self.view.version)
-
-        threading.Thread(target=loop, name="feature-refresh", daemon=True).start()
+        """Follow the feature store in a daemon thread, as :meth:`Runtime.start_refresh` does."""
+        poll_in_thread(
+            every_seconds, self._stop, self.refresh_once, after_swap, lambda: self.view.version,
+            who="candidates stage: feature refresh",
+        )  # fmt: skip
 
     def stop_refresh(self) -> None:
         self._stop.set()

@@ -19,6 +19,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from benchmarks.loadgen import markdown
+from serving import heap
 from serving.runtime import Runtime
 from serving.settings import get_settings
 from stages.pipeline import Query, TwoStageRecommender
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     args = cli.parse_args(argv)
     threadpool_limits(1)
     runtime = Runtime.from_settings(get_settings())
+    heap.settle()  # as a worker does after loading: the models out of full collections (serving/heap.py)
     pipeline = runtime.pipeline
     users = [str(u) for u in runtime.candidates.user_ids[: args.users]]
     rows = []

@@ -34,6 +34,17 @@ def test_path_contributions_add_up_to_the_score():
     assert np.abs(contributions).mean(axis=0).argmax() == 0
 
 
+@pytest.mark.parametrize("depth", [1, 3, 6])
+def test_scores_from_leaves_equal_catboost_predict(depth: int):
+    """``explain`` takes its scores from the leaves (one CatBoost pass): they must be ``predict``'s, CTRs included."""
+    ranker, numeric, categorical = trained(depth=depth)
+    scores, leaves = ranker.score_with_leaves(numeric, categorical)
+    assert leaves.shape == (len(numeric), ranker.model.tree_count_)
+    predicted = ranker.score(numeric, categorical)
+    np.testing.assert_allclose(scores, predicted, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(np.argsort(-scores, kind="stable"), np.argsort(-predicted, kind="stable"))
+
+
 def test_path_contributions_equal_a_walk_down_each_tree():
     """The vectorised tables against the definition, one row, tree and split at a time.
 
@@ -106,3 +117,5 @@ def test_trees_of_different_depths_worked_by_hand():
     # Leaf 2 (a false, b true): a moves 1.5 to 1, b 1 to 2; leaf 0 of tree 1: b from 1 to 0.
     contributions = paths.contributions(np.array([[3, 1, 0], [2, 0, 0]]))
     np.testing.assert_allclose(contributions, [[0.5, 4.0, 0.0], [-0.5, 0.0, 0.0]])
+    # Scores: the bias plus the leaf each row lands in, tree by tree (padding leaves never reached).
+    np.testing.assert_allclose(paths.scores(np.array([[3, 1, 0], [2, 0, 0]])), [0.5 + 3 + 4 + 5, 0.5 + 2 + 0 + 5])

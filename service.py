@@ -13,6 +13,7 @@ import bentoml
 
 from serving import logs, startup
 from serving.api_models import (
+    MAX_BATCH,
     BatchRequest,
     BatchResponse,
     FeedbackRequest,
@@ -144,10 +145,10 @@ class Recommender:
 
 
 # The edge wraps the app BentoML builds, outside its metrics middleware (see serving/edge.py).
-# While the batcher's queue is full, the edge sheds /recommend* before reading their bodies.
+# While the batcher's queue has no room for a request, the edge sheds it before reading its body.
 EDGE = replace(
     EdgeLimits.from_settings(settings, set(API_ROUTES)),
-    queued_routes=frozenset({"/recommend", "/recommend_batch"}),
+    queued_routes={"/recommend": 1, "/recommend_batch": MAX_BATCH},
     busy=PRESSURE.full,
 )
 serve_behind_edge(Recommender, EDGE, ConnectionLimits.from_settings(settings))

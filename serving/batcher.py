@@ -64,8 +64,9 @@ class Pressure:
     pending: int = 0
     limit: int | None = None
 
-    def full(self) -> bool:
-        return self.limit is not None and self.pending >= self.limit
+    def full(self, room: int = 1) -> bool:
+        """Whether a request bringing up to ``room`` queries may not fit in the queue now."""
+        return self.limit is not None and self.pending + room > self.limit
 
 
 PRESSURE = Pressure()  # this worker's (one batcher per worker)

@@ -7,11 +7,12 @@ import json
 
 import pytest
 
+from serving.batcher import Pressure
 from serving.edge import Edge, EdgeLimits, presented_keys, rewrite_error
 
 LIMIT = 100
 KEY = "k3y-0123456789"
-API = frozenset({"/recommend", "/model_info"})
+API = frozenset({"/recommend", "/recommend_batch", "/model_info"})
 JSON = {"content-type": "application/json"}
 
 
@@ -240,15 +241,22 @@ def test_errors_from_behind_are_enveloped_without_internal_names():
 
 
 def test_a_full_queue_is_503_before_the_body_is_read():
-    full = [True]
+    pressure = Pressure(pending=413, limit=512)
+    routes = {"/recommend": 1, "/recommend_batch": 100}
     app = FakeApp()
-    layer = edge(app, queued_routes=frozenset({"/recommend"}), busy=lambda: full[0])
-    status, body, headers = call(layer, chunks=[b'{"user_id": "1"}'])
-    assert (status, body["error"], headers["retry-after"], app.called) == (503, "service_unavailable", "1", False)
-    assert body["message"] == "overloaded: this worker's queue is full; retry shortly"
-    assert call(edge(FakeApp(), queued_routes=frozenset({"/recommend"}), busy=lambda: full[0]), "/model_info")[0] == 200
-    full[0] = False
+    layer = edge(app, queued_routes=routes, busy=pressure.full)
+    # Room for a single request, not for the largest batch: the batch route is refused unread.
     assert call(layer, chunks=[b'{"user_id": "1"}'])[0] == 200
+    status, body, headers = call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])
+    assert (status, body["error"], headers["retry-after"]) == (503, "service_unavailable", "1")
+    assert body["message"] == "overloaded: this worker's queue is full; retry shortly"
+    pressure.pending = 512
+    app.called = False
+    status, _, _ = call(layer, chunks=[b'{"user_id": "1"}'])
+    assert (status, app.called) == (503, False)
+    assert call(edge(FakeApp(), queued_routes=routes, busy=pressure.full), "/model_info")[0] == 200
+    pressure.pending = 412  # exactly room for the largest batch
+    assert call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])[0] == 200
 
 
 def test_the_services_own_503_is_put_in_the_envelope():

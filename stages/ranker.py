@@ -52,8 +52,8 @@ class Ranker:
         """
         if len(numeric) == 0:
             return np.empty(0, dtype=np.float32), np.empty((0, self.model.tree_count_), dtype=np.int64)
-        pool = Pool(self.data(self.names, numeric, categorical))
-        leaves = np.asarray(self.model.calc_leaf_indexes(pool, thread_count=1), dtype=np.int64)
+        data = self.data(self.names, numeric, categorical)  # its pool built with one thread too (a thread pool: p99)
+        leaves = np.asarray(self.model.calc_leaf_indexes(data, thread_count=1), dtype=np.int64)
         return self.paths.scores(leaves).astype(np.float32), leaves
 
     def path_contributions(self, leaves: np.ndarray) -> np.ndarray:

@@ -49,3 +49,32 @@ def test_segment_fallback_uses_bucketed_numeric_attributes(tiny):
     assert used == ["job=y"]
     assert scores.tolist() == pytest.approx([1 / 9, 3 / 9, 5 / 9])
     assert view.segment_scores({"job": "never-seen"}) is None
+
+
+def test_recent_similarity_per_pair_whatever_the_order_of_users(tiny):
+    """Pairs of several users, interleaved: each pair's similarities are to its own user's latest items.
+
+    The columns compute one product per run of a user's pairs; the reference is
+    the definition, pair by pair.
+    """
+    vectors = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    view = FeatureView(compute_features(tiny), np.array(["a", "b", "c"], dtype=object), vectors)
+    users = view.user_rows(["u1", "u2", "u2", "u1", "nobody", "u1"])
+    items = np.array([2, 0, 1, 1, 0, 0])
+    pairs = Pairs(
+        user_rows=users,
+        items=items,
+        als_scores=np.zeros(6, np.float32),
+        cooc_scores=np.zeros(6, np.float32),
+        source_ranks={s: np.ones(6, np.float32) for s in ("als", "popular", "cooc")},
+    )
+    names = view.available()
+    numeric, _ = view.rows(names, pairs)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    latest = {"u1": [1, 0], "u2": [2, 1, 0], "nobody": []}  # newest first (tiny's timestamps)
+    for row, (user, item) in enumerate(zip(["u1", "u2", "u2", "u1", "nobody", "u1"], items, strict=True)):
+        sims = [float(unit[item] @ unit[other]) for other in latest[user]]
+        got_max = numeric[row, names.numeric.index("recent_sim_max")]
+        got_mean = numeric[row, names.numeric.index("recent_sim_mean")]
+        assert got_max == pytest.approx(max(sims, default=-1.0), abs=1e-6)
+        assert got_mean == pytest.approx(sum(sims) / max(len(sims), 1), abs=1e-6)

@@ -88,18 +88,26 @@ def _key(attribute: str) -> str:
     return f"affinity_share_{attribute}"
 
 
+def _shares(user_share: np.ndarray, onehot: np.ndarray, key: str, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair, the user's share of each of the candidate's values (and the candidate's values), once per pairs."""
+    cached = f"{key}_by_pair"
+    if cached not in pairs.scratch:
+        values = onehot[pairs.items]
+        pairs.scratch[cached] = (user_state(user_share, pairs, key) * values, values)
+    return pairs.scratch[cached]
+
+
 def _mean_share(user_share: np.ndarray, onehot: np.ndarray, key: str):
     def compute(pairs: Pairs) -> np.ndarray:
-        product = user_state(user_share, pairs, key) * onehot[pairs.items]
-        count = np.maximum(onehot[pairs.items].sum(axis=1), 1.0)
-        return product.sum(axis=1) / count
+        product, values = _shares(user_share, onehot, key, pairs)
+        return product.sum(axis=1) / np.maximum(values.sum(axis=1), 1.0)
 
     return compute
 
 
 def _max_share(user_share: np.ndarray, onehot: np.ndarray, key: str):
     def compute(pairs: Pairs) -> np.ndarray:
-        product = user_state(user_share, pairs, key) * onehot[pairs.items]
+        product, _ = _shares(user_share, onehot, key, pairs)
         return product.max(axis=1) if product.shape[1] else np.zeros(len(pairs.items), np.float32)
 
     return compute

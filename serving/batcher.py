@@ -65,8 +65,12 @@ class Pressure:
     limit: int | None = None
 
     def full(self, room: int = 1) -> bool:
-        """Whether a request bringing up to ``room`` queries may not fit in the queue now."""
-        return self.limit is not None and self.pending + room > self.limit
+        """Whether a request bringing up to ``room`` queries may not fit in the queue now.
+
+        ``room`` is capped at the limit: with a queue smaller than the largest
+        request, a request is let through whenever the queue is empty.
+        """
+        return self.limit is not None and self.pending + min(room, self.limit) > self.limit
 
 
 PRESSURE = Pressure()  # this worker's (one batcher per worker)

@@ -257,6 +257,12 @@ def test_a_full_queue_is_503_before_the_body_is_read():
     assert call(edge(FakeApp(), queued_routes=routes, busy=pressure.full), "/model_info")[0] == 200
     pressure.pending = 412  # exactly room for the largest batch
     assert call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])[0] == 200
+    # A queue smaller than the largest batch still takes batches, whenever it is empty.
+    small = Pressure(pending=0, limit=60)
+    layer = edge(FakeApp(), queued_routes=routes, busy=small.full)
+    assert call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])[0] == 200
+    small.pending = 1
+    assert call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])[0] == 503
 
 
 def test_the_services_own_503_is_put_in_the_envelope():

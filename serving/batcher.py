@@ -119,7 +119,7 @@ class MicroBatcher(Generic[Q, R]):
 
     async def submit(self, queries: list[Q]) -> list[R]:
         """The answers to ``queries``, in order, from the next pipeline call that has room for them."""
-        if self.pressure.pending + len(queries) > self.max_pending:
+        if self.pressure.full(len(queries)):  # a request larger than the whole queue is taken when it is empty
             SHED.labels(reason="queue_full").inc()
             raise Overloaded(f"overloaded: {self.pressure.pending} queries already waiting in this worker")
         loop = asyncio.get_running_loop()

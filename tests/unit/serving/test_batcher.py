@@ -123,3 +123,22 @@ def test_the_pressure_gauge_says_full_exactly_while_the_queue_is():
         assert (pressure.pending, pressure.full()) == (0, False)
 
     asyncio.run(scenario())
+
+
+def test_a_request_larger_than_the_queue_is_taken_when_the_queue_is_empty():
+    """Else a batch over ``max_pending`` queries would be refused forever, even by an idle worker."""
+    run = Recorded()
+    batcher = MicroBatcher(run, max_pending=3)
+
+    async def scenario():
+        run.gate.clear()
+        large = asyncio.create_task(batcher.submit([1, 2, 3, 4, 5]))
+        await asyncio.sleep(0.05)  # taken into a call: the queue is empty again
+        queued = asyncio.create_task(batcher.submit([6, 7, 8, 9]))  # larger than the queue, which is empty
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="4 queries already waiting"):
+            await batcher.submit([10])
+        run.gate.set()
+        return await large, await queued
+
+    assert asyncio.run(scenario()) == ([2, 4, 6, 8, 10], [12, 14, 16, 18])

@@ -8,6 +8,7 @@ Loading, compatibility checks and feature refresh live in
 from __future__ import annotations
 
 from dataclasses import replace
+from types import MappingProxyType
 
 import bentoml
 
@@ -148,7 +149,7 @@ class Recommender:
 # While the batcher's queue has no room for a request, the edge sheds it before reading its body.
 EDGE = replace(
     EdgeLimits.from_settings(settings, set(API_ROUTES)),
-    queued_routes={"/recommend": 1, "/recommend_batch": MAX_BATCH},
+    queued_routes=MappingProxyType({"/recommend": 1, "/recommend_batch": MAX_BATCH}),
     busy=PRESSURE.full,
 )
 serve_behind_edge(Recommender, EDGE, ConnectionLimits.from_settings(settings))

@@ -14,8 +14,9 @@ single request and a 100-user batch request (two APIs, pydantic bodies,
 per-request envelopes) must share the same calls, and shedding must answer
 503 in the API's JSON envelope rather than raise from the dispatcher.
 
-Load shedding: more than ``max_pending`` queries waiting raises
-:class:`Overloaded` at once (the service answers 503 with ``Retry-After``);
+Load shedding: a request that would leave more than ``max_pending`` queries
+waiting raises :class:`Overloaded` at once (the service answers 503 with
+``Retry-After``), unless the queue is empty, which takes any request;
 a request still queued after ``timeout`` seconds is dropped the same way,
 so the request timeout really applies.
 """

@@ -31,6 +31,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
+from types import MappingProxyType
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -75,7 +76,7 @@ class EdgeLimits:
     open_paths: frozenset[str] = field(default=PROBES)
     # Load shedding before the body is read: routes that queue for the pipeline, with the most queries one
     # request to them can bring, and "is there no room for that many?".
-    queued_routes: Mapping[str, int] = field(default_factory=dict)
+    queued_routes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     busy: Callable[[int], bool] | None = None
 
     @classmethod
@@ -152,7 +153,9 @@ def check_pressure(scope: Scope, limits: EdgeLimits) -> None:
     """
     room = limits.queued_routes.get(scope["path"])
     if limits.busy is not None and room is not None and limits.busy(room):
-        raise EdgeError(503, "overloaded: this worker's queue is full; retry shortly", [(b"retry-after", b"1")])
+        raise EdgeError(
+            503, "overloaded: this worker's queue has no room for this request; retry shortly", [(b"retry-after", b"1")]
+        )
 
 
 def check_route(scope: Scope, limits: EdgeLimits) -> None:

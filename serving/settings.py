@@ -63,7 +63,10 @@ class ServiceSettings(BaseSettings):
     event_flush_seconds: float = Field(5.0, gt=0, description="... or after this many seconds, and at shutdown")
     max_batch_queries: int = Field(256, ge=1, description="queries one pipeline call answers at most (micro-batching)")
     max_pending_queries: int = Field(
-        512, ge=1, description="queries a worker lets wait; beyond, requests get 503 with Retry-After at once"
+        512,
+        ge=1,
+        description="queries a worker lets wait; a request that does not fit gets 503 with Retry-After at once "
+        "(an empty queue takes any request)",
     )
     queue_timeout_seconds: float = Field(
         5.0,

@@ -285,7 +285,7 @@ class TwoStageRecommender:
         if self.ranker is None:
             final = batch.scores
         elif any(q.explain for q in queries):
-            # One CatBoost pool for the scores and the leaves the explanations read (a pool costs more than both).
+            # One CatBoost pass for the leaves the explanations read; the scores are summed from those leaves.
             scores, leaves = self.ranker.score_with_leaves(*self.pair_rows(indices, batch, fresh=fresh))
             final = np.split(scores, np.cumsum([len(c) for c in batch.items])[:-1])
         else:

@@ -153,7 +153,11 @@ def fit_on_examples(
             f"had it among their {params.n_candidates} candidates; need at least 1 (add data, or raise "
             "--label-days, --train-cuts or --n-candidates)"
         )
-    numeric, categorical, labels, groups, weights = (np.concatenate(column) for column in zip(*parts, strict=True))
+    numeric_parts, categorical, labels, groups, weights = zip(*parts, strict=True)
+    # Column-major from the start: Ranker.data would otherwise copy the whole block to make it so.
+    numeric = np.empty((sum(len(p) for p in numeric_parts), len(names.numeric)), dtype=np.float32, order="F")
+    np.concatenate(numeric_parts, out=numeric)
+    categorical, labels, groups, weights = (np.concatenate(c) for c in (categorical, labels, groups, weights))
     pool = Pool(Ranker.data(names, numeric, categorical), label=labels, group_id=groups, weight=weights)
     model = CatBoost(catboost_params(params))
     with tqdm(

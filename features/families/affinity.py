@@ -89,26 +89,27 @@ def _key(attribute: str) -> str:
 
 
 def _shares(user_share: np.ndarray, onehot: np.ndarray, key: str, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
-    """Per pair, the user's share of each of the candidate's values (and the candidate's values), once per pairs."""
+    """Per pair, the mean and the largest of the user's shares of the candidate's values (computed once)."""
     cached = f"{key}_by_pair"
     if cached not in pairs.scratch:
         values = onehot[pairs.items]
-        pairs.scratch[cached] = (user_state(user_share, pairs, key) * values, values)
+        product = user_state(user_share, pairs, key) * values
+        mean = product.sum(axis=1) / np.maximum(values.sum(axis=1), 1.0)
+        largest = product.max(axis=1) if product.shape[1] else np.zeros(len(pairs.items), np.float32)
+        pairs.scratch[cached] = (mean, largest)  # two numbers a pair, not the pairs x values products
     return pairs.scratch[cached]
 
 
 def _mean_share(user_share: np.ndarray, onehot: np.ndarray, key: str):
     def compute(pairs: Pairs) -> np.ndarray:
-        product, values = _shares(user_share, onehot, key, pairs)
-        return product.sum(axis=1) / np.maximum(values.sum(axis=1), 1.0)
+        return _shares(user_share, onehot, key, pairs)[0]
 
     return compute
 
 
 def _max_share(user_share: np.ndarray, onehot: np.ndarray, key: str):
     def compute(pairs: Pairs) -> np.ndarray:
-        product, _ = _shares(user_share, onehot, key, pairs)
-        return product.max(axis=1) if product.shape[1] else np.zeros(len(pairs.items), np.float32)
+        return _shares(user_share, onehot, key, pairs)[1]
 
     return compute
 

@@ -249,7 +249,7 @@ def test_a_full_queue_is_503_before_the_body_is_read():
     assert call(layer, chunks=[b'{"user_id": "1"}'])[0] == 200
     status, body, headers = call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])
     assert (status, body["error"], headers["retry-after"]) == (503, "service_unavailable", "1")
-    assert body["message"] == "overloaded: this worker's queue is full; retry shortly"
+    assert body["message"] == "overloaded: this worker's queue has no room for this request; retry shortly"
     pressure.pending = 512
     app.called = False
     status, _, _ = call(layer, chunks=[b'{"user_id": "1"}'])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from dataclasses import asdict
 
 import aiohttp
@@ -105,11 +106,23 @@ def test_split_found_and_join_found_are_inverse(stages):
 
 
 def test_a_stage_sheds_with_503_and_the_entry_turns_it_into_overloaded():
+    gate = threading.Event()
+
+    def held(xs: list) -> list:
+        gate.wait(5)
+        return xs
+
     async def scenario():
-        batcher = MicroBatcher(lambda xs: xs, max_batch=4, max_pending=1)
+        batcher = MicroBatcher(held, max_batch=4, max_pending=1)
+        running = asyncio.create_task(queued(batcher, [0]))
+        await asyncio.sleep(0.05)  # in a call, held open
+        waiting = asyncio.create_task(queued(batcher, [1]))  # the one query that may wait
+        await asyncio.sleep(0)
         with pytest.raises(ServiceUnavailable):
-            await queued(batcher, [1, 2])  # more than may wait: refused at once
-        assert await queued(batcher, [3]) == [3]
+            await queued(batcher, [2, 3])  # no room: refused at once
+        gate.set()
+        assert (await running, await waiting) == ([0], [1])
+        assert await queued(batcher, [4, 5]) == [4, 5]  # larger than the queue, taken while it is empty
         batcher.close()
 
     asyncio.run(scenario())

@@ -78,3 +78,35 @@ def test_recent_similarity_per_pair_whatever_the_order_of_users(tiny):
         got_mean = numeric[row, names.numeric.index("recent_sim_mean")]
         assert got_max == pytest.approx(max(sims, default=-1.0), abs=1e-6)
         assert got_mean == pytest.approx(sum(sims) / max(len(sims), 1), abs=1e-6)
+
+
+def test_recent_similarity_tells_fresh_users_apart(tiny):
+    """Two visitors side by side (both snapshot row -1) and u1 with and without recent items: each its own items."""
+    vectors = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    view = FeatureView(compute_features(tiny), np.array(["a", "b", "c"], dtype=object), vectors)
+    u1 = int(view.user_rows(["u1"])[0])
+    fresh = view.fresh_users(
+        np.array([-1, -1, u1]),
+        [np.array([0]), np.array([2]), np.array([2])],  # visitor 1 took a, visitor 2 c, u1 c just now
+        [np.zeros(1, np.float32)] * 3,
+        [np.ones(1, np.float32)] * 3,
+        [{}, {}, {}],
+    )
+    owners = [(-1, 0), (-1, 0), (-1, 1), (-1, 1), (u1, 2), (u1, -1)]  # (snapshot row, fresh slot)
+    items = np.array([1, 2, 1, 0, 0, 0])
+    pairs = Pairs(
+        user_rows=np.array([row for row, _ in owners]),
+        items=items,
+        als_scores=np.zeros(6, np.float32),
+        cooc_scores=np.zeros(6, np.float32),
+        source_ranks={s: np.ones(6, np.float32) for s in ("als", "popular", "cooc")},
+        fresh=fresh,
+        fresh_slots=np.array([slot for _, slot in owners]),
+    )
+    names = view.available()
+    numeric, _ = view.rows(names, pairs)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    latest = [[0], [0], [2], [2], [2, 1, 0], [1, 0]]  # newest first: recent items, then u1's stored b and a
+    for row, (item, mine) in enumerate(zip(items, latest, strict=True)):
+        expected = max(float(unit[item] @ unit[other]) for other in mine)
+        assert numeric[row, names.numeric.index("recent_sim_max")] == pytest.approx(expected, abs=1e-6), row

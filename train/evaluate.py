@@ -39,15 +39,13 @@ def ranking_metrics(
     Binary relevance. Recall divides by all of a user's relevant items; NDCG
     and MAP normalise by the best possible list of length ``min(k, |rel|)``.
     """
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    ndcg, recall, ap, hit = [], [], [], []
+    ndcg = ndcg_per_user(recommended, relevant, k)
+    recall, ap, hit = [], [], []
     shown = set()
     for user, rel in relevant.items():
         recs = recommended.get(user, [])[:k]
         shown.update(recs)
         hits = np.array([item in rel for item in recs], dtype=np.float64)
-        ideal = discounts[: min(k, len(rel))].sum()
-        ndcg.append(float((hits * discounts[: len(hits)]).sum() / ideal))
         recall.append(float(hits.sum() / len(rel)))
         precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1) if len(hits) else hits
         ap.append(float((precision_at * hits).sum() / min(k, len(rel))))
@@ -60,6 +58,16 @@ def ranking_metrics(
         "coverage": len(shown) / n_catalogue,
         "users": len(relevant),
     }
+
+
+def ndcg_per_user(recommended: dict, relevant: dict[object, set[str]], k: int = K) -> np.ndarray:
+    """Binary-relevance NDCG@k of each user in ``relevant`` (in its order), for paired comparisons."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    out = np.empty(len(relevant))
+    for row, (user, rel) in enumerate(relevant.items()):
+        hits = np.array([item in rel for item in recommended.get(user, [])[:k]], dtype=np.float64)
+        out[row] = (hits * discounts[: len(hits)]).sum() / discounts[: min(k, len(rel))].sum()
+    return out
 
 
 def popularity_lists(

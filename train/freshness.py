@@ -30,7 +30,7 @@ from features.schema import Columns
 from stages.candidates import CandidateModel, CandidateParams, popularity_share, ranking
 from stages.pipeline import Query, RecentEvent, TwoStageRecommender
 from train.backtest import POPULARITY_WINDOWS, BacktestParams, backtest_cuts, popularity_name
-from train.evaluate import K, popularity_lists, ranking_metrics
+from train.evaluate import K, ndcg_per_user, popularity_lists, ranking_metrics
 from train.ranker_training import DAY, RankerParams, Stages, fit_ranker
 
 WITHOUT = "two-stage, recent items not passed"
@@ -89,6 +89,8 @@ def evaluate_cut(pipeline: TwoStageRecommender, inter: pd.DataFrame, cut: int, p
                 "segment": segment,
                 "users": len(users),
                 "models": {name: ranking_metrics(recs, relevant, candidates.n_items) for name, recs in lists.items()},
+                # Per user, in one order for every model: the paired comparisons' input (see gains).
+                "ndcg_per_user": {name: ndcg_per_user(recs, relevant).tolist() for name, recs in lists.items()},
             }
         )
     return rows
@@ -155,6 +157,7 @@ def run(stages: Stages, ranker_params: RankerParams, params: FreshnessParams, ec
     for row in rows:
         for model, metrics in row["models"].items():
             mean.setdefault(row["segment"], {}).setdefault(model, []).append(metrics[key])
+    means = {s: {m: float(np.mean(v)) for m, v in models.items()} for s, models in mean.items()}
     return {
         "protocol": (
             f"{len(cuts)} global time cuts; users pass their first {params.n_recent} interactions in the "
@@ -162,8 +165,53 @@ def run(stages: Stages, ranker_params: RankerParams, params: FreshnessParams, ec
             "after those"
         ),
         "rows": rows,
-        "mean": {s: {m: float(np.mean(v)) for m, v in models.items()} for s, models in mean.items()},
+        "mean": means,
+        "gains": gains(rows, means),
     }
+
+
+def gains(rows: list[dict], means: dict[str, dict[str, float]]) -> list[dict]:
+    """The comparisons the targets are about, each with a 95% interval from a paired bootstrap.
+
+    Warm users: recent items passed over not passed, and over only excluded.
+    Unknown users: the two-stage answer over the best popularity list (best
+    on these same users, which flatters the baseline) and over item-to-item.
+    """
+    out = []
+    wanted = [("warm", WITH, WITHOUT), ("warm", WITH, EXCLUDED), ("unknown", WITH, ITEM_KNN)]
+    popular = [m for m in means.get("unknown", {}) if m.startswith("popular")]
+    if popular:
+        wanted.append(("unknown", WITH, max(popular, key=means["unknown"].get)))
+    for segment, model, baseline in wanted:
+        per_cut = [
+            (np.asarray(row["ndcg_per_user"][model]), np.asarray(row["ndcg_per_user"][baseline]))
+            for row in rows
+            if row["segment"] == segment and baseline in row["ndcg_per_user"]
+        ]
+        if per_cut:
+            ratio, low, high = paired_ratio(per_cut)
+            out.append(
+                {"segment": segment, "model": model, "baseline": baseline, "ratio": ratio, "low": low, "high": high}
+            )
+    return out
+
+
+def paired_ratio(per_cut: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 2000, seed: int = 0) -> tuple[float, ...]:
+    """Mean-over-cuts NDCG of a over b's, with a 95% bootstrap interval.
+
+    Users are resampled within each cut and the same draw serves both models
+    (paired), so the interval reflects how much the comparison, not each
+    mean, depends on which users happened to be in the test.
+    """
+    rng = np.random.default_rng(seed)
+    point = np.mean([a.mean() for a, _ in per_cut]) / np.mean([b.mean() for _, b in per_cut])
+    numerator, denominator = np.zeros(n_boot), np.zeros(n_boot)
+    for a, b in per_cut:
+        pick = rng.integers(0, len(a), (n_boot, len(a)))
+        numerator += a[pick].mean(axis=1) / len(per_cut)
+        denominator += b[pick].mean(axis=1) / len(per_cut)
+    low, high = np.percentile(numerator / np.maximum(denominator, 1e-12), [2.5, 97.5])
+    return float(point), float(low), float(high)
 
 
 def markdown(results: dict) -> str:
@@ -172,6 +220,12 @@ def markdown(results: dict) -> str:
     for segment, models in results["mean"].items():
         for model, value in sorted(models.items(), key=lambda kv: kv[1]):
             lines.append(f"| {segment} | {model} | {value:.4f} |")
+    lines += ["", "| users | answered by | over | ratio | 95% interval |", "|---|---|---|---|---|"]
+    for gain in results["gains"]:
+        lines.append(
+            f"| {gain['segment']} | {gain['model']} | {gain['baseline']} | {gain['ratio']:.3f}x "
+            f"| {gain['low']:.3f}x to {gain['high']:.3f}x |"
+        )
     return "\n".join(lines)
 
 

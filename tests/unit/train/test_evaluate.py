@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from train.evaluate import ranking_metrics, temporal_split
+from train.evaluate import ndcg_per_user, ranking_metrics, temporal_split
 
 
 def test_metrics_known_answer():
@@ -21,6 +21,9 @@ def test_metrics_known_answer():
     assert result["map@4"] == pytest.approx(((1 + 2 / 3) / 3) / 2)
     assert result["hitrate@4"] == pytest.approx(0.5)
     assert result["coverage"] == pytest.approx(5 / 10)
+    # Per user, in the order of ``relevant``; a user with no list scores 0.
+    per_user = ndcg_per_user(recommended, {1: {"z"}, 0: {"a", "b", "c"}, 3: {"a"}}, k=4)
+    assert per_user == pytest.approx([0.0, dcg / idcg, 0.0])
 
 
 def test_perfect_list_scores_one():

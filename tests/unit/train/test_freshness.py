@@ -1,13 +1,14 @@
-"""The freshness backtest's item-to-item baseline on a matrix whose answer is known."""
+"""The freshness backtest: its item-to-item baseline on a matrix whose answer is known, and its paired intervals."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
-from train.freshness import item_knn_lists
+from train.freshness import item_knn_lists, paired_ratio
 
 
 def _candidates(rows: list[list[int]], n_items: int) -> SimpleNamespace:
@@ -25,3 +26,26 @@ def test_items_taken_with_the_recent_ones_come_first_and_the_recent_ones_never()
     assert lists["a"] == ["i1", "i4"]
     assert lists["b"] == ["i3", "i4"]
     assert len(lists["c"]) == 2  # no usable seed: a list all the same, never an error
+
+
+def test_paired_ratio_of_identical_models_is_one_with_no_spread():
+    ndcg = np.array([0.0, 0.2, 0.5, 1.0])
+    assert paired_ratio([(ndcg, ndcg), (ndcg[:2], ndcg[:2])]) == (1.0, 1.0, 1.0)
+
+
+def test_paired_ratio_is_the_mean_over_cuts_and_its_interval_holds_it():
+    # Cut 1: a doubles b for every user; cut 2: a equals b. Means over cuts: (0.4 + 0.3) / (0.2 + 0.3).
+    cut1 = (np.array([0.2, 0.4, 0.6]), np.array([0.1, 0.2, 0.3]))
+    cut2 = (np.array([0.0, 0.6]), np.array([0.0, 0.6]))
+    ratio, low, high = paired_ratio([cut1, cut2])
+    assert ratio == pytest.approx(0.7 / 0.5)
+    assert low <= ratio <= high
+    assert paired_ratio([cut1, cut2]) == (ratio, low, high)  # seeded: the same interval every run
+
+
+def test_paired_ratio_interval_is_narrow_when_the_gain_is_the_same_for_every_user():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.1, 1.0, 200)
+    ratio, low, high = paired_ratio([(base * 1.2, base)])
+    assert ratio == pytest.approx(1.2)
+    assert (low, high) == pytest.approx((1.2, 1.2))

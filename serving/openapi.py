@@ -3,7 +3,8 @@
 BentoML's generator (OpenAPI 3.0) turns pydantic's ``anyOf [..., null]`` into
 the non-null type alone (``message`` a string, though null is sent) and
 documents errors as ``{"error": str, "detail": str}``, though ``detail`` is a
-list; statuses the edge sends (401, 408, 413, 415, 431, 503) are not listed.
+list; statuses the edge sends (401, 408, 413, 415, 431, 503) are not listed;
+schemas are named after the IO classes it generates (``…IODescriptor``).
 :func:`conform` fixes the document BentoML builds; the service serves it at
 ``/docs.json`` (see :func:`serving.edge.serve_behind_edge`).
 """
@@ -43,6 +44,8 @@ ERROR_STATUSES = {
     "503": "Overloaded",
 }
 BODY_REQUIRED = ("/recommend", "/recommend_batch", "/similar_items")
+IO_SUFFIX = "IODescriptor"  # what BentoML appends to the models it wraps
+SCHEMAS = "#/components/schemas/"
 
 
 def _nullable(schema: Any) -> None:
@@ -94,7 +97,7 @@ def _operation(path: str, operation: dict) -> None:
     operation["responses"] = responses
     success = responses.get("200", {}).get("content", {}).get("application/json", {}).get("schema")
     for status, description in ERROR_STATUSES.items():
-        schema: dict = {"$ref": f"#/components/schemas/{ERROR}"}
+        schema: dict = {"$ref": f"{SCHEMAS}{ERROR}"}
         if status == "404" and path == "/similar_items" and success:
             schema = success  # an unknown item: the answer's own envelope, status "error"
         responses[status] = _json(schema, description)
@@ -102,10 +105,46 @@ def _operation(path: str, operation: dict) -> None:
         operation["requestBody"]["required"] = True
 
 
+def _public_names(spec: dict) -> None:
+    """Schemas under the names of our models: ``RecommendRequest``, not ``RecommendRequestIODescriptor``.
+
+    BentoML documents each API's body as the IO class it generates around the
+    model (the same fields, no description, its own ``root_input`` flag, which
+    its client reads from ``/schema.json``, not from here). Where the model has
+    a schema of its own already (nested in a batch), references go to that one.
+    """
+    schemas = spec["components"]["schemas"]
+    renamed = {}
+    for name in [n for n in schemas if n.endswith(IO_SUFFIX)]:
+        public = name.removesuffix(IO_SUFFIX)
+        schema = schemas.pop(name)
+        if public not in schemas:
+            schemas[public] = schema
+        renamed[f"{SCHEMAS}{name}"] = f"{SCHEMAS}{public}"
+
+    def point(node: Any) -> None:
+        """References to the public names; schemas inlined in operations titled by them too."""
+        if isinstance(node, dict):
+            if node.get("$ref") in renamed:
+                node["$ref"] = renamed[node["$ref"]]
+            title = node.get("title")
+            if isinstance(title, str) and title.endswith(IO_SUFFIX):
+                node["title"] = title.removesuffix(IO_SUFFIX)
+                node.pop("root_input", None)
+            for value in node.values():
+                point(value)
+        elif isinstance(node, list):
+            for item in node:
+                point(item)
+
+    point(spec)
+
+
 def conform(spec: dict, api_routes: frozenset[str] | set[str]) -> dict:
     """A copy of BentoML's OpenAPI document that matches what the server sends."""
     spec = copy.deepcopy(spec)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    _public_names(spec)
     _nullable(schemas)
     _exclusive_bounds(schemas)
     schemas[ERROR] = ERROR_SCHEMA

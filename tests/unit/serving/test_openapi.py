@@ -65,3 +65,41 @@ def test_exclusive_bounds_are_spelled_the_openapi_3_0_way():
     }
     weight = conform(spec, set())["components"]["schemas"]["E"]["properties"]["w"]
     assert weight == {"type": "number", "minimum": 0, "exclusiveMinimum": True}
+
+
+def test_schemas_carry_our_model_names_not_bentomls_io_classes():
+    wrapped = {"type": "object", "title": "AskIODescriptor", "root_input": True, "properties": {}}
+    spec = {
+        "components": {
+            "schemas": {
+                "AskIODescriptor": wrapped,
+                "ReplyIODescriptor": {"title": "ReplyIODescriptor", "properties": {"x": {"type": "integer"}}},
+                "Reply": {"title": "Reply", "description": "ours", "properties": {"x": {"type": "integer"}}},
+            }
+        },
+        "paths": {
+            "/ask": {
+                "post": {
+                    "requestBody": {"content": {"application/json": {"schema": dict(wrapped)}}},
+                    "responses": {
+                        "200": {
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/ReplyIODescriptor"}}
+                            }
+                        }
+                    },
+                }
+            }
+        },
+    }
+    fixed = conform(spec, set())
+    schemas = fixed["components"]["schemas"]
+    assert set(schemas) == {"Ask", "Reply", ERROR}
+    assert schemas["Ask"] == {"type": "object", "title": "Ask", "properties": {}}  # no BentoML-only flag
+    assert schemas["Reply"]["description"] == "ours"  # the model's own schema wins over the IO class's
+    operation = fixed["paths"]["/ask"]["post"]
+    assert operation["requestBody"]["content"]["application/json"]["schema"]["title"] == "Ask"
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Reply"
+    }
+    assert "IODescriptor" not in str(fixed) and "IODescriptor" in str(spec)  # a copy

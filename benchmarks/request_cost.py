@@ -8,8 +8,10 @@ cost between the event loop (BentoML, uvicorn, the edge, parsing,
 serialising) and the other threads (the pipeline thread, which computes):
 
 - ``GET /livez``: uvicorn and the middleware, no API;
-- ``POST /model_info``: BentoML's API machinery around a handler that does
-  nothing (a floor for any API: 1000 / its CPU is one worker's ceiling);
+- ``POST /feedback`` with the event log off: BentoML's API machinery around a
+  handler that validates a small body and answers a small one (503: nothing
+  to record to), a floor for any API: 1000 / its CPU bounds one worker's
+  requests per second;
 - ``POST /recommend``: a known user, k = 10; then with 10 recent items.
 
 The same for the FastAPI reference (``benchmarks/fastapi_app.py``, the
@@ -64,8 +66,10 @@ def worker_pid(server_pid: int) -> int:
     return workers[0] if workers else server_pid
 
 
-def send_for(port: int, method: str, path: str, bodies: list[dict | None], seconds: float) -> tuple[int, float]:
-    """Requests back to back on one connection for ``seconds``; how many and the wall time they took."""
+def send_for(
+    port: int, method: str, path: str, bodies: list[dict | None], seconds: float, status: int = 200
+) -> tuple[int, float]:
+    """Requests back to back on one connection for ``seconds`` (each must answer ``status``); how many, how long."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"Content-Type": "application/json"}
     sent, start = 0, time.perf_counter()
@@ -74,7 +78,7 @@ def send_for(port: int, method: str, path: str, bodies: list[dict | None], secon
         connection.request(method, path, None if body is None else json.dumps(body), headers)
         response = connection.getresponse()
         response.read()
-        if response.status != 200:
+        if response.status != status:
             raise RuntimeError(f"{method} {path} answered {response.status}")
         sent += 1
     elapsed = time.perf_counter() - start
@@ -82,11 +86,13 @@ def send_for(port: int, method: str, path: str, bodies: list[dict | None], secon
     return sent, elapsed
 
 
-def route_cost(port: int, pid: int, label: str, method: str, path: str, bodies: list, seconds: float) -> dict:
+def route_cost(
+    port: int, pid: int, label: str, method: str, path: str, bodies: list, seconds: float, status: int = 200
+) -> dict:
     """Wall ms per request on one connection and CPU ms per request: event loop, other threads."""
-    send_for(port, method, path, bodies, 1.0)  # warm-up
+    send_for(port, method, path, bodies, 1.0, status)  # warm-up
     before = thread_ticks(pid)
-    sent, elapsed = send_for(port, method, path, bodies, seconds)
+    sent, elapsed = send_for(port, method, path, bodies, seconds, status)
     after = thread_ticks(pid)
     spent = {tid: (after[tid] - before.get(tid, 0)) * TICK_MS / sent for tid in after}
     loop_ms = spent.get(pid, 0.0)  # the main thread runs the event loop
@@ -133,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     plain = [{"user_id": u, "k": 10} for u in users]
     fresh = [{**b, "recent_items": [str(i) for i in rng.choice(items, 10, replace=False)]} for b in plain]
     routes = [
-        ("GET /livez", "GET", "/livez", [None]),
-        ("POST /model_info", "POST", "/model_info", [{}]),
-        ("POST /recommend", "POST", "/recommend", plain),
-        ("POST /recommend, 10 recent items", "POST", "/recommend", fresh),
+        ("GET /livez", "GET", "/livez", [None], 200),
+        ("POST /feedback (log off: 503)", "POST", "/feedback", [{"user_id": u, "item_id": "1"} for u in users], 503),
+        ("POST /recommend", "POST", "/recommend", plain, 200),
+        ("POST /recommend, 10 recent items", "POST", "/recommend", fresh, 200),
     ]
     rows = []
     env = {"RECSYS_REFRESH_SECONDS": "0", "RECSYS_EVENT_LOG": "", "RECSYS_HEALTH_PORT": str(free_port())}
@@ -144,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     bento = [str(BIN / "bentoml"), "serve", "service:Recommender", "--host", "127.0.0.1", "--port", str(port)]
     with server(bento, port, env) as (_, pid):
         worker = worker_pid(pid)
-        rows += [{"server": "bentoml", **route_cost(port, worker, *route, args.seconds)} for route in routes]
+        rows += [
+            {"server": "bentoml", **route_cost(port, worker, label, method, path, bodies, args.seconds, status)}
+            for label, method, path, bodies, status in routes
+        ]
     port = free_port()
     uvicorn = [
         str(BIN / "uvicorn"), "benchmarks.fastapi_app:app", "--port", str(port), "--host", "127.0.0.1",
@@ -153,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     with server(uvicorn, port) as (_, pid):
         worker = worker_pid(pid)
         rows += [
-            {"server": "fastapi", **route_cost(port, worker, *route, args.seconds)}
-            for route in routes
-            if route[2] != "/model_info"
+            {"server": "fastapi", **route_cost(port, worker, label, method, path, bodies, args.seconds, status)}
+            for label, method, path, bodies, status in routes
+            if path != "/feedback"
         ]
     for label, bodies in (("answer(), one request a call", plain), ("answer(), 10 recent items", fresh)):
         cpu = in_process(runtime, [RecommendRequest.model_validate(b) for b in bodies])

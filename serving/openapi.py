@@ -111,16 +111,19 @@ def _public_names(spec: dict) -> None:
     BentoML documents each API's body as the IO class it generates around the
     model (the same fields, no description, its own ``root_input`` flag, which
     its client reads from ``/schema.json``, not from here). Where the model has
-    a schema of its own already (nested in a batch), references go to that one.
+    a schema of its own already (nested in a batch), references go to that one;
+    should the two ever differ in more than their labels, both stay as they are.
     """
     schemas = spec["components"]["schemas"]
-    renamed = {}
+    renamed, titles = {}, set()
     for name in [n for n in schemas if n.endswith(IO_SUFFIX)]:
         public = name.removesuffix(IO_SUFFIX)
+        if public in schemas and _fields(schemas[public]) != _fields(schemas[name]):
+            continue
         schema = schemas.pop(name)
-        if public not in schemas:
-            schemas[public] = schema
+        schemas.setdefault(public, schema)
         renamed[f"{SCHEMAS}{name}"] = f"{SCHEMAS}{public}"
+        titles.add(name)
 
     def point(node: Any) -> None:
         """References to the public names; schemas inlined in operations titled by them too."""
@@ -128,7 +131,7 @@ def _public_names(spec: dict) -> None:
             if node.get("$ref") in renamed:
                 node["$ref"] = renamed[node["$ref"]]
             title = node.get("title")
-            if isinstance(title, str) and title.endswith(IO_SUFFIX):
+            if isinstance(title, str) and title in titles:  # not a property named "title"
                 node["title"] = title.removesuffix(IO_SUFFIX)
                 node.pop("root_input", None)
             for value in node.values():
@@ -138,6 +141,11 @@ def _public_names(spec: dict) -> None:
                 point(item)
 
     point(spec)
+
+
+def _fields(schema: dict) -> dict:
+    """A schema without its labels (title, description, example, BentoML's root_input): what a body must be."""
+    return {k: v for k, v in schema.items() if k not in ("title", "description", "example", "root_input")}
 
 
 def conform(spec: dict, api_routes: frozenset[str] | set[str]) -> dict:

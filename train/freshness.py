@@ -197,20 +197,27 @@ def gains(rows: list[dict], means: dict[str, dict[str, float]]) -> list[dict]:
 
 
 def paired_ratio(per_cut: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 2000, seed: int = 0) -> tuple[float, ...]:
-    """Mean-over-cuts NDCG of a over b's, with a 95% bootstrap interval.
+    """Mean-over-cuts NDCG of a over b's, with a 95% bootstrap interval (NaN where b scores 0).
 
     Users are resampled within each cut and the same draw serves both models
     (paired), so the interval reflects how much the comparison, not each
-    mean, depends on which users happened to be in the test.
+    mean, depends on which users happened to be in the test. The cuts are
+    taken as given: the interval covers the sampling of users only.
     """
+    if not per_cut or any(len(a) != len(b) or not len(a) for a, b in per_cut):
+        raise ValueError("every cut needs the same users, at least one, for both models")
     rng = np.random.default_rng(seed)
-    point = np.mean([a.mean() for a, _ in per_cut]) / np.mean([b.mean() for _, b in per_cut])
     numerator, denominator = np.zeros(n_boot), np.zeros(n_boot)
     for a, b in per_cut:
         pick = rng.integers(0, len(a), (n_boot, len(a)))
         numerator += a[pick].mean(axis=1) / len(per_cut)
         denominator += b[pick].mean(axis=1) / len(per_cut)
-    low, high = np.percentile(numerator / np.maximum(denominator, 1e-12), [2.5, 97.5])
+    base = np.mean([b.mean() for _, b in per_cut])
+    if base == 0 or not (denominator > 0).any():
+        return float("nan"), float("nan"), float("nan")
+    point = np.mean([a.mean() for a, _ in per_cut]) / base
+    # A draw whose baseline scores 0 has no ratio: it is left out rather than counted as infinite.
+    low, high = np.percentile(numerator[denominator > 0] / denominator[denominator > 0], [2.5, 97.5])
     return float(point), float(low), float(high)
 
 

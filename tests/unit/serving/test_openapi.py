@@ -68,7 +68,8 @@ def test_exclusive_bounds_are_spelled_the_openapi_3_0_way():
 
 
 def test_schemas_carry_our_model_names_not_bentomls_io_classes():
-    wrapped = {"type": "object", "title": "AskIODescriptor", "root_input": True, "properties": {}}
+    title_field = {"title": {"type": "string"}}  # a property called "title" is not a schema's title
+    wrapped = {"type": "object", "title": "AskIODescriptor", "root_input": True, "properties": title_field}
     spec = {
         "components": {
             "schemas": {
@@ -95,7 +96,7 @@ def test_schemas_carry_our_model_names_not_bentomls_io_classes():
     fixed = conform(spec, set())
     schemas = fixed["components"]["schemas"]
     assert set(schemas) == {"Ask", "Reply", ERROR}
-    assert schemas["Ask"] == {"type": "object", "title": "Ask", "properties": {}}  # no BentoML-only flag
+    assert schemas["Ask"] == {"type": "object", "title": "Ask", "properties": title_field}  # no BentoML-only flag
     assert schemas["Reply"]["description"] == "ours"  # the model's own schema wins over the IO class's
     operation = fixed["paths"]["/ask"]["post"]
     assert operation["requestBody"]["content"]["application/json"]["schema"]["title"] == "Ask"
@@ -103,3 +104,19 @@ def test_schemas_carry_our_model_names_not_bentomls_io_classes():
         "$ref": "#/components/schemas/Reply"
     }
     assert "IODescriptor" not in str(fixed) and "IODescriptor" in str(spec)  # a copy
+
+
+def test_an_io_class_that_differs_from_the_model_of_its_name_keeps_its_own_name():
+    spec = {
+        "components": {
+            "schemas": {
+                "ReplyIODescriptor": {"title": "ReplyIODescriptor", "properties": {"x": {"type": "integer"}}},
+                "Reply": {"title": "Reply", "properties": {"x": {"type": "string"}}},
+            }
+        },
+        "paths": {"/r": {"post": {"responses": {"200": {"$ref": "#/components/schemas/ReplyIODescriptor"}}}}},
+    }
+    fixed = conform(spec, set())
+    assert fixed["components"]["schemas"]["ReplyIODescriptor"] == spec["components"]["schemas"]["ReplyIODescriptor"]
+    assert fixed["components"]["schemas"]["Reply"]["properties"]["x"] == {"type": "string"}
+    assert fixed["paths"]["/r"]["post"]["responses"]["200"] == {"$ref": "#/components/schemas/ReplyIODescriptor"}

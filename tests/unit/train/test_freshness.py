@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from train.freshness import item_knn_lists, paired_ratio
+from train.freshness import ITEM_KNN, WITH, gains, item_knn_lists, paired_ratio
 
 
 def _candidates(rows: list[list[int]], n_items: int) -> SimpleNamespace:
@@ -41,6 +41,37 @@ def test_paired_ratio_is_the_mean_over_cuts_and_its_interval_holds_it():
     assert ratio == pytest.approx(0.7 / 0.5)
     assert low <= ratio <= high
     assert paired_ratio([cut1, cut2]) == (ratio, low, high)  # seeded: the same interval every run
+
+
+def test_paired_ratio_resamples_within_cuts_not_across_them():
+    # Every user of a cut scores the same, so any within-cut draw gives each cut's mean exactly:
+    # (0.4 + 0.3) / (0.2 + 0.3) = 1.4 every time. Pooling users across cuts would spread it.
+    cut1 = (np.full(3, 0.4), np.full(3, 0.2))
+    cut2 = (np.full(7, 0.3), np.full(7, 0.3))
+    assert paired_ratio([cut1, cut2]) == pytest.approx((1.4, 1.4, 1.4))
+
+
+def test_paired_ratio_without_a_baseline_score_is_nan_and_bad_input_is_refused():
+    assert all(np.isnan(paired_ratio([(np.array([0.5, 0.1]), np.zeros(2))])))
+    with pytest.raises(ValueError, match="same users"):
+        paired_ratio([(np.array([0.5]), np.array([0.5, 0.1]))])
+    with pytest.raises(ValueError, match="same users"):
+        paired_ratio([])
+
+
+def test_gains_compare_with_the_best_popularity_list_of_the_segment():
+    row = {
+        "segment": "unknown",
+        "ndcg_per_user": {
+            WITH: [0.4, 0.6],
+            ITEM_KNN: [0.2, 0.4],
+            "popular (all time)": [0.1, 0.1],
+            "popular (x)": [0.5, 0.5],
+        },
+    }
+    means = {"unknown": {"popular (all time)": 0.1, "popular (x)": 0.5, ITEM_KNN: 0.3, WITH: 0.5}}
+    found = {g["baseline"]: g["ratio"] for g in gains([row], means)}
+    assert found == pytest.approx({ITEM_KNN: 0.5 / 0.3, "popular (x)": 1.0})  # warm comparisons: no warm rows
 
 
 def test_paired_ratio_interval_is_narrow_when_the_gain_is_the_same_for_every_user():

@@ -17,7 +17,7 @@ serialising) and the other threads (the pipeline thread, which computes):
 The same for the FastAPI reference (``benchmarks/fastapi_app.py``, the
 pipeline on its event loop, no batching), and what the pipeline thread runs
 for a request (``serving.responses.answer``) called in-process, no HTTP,
-back to back.
+back to back, the two cases taking turns.
 
     python -m benchmarks.request_cost --seconds 5
 
@@ -107,14 +107,21 @@ def route_cost(
     }
 
 
-def in_process(runtime: Runtime, requests: list[RecommendRequest]) -> float:
-    """Thread CPU ms per call of what the service's pipeline thread runs for one request, back to back."""
-    spent = 0.0
-    for request in requests:
-        start = time.thread_time()
-        answer(runtime.pipeline, [request], runtime.tags)
-        spent += time.thread_time() - start
-    return spent * 1000 / len(requests)
+def in_process(runtime: Runtime, cases: dict[str, list[RecommendRequest]]) -> dict[str, float]:
+    """Thread CPU ms per call of what the service's pipeline thread runs for one request, per case.
+
+    The cases take turns call by call, so a drift in the machine's speed hits
+    them alike; turn ``i`` of one case and of the next are different users
+    (the bodies are built for distinct users), so no call finds the previous
+    call's user in cache.
+    """
+    spent = dict.fromkeys(cases, 0.0)
+    for turn in range(min(len(requests) for requests in cases.values())):
+        for name, requests in cases.items():
+            start = time.thread_time()
+            answer(runtime.pipeline, [requests[turn]], runtime.tags)
+            spent[name] += time.thread_time() - start
+    return {name: total * 1000 / min(len(r) for r in cases.values()) for name, total in spent.items()}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = Runtime.from_settings(get_settings())
     heap.settle()
     rng = np.random.default_rng(0)
-    users = [str(u) for u in rng.choice(np.asarray(runtime.candidates.user_ids, dtype=str), 1000)]
+    users = [str(u) for u in rng.permutation(np.asarray(runtime.candidates.user_ids, dtype=str))]  # each once
     items = np.asarray(runtime.candidates.item_ids, dtype=str)
     plain = [{"user_id": u, "k": 10} for u in users]
     fresh = [{**b, "recent_items": [str(i) for i in rng.choice(items, 10, replace=False)]} for b in plain]
@@ -166,9 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             for label, method, path, bodies, status in routes
             if path != "/feedback"
         ]
-    for label, bodies in (("answer(), one request a call", plain), ("answer(), 10 recent items", fresh)):
-        cpu = in_process(runtime, [RecommendRequest.model_validate(b) for b in bodies])
-        rows.append({"server": "in-process", "route": label, "cpu_ms": round(cpu, 3), "requests": len(bodies)})
+    half = len(plain) // 2  # plain and fresh calls alternate, each on users of its own
+    cases = {
+        "answer(), one request a call": [RecommendRequest.model_validate(b) for b in plain[:half]],
+        "answer(), 10 recent items": [RecommendRequest.model_validate(b) for b in fresh[half:]],
+    }
+    for label, cpu in in_process(runtime, cases).items():
+        rows.append({"server": "in-process", "route": label, "cpu_ms": round(cpu, 3), "requests": half})
     print(markdown(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

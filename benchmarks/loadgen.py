@@ -117,8 +117,8 @@ async def fixed_concurrency(url: str, bodies: list[dict], concurrency: int, seco
 
 
 def markdown(rows: list[dict]) -> str:
-    """Rows of summaries as a Markdown table."""
+    """Rows of summaries as a Markdown table (the first row's columns; a missing or None cell left blank)."""
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join("" if row.get(c) is None else str(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from benchmarks.loadgen import markdown
 from benchmarks.servers import cmdline, free_port, process_tree
 from benchmarks.serving import BIN, server
 from serving import heap
@@ -122,13 +123,6 @@ def in_process(runtime: Runtime, cases: dict[str, list[RecommendRequest]]) -> di
             answer(runtime.pipeline, [requests[turn]], runtime.tags)
             spent[name] += time.thread_time() - start
     return {name: total * 1000 / min(len(r) for r in cases.values()) for name, total in spent.items()}
-
-
-def markdown(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(row.get(k, "")) for k in keys) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,13 +39,13 @@ def ranking_metrics(
     Binary relevance. Recall divides by all of a user's relevant items; NDCG
     and MAP normalise by the best possible list of length ``min(k, |rel|)``.
     """
-    ndcg = ndcg_per_user(recommended, relevant, k)
-    recall, ap, hit = [], [], []
+    ndcg, recall, ap, hit = [], [], [], []
     shown = set()
     for user, rel in relevant.items():
         recs = recommended.get(user, [])[:k]
         shown.update(recs)
         hits = np.array([item in rel for item in recs], dtype=np.float64)
+        ndcg.append(_ndcg(hits, len(rel), k))
         recall.append(float(hits.sum() / len(rel)))
         precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1) if len(hits) else hits
         ap.append(float((precision_at * hits).sum() / min(k, len(rel))))
@@ -62,12 +62,18 @@ def ranking_metrics(
 
 def ndcg_per_user(recommended: dict, relevant: dict[object, set[str]], k: int = K) -> np.ndarray:
     """Binary-relevance NDCG@k of each user in ``relevant`` (in its order), for paired comparisons."""
+    return np.array(
+        [
+            _ndcg(np.array([item in rel for item in recommended.get(user, [])[:k]], dtype=np.float64), len(rel), k)
+            for user, rel in relevant.items()
+        ]
+    )
+
+
+def _ndcg(hits: np.ndarray, n_relevant: int, k: int) -> float:
+    """DCG of a list's hits over the best possible list of length ``min(k, n_relevant)``."""
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    out = np.empty(len(relevant))
-    for row, (user, rel) in enumerate(relevant.items()):
-        hits = np.array([item in rel for item in recommended.get(user, [])[:k]], dtype=np.float64)
-        out[row] = (hits * discounts[: len(hits)]).sum() / discounts[: min(k, len(rel))].sum()
-    return out
+    return float((hits * discounts[: len(hits)]).sum() / discounts[: min(k, n_relevant)].sum())
 
 
 def popularity_lists(

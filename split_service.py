@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 import bentoml
 
-from serving import heap, startup
+from serving import startup
 from serving.api_models import (
     BatchRequest,
     BatchResponse,
@@ -65,6 +65,7 @@ from serving.shared import (
     recommend_or_shed,
     record_feedback,
     recorder_from,
+    settle_and_refresh,
     start_runtime,
     unknown_item,
     worker_threads,
@@ -115,8 +116,7 @@ class CandidateService:
         worker_threads(settings)
         self.stage = CandidateStage.from_model(self.candidates_model, settings.feature_store)
         self.stage.warm(settings.n_candidates or 100)
-        heap.settle()  # as start_runtime does (serving/heap.py)
-        self.stage.start_refresh(settings.refresh_seconds, after_swap=heap.settle)
+        settle_and_refresh(self.stage, settings)
         self.batcher = stage_batcher(self.stage.candidate_rows)
 
     @bentoml.on_shutdown

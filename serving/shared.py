@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import bentoml
 from threadpoolctl import threadpool_limits
@@ -48,9 +49,23 @@ def start_runtime(settings: ServiceSettings, ranker_tag: str, candidates_tag: st
     """The pipeline a worker serves, with its feature refresh running (after :func:`worker_threads`)."""
     worker_threads(settings)
     runtime = Runtime.from_store(ranker_tag, candidates_tag, settings.feature_store, settings.n_candidates)
-    heap.settle()  # the loaded models and features out of full collections' way (serving/heap.py)
-    runtime.start_refresh(settings.refresh_seconds, after_swap=heap.settle)
+    settle_and_refresh(runtime, settings)
     return runtime
+
+
+class Refreshing(Protocol):
+    """What a worker loads and keeps fresh: the whole pipeline, or the split topology's candidate stage."""
+
+    def start_refresh(self, every_seconds: float, after_swap: Callable[[], None] | None = None) -> None: ...
+
+
+def settle_and_refresh(loaded: Refreshing, settings: ServiceSettings) -> None:
+    """Move what a worker loaded out of full collections' way, then start its feature refresh (settled after each swap).
+
+    See serving/heap.py for why settling matters to p99.
+    """
+    heap.settle()
+    loaded.start_refresh(settings.refresh_seconds, after_swap=heap.settle)
 
 
 def recorder_from(settings: ServiceSettings) -> Recorder:

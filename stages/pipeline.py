@@ -165,17 +165,22 @@ class TwoStageRecommender:
         Seen (stored and recent, with ``exclude_seen``), excluded, outside the
         query's filters or hidden: every reason an item is kept out of the answer.
         """
-        if not (query.exclude_items or query.filters or query.recent_items or self._any_hidden):
-            # The common request: only the stored history is kept out, a count the matrix holds already.
-            stored = self.candidates.seen_items(self.candidates.user_index.get(query.user_id, -1))
-            return len(stored) if query.exclude_seen else 0
-        removed = np.zeros(self.candidates.n_items, dtype=bool)
-        removed[self._blocked(query)] = True  # exclusions, filters, hidden items
+        kept_out = []
         if query.exclude_seen:
-            user = self._user(query)
-            removed[self.candidates.seen_items(user.index)] = True
-            if user.recent is not None:
-                removed[user.recent.items] = True
+            # Stored items are unique per user: the CSR matrix sums repeats.
+            kept_out.append(self.candidates.seen_items(self.candidates.user_index.get(query.user_id, -1)))
+            if query.recent_items:
+                # Only which items: the order and ages :meth:`_user` works out are not needed to count them.
+                index = self.candidates.item_index
+                recent = [index[e.item_id] for e in query.recent_items if e.item_id in index]
+                kept_out.append(np.array(recent, dtype=np.int64))
+        if query.exclude_items or query.filters or self._any_hidden:
+            kept_out.append(self._blocked(query))  # exclusions, filters, hidden items
+        if len(kept_out) <= 1 and not query.exclude_items:  # one unique set: the common request, counted as is
+            return len(kept_out[0]) if kept_out else 0
+        removed = np.zeros(self.candidates.n_items, dtype=bool)
+        for items in kept_out:
+            removed[items] = True
         return int(removed.sum())
 
     def allowed(self, filters: Filters) -> np.ndarray | None:

@@ -11,7 +11,10 @@ users and the same relevant items:
   excluded (a client that filters but does not tell), and with them passed;
 - users unknown at T: popularity over each window, item-to-item cosine
   from the recent items (the usual "because you watched" answer for a
-  visitor), and the two-stage model from the recent items alone.
+  visitor), and the two-stage model from the recent items alone. Next to
+  them, the one list that suits these users best, chosen from what they took
+  next: no popularity list, over any window, can beat it, so it shows how
+  much of a visitor's answer can come from popularity at all.
 
     python -m train.freshness            # MovieLens-100K, the README's table
 """
@@ -37,6 +40,7 @@ WITHOUT = "two-stage, recent items not passed"
 EXCLUDED = "two-stage, recent items only excluded"
 WITH = "two-stage, recent items passed"
 ITEM_KNN = "item-to-item cosine from the recent items"
+HINDSIGHT = "hindsight: the best single list for these users (a ceiling, not a model)"
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def evaluate_cut(pipeline: TwoStageRecommender, inter: pd.DataFrame, cut: int, p
                 recent[user] = told
         if not users:
             continue
-        lists = _lists(pipeline, before, cut, users, recent, segment)
+        lists = _lists(pipeline, before, cut, users, recent, segment, relevant)
         rows.append(
             {
                 "cut": int(cut),
@@ -103,6 +107,7 @@ def _lists(
     users: list[str],
     recent: dict[str, pd.DataFrame],
     segment: str,
+    relevant: dict[str, set[str]],
 ) -> dict[str, dict[str, list[str]]]:
     def answer(make: callable) -> dict[str, list[str]]:
         answers = pipeline.recommend([make(u) for u in users])
@@ -121,7 +126,30 @@ def _lists(
             ranked = popularity_lists(candidates, share, users, K + len(told[users[0]]))
             lists[popularity_name(days)] = {u: [i for i in ranked[u] if i not in told[u]][:K] for u in users}
         lists[ITEM_KNN] = item_knn_lists(candidates, {u: told[u] for u in users})
+        lists[HINDSIGHT] = hindsight_lists(relevant, told)
     return lists
+
+
+def hindsight_lists(relevant: dict[str, set[str]], told: dict[str, list[str]], k: int = K) -> dict[str, list[str]]:
+    """One list for every user, chosen knowing what they took next; each user's own recent items left out.
+
+    Items are ordered by their summed share of each user's ideal DCG (an item
+    a user took counts 1 / IDCG@k of that user), ties by id. By the
+    rearrangement inequality that is the fixed list with the highest mean
+    NDCG@k, up to the few places each user's recent items shift it: a ceiling
+    for any list that is the same for everyone, popularity included.
+    """
+    gain: dict[str, float] = {}
+    for items in relevant.values():
+        share = 1.0 / sum(1.0 / np.log2(rank + 2) for rank in range(min(k, len(items))))
+        for item in items:
+            gain[str(item)] = gain.get(str(item), 0.0) + share
+    order = sorted(gain, key=lambda item: (-gain[item], item))
+    out = {}
+    for user in relevant:
+        leave_out = set(told.get(user, ()))
+        out[user] = [item for item in order if item not in leave_out][:k]
+    return out
 
 
 def item_knn_lists(candidates: CandidateModel, told: dict[str, list[str]], k: int = K) -> dict[str, list[str]]:
@@ -175,18 +203,21 @@ def gains(rows: list[dict], means: dict[str, dict[str, float]]) -> list[dict]:
 
     Warm users: recent items passed over not passed, and over only excluded.
     Unknown users: the two-stage answer over the best popularity list (best
-    on these same users, which flatters the baseline) and over item-to-item.
+    on these same users, which flatters the baseline) and over item-to-item;
+    and the hindsight ceiling over that popularity list, the most any list
+    the same for everyone could gain.
     """
     out = []
     wanted = [("warm", WITH, WITHOUT), ("warm", WITH, EXCLUDED), ("unknown", WITH, ITEM_KNN)]
     popular = [m for m in means.get("unknown", {}) if m.startswith("popular")]
     if popular:
-        wanted.append(("unknown", WITH, max(popular, key=means["unknown"].get)))
+        best = max(popular, key=means["unknown"].get)
+        wanted += [("unknown", WITH, best), ("unknown", HINDSIGHT, best)]
     for segment, model, baseline in wanted:
         per_cut = [
             (np.asarray(row["ndcg_per_user"][model]), np.asarray(row["ndcg_per_user"][baseline]))
             for row in rows
-            if row["segment"] == segment and baseline in row["ndcg_per_user"]
+            if row["segment"] == segment and {model, baseline} <= row["ndcg_per_user"].keys()
         ]
         if per_cut:
             ratio, low, high = paired_ratio(per_cut)

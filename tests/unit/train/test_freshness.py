@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from train.freshness import ITEM_KNN, WITH, gains, item_knn_lists, paired_ratio
+from train.freshness import HINDSIGHT, ITEM_KNN, WITH, gains, hindsight_lists, item_knn_lists, paired_ratio
 
 
 def _candidates(rows: list[list[int]], n_items: int) -> SimpleNamespace:
@@ -72,6 +72,21 @@ def test_gains_compare_with_the_best_popularity_list_of_the_segment():
     means = {"unknown": {"popular (all time)": 0.1, "popular (x)": 0.5, ITEM_KNN: 0.3, WITH: 0.5}}
     found = {g["baseline"]: g["ratio"] for g in gains([row], means)}
     assert found == pytest.approx({ITEM_KNN: 0.5 / 0.3, "popular (x)": 1.0})  # warm comparisons: no warm rows
+    # With the hindsight list in the rows, its ratio over the best popularity list is reported too.
+    row["ndcg_per_user"][HINDSIGHT] = [0.6, 0.9]
+    means["unknown"][HINDSIGHT] = 0.75
+    ceiling = [g for g in gains([row], means) if g["model"] == HINDSIGHT]
+    assert [(g["baseline"], g["ratio"]) for g in ceiling] == [("popular (x)", pytest.approx(1.5))]
+
+
+def test_hindsight_list_orders_items_by_their_share_of_each_users_ideal_dcg():
+    # a took one item (IDCG 1): i9 is worth 1 to a. b took three (IDCG 1 + 1/log2 3 + 1/2 = 2.13):
+    # each of i1, i2, i3 is worth 0.47 to b. c took i1 and i2 (IDCG 1.63): 0.61 each.
+    relevant = {"a": {"i9"}, "b": {"i1", "i2", "i3"}, "c": {"i1", "i2"}}
+    lists = hindsight_lists(relevant, {"c": ["i1"]}, k=3)
+    assert lists["a"] == ["i1", "i2", "i9"]  # 1.08, 1.08 (ties by id), then 1.0: a's one item is not first
+    assert lists["b"] == ["i1", "i2", "i9"]
+    assert lists["c"] == ["i2", "i9", "i3"]  # its own recent item left out, the rest move up
 
 
 def test_paired_ratio_interval_is_narrow_when_the_gain_is_the_same_for_every_user():

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
+from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
 from features.families.candidate_pair import SOURCES
@@ -317,11 +318,19 @@ class CandidateModel:
 
     def _solve_user(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """x = (YtY + reg I + Yt (C - I) Y)^-1 Yt C p for one user's items (repeats add up, as in the fit)."""
-        items, position = np.unique(items, return_inverse=True)
-        confidence = self.params.alpha * np.bincount(position, weights=weights).astype(np.float64)
-        factors = self.als.item_factors[items].astype(np.float64)
+        order = np.argsort(items, kind="stable")
+        items = items[order]
+        first = np.ones(len(items), dtype=bool)
+        np.not_equal(items[1:], items[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        confidence = self.params.alpha * np.add.reduceat(weights[order].astype(np.float64), starts)
+        factors = self.als.item_factors[items[starts]].astype(np.float64)
         system = self._gram + (factors.T * (confidence - 1.0)) @ factors
-        return np.linalg.solve(system, factors.T @ confidence).astype(self.als.user_factors.dtype)
+        # Symmetric positive definite (weights are positive): a Cholesky solve, a third of a general one's time.
+        _, solution, info = lapack.dposv(system, factors.T @ confidence)
+        if info != 0:
+            solution = np.linalg.solve(system, factors.T @ confidence)
+        return solution.astype(self.als.user_factors.dtype)
 
     @cached_property
     def _gram(self) -> np.ndarray:

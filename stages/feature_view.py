@@ -183,12 +183,14 @@ class _RowPlan:
 
 def _override_user_columns(matrix: np.ndarray, names: tuple[str, ...], pairs: Pairs) -> None:
     """User columns a request's interactions changed: the fresh users' values replace the snapshot's."""
-    mask = pairs.fresh_slots >= 0
-    slots = pairs.fresh_slots[mask]
-    for j, name in enumerate(names):
-        fresh = pairs.fresh.state.get(name)
-        if fresh is not None:
-            matrix[mask, j] = fresh[slots]
+    state = pairs.fresh.state
+    columns = [j for j, name in enumerate(names) if name in state]
+    if not columns:
+        return
+    rows = np.flatnonzero(pairs.fresh_slots >= 0)
+    # One block assignment, not one masked copy per column.
+    values = np.column_stack([state[names[j]] for j in columns])
+    matrix[rows[:, None], columns] = values[pairs.fresh_slots[rows]]
 
 
 def _padded(rows: list[np.ndarray], width: int, fill: object, dtype: type) -> np.ndarray:

@@ -187,7 +187,7 @@ def _override_user_columns(matrix: np.ndarray, names: tuple[str, ...], pairs: Pa
     columns = [j for j, name in enumerate(names) if name in state]
     if not columns:
         return
-    rows = np.flatnonzero(pairs.fresh_slots >= 0)
+    rows = pairs.fresh_positions
     # One block assignment, not one masked copy per column.
     values = np.column_stack([state[names[j]] for j in columns])
     matrix[rows[:, None], columns] = values[pairs.fresh_slots[rows]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import pandas as pd
 
@@ -74,14 +76,19 @@ class Affinity(FeatureFamily):
         """Shares re-weighted with the recent items: (share x total weight + recent weight on the value) / new total."""
         if not self.shares:
             return
-        activity = zero_nan(self.view.user_numbers("activity")[users.rows])
-        total = activity * zero_nan(self.view.user_numbers("user_mean_weight")[users.rows])
+        total = self._total_weight[users.rows]
         recent_weight = np.where(users.valid, users.weights, 0.0)
         new_total = np.maximum(total + recent_weight.sum(axis=1), 1e-9)
         for attribute, (user_share, onehot) in self.shares.items():
             added = np.einsum("sw,swv->sv", recent_weight, onehot[np.where(users.valid, users.items, 0)])
             share = (user_share[users.rows] * total[:, None] + added) / new_total[:, None]
             users.state[_key(attribute)] = share.astype(np.float32)
+
+    @cached_property
+    def _total_weight(self) -> np.ndarray:
+        """Each user's summed weight in the snapshot (0 for the unknown-user row), which the shares divide."""
+        view = self.view
+        return zero_nan(view.user_numbers("activity")) * zero_nan(view.user_numbers("user_mean_weight"))
 
 
 def _key(attribute: str) -> str:

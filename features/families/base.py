@@ -135,13 +135,24 @@ class Pairs:
     # Intermediate results several columns share (one set of pairs, one request: no locking needed).
     scratch: dict[str, object] = field(default_factory=dict, compare=False)
 
+    @cached_property
+    def fresh_positions(self) -> np.ndarray:
+        """Which pairs belong to a user with request-time history (worked out once, read by every column)."""
+        if self.fresh_slots is None:
+            return np.empty(0, dtype=np.int64)
+        return np.flatnonzero(self.fresh_slots >= 0)
+
 
 def user_state(values: np.ndarray, pairs: Pairs, key: str) -> np.ndarray:
     """Per pair, the row of a per-user array: the snapshot's, or the fresh one a family put under ``key``."""
+    if pairs.fresh is None or key not in pairs.fresh.state:
+        return values[pairs.user_rows]
+    fresh = pairs.fresh.state[key]
+    where = pairs.fresh_positions
+    if len(where) == len(pairs.items):  # every pair's user is fresh (a lone request): no snapshot row is read
+        return fresh[pairs.fresh_slots].astype(values.dtype, copy=False)
     out = values[pairs.user_rows]
-    if pairs.fresh is not None and key in pairs.fresh.state:
-        mask = pairs.fresh_slots >= 0
-        out[mask] = pairs.fresh.state[key][pairs.fresh_slots[mask]]
+    out[where] = fresh[pairs.fresh_slots[where]]
     return out
 
 

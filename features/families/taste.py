@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import pandas as pd
 
@@ -43,20 +45,29 @@ class Taste(FeatureFamily):
             for c in self.attributes()
         ]
 
-    def fresh(self, users: FreshUsers) -> None:
-        """The weighted mean with the recent items' values added to the snapshot's sum."""
+    @cached_property
+    def _fresh_inputs(self) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per attribute: every user's taste, the weight behind it, and the items' values (looked up once)."""
         view = self.view
+        out = []
         for attribute in self.attributes():
-            taste = view.user_numbers(f"taste_{attribute}")[users.rows]
+            taste = view.user_numbers(f"taste_{attribute}")
             weight_column = f"taste_weight_{attribute}"
             # Snapshots written before the weight column: every interaction counted (exact when no value is missing).
             weight = (
-                view.user_numbers(weight_column)[users.rows]
+                view.user_numbers(weight_column)
                 if weight_column in view.users
-                else view.user_numbers("activity")[users.rows] * view.user_numbers("user_mean_weight")[users.rows]
+                else view.user_numbers("activity") * view.user_numbers("user_mean_weight")
             )
             weight = np.where(np.isnan(taste), 0.0, zero_nan(weight))
-            values = view.item_numbers(attribute)[np.where(users.valid, users.items, 0)]
+            out.append((attribute, taste, weight, view.item_numbers(attribute)))
+        return out
+
+    def fresh(self, users: FreshUsers) -> None:
+        """The weighted mean with the recent items' values added to the snapshot's sum."""
+        for attribute, every_taste, every_weight, item_values in self._fresh_inputs:
+            taste, weight = every_taste[users.rows], every_weight[users.rows]
+            values = item_values[np.where(users.valid, users.items, 0)]
             known = users.valid & ~np.isnan(values)
             added_weight = np.where(known, users.weights, 0.0)
             total = weight + added_weight.sum(axis=1)

@@ -145,3 +145,27 @@ def test_the_re_solved_vector_is_implicits_recalculate_user(history):
     )
     np.testing.assert_allclose(ours[0], np.ravel(theirs), rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(ours[1], np.ravel(only_recent), rtol=1e-3, atol=1e-5)
+
+
+def test_a_batch_mixing_fresh_and_plain_users_gives_each_the_rows_it_gets_alone(history):
+    """Rows of fresh and plain users scored together equal each user's rows on their own (both paths of user_state)."""
+    candidates = CandidateModel.fit(history.interactions, PARAMS)
+    view = FeatureView(compute_features(history), candidates.item_ids, candidates.als.item_factors)
+    pipeline = TwoStageRecommender(candidates, None, view, n_candidates=30)
+    events = [RecentEvent(str(candidates.item_ids[i]), weight=2.0) for i in candidates.latest[9][:4]]
+    queries = [
+        Query(str(candidates.user_ids[0]), recent_items=events),
+        Query(str(candidates.user_ids[1])),
+        Query("visitor", recent_items=events[:2]),
+        Query(str(candidates.user_ids[2]), recent_items=events[1:]),
+    ]
+    names = view.available()
+    _, (together, together_cat) = pipeline.query_rows(queries, names)
+    alone = [pipeline.query_rows([q], names)[1] for q in queries]
+    # Equal up to float rounding: the batch's ALS scores come from one matrix product, a lone user's from another.
+    np.testing.assert_allclose(together, np.concatenate([numeric for numeric, _ in alone]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(together_cat, np.concatenate([categorical for _, categorical in alone]))
+    # The plain user's rows are the snapshot's: request_items 0 there, the count of recent items elsewhere.
+    counts = together[:, names.numeric.index(REQUEST_ITEMS)]
+    lengths = [len(numeric) for numeric, _ in alone]
+    assert [int(c) for c in counts[np.cumsum([0, *lengths[:-1]])]] == [4, 0, 2, 3]

@@ -29,7 +29,7 @@ from serving.batcher import PRESSURE, MicroBatcher
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.health import start_probes
-from serving.responses import answer, similar_to
+from serving.responses import answer, check_requests, similar_to
 from serving.runtime import paired_candidates_tag
 from serving.settings import get_settings
 from serving.shared import (
@@ -117,11 +117,13 @@ class Recommender:
     @bentoml.api
     async def recommend(self, request: RecommendRequest, /, ctx: bentoml.Context) -> RecommendResponse:
         """Top-k items for one user (popular items for a user the model has not seen)."""
+        check_requests(self.runtime.pipeline, [request], batch=False)
         return await recommend_or_shed(ctx, request, self.batcher.submit)
 
     @bentoml.api
     async def recommend_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchResponse:
         """Several recommendation requests, answered in order and scored together."""
+        check_requests(self.runtime.pipeline, batch.requests, batch=True)
         return await batch_or_shed(ctx, batch, self.batcher.submit)
 
     @bentoml.api

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from features.schema import id_text
+from features.schema import NULL_SPELLINGS, id_text
 
 MAX_K = 100
 MAX_BATCH = 100
@@ -35,6 +35,10 @@ MAX_ATTRIBUTE_CHARS = 64
 MAX_OFFSET = 1000
 MAX_FILTERS = 16  # attributes per request
 MAX_FILTER_VALUES = 100  # values per include or exclude list
+MAX_NUMBER = 10**18  # the largest magnitude of a numeric attribute or filter bound, as of an integer id
+# Unix seconds, 2100-01-01: a larger timestamp is a unit mistake (milliseconds) that training would misread.
+MAX_TIMESTAMP = 4_102_444_800
+MIN_WEIGHT = 1e-6
 
 
 def _api_id(value: object) -> str:
@@ -77,16 +81,49 @@ Id = Annotated[
 TopK = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
 
 
+def _logged_id(value: object) -> str:
+    """An id that goes into the event log, and so into training: not a spelling training reads as missing."""
+    text = _api_id(value)
+    if text.lower() in NULL_SPELLINGS:
+        raise ValueError(f"an id must not be {text!r}: training reads it as missing (null, none, nan, n/a, <na>)")
+    return text
+
+
+LoggedId = Annotated[
+    str,
+    BeforeValidator(_logged_id),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_ID_CHARS,
+                    "pattern": ID_PATTERN,
+                    "description": "not null, none, nan, n/a or <na> (any case): training reads those as missing",
+                },
+                {"type": "integer", "minimum": -(10**18), "maximum": 10**18},
+            ]
+        }
+    ),
+]
+# Positive, and large enough to stay positive as the float32 the log and the models keep (1e-300 would be 0).
+Weight = Annotated[
+    float, Field(ge=MIN_WEIGHT, le=1e6, allow_inf_nan=False, strict=True, description="as in training data")
+]
+
+
 def _attribute(value: object) -> str | int | float | None:
     """A user attribute value: a short string, a finite number or null (no booleans, NaN or infinities)."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_NUMBER):
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
     if isinstance(value, str) and len(value) <= MAX_ATTRIBUTE_CHARS:
         return value
     raise ValueError(
-        f"an attribute value must be a string of at most {MAX_ATTRIBUTE_CHARS} characters, a finite number or null"
+        f"an attribute value must be a string of at most {MAX_ATTRIBUTE_CHARS} characters, a finite number "
+        f"(an integer within ±{MAX_NUMBER:.0e}) or null"
     )
 
 
@@ -108,9 +145,13 @@ class RecentItem(_Strict):
 
     item_id: Id
     timestamp: StrictInt | None = Field(
-        None, ge=0, description="unix seconds; absent: now. Ages are counted from the model's data end, never below 0"
+        None,
+        ge=0,
+        le=MAX_TIMESTAMP,
+        description="unix seconds (not milliseconds); absent: now. Ages are counted from the model's data end, "
+        "never below 0",
     )
-    weight: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, strict=True, description="as in training data")
+    weight: Weight = 1.0
 
 
 def _recent_item(value: object) -> object:
@@ -122,7 +163,12 @@ Recent = Annotated[RecentItem, BeforeValidator(_recent_item)]
 
 
 Value = Annotated[str, BeforeValidator(lambda v: id_text(v) if isinstance(v, int) and not isinstance(v, bool) else v)]
-Bound = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+# Bounded, not just finite: pydantic's finiteness check raises OverflowError (a 500) on a 400-digit integer.
+Bound = Annotated[
+    StrictFloat | StrictInt,
+    Field(ge=-MAX_NUMBER, le=MAX_NUMBER),
+    WithJsonSchema({"type": "number", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER}),
+]
 
 
 class AttributeFilter(_Strict):
@@ -263,10 +309,12 @@ class SimilarItemsResponse(BaseModel):
 class FeedbackEvent(_Strict):
     """Something a user did with an item: taken, clicked, rated."""
 
-    user_id: Id
-    item_id: Id
-    timestamp: StrictInt | None = Field(None, ge=0, description="unix seconds; absent: when the server received it")
-    weight: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, strict=True, description="as in training data")
+    user_id: LoggedId
+    item_id: LoggedId
+    timestamp: StrictInt | None = Field(
+        None, ge=0, le=MAX_TIMESTAMP, description="unix seconds (not milliseconds); absent: when the server received it"
+    )
+    weight: Weight = 1.0
     type: str | None = Field(None, max_length=32, pattern=r"^[a-z][a-z0-9_]*$", description="click, watch, rating...")
     request_id: str | None = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="the request_id of the list it was taken from"

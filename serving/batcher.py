@@ -175,10 +175,11 @@ class MicroBatcher(Generic[Q, R]):
             BATCH_QUERIES.observe(len(queries))
             try:
                 answers = await loop.run_in_executor(self._executor, self.run, queries)
-            except Exception as error:  # the same fault for every request of the call
-                for waiting in batch:
-                    if not waiting.future.done():
-                        waiting.future.set_exception(error)
+            except Exception as error:
+                if len(batch) == 1:
+                    _settle(batch[0], error=error)
+                else:  # one request's fault must not become every request's it was batched with
+                    await self._one_by_one(batch)
                 continue
             start = 0
             for waiting in batch:
@@ -186,6 +187,19 @@ class MicroBatcher(Generic[Q, R]):
                 if not waiting.future.done():
                     waiting.future.set_result(answers[start:end])
                 start = end
+
+    async def _one_by_one(self, batch: list[_Waiting[Q, R]]) -> None:
+        """After a failed call, each of its requests in a call of its own: the faulty one gets its own error."""
+        loop = asyncio.get_running_loop()
+        for waiting in batch:
+            if waiting.future.done():
+                continue
+            try:
+                answers = await loop.run_in_executor(self._executor, self.run, waiting.queries)
+            except Exception as error:
+                _settle(waiting, error=error)
+            else:
+                _settle(waiting, answers)
 
     def _take(self) -> list[_Waiting[Q, R]]:
         """Queued requests for one call: at least one, then more while they fit in ``max_batch``."""
@@ -204,3 +218,13 @@ class MicroBatcher(Generic[Q, R]):
             batch.append(waiting)
             size += len(waiting.queries)
         return batch
+
+
+def _settle(waiting: _Waiting, answers: list | None = None, error: Exception | None = None) -> None:
+    """Answer a request, unless it is done already (timed out, or its client left)."""
+    if waiting.future.done():
+        return
+    if error is not None:
+        waiting.future.set_exception(error)
+    else:
+        waiting.future.set_result(answers)

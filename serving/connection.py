@@ -88,6 +88,10 @@ class ConnectionGuard:
         self._awaiting_headers = True
         self._header_bytes = 0
         self._header_timer: TimerHandle | None = None
+        # Whether the current request's body has all arrived, and whether it has been answered. An answer
+        # may come first (a 404 or 415 before the body is read); the rest of that body is not header bytes.
+        self._message_done = False
+        self._answered = False
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -103,10 +107,14 @@ class ConnectionGuard:
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._awaiting_headers:
+        # Only bytes that arrive while headers are awaited, and leave them still incomplete, count. A chunk
+        # that ends one request's body and starts the next one's headers is not counted (at most one read,
+        # 64 KiB): its split point is not known here, and counting the body bytes gave clients a false 431.
+        counting = self._awaiting_headers
+        if counting:
             data = ignore_upgrade(data)
         super().data_received(data)
-        if self._awaiting_headers and not self.transport.is_closing():
+        if counting and self._awaiting_headers and not self.transport.is_closing():
             self._header_bytes += len(data)
             limit = self.limits.max_header_bytes
             if self._header_bytes > limit:
@@ -116,8 +124,15 @@ class ConnectionGuard:
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._awaiting_headers, self._header_bytes = True, 0
+        self._message_done = self._answered = False
         if self._header_timer is None:
             self._arm_header_timer()
+
+    def on_message_complete(self) -> None:
+        self._message_done = True
+        if self._answered:  # answered before its body was in: the next bytes are the next request's
+            self._awaiting_headers, self._header_bytes = True, 0
+        super().on_message_complete()
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
@@ -125,7 +140,9 @@ class ConnectionGuard:
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
-        self._awaiting_headers, self._header_bytes = True, 0
+        self._answered = True
+        if self._message_done:  # else the body is still arriving: on_message_complete starts the next request
+            self._awaiting_headers, self._header_bytes = True, 0
         super().on_response_complete()  # arms the idle (keep-alive) timer
 
     def _arm_header_timer(self) -> None:

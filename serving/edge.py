@@ -7,7 +7,7 @@ What a request must get past before BentoML sees it, in this order:
 3. the API key, when one is set (401; conflicting keys refused);
 4. on the API routes: ``application/json`` only (415), no ``Content-Encoding`` (415),
    a body within the size limit (413) that arrives in time (408) and is JSON
-   without duplicate keys or non-finite numbers (400).
+   without duplicate keys, non-finite numbers or integers over 19 digits (400).
 
 Every error the edge sends, and every error BentoML sends behind it on an API
 route, is one JSON envelope: ``{"status": "error", "error": <code>, "message": <text>}``
@@ -207,11 +207,21 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 def check_body_headers(scope: Scope, limits: EdgeLimits) -> int | None:
     """Content type and encoding of an API request; its declared length (413 if over the limit)."""
-    encoding = (header(scope, b"content-encoding") or b"identity").strip().lower()
-    if encoding != b"identity":
+    # Every Content-Encoding header, and every coding in each: one "identity" first must not hide a "gzip".
+    codings = [
+        coding.strip().lower()
+        for name, value in scope.get("headers") or []
+        if name == b"content-encoding"
+        for coding in value.split(b",")
+    ]
+    encoding = next((c for c in codings if c != b"identity"), None)
+    if encoding is not None:
         raise EdgeError(415, f"unsupported Content-Encoding {shown(encoding.decode('latin-1'), 40)}: send plain JSON")
     declared = header(scope, b"content-length")
-    length = int(declared) if declared is not None and declared.strip().isdigit() else None
+    if declared is not None:
+        length = int(declared) if declared.strip().isdigit() else None
+    else:  # RFC 9112 6.3: a request with neither Content-Length nor Transfer-Encoding has no body
+        length = 0 if header(scope, b"transfer-encoding") is None else None
     content_type = header(scope, b"content-type")
     media = content_type.split(b";")[0].strip().lower().decode("latin-1") if content_type else ""
     # An empty body may come without a type (`curl -X POST .../model_info`); any other needs JSON.
@@ -273,6 +283,17 @@ def _finite(text: str) -> float:
     return value
 
 
+MAX_INT_DIGITS = 19  # ids go up to 10**18; nothing in the API needs a longer integer
+
+
+def _bounded_int(text: str) -> int:
+    """An integer the API can hold: longer ones overflow floats and int64 further in (a 500, or a lost event)."""
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise ValueError(f"integer {text[:24]}... with {digits} digits is out of range (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
 def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -288,7 +309,13 @@ def check_json(body: bytes) -> None:
     if not body.strip():
         return
     try:
-        json.loads(body, object_pairs_hook=_unique_keys, parse_float=_finite, parse_constant=_no_constant)
+        json.loads(
+            body,
+            object_pairs_hook=_unique_keys,
+            parse_float=_finite,
+            parse_int=_bounded_int,
+            parse_constant=_no_constant,
+        )
     except UnicodeDecodeError:
         raise invalid_json("not UTF-8") from None
     except RecursionError:

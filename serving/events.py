@@ -69,17 +69,25 @@ class EventLog:
         for name in [kind] if kind else list(self._buffers):
             with self._lock:
                 rows, self._buffers[name] = self._buffers[name], []
-            if rows:
-                try:
-                    self._write(name, rows)
-                    written += len(rows)
-                except OSError:
-                    log.exception(
-                        "event log: %d %s rows could not be written; kept for the next flush", len(rows), name
-                    )
-                    with self._lock:
-                        # Kept for the next flush, but bounded: a log that cannot be written must not eat memory.
-                        self._buffers[name] = (rows + self._buffers[name])[-MAX_BUFFERED:]
+            if not rows:
+                continue
+            try:
+                table = _table(rows)
+            except UNFIT:
+                # A row the schema cannot hold must not cost the others theirs: they are written, it is dropped.
+                fit = [row for row in rows if _fits(row)]
+                log.error("event log: %d %s rows the schema cannot hold were dropped", len(rows) - len(fit), name)
+                rows, table = fit, _table(fit)
+                if not rows:
+                    continue
+            try:
+                self._write(name, table, rows[0]["logged_at"])
+                written += len(rows)
+            except OSError:
+                log.exception("event log: %d %s rows could not be written; kept for the next flush", len(rows), name)
+                with self._lock:
+                    # Kept for the next flush, but bounded: a log that cannot be written must not eat memory.
+                    self._buffers[name] = (rows + self._buffers[name])[-MAX_BUFFERED:]
         return written
 
     def close(self) -> int:
@@ -90,17 +98,36 @@ class EventLog:
 
     def _flush_every(self) -> None:
         while not self._stop.wait(self.max_seconds):
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # the timer must outlive any one failure, or nothing is written until shutdown
+                log.exception("event log: a timed flush failed; the next one will try again")
 
-    def _write(self, kind: str, rows: list[dict]) -> None:
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
-        day = datetime.fromtimestamp(rows[0]["logged_at"], UTC).strftime("%Y-%m-%d")
+    def _write(self, kind: str, table: pa.Table, logged_at: float) -> None:
+        day = datetime.fromtimestamp(logged_at, UTC).strftime("%Y-%m-%d")
         directory = f"{self.root}/{kind}/date={day}"
         self.fs.create_dir(directory, recursive=True)
         name = f"{self.worker}-{next(self._sequence):06d}.parquet"
         staging = f"{directory}/_{name}"
         pq.write_table(table, staging, filesystem=self.fs)
         self.fs.move(staging, f"{directory}/{name}")
+
+
+# What pyarrow raises for a value its column cannot hold (an int64 timestamp of 2**64, text for a number).
+UNFIT = (pa.ArrowException, OverflowError, TypeError, ValueError)
+
+
+def _table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def _fits(row: dict) -> bool:
+    """Whether the schema can hold a row (checked one row at a time: only after a whole buffer failed)."""
+    try:
+        _table([row])
+    except UNFIT:
+        return False
+    return True
 
 
 class Recorder:

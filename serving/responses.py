@@ -47,6 +47,18 @@ def answer(pipeline: TwoStageRecommender, requests: list[RecommendRequest], tags
     return to_responses(pipeline.recommend(queries), tags)
 
 
+def check_requests(pipeline: TwoStageRecommender, requests: list[RecommendRequest], batch: bool) -> None:
+    """Each request's filters, checked as it arrives: a 400 for its own field, before it shares a pipeline call.
+
+    :func:`answer` checks again in the pipeline's thread (the catalogue may have been refreshed since); if
+    that fails, the batcher answers each request of the call alone, so the fault stays with its request.
+    """
+    for slot, request in enumerate(requests):
+        if request.filters:
+            filters = rules.as_filters(to_filters(request.filters))
+            check_filters(pipeline, filters, "BatchRequest" if batch else "RecommendRequest", slot)
+
+
 def check_filters(pipeline: TwoStageRecommender, filters: rules.Filters, title: str, slot: int = 0) -> None:
     """Filters the catalogue cannot apply are a validation error naming the field (a 400, like any bad field)."""
     try:

@@ -110,8 +110,9 @@ class FreshUsers:
     attributes: list[dict[str, object]]
     state: dict[str, np.ndarray] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def valid(self) -> np.ndarray:
+        """Which of ``items`` are real (not pads); every family reads it, so it is worked out once."""
         return self.items >= 0
 
 

@@ -93,6 +93,11 @@ def test_feedback_on_a_recommended_item_is_counted(client):
         ({"user_id": "1", "item_id": "2", "type": "Not A Type"}, ["events", 0, "type"]),
         ({"user_id": "1", "item_id": "2", "request_id": "../etc"}, ["events", 0, "request_id"]),
         ({"events": [{"user_id": "1", "item_id": "2"}] * 501}, ["events"]),
+        # What training would read as missing ids, a timestamp in milliseconds, or a weight float32 rounds to 0.
+        ({"user_id": "None", "item_id": "2"}, ["events", 0, "user_id"]),
+        ({"events": [{"user_id": "1", "item_id": "2"}, {"user_id": "1", "item_id": "N/A"}]}, ["events", 1, "item_id"]),
+        ({"user_id": "1", "item_id": "2", "timestamp": 1_764_400_000_000}, ["events", 0, "timestamp"]),
+        ({"user_id": "1", "item_id": "2", "weight": 1e-300}, ["events", 0, "weight"]),
     ],
 )
 def test_bad_feedback_gets_400_naming_the_field(client, body, location):

@@ -144,6 +144,18 @@ def test_python_client(server):
         ({"user_id": "196", "exclude_seen": "no"}, ["exclude_seen"], "bool_type"),
         ({"user_id": "196", "exclude_items": "50"}, ["exclude_items"], "list_type"),
         ({"user_id": "196", "kk": 3}, ["kk"], "extra_forbidden"),
+        # Numbers pydantic's finiteness check used to overflow on (a 500, for every request batched with it).
+        ({"user_id": "x", "user_attributes": {"age": 2 * 10**18}}, ["user_attributes", "age"], "value_error"),
+        (
+            {"user_id": "196", "filters": {"release_year": {"gte": 2 * 10**18}}},
+            ["filters", "release_year", "gte"],
+            "less_than_equal",
+        ),
+        (
+            {"user_id": "196", "recent_items": [{"item_id": "50", "timestamp": 10**13}]},
+            ["recent_items", 0, "timestamp"],
+            "less_than_equal",
+        ),
     ],
 )
 def test_recommend_rejects_bad_fields(client, body, loc, kind):

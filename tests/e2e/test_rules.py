@@ -7,6 +7,7 @@ second, so a change to ``hidden_items.txt`` is picked up while it runs.
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -105,6 +106,20 @@ def test_filters_that_cannot_apply_are_a_400_naming_the_field(http, filters, loc
     assert status == 400 and answer["detail"][0]["loc"][:2] == ["requests", 1]
     status, answer = post(http, "/similar_items", {"item_id": "50", "filters": filters})
     assert status == 400 and answer["detail"][0]["loc"][: len(loc)] == loc
+
+
+def test_a_request_with_a_bad_filter_fails_alone_however_requests_are_batched(http):
+    # Requests arriving together share pipeline calls; one client's unknown genre used to fail them all.
+    bad = {"user_id": "anon", "k": 3, "filters": {"genres": {"include": ["NotAGenre"]}}}
+    good = {"user_id": KNOWN_USER, "k": 5}
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        futures = [pool.submit(post, http, "/recommend", bad if i % 4 == 0 else good) for i in range(240)]
+        answers = [(i % 4 == 0, *f.result()) for i, f in enumerate(futures)]
+    assert {status for is_bad, status, _ in answers if not is_bad} == {200}
+    refused = {(status, tuple(answer["detail"][0]["loc"])) for is_bad, status, answer in answers if is_bad}
+    assert refused == {(400, ("filters", "genres", "include"))}
+    expected = ids(post(http, "/recommend", good)[1])
+    assert all(ids(answer) == expected for is_bad, _, answer in answers if not is_bad)
 
 
 def test_pages_are_disjoint_and_slices_of_one_ranking(http):

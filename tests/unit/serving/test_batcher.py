@@ -106,6 +106,26 @@ def test_a_failing_call_fails_only_its_own_requests():
     assert asyncio.run(scenario()) == [6]
 
 
+def test_a_faulty_request_batched_with_others_fails_alone():
+    run = Recorded()
+    batcher = MicroBatcher(run, max_batch=10)
+
+    async def scenario():
+        run.gate.clear()
+        first = asyncio.create_task(batcher.submit([0]))
+        await asyncio.sleep(0.05)  # held: the next three queue up and share one call
+        rest = [asyncio.create_task(batcher.submit(q)) for q in ([1], [-1, 5], [2])]
+        await asyncio.sleep(0.05)
+        run.gate.set()
+        return await first, await asyncio.gather(*rest, return_exceptions=True)
+
+    first, (one, bad, two) = asyncio.run(scenario())
+    assert first == [0] and one == [2] and two == [4]
+    assert isinstance(bad, ValueError) and str(bad) == "bad query"
+    # The shared call failed; then each request had a call of its own.
+    assert run.calls == [[0], [1, -1, 5, 2], [1], [-1, 5], [2]]
+
+
 def test_the_pressure_gauge_says_full_exactly_while_the_queue_is():
     run, pressure = Recorded(), Pressure()
     batcher = MicroBatcher(run, max_pending=2, pressure=pressure)

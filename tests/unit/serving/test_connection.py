@@ -61,6 +61,30 @@ def test_oversized_headers_are_cut_off_with_431():
     loop.close()
 
 
+def test_the_rest_of_a_body_answered_early_is_not_counted_as_the_next_requests_headers():
+    # The app answers without reading the body (as the edge does with a 404 or 415); the client then sends
+    # that 40 KB body and a next request on the same connection: both answered, no 431.
+    proto, loop = protocol(ConnectionLimits(max_header_bytes=1024))
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 40000\r\n\r\n")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert transport.written.count(b"HTTP/1.1 200") == 1
+    for _ in range(40):
+        proto.data_received(b"a" * 1000)
+    proto.data_received(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert b"431" not in transport.written and not transport.closed
+    assert transport.written.count(b"HTTP/1.1 200") == 2
+    # ... and headers that never end are still cut off on that connection.
+    proto.data_received(b"GET /livez HTTP/1.1\r\nX-Big: ")
+    for _ in range(4):
+        if not transport.closed:
+            proto.data_received(b"a" * 512)
+    assert transport.closed and b"HTTP/1.1 431" in transport.written
+    loop.close()
+
+
 def test_connections_over_the_cap_get_503():
     state = ServerState()
     limits = ConnectionLimits(max_connections=2)

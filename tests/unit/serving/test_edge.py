@@ -150,20 +150,54 @@ def test_json_with_charset_and_an_empty_untyped_body_are_accepted():
     assert call(edge(app), path="/model_info", headers={"content-length": "0"})[0] == 200
 
 
+def test_an_untyped_request_without_length_or_transfer_encoding_has_no_body():
+    # `curl -X POST .../model_info` sends neither header: RFC 9112 says the body is empty.
+    assert call(edge(FakeApp()), path="/model_info", headers={})[0] == 200
+    assert call(edge(FakeApp()), path="/model_info", headers={"transfer-encoding": "chunked"})[0] == 415
+
+
 def test_content_encoding_is_415():
     app = FakeApp()
     assert call(edge(app), headers={**JSON, "content-encoding": "gzip"}, chunks=[b"\x1f\x8b"])[0] == 415
+    # A second header, or a list of codings, is read too.
+    twice = [*JSON.items(), ("content-encoding", "identity"), ("content-encoding", "gzip")]
+    assert call(edge(app), headers=twice, chunks=[b"\x1f\x8b"])[0] == 415
+    listed = {**JSON, "content-encoding": "identity, gzip"}
+    assert call(edge(app), headers=listed, chunks=[b"\x1f\x8b"])[0] == 415
+    assert not app.called
+    assert call(edge(app), headers={**JSON, "content-encoding": "identity"}, chunks=[b"{}"])[0] == 200
 
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"user_id": "1", "user_id": "2"}', b'{"user_id": "1", "k": NaN}', b'{"a": 1e309}', b'{"a": -Infinity}', b"{"],
-    ids=["duplicate", "nan", "overflow", "infinity", "truncated"],
+    [
+        b'{"user_id": "1", "user_id": "2"}',
+        b'{"user_id": "1", "k": NaN}',
+        b'{"a": 1e309}',
+        b'{"a": -Infinity}',
+        b"{",
+        b'{"a": {"gte": 1' + b"0" * 40 + b"}}",
+    ],
+    ids=["duplicate", "nan", "overflow", "infinity", "truncated", "huge-int"],
 )
 def test_bad_json_is_400_at_the_edge(body):
     app = FakeApp()
     status, answer, _ = call(edge(app), chunks=[body])
     assert status == 400 and not app.called and answer["message"].startswith("request body is not valid JSON")
+    assert "sys." not in answer["message"]  # no Python internals (int_max_str_digits) in what the client reads
+
+
+def test_an_integer_over_pythons_digit_limit_is_a_plain_400():
+    app = FakeApp()
+    status, answer, _ = call(Edge(app, EdgeLimits(api_routes=API)), chunks=[b'{"a": -' + b"9" * 5000 + b"}"])
+    assert status == 400 and not app.called and "5000 digits is out of range" in answer["message"]
+    assert "sys." not in answer["message"]
+
+
+def test_integers_up_to_19_digits_pass_the_edge():
+    app = FakeApp()
+    assert call(edge(app), chunks=[b'{"user_id": -' + b"9" * 19 + b', "k": 1' + b"0" * 18 + b"}"])[0] == 200
+    assert app.called
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,23 @@ def test_a_failed_write_keeps_the_rows_for_the_next_flush(tmp_path):
     assert read_events(str(blocker), FEEDBACK).num_rows == 1
 
 
+def test_a_row_the_schema_cannot_hold_is_dropped_alone_and_the_timer_lives_on(tmp_path):
+    # The API refuses such a timestamp now; before, one such event lost every row buffered with it and
+    # stopped the timed flush for good.
+    log = EventLog(str(tmp_path), max_rows=1000, max_seconds=0.1)
+    good = [{"user_id": "u", "item_id": str(i), "timestamp": i, "weight": 1.0} for i in range(3)]
+    log.append(FEEDBACK, [good[0], {"user_id": "poison", "item_id": "x", "timestamp": 2**64, "weight": 1.0}, good[1]])
+    deadline = time.monotonic() + 5
+    while not _files(tmp_path, FEEDBACK) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log.append(FEEDBACK, [good[2]])  # the timer still runs: written without a close
+    while len(_files(tmp_path, FEEDBACK)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(_files(tmp_path, FEEDBACK)) == 2
+    log.close()
+    assert read_events(str(tmp_path), FEEDBACK).column("item_id").to_pylist() == ["0", "1", "2"]
+
+
 def test_recorder_logs_each_shown_item_and_feedback(tmp_path):
     recorder = Recorder(EventLog(str(tmp_path), max_rows=1000, max_seconds=3600))
     response = RecommendResponse(

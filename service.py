@@ -29,7 +29,7 @@ from serving.batcher import PRESSURE, MicroBatcher
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.health import start_probes
-from serving.responses import answer, check_requests, similar_to
+from serving.responses import answer, check_requests, similar_response, similar_to
 from serving.runtime import paired_candidates_tag
 from serving.settings import get_settings
 from serving.shared import (
@@ -134,7 +134,7 @@ class Recommender:
         if index is None:
             return unknown_item(ctx, request, self.tags)
         similar = await self.batcher.call(similar_to, pipeline, index, request)
-        return SimilarItemsResponse(item_id=request.item_id, recommendations=similar, model=self.tags)
+        return similar_response(request, similar, self.tags)
 
     @bentoml.api
     async def feedback(self, request: FeedbackRequest, /, ctx: bentoml.Context) -> FeedbackResponse:

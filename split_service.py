@@ -57,7 +57,7 @@ from serving.api_models import (
 from serving.batcher import MicroBatcher
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
-from serving.responses import ranked, to_responses
+from serving.responses import filter_error, ranked, similar_response, to_responses
 from serving.runtime import IncompatibleModels, paired_candidates_tag
 from serving.settings import get_settings
 from serving.shared import (
@@ -129,15 +129,18 @@ class CandidateService:
         """``rankable`` per request and the CandidateBatch (``to_json``) of the rankable ones."""
         if not requests:
             return self.stage.candidates_for([], n)
+        invalid = self.stage.invalid_filters(requests)
+        if invalid is not None:  # refused before it is queued with others: the entry answers 400
+            return {"invalid": invalid}
         rows = await queued(self.batcher, [(request, n) for request in requests])
         # A call is never split between two pipeline calls: one model tag and snapshot version for all its rows.
         _, model, features = rows[0]
         return join_found([row for row, _, _ in rows], model, features)
 
     @bentoml.api
-    async def similar(self, item_id: str, k: int) -> dict | None:
-        """Closest items by ALS factors; ``None`` for an item outside the catalogue."""
-        return await self.batcher.call(self.stage.similar, item_id, k)
+    async def similar(self, item_id: str, k: int, filters: dict | None = None) -> dict | None:
+        """Closest items by ALS factors that the filters allow; ``None`` for an item outside the catalogue."""
+        return await self.batcher.call(self.stage.similar, item_id, k, filters)
 
 
 @bentoml.service(name="recsys-ranker", workers=split.ranker_workers, tracing=NO_SPANS, **CONNECTION, **QUIET)
@@ -204,10 +207,15 @@ class Entry:
             self._plan = plan["n_candidates"], ModelTags.model_validate(plan["tags"])
         return self._plan
 
-    async def _answer(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
+    async def _answer(
+        self, requests: list[RecommendRequest], title: str = "RecommendRequest"
+    ) -> list[RecommendResponse]:
         n, tags = await self._tags_and_n()
         body = requests_json(requests)
         found = await self._call(self.candidate_stage.to_async.candidates, requests=body, n=n)
+        if "invalid" in found:  # filters the catalogue cannot apply: the 400 the single process gives
+            slot, wrong = next((i, w) for i, w in enumerate(found["invalid"]) if w)
+            raise filter_error(wrong["field"], wrong["message"], title, slot)
         answers = await self._call(self.ranker_stage.to_async.rank, requests=body, candidates=found)
         responses = to_responses([recommendation_of(a) for a in answers], tags)
         self.recorder.impressions(responses)
@@ -221,17 +229,21 @@ class Entry:
     @bentoml.api
     async def recommend_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchResponse:
         """Several recommendation requests, answered in order and scored together."""
-        return await batch_or_shed(ctx, batch, self._answer)
+        return await batch_or_shed(ctx, batch, functools.partial(self._answer, title="BatchRequest"))
 
     @bentoml.api
     async def similar_items(self, request: SimilarItemsRequest, /, ctx: bentoml.Context) -> SimilarItemsResponse:
         """Items whose ALS factors are closest (from the candidates service)."""
         _, tags = await self._tags_and_n()
-        found = await self._call(self.candidate_stage.to_async.similar, item_id=request.item_id, k=request.k)
+        filters = request.model_dump(mode="json")["filters"]
+        found = await self._call(
+            self.candidate_stage.to_async.similar, item_id=request.item_id, k=request.k, filters=filters
+        )
         if found is None:
             return unknown_item(ctx, request, tags)
-        items = ranked(found["item_ids"], found["scores"], found["titles"])
-        return SimilarItemsResponse(item_id=request.item_id, recommendations=items, model=tags)
+        if "invalid" in found:
+            raise filter_error(found["invalid"]["field"], found["invalid"]["message"], "SimilarItemsRequest")
+        return similar_response(request, ranked(found["item_ids"], found["scores"], found["titles"]), tags)
 
     @bentoml.api
     async def feedback(self, request: FeedbackRequest, /, ctx: bentoml.Context) -> FeedbackResponse:

@@ -13,6 +13,7 @@ from serving.api_models import (
     RecommendRequest,
     RecommendResponse,
     SimilarItemsRequest,
+    SimilarItemsResponse,
 )
 from serving.events import new_request_id
 from serving.metrics import COLD_STARTS, FILTERED_ITEMS
@@ -64,13 +65,35 @@ def check_filters(pipeline: TwoStageRecommender, filters: rules.Filters, title: 
     try:
         pipeline.view.catalogue.check(filters)
     except rules.RuleError as exc:
-        loc = tuple(exc.field.split("."))
-        if title == "BatchRequest":
-            loc = ("requests", slot, *loc)
-        error = InitErrorDetails(
-            type=PydanticCustomError("unknown_filter", "{message}", {"message": str(exc)}), loc=loc, input=None
-        )
-        raise ValidationError.from_exception_data(title, [error]) from None
+        raise filter_error(exc.field, exc.reason, title, slot) from None
+
+
+def invalid_filters(catalogue: rules.Catalogue, requests: list[RecommendRequest]) -> list[dict | None]:
+    """Per request, what is wrong with its filters for this catalogue (``None``: nothing), as JSON.
+
+    For a stage service, which cannot raise a 400 at its caller: the split form's entry turns
+    it into the error :func:`check_filters` raises in one process (:func:`filter_error`).
+    """
+    out: list[dict | None] = []
+    for request in requests:
+        try:
+            catalogue.check(rules.as_filters(to_filters(request.filters)))
+        except rules.RuleError as exc:
+            out.append({"field": exc.field, "message": exc.reason})
+        else:
+            out.append(None)
+    return out
+
+
+def filter_error(field: str, message: str, title: str, slot: int = 0) -> ValidationError:
+    """The 400 for a filter the catalogue cannot apply: a validation error at ``field`` (slot ``slot`` of a batch)."""
+    loc = tuple(field.split("."))
+    if title == "BatchRequest":
+        loc = ("requests", slot, *loc)
+    error = InitErrorDetails(
+        type=PydanticCustomError("unknown_filter", "{message}", {"message": message}), loc=loc, input=None
+    )
+    return ValidationError.from_exception_data(title, [error])
 
 
 def to_filters(filters: dict[str, AttributeFilter]) -> dict[str, rules.AttributeFilter]:
@@ -93,6 +116,16 @@ def similar_to(pipeline: TwoStageRecommender, index: int, request: SimilarItemsR
     filters = rules.as_filters(to_filters(request.filters))
     check_filters(pipeline, filters, "SimilarItemsRequest")
     return ranked(*pipeline.similar(index, request.k, filters))
+
+
+def similar_response(
+    request: SimilarItemsRequest, items: list[RecommendedItem], tags: ModelTags
+) -> SimilarItemsResponse:
+    """``/similar_items``' answer; a list shorter than ``k`` says why (the rules left no more), never silently."""
+    message = None
+    if len(items) < request.k:
+        message = f"only {len(items)} similar items: the catalogue, the filters and the hidden items leave no more"
+    return SimilarItemsResponse(item_id=request.item_id, recommendations=items, message=message, model=tags)
 
 
 def to_queries(requests: list[RecommendRequest]) -> list[Query]:

@@ -31,15 +31,17 @@ import bentoml
 from bentoml.exceptions import ServiceUnavailable
 
 from features.store import MODEL_SNAPSHOT_DIR, SnapshotError, current_version, read_snapshot
-from serving.api_models import ModelTags, RecommendRequest
+from serving.api_models import ModelTags, RecommendRequest, SimilarItemsRequest
 from serving.batcher import MicroBatcher, Overloaded
 from serving.metrics import FILTERED_ITEMS
-from serving.responses import to_queries
+from serving.responses import invalid_filters, to_filters, to_queries
 from serving.runtime import IncompatibleModels, Runtime, poll_in_thread
+from stages import rules
 from stages.candidates import CandidateBatch, CandidateModel
 from stages.card import CandidatesCard, CardError
 from stages.feature_view import FeatureView
 from stages.pipeline import Query, RecentEvent, Recommendation, TwoStageRecommender
+from stages.rules import hidden_items_file, read_hidden
 
 logger = logging.getLogger("recsys")
 
@@ -111,6 +113,8 @@ class CandidateStage:
         self.tag = tag
         self.feature_source = feature_source
         self.view = self._load_view()
+        # The operators' hidden items: blocked here, where candidates are made (the ranker only orders them).
+        self.hidden = read_hidden(hidden_items_file(feature_source))
         self._pipelines: dict[int, TwoStageRecommender] = {}
         self._stop = threading.Event()
 
@@ -135,11 +139,18 @@ class CandidateStage:
     def pipeline(self, n_candidates: int) -> TwoStageRecommender:
         """The pipeline without a ranker, over the current snapshot, cut at ``n_candidates``."""
         pipeline = self._pipelines.get(n_candidates)
-        if pipeline is None or pipeline.view is not self.view:
+        if pipeline is None or pipeline.view is not self.view or pipeline.hidden is not self.hidden:
             pipeline = self._pipelines[n_candidates] = TwoStageRecommender(
-                self.candidates, None, self.view, n_candidates
+                self.candidates, None, self.view, n_candidates, self.hidden
             )
         return pipeline
+
+    def invalid_filters(self, requests: list[dict]) -> list[dict | None] | None:
+        """What is wrong with each request's filters for this snapshot's catalogue; ``None`` if nothing is."""
+        if not any(r.get("filters") for r in requests):
+            return None
+        invalid = invalid_filters(self.view.catalogue, [RecommendRequest.model_validate(r) for r in requests])
+        return invalid if any(invalid) else None
 
     def candidates_for(self, requests: list[dict], n_candidates: int) -> dict:
         """``rankable`` per request, the candidates of the rankable ones, the model tag and the snapshot version."""
@@ -170,19 +181,33 @@ class CandidateStage:
         user, item = str(self.candidates.user_ids[0]), str(self.candidates.item_ids[0])
         self.pipeline(n_candidates).candidate_lists([Query(user), Query("warm-up", recent_items=[RecentEvent(item)])])
 
-    def similar(self, item_id: str, k: int) -> dict | None:
-        """Closest items by ALS factors, or ``None`` for an item outside the catalogue."""
+    def similar(self, item_id: str, k: int, filters: dict | None = None) -> dict | None:
+        """Closest items by ALS factors that the filters and hidden items allow; ``None`` for an unknown item.
+
+        Filters this catalogue cannot apply come back as ``{"invalid": {"field", "message"}}``.
+        """
         index = self.candidates.item_index.get(item_id)
         if index is None:
             return None
-        item_ids, scores, titles = self.pipeline(1).similar(index, k)
+        request = SimilarItemsRequest.model_validate({"item_id": item_id, "k": k, "filters": filters or {}})
+        item_rules = rules.as_filters(to_filters(request.filters))
+        try:
+            self.view.catalogue.check(item_rules)
+        except rules.RuleError as exc:
+            return {"invalid": {"field": exc.field, "message": exc.reason}}
+        item_ids, scores, titles = self.pipeline(1).similar(index, k, item_rules)
         return {"item_ids": item_ids, "scores": scores, "titles": titles}
 
     def refresh_once(self) -> bool:
-        """Follow the feature store as the ranker does (the snapshot's end dates recent items)."""
+        """Follow the feature store as the ranker does (the snapshot's end dates recent items; hidden items)."""
+        hidden = read_hidden(hidden_items_file(self.feature_source))
+        changed = hidden != self.hidden
+        if changed:
+            self.hidden = hidden
+            logger.info("candidates stage: hidden items now %d", len(hidden))
         version = current_version(self.feature_source)
         if version == self.view.version:
-            return False
+            return changed
         self.view = self._load_view(version)
         logger.info("candidates stage: feature snapshot %s now serving", version)
         return True

@@ -27,6 +27,7 @@ class RuleError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.reason = message  # without the field, for errors that name the field apart
 
 
 @dataclass(frozen=True)

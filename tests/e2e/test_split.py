@@ -8,6 +8,7 @@ Kubernetes form, each stage served on its own and found by URL, is served too.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 
 import httpx
@@ -16,6 +17,9 @@ import pytest
 from benchmarks.loadgen import fixed_concurrency, recommend_bodies
 from serving.api_models import RecommendRequest
 from serving.responses import to_queries
+from stages import rules
+from stages.pipeline import Query
+from stages.rules import HIDDEN_ITEMS_FILE
 from tests.support import FIGURES, KNOWN_USER, REPO, free_port, post, run_until_exit, serve
 from tests.support import running as running_process
 
@@ -93,6 +97,41 @@ def test_similar_items_model_info_and_errors(split_client, offline):
     assert status == 400
     status, body = post(split_client, "/feedback", {"user_id": KNOWN_USER, "item_id": "50"})
     assert status == 200 and body["accepted"] == 1
+
+
+def test_filters_and_hidden_items_apply_as_in_one_process(env, movielens_run, offline, tmp_path):
+    """Rules in the split form: hidden items blocked where candidates are made, filters on every route."""
+    _, trained = movielens_run
+    store = tmp_path / "feature_store"
+    shutil.copytree(trained / "feature_store", store)
+    fifty = offline.candidates.item_index["50"]
+    top = offline.pipeline.recommend([Query(KNOWN_USER, k=1)])[0].item_ids[0]
+    nearest = offline.pipeline.similar(fifty, 1)[0][0]
+    (store / HIDDEN_ITEMS_FILE).write_text(f"{top}\n{nearest}\n")
+    hidden = offline.pipeline.with_hidden(frozenset({top, nearest}))
+    comedy = {"genres": {"include": ["Comedy"]}}
+    with serve("split_service:Entry", {**env, "RECSYS_FEATURE_STORE": str(store)}) as live, live.client() as http:
+        status, body = post(http, "/recommend", {"user_id": KNOWN_USER, "k": 10})
+        assert status == 200 and top not in _items(body)
+        assert _items(body) == hidden.recommend([Query(KNOWN_USER, k=10)])[0].item_ids
+        status, body = post(http, "/similar_items", {"item_id": "50", "k": 5, "filters": comedy})
+        expected = hidden.similar(fifty, 5, rules.as_filters({"genres": rules.AttributeFilter(include=("Comedy",))}))
+        assert status == 200 and _items(body) == expected[0] and nearest not in _items(body)
+        status, body = post(
+            http, "/similar_items", {"item_id": "50", "k": 5, "filters": {"release_year": {"gte": 3000}}}
+        )
+        assert (status, _items(body)) == (200, []) and body["message"].startswith("only 0 similar items")
+        # Filters the catalogue cannot apply: the 400 one process gives, naming the field (was a 500, or ignored).
+        bad = {"genres": {"include": ["NotAGenre"]}}
+        status, body = post(http, "/recommend", {"user_id": KNOWN_USER, "filters": bad})
+        assert status == 400 and body["detail"][0]["loc"] == ["filters", "genres", "include"]
+        assert body["message"].count("filters.genres.include") == 1
+        status, body = post(
+            http, "/recommend_batch", {"requests": [{"user_id": "1"}, {"user_id": "2", "filters": bad}]}
+        )
+        assert status == 400 and body["detail"][0]["loc"] == ["requests", 1, "filters", "genres", "include"]
+        status, body = post(http, "/similar_items", {"item_id": "50", "filters": bad})
+        assert status == 400 and body["detail"][0]["loc"] == ["filters", "genres", "include"]
 
 
 def test_a_short_load_loses_nothing(split, offline):

@@ -299,6 +299,14 @@ def test_a_full_queue_is_503_before_the_body_is_read():
     assert call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])[0] == 503
 
 
+def test_bentomls_timeout_is_a_503_with_retry_after_not_an_internal_error():
+    timed_out = json.dumps({"error": "Not able to process the request in 10.0 seconds"}).encode()
+    status, body, headers = call(edge(FakeApp(504, timed_out)), chunks=[b"{}"])
+    assert (status, body["error"], headers["retry-after"]) == (503, "service_unavailable", "1")
+    expected = "Not able to process the request in 10.0 seconds: this worker is overloaded; retry shortly"
+    assert body["message"] == expected
+
+
 def test_the_services_own_503_is_put_in_the_envelope():
     shed = json.dumps({"user_id": "1", "recommendations": [], "status": "error", "message": "overloaded: 9 waiting"})
     assert json.loads(rewrite_error(503, shed.encode())) == {

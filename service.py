@@ -36,6 +36,7 @@ from serving.shared import (
     batch_or_shed,
     recommend_or_shed,
     record_feedback,
+    record_impressions,
     recorder_from,
     start_runtime,
     unknown_item,
@@ -111,7 +112,7 @@ class Recommender:
     def _answer(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
         """One pipeline call for every queued request (runs in the batcher's thread)."""
         responses = answer(self.runtime.pipeline, requests, self.tags)
-        self.recorder.impressions(responses)
+        record_impressions(self.recorder, responses)
         return responses
 
     @bentoml.api

@@ -64,6 +64,7 @@ from serving.shared import (
     batch_or_shed,
     recommend_or_shed,
     record_feedback,
+    record_impressions,
     recorder_from,
     settle_and_refresh,
     start_runtime,
@@ -218,7 +219,7 @@ class Entry:
             raise filter_error(wrong["field"], wrong["message"], title, slot)
         answers = await self._call(self.ranker_stage.to_async.rank, requests=body, candidates=found)
         responses = to_responses([recommendation_of(a) for a in answers], tags)
-        self.recorder.impressions(responses)
+        record_impressions(self.recorder, responses)
         return responses
 
     @bentoml.api

@@ -189,10 +189,17 @@ class MicroBatcher(Generic[Q, R]):
                 start = end
 
     async def _one_by_one(self, batch: list[_Waiting[Q, R]]) -> None:
-        """After a failed call, each of its requests in a call of its own: the faulty one gets its own error."""
+        """After a failed call, each of its requests in a call of its own: the faulty one gets its own error.
+
+        ``run`` must be safe to repeat for a request whose shared call failed (the service counts and logs
+        only after a call succeeds). A request past its timeout by now is shed, not computed.
+        """
         loop = asyncio.get_running_loop()
         for waiting in batch:
             if waiting.future.done():
+                continue
+            if time.monotonic() - waiting.since > self.timeout:
+                _settle(waiting, error=_Expired())
                 continue
             try:
                 answers = await loop.run_in_executor(self._executor, self.run, waiting.queries)

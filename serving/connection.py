@@ -50,6 +50,9 @@ class ConnectionLimits:
     max_header_bytes: int = 16 * 1024
     header_timeout_seconds: float = 10.0
     idle_timeout_seconds: float = 5.0
+    # The rest of a body that was answered before it arrived (a 404, 415 or shed 503) is read and dropped
+    # up to this many bytes, then the connection is closed.
+    max_drain_bytes: int = 1024 * 1024
 
     @classmethod
     def from_settings(cls, settings: Any) -> ConnectionLimits:
@@ -58,6 +61,7 @@ class ConnectionLimits:
             max_header_bytes=settings.max_header_bytes,
             header_timeout_seconds=settings.header_timeout_seconds,
             idle_timeout_seconds=settings.idle_timeout_seconds,
+            max_drain_bytes=settings.max_body_bytes,
         )
 
 
@@ -92,6 +96,7 @@ class ConnectionGuard:
         # may come first (a 404 or 415 before the body is read); the rest of that body is not header bytes.
         self._message_done = False
         self._answered = False
+        self._drained = 0
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -109,17 +114,34 @@ class ConnectionGuard:
     def data_received(self, data: bytes) -> None:
         # Only bytes that arrive while headers are awaited, and leave them still incomplete, count. A chunk
         # that ends one request's body and starts the next one's headers is not counted (at most one read,
-        # 64 KiB): its split point is not known here, and counting the body bytes gave clients a false 431.
-        counting = self._awaiting_headers
+        # up to 256 KiB): its split point is not known here, and counting the body bytes gave clients a false
+        # 431. The edge checks the size of complete headers itself.
+        counting, draining = self._awaiting_headers, self._draining
         if counting:
             data = ignore_upgrade(data)
         super().data_received(data)
-        if counting and self._awaiting_headers and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if counting and self._awaiting_headers:
             self._header_bytes += len(data)
             limit = self.limits.max_header_bytes
             if self._header_bytes > limit:
                 logger.warning("431 headers over %d bytes from %s", limit, self._peer())
                 self._refuse(431, "Request Header Fields Too Large", f"request headers over {limit} bytes")
+        elif draining:
+            self._drained += len(data)
+            if self._drained > self.limits.max_drain_bytes:
+                # Answered already: nothing more to say, and no reason to read on.
+                logger.warning(
+                    "connection closed: over %d bytes after the answer, from %s", self._drained, self._peer()
+                )
+                self._cancel_header_timer()
+                self.transport.close()
+
+    @property
+    def _draining(self) -> bool:
+        """Answered, and the request's body still arriving: its rest is read and dropped."""
+        return self._answered and not self._message_done
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -141,8 +163,15 @@ class ConnectionGuard:
 
     def on_response_complete(self) -> None:
         self._answered = True
-        if self._message_done:  # else the body is still arriving: on_message_complete starts the next request
+        if self._message_done:
             self._awaiting_headers, self._header_bytes = True, 0
+        else:  # the body is still arriving: on_message_complete starts the next request
+            self._drained = 0
+            # The rest of the body and the next request's headers get the header timeout: new data cancels
+            # uvicorn's keep-alive timer, so without this a trickle (or silence after the body) holds the
+            # connection for good.
+            if self._header_timer is None:
+                self._arm_header_timer()
         super().on_response_complete()  # arms the idle (keep-alive) timer
 
     def _arm_header_timer(self) -> None:
@@ -155,7 +184,7 @@ class ConnectionGuard:
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
-        if self._awaiting_headers and not self.transport.is_closing():
+        if (self._awaiting_headers or self._draining) and not self.transport.is_closing():
             seconds = self.limits.header_timeout_seconds
             logger.warning("408 headers not complete within %g s from %s", seconds, self._peer())
             self._refuse(408, "Request Timeout", f"request headers not received within {seconds:g} s")

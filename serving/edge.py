@@ -357,9 +357,10 @@ def rewrite_error(status: int, payload: bytes) -> bytes | None:
         body = json.loads(payload)
     except ValueError:
         body = None
-    if status == 504 and isinstance(body, dict):
+    if status == 504:
         # BentoML's traffic timeout: the worker had no time for the request, as under any overload.
-        said = str(body.get("error") or "not able to process the request in time")
+        said = body.get("error") if isinstance(body, dict) else None
+        said = str(said or "not able to process the request in time")
         return json.dumps(envelope(503, f"{said}: this worker is overloaded; retry shortly")).encode()
     if status == 503 and isinstance(body, dict) and body.get("status") == "error" and "error" not in body:
         # The service's own shedding (serving/batcher.py): its message, in the envelope.
@@ -400,7 +401,8 @@ def rewriting(send: Send) -> Send:
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         if start["status"] == 504:  # overload is a 503 with Retry-After, whichever layer ran out of time
             start = {**start, "status": 503}
-            headers.append((b"retry-after", b"1"))
+            if not any(k.lower() == b"retry-after" for k, _ in headers):
+                headers.append((b"retry-after", b"1"))
         await send({**start, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 

@@ -44,8 +44,10 @@ def answer(pipeline: TwoStageRecommender, requests: list[RecommendRequest], tags
     for slot, query in enumerate(queries):
         if query.filters:
             check_filters(pipeline, query.rules, "RecommendRequest" if len(queries) == 1 else "BatchRequest", slot)
-    FILTERED_ITEMS.inc(sum(pipeline.filtered_count(q) for q in queries))
-    return to_responses(pipeline.recommend(queries), tags)
+    filtered = sum(pipeline.filtered_count(q) for q in queries)
+    responses = to_responses(pipeline.recommend(queries), tags)
+    FILTERED_ITEMS.inc(filtered)  # after success: a failed call is answered again request by request
+    return responses
 
 
 def check_requests(pipeline: TwoStageRecommender, requests: list[RecommendRequest], batch: bool) -> None:

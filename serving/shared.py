@@ -8,6 +8,7 @@ answers, same 503 with ``Retry-After``).
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -31,6 +32,8 @@ from serving.batcher import Overloaded
 from serving.events import EventLog, Recorder
 from serving.runtime import Runtime
 from serving.settings import ServiceSettings
+
+logger = logging.getLogger("recsys")
 
 
 def worker_threads(settings: ServiceSettings) -> None:
@@ -72,6 +75,14 @@ def recorder_from(settings: ServiceSettings) -> Recorder:
     """Impressions and feedback to the event log, or a recorder that records nothing when the log is off."""
     log = settings.event_log
     return Recorder(EventLog(log, settings.event_flush_rows, settings.event_flush_seconds) if log else None)
+
+
+def record_impressions(recorder: Recorder, responses: list[RecommendResponse]) -> None:
+    """Log what was shown. Logging never fails an answer: in the batcher's call, that would compute it again."""
+    try:
+        recorder.impressions(responses)
+    except Exception:
+        logger.exception("event log: the impressions of %d answers could not be recorded", len(responses))
 
 
 def record_feedback(recorder: Recorder, request: FeedbackRequest, ctx: bentoml.Context) -> FeedbackResponse:

@@ -252,14 +252,16 @@ class RankerStage:
         self.check_model(found)
         pipeline = self.runtime.pipeline
         queries = queries_of(requests)
-        FILTERED_ITEMS.inc(sum(pipeline.filtered_count(q) for q in queries))
+        filtered = sum(pipeline.filtered_count(q) for q in queries)
         rankable = pipeline.rankable(queries)
         if rankable != found["rankable"]:
             raise IncompatibleModels("the candidates service and the ranker disagree on which users have a history")
         chosen = [q for q, r in zip(queries, rankable, strict=True) if r]
         ranked = iter(pipeline.rank(chosen, CandidateBatch.from_json(found["batch"])) if chosen else [])
         cold = iter(pipeline.recommend([q for q, r in zip(queries, rankable, strict=True) if not r]))
-        return [asdict(next(ranked) if r else next(cold)) for r in rankable]
+        answers = [asdict(next(ranked) if r else next(cold)) for r in rankable]
+        FILTERED_ITEMS.inc(filtered)  # after success: a failed call is answered again request by request
+        return answers
 
     def rank_rows(self, parts: list[tuple[dict, Row | None]]) -> list[dict]:
         """:meth:`rank` over the requests of many calls, ``(request, its candidate row)`` each, in one go.

@@ -126,6 +126,22 @@ def test_a_faulty_request_batched_with_others_fails_alone():
     assert run.calls == [[0], [1, -1, 5, 2], [1], [-1, 5], [2]]
 
 
+def test_after_a_failed_call_requests_past_their_timeout_are_shed_not_computed_again():
+    run = Recorded()
+    batcher = MicroBatcher(run, timeout=0.2)
+
+    async def scenario():
+        run.gate.clear()
+        both = asyncio.gather(batcher.submit([1]), batcher.submit([-1]), return_exceptions=True)
+        await asyncio.sleep(0.3)  # the shared call is held past the timeout, then fails
+        run.gate.set()
+        return await both
+
+    answers = asyncio.run(scenario())
+    assert all(isinstance(a, Overloaded) and "timed out" in str(a) for a in answers)
+    assert run.calls == [[1, -1]]
+
+
 def test_the_pressure_gauge_says_full_exactly_while_the_queue_is():
     run, pressure = Recorded(), Pressure()
     batcher = MicroBatcher(run, max_pending=2, pressure=pressure)

@@ -305,6 +305,8 @@ def test_bentomls_timeout_is_a_503_with_retry_after_not_an_internal_error():
     assert (status, body["error"], headers["retry-after"]) == (503, "service_unavailable", "1")
     expected = "Not able to process the request in 10.0 seconds: this worker is overloaded; retry shortly"
     assert body["message"] == expected
+    status, body, _ = call(edge(FakeApp(504, b"upstream timed out")), chunks=[b"{}"])  # not JSON: the same 503
+    assert (status, body["error"]) == (503, "service_unavailable") and "overloaded" in body["message"]
 
 
 def test_the_services_own_503_is_put_in_the_envelope():

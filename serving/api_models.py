@@ -6,7 +6,6 @@ documents them, so changing one is a change of the API.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated, Literal
 
@@ -115,15 +114,15 @@ Weight = Annotated[
 
 def _attribute(value: object) -> str | int | float | None:
     """A user attribute value: a short string, a finite number or null (no booleans, NaN or infinities)."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_NUMBER):
+    if value is None:
         return value
-    if isinstance(value, float) and math.isfinite(value):
-        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= MAX_NUMBER:
+        return value  # NaN fails the comparison; a 400-digit integer is compared exactly, no float overflow
     if isinstance(value, str) and len(value) <= MAX_ATTRIBUTE_CHARS:
         return value
     raise ValueError(
-        f"an attribute value must be a string of at most {MAX_ATTRIBUTE_CHARS} characters, a finite number "
-        f"(an integer within ±{MAX_NUMBER:.0e}) or null"
+        f"an attribute value must be a string of at most {MAX_ATTRIBUTE_CHARS} characters, a number within "
+        f"±{MAX_NUMBER:.0e} or null"
     )
 
 
@@ -131,7 +130,13 @@ Attribute = Annotated[
     str | int | float | None,
     PlainValidator(_attribute),
     WithJsonSchema(
-        {"anyOf": [{"type": "string", "maxLength": MAX_ATTRIBUTE_CHARS}, {"type": "number"}, {"type": "null"}]}
+        {
+            "anyOf": [
+                {"type": "string", "maxLength": MAX_ATTRIBUTE_CHARS},
+                {"type": "number", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER},
+                {"type": "null"},
+            ]
+        }
     ),
 ]
 

@@ -103,6 +103,10 @@ def _operation(path: str, operation: dict) -> None:
         responses[status] = _json(schema, description)
     if path in BODY_REQUIRED and "requestBody" in operation:
         operation["requestBody"]["required"] = True
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    if body.get("type") == "object" and not body.get("properties") and "$ref" not in body:
+        # An API without arguments (/model_info) reads no field: `{}` is its body, as the document now says.
+        body["additionalProperties"] = False
 
 
 def _public_names(spec: dict) -> None:

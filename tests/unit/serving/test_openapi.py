@@ -120,3 +120,29 @@ def test_an_io_class_that_differs_from_the_model_of_its_name_keeps_its_own_name(
     assert fixed["components"]["schemas"]["ReplyIODescriptor"] == spec["components"]["schemas"]["ReplyIODescriptor"]
     assert fixed["components"]["schemas"]["Reply"]["properties"]["x"] == {"type": "string"}
     assert fixed["paths"]["/r"]["post"]["responses"]["200"] == {"$ref": "#/components/schemas/ReplyIODescriptor"}
+
+
+def test_an_api_without_arguments_documents_a_body_without_fields():
+    # /model_info: the fuzzer read BentoML's open object as "any fields", sent {"": 10**19}, and the edge's
+    # integer limit refused it. The document now says what the route reads: nothing.
+    spec = {
+        "openapi": "3.0.2",
+        "paths": {
+            "/model_info": {
+                "post": {
+                    "requestBody": {
+                        "content": {
+                            "application/json": {"schema": {"type": "object", "title": "Input", "properties": {}}}
+                        }
+                    },
+                    "responses": {},
+                }
+            },
+            "/similar_items": SPEC["paths"]["/similar_items"],
+        },
+    }
+    fixed = conform(spec, {"/model_info", "/similar_items"})
+    body = fixed["paths"]["/model_info"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["additionalProperties"] is False
+    other = fixed["paths"]["/similar_items"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "additionalProperties" not in other  # a schema with fields (or none given) is left as it is

@@ -39,13 +39,20 @@ def ranked(
 
 
 def answer(pipeline: TwoStageRecommender, requests: list[RecommendRequest], tags: ModelTags) -> list[RecommendResponse]:
-    """Run validated requests through the pipeline (together) and count what the metrics need."""
+    """Run validated requests through the pipeline (together) and count what the metrics need.
+
+    Filters are checked where a request arrives (:func:`check_requests`), not again here. A filter the
+    catalogue cannot apply only reaches this point if the catalogue changed since (a feature refresh) or
+    the caller did not check (the FastAPI reference): it is still a 400 naming the field.
+    """
     queries = to_queries(requests)
-    for slot, query in enumerate(queries):
-        if query.filters:
-            check_filters(pipeline, query.rules, "RecommendRequest" if len(queries) == 1 else "BatchRequest", slot)
-    filtered = sum(pipeline.filtered_count(q) for q in queries)
-    responses = to_responses(pipeline.recommend(queries), tags)
+    try:
+        filtered = sum(pipeline.filtered_count(q) for q in queries)
+        recommendations = pipeline.recommend(queries)
+    except rules.RuleError:
+        check_requests(pipeline, requests, batch=len(requests) > 1)  # the 400 for the request and field at fault
+        raise
+    responses = to_responses(recommendations, tags)
     FILTERED_ITEMS.inc(filtered)  # after success: a failed call is answered again request by request
     return responses
 

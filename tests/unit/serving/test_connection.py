@@ -88,12 +88,18 @@ def test_the_rest_of_a_body_answered_early_is_not_counted_as_the_next_requests_h
 EARLY = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100000000\r\n\r\n"
 
 
-def test_the_rest_of_a_body_answered_early_is_read_only_up_to_a_bound():
-    proto, loop = protocol(ConnectionLimits(max_header_bytes=1024, max_drain_bytes=10_000))
+def answered_early(limits: ConnectionLimits):
+    """A connection whose request (a 100 MB body declared) was answered before any of its body came."""
+    proto, loop = protocol(limits)
     transport = FakeTransport()
     proto.connection_made(transport)
     proto.data_received(EARLY)
     loop.run_until_complete(asyncio.sleep(0.01))
+    return proto, loop, transport
+
+
+def test_the_rest_of_a_body_answered_early_is_read_only_up_to_a_bound():
+    proto, loop, transport = answered_early(ConnectionLimits(max_header_bytes=1024, max_drain_bytes=10_000))
     for _ in range(20):
         if not transport.closed:
             proto.data_received(b"a" * 1000)
@@ -102,11 +108,7 @@ def test_the_rest_of_a_body_answered_early_is_read_only_up_to_a_bound():
 
 
 def test_a_body_answered_early_that_stops_arriving_gets_the_header_timeout():
-    proto, loop = protocol(ConnectionLimits(header_timeout_seconds=0.05))
-    transport = FakeTransport()
-    proto.connection_made(transport)
-    proto.data_received(EARLY)
-    loop.run_until_complete(asyncio.sleep(0.01))
+    proto, loop, transport = answered_early(ConnectionLimits(header_timeout_seconds=0.05))
     proto.data_received(b"a" * 100)  # a trickle, then nothing
     loop.run_until_complete(asyncio.sleep(0.1))
     assert transport.closed and b"HTTP/1.1 408" in transport.written

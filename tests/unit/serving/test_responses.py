@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
+from pydantic import ValidationError
 
 from serving import responses
 from serving.api_models import ModelTags, RecommendRequest
 from serving.responses import answer, ranked, to_queries, to_responses
 from stages.pipeline import POPULAR, TWO_STAGE, Query, Recommendation
+from stages.rules import RuleError
 
 TAGS = ModelTags(candidates="recsys-candidates:a", ranker="recsys-ranker:b")
 
@@ -95,6 +98,33 @@ def test_answer_counts_filtered_items_and_answers_in_order(counters):
     answers = answer(FakePipeline(), requests, TAGS)
     assert [a.user_id for a in answers] == ["u1", "new"]
     assert counters["filtered"].value == 5 and counters["cold"].value == 1
+
+
+def test_a_filter_the_catalogue_refuses_in_the_call_is_a_400_for_its_request_and_counts_nothing(counters):
+    # What a feature refresh between check_requests and the call (or a caller that did not check) leads to.
+    class Catalogue:
+        def check(self, filters) -> None:
+            if filters:
+                raise RuleError("filters.genres.include", "unknown value 'x'")
+
+    class FakePipeline:
+        view = SimpleNamespace(catalogue=Catalogue())
+
+        def filtered_count(self, query: Query) -> int:
+            return 3
+
+        def recommend(self, queries: list[Query]) -> list[Recommendation]:
+            for query in queries:
+                self.view.catalogue.check(query.rules)
+            return [warm(q.user_id) for q in queries]
+
+    requests = [RecommendRequest(user_id="u1"), RecommendRequest(user_id="u2", filters={"genres": {"include": ["x"]}})]
+    with pytest.raises(ValidationError) as raised:
+        answer(FakePipeline(), requests, TAGS)
+    assert [(e["loc"], e["msg"]) for e in raised.value.errors()] == [
+        (("requests", 1, "filters", "genres", "include"), "unknown value 'x'")
+    ]
+    assert counters["filtered"].value == 0
 
 
 @pytest.mark.parametrize("sent", [160, "160", "160.0", " 160 ", "160.00"])

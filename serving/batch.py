@@ -24,7 +24,7 @@ from features.schema import Columns, id_text
 from serving.api_models import AttributeFilter
 from serving.responses import to_filters
 from serving.runtime import IncompatibleModels, Runtime
-from serving.settings import get_settings
+from serving.settings import SettingsError, get_settings
 from stages.pipeline import Query
 from stages.rules import AttributeFilter as Rule
 from stages.rules import RuleError, as_filters
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     threadpool_limits(1)  # one thread per process, as in the service
     try:
         runtime = Runtime.from_settings(get_settings())
-    except IncompatibleModels as exc:
+    except (SettingsError, IncompatibleModels) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.users:

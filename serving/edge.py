@@ -87,7 +87,7 @@ class EdgeLimits:
             max_headers=settings.max_headers,
             max_header_bytes=settings.max_header_bytes,
             body_timeout_seconds=settings.body_timeout_seconds,
-            api_key=settings.api_key.strip() if settings.api_key else None,
+            api_key=settings.api_key,
             metrics_public=settings.metrics_public,
         )
 

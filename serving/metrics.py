@@ -29,3 +29,11 @@ FEEDBACK = bentoml.metrics.Counter(
     ),
     labelnames=["outcome"],
 )
+EVENTS_DROPPED = bentoml.metrics.Counter(
+    name="recsys_events_dropped_total",
+    documentation=(
+        "Event log rows lost: impressions past the buffer while the log cannot be written, rows the schema "
+        "cannot hold, rows left at shutdown (feedback is refused with 503 instead of dropped)"
+    ),
+    labelnames=["kind"],
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -96,8 +96,41 @@ class ServiceSettings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     timeout_seconds: float = Field(10.0, gt=0, description="BentoML traffic timeout")
 
+    @field_validator("api_key", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _no_blank_security_value(cls, value: str | None) -> str | None:
+        """A security setting that is set but blank, or has spaces, is a mistake: refuse rather than fail open.
+
+        ``RECSYS_API_KEY=$KEY`` with ``KEY`` unset, or a key pasted with a
+        newline, would otherwise turn authentication off (or on with a key
+        nobody sends) without a word. Unset the variable to turn it off.
+        """
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("is set but empty or blank: unset it to turn this off, or give a value")
+        if value != value.strip() or any(c.isspace() for c in value):
+            raise ValueError("contains whitespace (a pasted newline or space?): give the value without it")
+        return value
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """A settings error as one line naming each variable, without echoing values (a key must not reach logs)."""
+    parts = []
+    for error in exc.errors(include_input=False):
+        name = "RECSYS_" + "_".join(str(p) for p in error["loc"]).upper()
+        parts.append(f"{name} {error['msg'].removeprefix('Value error, ')}")
+    return "bad settings: " + "; ".join(parts)
+
+
+class SettingsError(ValueError):
+    """``RECSYS_*`` settings that must not be served with; the message names each variable, never its value."""
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> ServiceSettings:
-    """The process-wide settings (validated on first use)."""
-    return ServiceSettings()
+    """The process-wide settings (validated on first use; :class:`SettingsError` names what is wrong)."""
+    try:
+        return ServiceSettings()
+    except ValidationError as exc:
+        raise SettingsError(settings_problems(exc)) from None

@@ -29,7 +29,8 @@ from serving.api_models import (
     SimilarItemsResponse,
 )
 from serving.batcher import Overloaded
-from serving.events import EventLog, Recorder
+from serving.events import EventLog, EventLogFull, Recorder
+from serving.metrics import EVENTS_DROPPED
 from serving.runtime import Runtime
 from serving.settings import ServiceSettings
 
@@ -74,7 +75,13 @@ def settle_and_refresh(loaded: Refreshing, settings: ServiceSettings) -> None:
 def recorder_from(settings: ServiceSettings) -> Recorder:
     """Impressions and feedback to the event log, or a recorder that records nothing when the log is off."""
     log = settings.event_log
-    return Recorder(EventLog(log, settings.event_flush_rows, settings.event_flush_seconds) if log else None)
+    if not log:
+        return Recorder(None)
+    return Recorder(EventLog(log, settings.event_flush_rows, settings.event_flush_seconds, on_drop=_count_dropped))
+
+
+def _count_dropped(kind: str, rows: int) -> None:
+    EVENTS_DROPPED.labels(kind=kind).inc(rows)
 
 
 def record_impressions(recorder: Recorder, responses: list[RecommendResponse]) -> None:
@@ -92,7 +99,13 @@ def record_feedback(recorder: Recorder, request: FeedbackRequest, ctx: bentoml.C
         return FeedbackResponse(
             accepted=0, status="error", message="the event log is off (RECSYS_EVENT_LOG is empty): nothing recorded"
         )
-    return FeedbackResponse(accepted=recorder.feedback(request.events))
+    try:
+        return FeedbackResponse(accepted=recorder.feedback(request.events))
+    except EventLogFull as error:
+        # Never a 200 for an event that is then dropped: the client keeps it and tries again.
+        ctx.response.status_code = 503
+        ctx.response.headers["Retry-After"] = str(error.retry_after)
+        return FeedbackResponse(accepted=0, status="error", message=str(error))
 
 
 def shed(ctx: bentoml.Context, error: Overloaded) -> None:

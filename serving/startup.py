@@ -14,8 +14,9 @@ import sys
 
 import bentoml
 
+from serving.events import EventLogUnusable, check_writable
 from serving.runtime import IncompatibleModels, Runtime
-from serving.settings import ServiceSettings, get_settings
+from serving.settings import ServiceSettings, SettingsError, get_settings
 
 
 def in_worker() -> bool:
@@ -24,7 +25,12 @@ def in_worker() -> bool:
 
 
 def check(settings: ServiceSettings) -> Runtime:
-    """Build the runtime the settings describe; :class:`IncompatibleModels` says why it cannot be."""
+    """Build the runtime the settings describe and check the event log can be written.
+
+    :class:`IncompatibleModels` or :class:`EventLogUnusable` says why the server must not start.
+    """
+    if settings.event_log:
+        check_writable(settings.event_log)
     return Runtime.from_settings(settings)
 
 
@@ -32,7 +38,7 @@ def main() -> int:
     """Print what would be served, or the reason it cannot be (exit 2)."""
     try:
         info = check(get_settings()).info()
-    except IncompatibleModels as exc:
+    except (SettingsError, IncompatibleModels, EventLogUnusable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"ok: would serve {info.model.ranker} + {info.model.candidates}, features {info.feature_version}")

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from features.events import FEEDBACK, IMPRESSIONS, read_events
-from tests.support import KNOWN_USER, answer_of, post, serve
+from tests.support import KNOWN_USER, answer_of, post, serve, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -104,3 +104,43 @@ def test_bad_feedback_gets_400_naming_the_field(client, body, location):
     status, answer = post(client, "/feedback", body)
     assert status == 400
     assert any(error["loc"][: len(location)] == location for error in answer["detail"])
+
+
+def test_feedback_is_503_while_the_log_cannot_be_written_and_every_acknowledged_event_is_kept(movielens_run, tmp_path):
+    """The log's directory turns into a file under a running server: 503 with Retry-After, never a 200 then dropped."""
+    log = tmp_path / "events"
+    env = {
+        "RECSYS_RANKER_TAG": movielens_run[0].ranker_tag,
+        "RECSYS_REFRESH_SECONDS": "0",
+        "RECSYS_EVENT_LOG": str(log),
+        "RECSYS_EVENT_FLUSH_SECONDS": "0.2",
+    }
+    acknowledged = 0
+
+    def send(http: httpx.Client, n: int) -> httpx.Response:
+        nonlocal acknowledged
+        events = [
+            {"user_id": "1", "item_id": str(1 + (acknowledged + i) % 50), "timestamp": 893_286_638} for i in range(n)
+        ]
+        response = http.post("/feedback", json={"events": events})
+        if response.status_code == 200:
+            acknowledged += response.json()["accepted"]
+        return response
+
+    with serve("service:Recommender", env) as live, live.client() as http:
+        assert send(http, 3).status_code == 200
+        assert wait_for(lambda: (log / FEEDBACK).exists())
+        log.rename(tmp_path / "written-before")
+        log.write_text("the disk is gone")  # every write now fails
+        assert wait_for(lambda: send(http, 2).status_code == 503)
+        refused = send(http, 2)
+        assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+        assert refused.json()["status"] == "error" and "event log cannot be written" in refused.json()["message"]
+        assert post(http, "/recommend", {"user_id": KNOWN_USER, "k": 3})[0] == 200  # answers go on
+        log.unlink()  # the disk is back: what was acknowledged is written, feedback accepted again
+        assert wait_for(lambda: send(http, 1).status_code == 200)
+        assert send(http, 4).status_code == 200
+        output = live.log.read_text()
+    written = len(read_events(str(tmp_path / "written-before"), FEEDBACK)) + len(read_events(str(log), FEEDBACK))
+    assert written == acknowledged
+    assert output.count("event log: cannot write") <= 2 and "Traceback" not in output

@@ -29,3 +29,21 @@ def test_refuses_feature_store_without_needed_features(movielens_run, tmp_path, 
     )
     assert code != 0
     assert "lacks features the ranker needs" in output
+
+
+def test_refuses_an_event_log_it_cannot_write(movielens_run, tmp_path):
+    blocker = tmp_path / "events"
+    blocker.write_text("a file, not a directory")
+    code, output = run_until_exit(
+        "service:Recommender", {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_EVENT_LOG": str(blocker)}
+    )
+    assert code != 0
+    assert "RECSYS_EVENT_LOG" in output and "is a file" in output
+
+
+def test_refuses_a_blank_api_key_instead_of_serving_without_authentication(movielens_run):
+    code, output = run_until_exit(
+        "service:Recommender", {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_API_KEY": "   "}
+    )
+    assert code != 0
+    assert "RECSYS_API_KEY is set but empty or blank" in output

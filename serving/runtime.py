@@ -28,7 +28,7 @@ from stages.candidates import CandidateModel
 from stages.card import RANKER_MODEL, CandidatesCard, CardError, RankerCard
 from stages.feature_view import FeatureView
 from stages.pipeline import TwoStageRecommender
-from stages.ranker import Ranker
+from stages.ranker import RANKER_FILE, VISITOR_RANKER_FILE, Ranker
 from stages.rules import hidden_items_file, read_hidden
 
 logger = logging.getLogger("recsys")
@@ -108,9 +108,17 @@ class Runtime:
             raise IncompatibleModels(str(exc)) from exc
         self.candidates = CandidateModel.load(Path(candidates_model.path), candidates_card.params)
         self.names = self.card.features
-        self.ranker = Ranker(bentoml.catboost.load_model(ranker_model), self.names)
+        folder = Path(ranker_model.path)
+        self.ranker = Ranker.load(folder / RANKER_FILE, self.names, self.card.prior)
+        self.visitor_ranker = (
+            Ranker.load(folder / VISITOR_RANKER_FILE, self.names, self.card.visitor_prior)
+            if self.card.visitor_ranker
+            else None
+        )
         # The tree tables `explain` reads are built at load (~30 ms), not by the first request that asks for them.
-        self.ranker.paths  # noqa: B018
+        for ranker in (self.ranker, self.visitor_ranker):
+            if ranker is not None:
+                ranker.paths  # noqa: B018
         self.feature_source = feature_store or str(Path(candidates_model.path) / MODEL_SNAPSHOT_DIR)
         self._packed = feature_store is None
         try:
@@ -118,7 +126,12 @@ class Runtime:
         except SnapshotError as exc:
             raise IncompatibleModels(f"feature store {self.feature_source}: {exc}") from exc
         self.pipeline = TwoStageRecommender(
-            self.candidates, self.ranker, view, n_candidates or self.card.n_candidates, self.read_hidden()
+            self.candidates,
+            self.ranker,
+            view,
+            n_candidates or self.card.n_candidates,
+            self.read_hidden(),
+            self.visitor_ranker,
         )
         self.refresh_error: str | None = None
         self._served_pointer: str | None = None

@@ -16,10 +16,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stages.candidates import CandidateParams
 from stages.feature_view import FeatureNames
+from stages.ranker import PopularityPrior
 
 CANDIDATES_MODEL = "recsys-candidates"
 RANKER_MODEL = "recsys-ranker"
-CARD_VERSION = 2  # 2: several candidate sources, cold-start window; older models need retraining
+# 2: several candidate sources, cold-start window. 3: the card as one JSON document (BentoML metadata refuses
+# None, which "all time" and other unset values are); older models need retraining.
+CARD_VERSION = 3
+CARD_KEY = "card"  # the JSON document's key in the metadata
 
 
 class CardError(RuntimeError):
@@ -35,8 +39,13 @@ class _Card(BaseModel):
     trained_at: str
 
     def to_metadata(self) -> dict[str, Any]:
-        """Plain JSON-able metadata for ``bentoml.models.create`` / ``save_model``."""
-        return self.model_dump(mode="json")
+        """Metadata for ``bentoml.models.create`` / ``save_model``: the version, and the card as one JSON string.
+
+        BentoML's metadata takes only basic types and refuses ``None`` at any
+        depth; a JSON document holds every value a card can (``null`` for the
+        all-time cold-start window, say), so saving never fails on a value.
+        """
+        return {"card_version": self.card_version, CARD_KEY: self.model_dump_json()}
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], tag: str = "the model") -> Self:
@@ -48,7 +57,7 @@ class _Card(BaseModel):
                 "retrain with `python -m train`"
             )
         try:
-            return cls.model_validate(dict(metadata))
+            return cls.model_validate_json(str(metadata.get(CARD_KEY, "")))
         except ValidationError as exc:
             raise CardError(f"{tag} has a malformed model card: {exc}") from exc
 
@@ -68,6 +77,9 @@ class RankerCard(_Card):
     candidates_tag: str
     feature_version: str
     features: FeatureNames
+    prior: PopularityPrior | None = None  # the score the trees were boosted from; serving adds it back
+    visitor_prior: PopularityPrior | None = None  # the same, for the visitor ranker
+    visitor_ranker: bool = False  # whether the folder holds a ranker for visitors with recent items
     n_candidates: int
     evaluation: dict[str, Any]
     timings: dict[str, float]

@@ -115,9 +115,13 @@ class TwoStageRecommender:
         view: FeatureView,
         n_candidates: int = 100,
         hidden: frozenset[str] = frozenset(),
+        visitor_ranker: Ranker | None = None,
     ) -> None:
         self.candidates = candidates
         self.ranker = ranker
+        # Visitors (unknown users with recent items) are ranked by a model trained on such requests, when there is
+        # one; everyone else by ``ranker``.
+        self.visitor_ranker = visitor_ranker
         self.view = view
         self.n_candidates = n_candidates
         # Snapshot row of each candidate-model user, fixed per view.
@@ -131,11 +135,15 @@ class TwoStageRecommender:
 
     def with_view(self, view: FeatureView) -> TwoStageRecommender:
         """The same models over another feature snapshot."""
-        return TwoStageRecommender(self.candidates, self.ranker, view, self.n_candidates, self.hidden)
+        return TwoStageRecommender(
+            self.candidates, self.ranker, view, self.n_candidates, self.hidden, self.visitor_ranker
+        )
 
     def with_hidden(self, hidden: frozenset[str]) -> TwoStageRecommender:
         """The same models and snapshot with another list of hidden item ids (never recommended)."""
-        return TwoStageRecommender(self.candidates, self.ranker, self.view, self.n_candidates, frozenset(hidden))
+        return TwoStageRecommender(
+            self.candidates, self.ranker, self.view, self.n_candidates, frozenset(hidden), self.visitor_ranker
+        )
 
     @cached_property
     def unit_vectors(self) -> np.ndarray:
@@ -286,16 +294,14 @@ class TwoStageRecommender:
         batch = self._candidate_lists(queries, users) if batch is None else batch
         indices = np.array([u.index for u in users], dtype=np.int64)
         fresh = self._fresh_batch(queries, users)
-        leaves = None
+        lengths = [len(c) for c in batch.items]
+        starts = np.cumsum([0, *lengths])
+        numeric = categorical = None
         if self.ranker is None:
             final = batch.scores
-        elif any(q.explain for q in queries):
-            # One CatBoost pass for the leaves the explanations read; the scores are summed from those leaves.
-            scores, leaves = self.ranker.score_with_leaves(*self.pair_rows(indices, batch, fresh=fresh))
-            final = np.split(scores, np.cumsum([len(c) for c in batch.items])[:-1])
         else:
-            final = self.score_pairs(indices, batch, fresh)
-        starts = np.cumsum([0, *(len(c) for c in batch.items)])
+            numeric, categorical = self.pair_rows(indices, batch, fresh=fresh)
+            final = np.split(self._score_rows(numeric, categorical, users, lengths), starts[1:-1])
         out = []
         for slot, (query, user, cand, score) in enumerate(zip(queries, users, batch.items, final, strict=True)):
             order = self._order(query, cand, score)
@@ -303,8 +309,9 @@ class TwoStageRecommender:
             notes += self._rule_notes(query, len(order))
             answer = self._answer(query, cand[order], score[order], TWO_STAGE, "; ".join(notes) or None)
             if query.explain:
-                picked = None if leaves is None else leaves[starts[slot] + order]
-                answer.explanations = self._explain(user, cand[order], picked)
+                rows = starts[slot] + order
+                shown = None if numeric is None else (self._ranker_of(user), numeric[rows], categorical[rows])
+                answer.explanations = self._explain(user, cand[order], shown)
             out.append(answer)
         return out
 
@@ -339,13 +346,20 @@ class TwoStageRecommender:
         """Whether the stored histories are sorted without repeats (checked once, not per request)."""
         return bool(self.candidates.seen.has_canonical_format)
 
-    def _explain(self, user: _User, items: np.ndarray, leaves: np.ndarray | None) -> list[Explanation]:
-        """``because`` from the user's history, ``reasons`` from the ranker's contributions for the rows shown."""
+    def _explain(
+        self, user: _User, items: np.ndarray, shown: tuple[Ranker, np.ndarray, np.ndarray] | None
+    ) -> list[Explanation]:
+        """``because`` from the user's history, ``reasons`` from the ranker's contributions for the rows shown.
+
+        ``shown`` holds the ranker that scored them and their features (``None`` without a ranker): the
+        contributions of a page's few rows cost one more short pass over the trees.
+        """
         similar = because(self.unit_vectors, self._history(user), items)
-        if leaves is None:
+        if shown is None:
             reasons = [["fits your taste: people with similar taste liked it"] for _ in items]
         else:
-            reasons = self._reasons.of(self.ranker.path_contributions(leaves), items, user.row)
+            ranker, numeric, categorical = shown
+            reasons = self._reasons.of(ranker.contributions(numeric, categorical), items, user.row)
         # Ids and titles of every named item in one gather each, not one numpy lookup per item.
         flat = np.concatenate(similar) if similar else np.empty(0, np.int64)
         ids = [str(i) for i in self.candidates.item_ids[flat].tolist()]
@@ -403,13 +417,26 @@ class TwoStageRecommender:
         )
         return self.view.rows(names or self.ranker.names, pairs)
 
-    def score_pairs(
-        self, users: np.ndarray, batch: CandidateBatch, fresh: FreshBatch | None = None
-    ) -> list[np.ndarray]:
-        """Ranker scores for each user's candidates (one CatBoost call)."""
-        numeric, categorical = self.pair_rows(users, batch, fresh=fresh)
-        scores = self.ranker.score(numeric, categorical)
-        return np.split(scores, np.cumsum([len(c) for c in batch.items])[:-1])
+    def _ranker_of(self, user: _User) -> Ranker:
+        """The model that ranks a user's candidates: the visitor ranker for a visitor when there is one."""
+        if user.index < 0 and self.visitor_ranker is not None:
+            return self.visitor_ranker
+        return self.ranker
+
+    def _score_rows(
+        self, numeric: np.ndarray, categorical: np.ndarray, users: list[_User], lengths: list[int]
+    ) -> np.ndarray:
+        """Every row's score, each query's rows by its ranker (one CatBoost call per ranker in the batch)."""
+        visitors = [self._ranker_of(user) is not self.ranker for user in users]
+        if not any(visitors):
+            return self.ranker.score(numeric, categorical)
+        if all(visitors):
+            return self.visitor_ranker.score(numeric, categorical)
+        rows = np.repeat(visitors, lengths)
+        scores = np.empty(len(numeric), dtype=np.float32)
+        scores[~rows] = self.ranker.score(numeric[~rows], categorical[~rows])
+        scores[rows] = self.visitor_ranker.score(numeric[rows], categorical[rows])
+        return scores
 
     def _cold_start(self, query: Query, user: _User) -> Recommendation:
         """Recent popularity for a user without interactions, reordered by their segments when known.

@@ -1,21 +1,108 @@
-"""The re-ranking stage: CatBoost over (user, candidate) feature rows."""
+"""The re-ranking stage: a popularity prior, and CatBoost over (user, candidate) feature rows on top of it."""
 
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 from catboost import CatBoost, FeaturesData, Pool
+from pydantic import BaseModel, ConfigDict
+from scipy.optimize import minimize
 
 from stages.feature_view import FeatureNames
 
+# The item popularity columns the prior reads (features/families/item_activity.py: each window's share of its
+# interactions), and what is added to each before its log: shares of 0 are common, and the gap between none and
+# a few takes in a window is what tells the prior most.
+PRIOR_COLUMNS = ("pop_1d", "pop_7d", "pop_30d", "pop_all")
+PRIOR_OFFSET = 1e-6
+PRIOR_L2 = 1e-3  # a touch of ridge: the windows are collinear, and a tie must not swing the weights apart
+
+
+class PopularityPrior(BaseModel):
+    """The ranker's starting score: a logistic model of "taken next" on the log of the item's popularity windows.
+
+    Popularity is the baseline a recommender must beat, and on a few hundred
+    users per cut a tree model that learns it from scratch each time wins at
+    some cuts and loses at others. Fitted first, on the same rows, it is the
+    score CatBoost boosts from (``baseline`` in its pool), so the trees learn
+    only what improves on it. Serving adds it back: the ranker's score is the
+    prior plus the trees.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    columns: tuple[str, ...]
+    weights: tuple[float, ...]
+    intercept: float
+    centers: tuple[float, ...]  # each input's training mean, for explanations (a contribution is w * (x - mean))
+
+    @classmethod
+    def fit(cls, numeric: np.ndarray, names: FeatureNames, labels: np.ndarray) -> PopularityPrior | None:
+        """Logistic regression of the labels on the log popularity columns (None: the rows lack them)."""
+        columns = tuple(c for c in PRIOR_COLUMNS if c in names.numeric)
+        if not columns or len(np.unique(labels)) < 2:
+            return None
+        inputs = _log_inputs(numeric, [names.numeric.index(c) for c in columns])
+        design = np.column_stack([inputs, np.ones(len(inputs))])
+        labels = np.asarray(labels, dtype=np.float64)
+
+        def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+            """Mean log loss plus the ridge, and its gradient."""
+            z = design @ w
+            ridge = np.r_[w[:-1], 0.0]
+            value = -(labels * z - np.logaddexp(0.0, z)).mean()
+            gradient = design.T @ (1.0 / (1.0 + np.exp(-z)) - labels) / len(labels)
+            return value + PRIOR_L2 * (ridge @ ridge), gradient + 2 * PRIOR_L2 * ridge
+
+        fitted = minimize(loss, np.zeros(design.shape[1]), jac=True, method="L-BFGS-B").x
+        return cls(
+            columns=columns,
+            weights=tuple(float(w) for w in fitted[:-1]),
+            intercept=float(fitted[-1]),
+            centers=tuple(float(c) for c in inputs.mean(axis=0)),
+        )
+
+    def score(self, numeric: np.ndarray, names: FeatureNames) -> np.ndarray:
+        """The prior's raw score (log-odds) of each row."""
+        return (self._inputs(numeric, names) @ np.asarray(self.weights) + self.intercept).astype(np.float64)
+
+    def contributions(self, numeric: np.ndarray, names: FeatureNames) -> np.ndarray:
+        """Rows x prior columns: what each window adds against its training mean (for explanations)."""
+        return (self._inputs(numeric, names) - np.asarray(self.centers)) * np.asarray(self.weights)
+
+    def _inputs(self, numeric: np.ndarray, names: FeatureNames) -> np.ndarray:
+        return _log_inputs(numeric, [names.numeric.index(c) for c in self.columns])
+
+
+def _log_inputs(numeric: np.ndarray, columns: list[int]) -> np.ndarray:
+    """log(x + offset) of the given columns; a missing value counts as 0."""
+    values = np.nan_to_num(np.asarray(numeric[:, columns], dtype=np.float64), nan=0.0)
+    return np.log(np.maximum(values, 0.0) + PRIOR_OFFSET)
+
+
+RANKER_FILE = "ranker.cbm"  # in the ranker's model folder: the main ranker ...
+VISITOR_RANKER_FILE = "visitor_ranker.cbm"  # ... and, when trained, the one for visitors with recent items
+
 
 class Ranker:
-    """A trained CatBoost model and the feature columns it was trained on."""
+    """A trained CatBoost model, the feature columns it was trained on, and the prior it boosts from."""
 
-    def __init__(self, model: CatBoost, names: FeatureNames) -> None:
+    def __init__(self, model: CatBoost, names: FeatureNames, prior: PopularityPrior | None = None) -> None:
         self.model = model
         self.names = names
+        self.prior = prior
+
+    def save(self, path: Path) -> None:
+        """CatBoost's own binary format (no pickle); names and prior travel in the model card."""
+        self.model.save_model(str(path), format="cbm")
+
+    @classmethod
+    def load(cls, path: Path, names: FeatureNames, prior: PopularityPrior | None) -> Ranker:
+        model = CatBoost()
+        model.load_model(str(path), format="cbm")
+        return cls(model, names, prior)
 
     @staticmethod
     def data(names: FeatureNames, numeric: np.ndarray, categorical: np.ndarray) -> FeaturesData:
@@ -41,7 +128,12 @@ class Ranker:
         if len(numeric) == 0:
             return np.empty(0, dtype=np.float32)
         data = self.data(self.names, numeric, categorical)
-        return self.model.predict(data, prediction_type="RawFormulaVal", thread_count=threads).astype(np.float32)
+        trees = self.model.predict(data, prediction_type="RawFormulaVal", thread_count=threads)
+        return (trees + self.baseline(numeric)).astype(np.float32)
+
+    def baseline(self, numeric: np.ndarray) -> np.ndarray | float:
+        """The prior's score per row (0 without a prior): what the trees were boosted from."""
+        return 0.0 if self.prior is None else self.prior.score(numeric, self.names)
 
     def score_with_leaves(self, numeric: np.ndarray, categorical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The scores :meth:`score` gives, and each row's leaf in every tree (for :meth:`path_contributions`).
@@ -56,7 +148,7 @@ class Ranker:
         # (a Pool built here would default to a thread pool over every core: a 1 ms tail on explain).
         data = self.data(self.names, numeric, categorical)
         leaves = np.asarray(self.model.calc_leaf_indexes(data, thread_count=1), dtype=np.int64)
-        return self.paths.scores(leaves).astype(np.float32), leaves
+        return (self.paths.scores(leaves) + self.baseline(numeric)).astype(np.float32), leaves
 
     def path_contributions(self, leaves: np.ndarray) -> np.ndarray:
         """Per-row feature contributions (rows x features): what each feature added to each row's score.
@@ -75,8 +167,16 @@ class Ranker:
         return TreePaths.of(self.model, self.names)
 
     def contributions(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
-        """:meth:`path_contributions` for rows given as features."""
-        return self.path_contributions(self.score_with_leaves(numeric, categorical)[1])
+        """:meth:`path_contributions` for rows given as features, plus the prior's per column."""
+        return self.with_prior(self.path_contributions(self.score_with_leaves(numeric, categorical)[1]), numeric)
+
+    def with_prior(self, contributions: np.ndarray, numeric: np.ndarray) -> np.ndarray:
+        """Tree contributions with the prior's added to its columns, so "popular this week" can be a reason."""
+        if self.prior is None:
+            return contributions
+        columns = [self.names.all.index(c) for c in self.prior.columns]
+        contributions[:, columns] += self.prior.contributions(numeric, self.names).astype(contributions.dtype)
+        return contributions
 
 
 class TreePaths:

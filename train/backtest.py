@@ -1,15 +1,20 @@
-"""The evaluation that mimics deployment: a rolling-origin backtest on global time cuts.
+"""The evaluation that mimics deployment: a rolling-origin backtest on global time cuts across the history.
 
 At each cut T everything (candidates, features, the ranker's training
-examples) is fitted on interactions before T only; the users active after T
-are then scored on what they took next, the whole catalogue ranked and items
-they had before T excluded. Warm users (history before T) and cold users
-(none) are reported apart, against popularity over all time and over recent
-windows, and against ALS alone.
+examples, the cold-start choice) is fitted on interactions before T only; the
+users active after T are then scored on what they took next, the whole
+catalogue ranked and items they had before T excluded. The cuts fall every
+week over the second half of the data (at most ``n_cuts`` of them, spread
+evenly), so a model must win across periods, not on the last few weeks. Warm
+users (history before T) and cold users (none) are reported apart, against
+popularity over all time and over recent windows, and against ALS alone, with
+the number of cuts won and a paired 95% interval of the ratio to the best
+popularity list.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -19,7 +24,7 @@ import pandas as pd
 from features.schema import Columns
 from stages.candidates import CandidateParams, popularity_share, ranking
 from stages.pipeline import TwoStageRecommender, cold_start_scores
-from train.evaluate import K, candidate_recall, pipeline_lists, popularity_lists, ranking_metrics
+from train.evaluate import K, candidate_recall, ndcg_per_user, pipeline_lists, popularity_lists, ranking_metrics
 from train.ranker_training import (
     DAY,
     NotEnoughHistory,
@@ -29,6 +34,7 @@ from train.ranker_training import (
     fit_ranker,
     fresh_items,
     sample_users,
+    training_cuts,
 )
 
 POPULARITY_WINDOWS = (None, 1, 7, 30)  # days; None = all time
@@ -47,7 +53,7 @@ class WorseThanBaseline(ValueError):
 class BacktestParams:
     """Where the cuts fall and how far after each one is scored."""
 
-    n_cuts: int = 3
+    n_cuts: int = 16  # at most; every week of the second half when it holds fewer (14 on MovieLens-100K)
     horizon_days: int = 14  # the short horizon; "all" (everything after the cut) is always reported too
     fold_iterations: int | None = None  # ranker iterations in the folds; None: the served ranker's own
     max_users: int = 20_000
@@ -58,68 +64,92 @@ def popularity_name(days: int | None) -> str:
 
 
 def backtest_cuts(interactions: pd.DataFrame, params: BacktestParams, step_days: int = 7) -> list[int]:
-    """``n_cuts`` times spread over the last third of the data, the last leaving a full short horizon after it.
+    """Cuts every ``step_days`` over the second half of the data, the last leaving a full short horizon after it.
 
-    Cuts fall on a grid of ``step_days`` counted back from the last one, the
-    grid the ranker's training cuts use too, so folds share their stages.
+    At most ``n_cuts``, spread evenly over that grid when it holds more. The
+    grid is counted back from the last cut, the grid the ranker's training
+    cuts use too, so folds share their stages and training rows.
     """
     times = interactions[Columns.timestamp]
     start, end = int(times.min()), int(times.max()) + 1
-    first = start + (end - start) * 2 // 3
+    first = start + (end - start) // 2
     last = end - params.horizon_days * DAY
     if last <= first:
         raise NotEnoughHistory(
             f"the data spans {(end - start) / DAY:.0f} days: too short for a {params.horizon_days}-day horizon "
-            "after cuts in its last third"
+            "after cuts in its second half"
         )
     step = step_days * DAY
     if params.n_cuts == 1:
         return [last]
-    steps_back = np.linspace((last - first) // step, 0, params.n_cuts).round().astype(int)
-    return sorted({int(last - n * step) for n in steps_back})  # fewer when the span holds fewer weeks
+    weeks = (last - first) // step  # grid points after the first: last - weeks * step >= first
+    steps_back = np.linspace(weeks, 0, min(params.n_cuts, weeks + 1)).round().astype(int)
+    return sorted({int(last - n * step) for n in steps_back})
 
 
 def run_backtest(stages: Stages, ranker_params: RankerParams, params: BacktestParams, echo: bool = False) -> dict:
-    """Every cut, both horizons, warm and cold users: metrics per model, candidate recall, and the means."""
+    """Every cut, both horizons, warm and cold users: metrics per model, candidate recall, the summary."""
     inter = stages.dataset.interactions
     cuts = backtest_cuts(inter, params, ranker_params.cut_step_days)
     fold_params = replace(ranker_params, iterations=params.fold_iterations or ranker_params.iterations)
     horizons = {f"{params.horizon_days} days": params.horizon_days, "all after the cut": None}
     rows = []
-    for cut in cuts:
-        stage = stages.at(cut)
-        ranker, _ = fit_ranker(stages, cut, fold_params, serve_at=cut, show_progress=False)
-        pipeline = TwoStageRecommender(stage.candidates, ranker, stage.view, ranker_params.n_candidates)
+    for cut, stage, pipeline in fitted_folds(stages, cuts, fold_params):
         for horizon_name, days in horizons.items():
             end = cut + days * DAY if days else None
             taken = fresh_items(inter, cut, end)
             rows += _score_cut(stage, pipeline, inter, cut, taken, horizon_name, params)
             if echo:
-                last = [r for r in rows if r["cut"] == _day(cut) and r["horizon"] == horizon_name]
-                print(f"  cut {_day(cut)}, {horizon_name}: " + ", ".join(_summary(r) for r in last), flush=True)
+                last = [r for r in rows if r["cut"] == cut_label(cut) and r["horizon"] == horizon_name]
+                print(f"  cut {cut_label(cut)}, {horizon_name}: " + ", ".join(_summary(r) for r in last), flush=True)
     short = f"{params.horizon_days} days"
-    labels = [_day(c) for c in cuts]
-    for i, label in enumerate(labels):
-        # Out of sample: the cold start served at a cut is the one chosen on the cuts before it.
-        choice = choose_cold_start([r for r in rows if r["cut"] in labels[:i]], short)
+    for cut in cuts:
+        choice = choose_cold_start(rows_known_at(rows, cuts, cut, params.horizon_days), short)
         for row in rows:
-            if row["cut"] == label and row["segment"] == "cold":
+            if row["cut"] == cut_label(cut) and row["segment"] == "cold":
                 row["models"][COLD_START] = row["cold_start_options"][option_name(*choice)]
+                row["per_user"][COLD_START] = row["cold_start_per_user"][option_name(*choice)]
                 row["cold_start_choice"] = option_name(*choice)
     cold_start = choose_cold_start(rows, short)  # for the model served after the last cut: every cut
     return {
         "cold_start": {"days": cold_start[0], "segment_weight": cold_start[1]},
         "protocol": (
-            f"{len(cuts)} global time cuts over the last third of the data; at each, everything fitted on "
-            "interactions before the cut; users scored on the new items they took after it "
+            f"{len(cuts)} global time cuts, weekly over the second half of the data; at each, everything fitted "
+            "on interactions before the cut; users scored on the new items they took after it "
             f"(within {params.horizon_days} days, and all after); seen items excluded; whole catalogue ranked"
         ),
-        "cuts": [_day(c) for c in cuts],
+        "cuts": [cut_label(c) for c in cuts],
         "k": K,
         "fold_ranker_iterations": fold_params.iterations,
         "rows": rows,
         "mean": summarise(rows),
+        "summary": compare(rows),
     }
+
+
+def fitted_folds(
+    stages: Stages, cuts: list[int], params: RankerParams
+) -> Iterator[tuple[int, Stage, TwoStageRecommender]]:
+    """Per cut, the stage and the pipeline fitted on the interactions before it: what that cut is scored with.
+
+    Stages no later fold trains on are let go as the folds advance (their training rows stay cached).
+    """
+    for position, cut in enumerate(cuts):
+        stage = stages.at(cut)
+        ranker, _ = fit_ranker(stages, cut, params, serve_at=cut, show_progress=False)
+        yield cut, stage, TwoStageRecommender(stage.candidates, ranker, stage.view, params.n_candidates)
+        if position + 1 < len(cuts):
+            stages.forget_before(training_cuts(cuts[position + 1], params)[0])
+
+
+def rows_known_at(rows: list[dict], cuts: list[int], cut: int, horizon_days: int) -> list[dict]:
+    """The rows of the cuts whose short horizon ended by ``cut``: all a choice made at ``cut`` may read.
+
+    Cuts are a week apart and the horizon two weeks long: the previous cut's
+    scores read interactions after this cut, so they are not known yet.
+    """
+    known = {cut_label(c) for c in cuts if c + horizon_days * DAY <= cut}
+    return [r for r in rows if r["cut"] in known]
 
 
 def _score_cut(
@@ -135,7 +165,7 @@ def _score_cut(
     warm = sorted(u for u in taken if u in candidates.user_index)
     cold = sorted(u for u in taken if u not in candidates.user_index)
     warm = [str(u) for u in sample_users(np.array(warm, dtype=object), params.max_users, 0)]
-    shares = {days: popularity_share(inter, candidates.item_ids, cut, days) for days in COLD_START_WINDOWS}
+    shares = cut_shares(inter, candidates.item_ids, cut)
     out = []
     for segment, users in (("warm", warm), ("cold", cold)):
         if not users:
@@ -144,23 +174,38 @@ def _score_cut(
         lists = {
             popularity_name(days): popularity_lists(candidates, shares[days], users) for days in POPULARITY_WINDOWS
         }
-        row = {"cut": _day(cut), "horizon": horizon, "segment": segment, "users": len(users)}
+        row = {"cut": cut_label(cut), "horizon": horizon, "segment": segment, "users": len(users)}
         if segment == "warm":
             als_only = TwoStageRecommender(candidates, None, stage.view, pipeline.n_candidates)
             lists["ALS"] = pipeline_lists(als_only, users)
             lists[TWO_STAGE_MODEL] = pipeline_lists(pipeline, users)
             row["candidate_recall"] = candidate_recall(pipeline, users, relevant)
         else:
-            row["cold_start_options"] = {
-                option_name(days, weight): ranking_metrics(
-                    _cold_start_lists(stage, shares[days], weight, users), relevant, candidates.n_items
-                )
+            options = {
+                option_name(days, weight): _cold_start_lists(stage, shares[days], weight, users)
                 for days in COLD_START_WINDOWS
                 for weight in SEGMENT_WEIGHTS
             }
+            row["cold_start_options"] = {
+                name: ranking_metrics(recs, relevant, candidates.n_items) for name, recs in options.items()
+            }
+            row["cold_start_per_user"] = {
+                name: _rounded(ndcg_per_user(recs, relevant)) for name, recs in options.items()
+            }
         row["models"] = {name: ranking_metrics(recs, relevant, candidates.n_items) for name, recs in lists.items()}
+        row["per_user"] = {name: _rounded(ndcg_per_user(recs, relevant)) for name, recs in lists.items()}
         out.append(row)
     return out
+
+
+def cut_shares(interactions: pd.DataFrame, item_ids: np.ndarray, cut: int) -> dict[int | None, np.ndarray]:
+    """Each popularity window's item shares as of the cut: the baselines' and the cold-start options' lists."""
+    return {days: popularity_share(interactions, item_ids, cut, days) for days in COLD_START_WINDOWS}
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    """Per-user NDCG as plain floats (kept for paired intervals; not in the model card)."""
+    return [round(float(v), 6) for v in values]
 
 
 def _cold_start_lists(stage: Stage, share: np.ndarray, weight: float, users: list[str]) -> dict[str, list[str]]:
@@ -213,13 +258,76 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
-def _day(timestamp: int) -> str:
+def cut_label(timestamp: int) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _summary(row: dict) -> str:
     best = max(row["models"].items(), key=lambda kv: kv[1][f"ndcg@{K}"])
     return f"{row['segment']} {row['users']} users, best {best[0]} {best[1][f'ndcg@{K}']:.4f}"
+
+
+def compare(rows: list[dict]) -> dict:
+    """Per horizon: the served answer against the best popularity list, over every cut.
+
+    The best list is the popularity window with the best mean over the cuts
+    (the baseline a team would deploy instead). ``ratio`` is the mean over cuts
+    of the served NDCG over the baseline's, with a paired 95% interval (users
+    resampled within cuts); ``won`` counts the cuts where the served answer beat
+    every baseline at that cut (warm: ALS too; cold: at least as good).
+    """
+    key = f"ndcg@{K}"
+    out: dict = {}
+    for horizon in dict.fromkeys(r["horizon"] for r in rows):
+        for segment, served in (("warm", TWO_STAGE_MODEL), ("cold", COLD_START)):
+            chosen = [r for r in rows if r["horizon"] == horizon and r["segment"] == segment and served in r["models"]]
+            if not chosen:
+                continue
+            popular = [m for m in chosen[0]["models"] if m.startswith("popular")]
+            best = max(popular, key=lambda m: np.mean([r["models"][m][key] for r in chosen]))
+            pairs = [(np.asarray(r["per_user"][served]), np.asarray(r["per_user"][best])) for r in chosen]
+            ratio, low, high = paired_ratio(pairs)
+
+            def won(row: dict, served: str = served, segment: str = segment) -> bool:
+                ours = row["models"][served][key]
+                others = [v[key] for m, v in row["models"].items() if m not in (served, COLD_START, TWO_STAGE_MODEL)]
+                return ours > max(others) if segment == "warm" else ours >= max(others)
+
+            out.setdefault(horizon, {})[segment] = {
+                "model": served,
+                "baseline": best,
+                "ratio": ratio,
+                "low": low,
+                "high": high,
+                "won": sum(won(r) for r in chosen),
+                "cuts": len(chosen),
+            }
+    return out
+
+
+def paired_ratio(per_cut: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 2000, seed: int = 0) -> tuple[float, ...]:
+    """Mean-over-cuts NDCG of a over b's, with a 95% bootstrap interval (NaN where b scores 0).
+
+    Users are resampled within each cut and the same draw serves both models
+    (paired), so the interval reflects how much the comparison, not each
+    mean, depends on which users happened to be in the test. The cuts are
+    taken as given: the interval covers the sampling of users only.
+    """
+    if not per_cut or any(len(a) != len(b) or not len(a) for a, b in per_cut):
+        raise ValueError("every cut needs the same users, at least one, for both models")
+    rng = np.random.default_rng(seed)
+    numerator, denominator = np.zeros(n_boot), np.zeros(n_boot)
+    for a, b in per_cut:
+        pick = rng.integers(0, len(a), (n_boot, len(a)))
+        numerator += a[pick].mean(axis=1) / len(per_cut)
+        denominator += b[pick].mean(axis=1) / len(per_cut)
+    base = np.mean([b.mean() for _, b in per_cut])
+    if base == 0 or not (denominator > 0).any():
+        return float("nan"), float("nan"), float("nan")
+    point = np.mean([a.mean() for a, _ in per_cut]) / base
+    # A draw whose baseline scores 0 has no ratio: it is left out rather than counted as infinite.
+    low, high = np.percentile(numerator[denominator > 0] / denominator[denominator > 0], [2.5, 97.5])
+    return float(point), float(low), float(high)
 
 
 def beaten_by(backtest: dict, horizon: str) -> tuple[str, float, float] | None:

@@ -135,28 +135,34 @@ def markdown_table(results: dict) -> str:
 
 
 def backtest_table(backtest: dict) -> str:
-    """NDCG@k per cut, mean and spread, per horizon and user segment; candidate recall per source."""
+    """Per horizon and user segment: NDCG@k per cut (a row each) and model, the mean, and the served answer
+    against the best popularity list (ratio, 95% interval, cuts won); candidate recall per source."""
     if "skipped" in backtest:
         return f"Backtest (primary) skipped: {backtest['skipped']}.\n"
     key = f"ndcg@{K}"
-    cuts = backtest["cuts"]
     lines = [f"Backtest (primary): {backtest['protocol']}.", ""]
     fewest = min((r["users"] for r in backtest["rows"]), default=0)
     if fewest < FEW_USERS:
         lines += [too_few_users(fewest), ""]
     for horizon, segments in backtest["mean"].items():
         for segment, models in segments.items():
-            users = [r["users"] for r in backtest["rows"] if r["horizon"] == horizon and r["segment"] == segment]
+            rows = [r for r in backtest["rows"] if r["horizon"] == horizon and r["segment"] == segment]
+            names = list(models)
             lines += [
-                f"**{horizon}, {segment} users** ({', '.join(map(str, users))} users per cut), {key}:",
+                f"**{horizon}, {segment} users**, {key}:",
                 "",
-                "| model | " + " | ".join(cuts) + " | mean ± std |",
-                "|---|" + "---:|" * (len(cuts) + 1),
+                "| cut | users | " + " | ".join(names) + " |",
+                "|---|---:|" + "---:|" * len(names),
             ]
-            for model, row in models.items():
-                per_cut = " | ".join(f"{v:.4f}" for v in row["per_cut"])
-                lines.append(f"| {model} | {per_cut} | {row['mean']:.4f} ± {row['std']:.4f} |")
+            for row in rows:
+                values = " | ".join(_cell(row["models"].get(m, {}).get(key)) for m in names)
+                lines.append(f"| {row['cut']} | {row['users']} | {values} |")
+            means = " | ".join(f"**{models[m]['mean']:.4f}**" for m in names)
+            lines.append(f"| mean | {sum(r['users'] for r in rows)} | {means} |")
             lines.append("")
+            found = backtest.get("summary", {}).get(horizon, {}).get(segment)
+            if found:
+                lines += [summary_line(found), ""]
     recall_rows = [r for r in backtest["rows"] if "candidate_recall" in r]
     if recall_rows:
         sources = [s for s in recall_rows[0]["candidate_recall"] if s != "mean_candidates"]
@@ -177,6 +183,19 @@ def backtest_table(backtest: dict) -> str:
         lines.append(f"Cold start chosen by the backtest: popularity over the {window}, segment weight {weight:g}.")
         lines.append("")
     return "\n".join(lines)
+
+
+def summary_line(found: dict) -> str:
+    """The served answer against the best popularity list, in one sentence."""
+    return (
+        f"{found['model']}: **{found['ratio']:.2f}×** {found['baseline']} on the mean over cuts "
+        f"(paired 95% interval {found['low']:.2f}–{found['high']:.2f}×); best of every baseline at "
+        f"{found['won']} of {found['cuts']} cuts."
+    )
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def too_few_users(users: int) -> str:

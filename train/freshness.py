@@ -32,9 +32,9 @@ from features import movielens
 from features.schema import Columns
 from stages.candidates import CandidateModel, CandidateParams, popularity_share, ranking
 from stages.pipeline import Query, RecentEvent, TwoStageRecommender
-from train.backtest import POPULARITY_WINDOWS, BacktestParams, backtest_cuts, popularity_name
+from train.backtest import POPULARITY_WINDOWS, BacktestParams, backtest_cuts, paired_ratio, popularity_name
 from train.evaluate import K, ndcg_per_user, popularity_lists, ranking_metrics
-from train.ranker_training import DAY, RankerParams, Stages, fit_ranker
+from train.ranker_training import DAY, RankerParams, Stages, fit_ranker, fit_visitor_ranker
 
 WITHOUT = "two-stage, recent items not passed"
 EXCLUDED = "two-stage, recent items only excluded"
@@ -176,7 +176,10 @@ def run(stages: Stages, ranker_params: RankerParams, params: FreshnessParams, ec
     for cut in cuts:
         stage = stages.at(cut)
         ranker, _ = fit_ranker(stages, cut, ranker_params, serve_at=cut, show_progress=False)
-        pipeline = TwoStageRecommender(stage.candidates, ranker, stage.view, ranker_params.n_candidates)
+        visitor_ranker, _ = fit_visitor_ranker(stages, cut, ranker_params, ranker.names)
+        pipeline = TwoStageRecommender(
+            stage.candidates, ranker, stage.view, ranker_params.n_candidates, visitor_ranker=visitor_ranker
+        )
         rows += evaluate_cut(pipeline, inter, cut, params)
         if echo:
             print(f"  cut {cut}: " + ", ".join(f"{r['segment']} {r['users']} users" for r in rows[-2:]), flush=True)
@@ -225,31 +228,6 @@ def gains(rows: list[dict], means: dict[str, dict[str, float]]) -> list[dict]:
                 {"segment": segment, "model": model, "baseline": baseline, "ratio": ratio, "low": low, "high": high}
             )
     return out
-
-
-def paired_ratio(per_cut: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 2000, seed: int = 0) -> tuple[float, ...]:
-    """Mean-over-cuts NDCG of a over b's, with a 95% bootstrap interval (NaN where b scores 0).
-
-    Users are resampled within each cut and the same draw serves both models
-    (paired), so the interval reflects how much the comparison, not each
-    mean, depends on which users happened to be in the test. The cuts are
-    taken as given: the interval covers the sampling of users only.
-    """
-    if not per_cut or any(len(a) != len(b) or not len(a) for a, b in per_cut):
-        raise ValueError("every cut needs the same users, at least one, for both models")
-    rng = np.random.default_rng(seed)
-    numerator, denominator = np.zeros(n_boot), np.zeros(n_boot)
-    for a, b in per_cut:
-        pick = rng.integers(0, len(a), (n_boot, len(a)))
-        numerator += a[pick].mean(axis=1) / len(per_cut)
-        denominator += b[pick].mean(axis=1) / len(per_cut)
-    base = np.mean([b.mean() for _, b in per_cut])
-    if base == 0 or not (denominator > 0).any():
-        return float("nan"), float("nan"), float("nan")
-    point = np.mean([a.mean() for a, _ in per_cut]) / base
-    # A draw whose baseline scores 0 has no ratio: it is left out rather than counted as infinite.
-    low, high = np.percentile(numerator[denominator > 0] / denominator[denominator > 0], [2.5, 97.5])
-    return float(point), float(low), float(high)
 
 
 def markdown(results: dict) -> str:

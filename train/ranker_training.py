@@ -23,7 +23,7 @@ from features.schema import DAY, Columns, Dataset
 from stages.candidates import CandidateBatch, CandidateModel, CandidateParams
 from stages.feature_view import FeatureNames, FeatureView
 from stages.pipeline import Query, RecentEvent, TwoStageRecommender
-from stages.ranker import Ranker
+from stages.ranker import PopularityPrior, Ranker
 
 LOSSES = ("YetiRank", "PairLogit", "Logloss")
 
@@ -47,13 +47,15 @@ class RankerParams:
     label_days: int = 14  # what a user takes in this many days after a cut is what the ranker learns to find
     train_cuts: int = 4  # cuts stacked for training, the latest at T - label_days ...
     cut_step_days: int = 7  # ... and each earlier one this many days before the next
-    # Examples of requests with recent_items: a user active after a cut passes their first this many
-    # interactions after it and is labelled by the new items they took later (0: no such examples).
-    fresh_recent: int = 3
-    # Their weight against the other examples. A user active after a cut gives many rows with many
-    # positives; at full weight they crowd out the plain examples (backtest warm NDCG@10 0.193 -> 0.165 at
-    # 1.0, 0.188 at 0.5, 0.195 at 0.2 on MovieLens; train.freshness: recent items +15% at 0.2).
-    fresh_weight: float = 0.2
+    # The visitor ranker (requests from users the model does not know, with recent_items): a user unknown
+    # before a cut passes their first this many interactions after it and is labelled by the new items they took
+    # later (0: no visitor ranker). Those rows have a ranker of their own: mixed into the main ranker's rows, they
+    # cost known users' answers a tenth of their NDCG@10 in the rolling backtest (docs/quality.md).
+    visitor_recent: int = 3
+    exclude_features: tuple[str, ...] = ()  # columns left out of the ranker (the ablation study's knob)
+    # Boost from a popularity prior fitted on the same rows (stages/ranker.py): the trees learn what improves on
+    # popularity instead of relearning it at every fit.
+    prior: bool = True
 
 
 @dataclass
@@ -65,13 +67,25 @@ class Stage:
     tables: FeatureTables
 
 
+@dataclass(frozen=True)
+class RowBlock:
+    """Ranker training rows from one stage: features, labels, a query id per row (unique within the block)."""
+
+    numeric: np.ndarray
+    categorical: np.ndarray
+    labels: np.ndarray
+    queries: np.ndarray
+
+
 class Stages:
-    """Stages built once per time: the backtest's cuts and the final model share them."""
+    """Stages built once per time, and the training rows built from each: the backtest's folds and the final
+    model share both (a fold at T reuses the rows of every training cut before T)."""
 
     def __init__(self, dataset: Dataset, params: CandidateParams) -> None:
         self.dataset = dataset
         self.params = params
         self._built: dict[int | None, Stage] = {}
+        self._rows: dict[tuple, RowBlock | None] = {}
 
     def at(self, as_of: int | None) -> Stage:
         """The stage as of ``as_of`` (``None``: all the data, for serving)."""
@@ -83,6 +97,27 @@ class Stages:
             view = FeatureView(tables, candidates.item_ids, candidates.als.item_factors)
             self._built[as_of] = Stage(candidates, view, tables)
         return self._built[as_of]
+
+    def forget_before(self, time: int) -> None:
+        """Drop the stages of times before ``time`` (their training rows stay): bounds memory over many cuts."""
+        for as_of in [t for t in self._built if t is not None and t < time]:
+            del self._built[as_of]
+
+    def training_rows(self, cut: int, names: FeatureNames, params: RankerParams) -> RowBlock | None:
+        """The rows a ranker learns from at one training cut, labelled by the ``label_days`` after it (cached)."""
+        key = ("known", cut, names, params.label_days, params.n_candidates, params.max_users, params.seed)
+        if key not in self._rows:
+            taken = fresh_items(self.dataset.interactions, cut, cut + params.label_days * DAY)
+            self._rows[key] = _labelled_rows(self.at(cut), taken, params, names)
+        return self._rows[key]
+
+    def visitor_rows(self, cut: int, names: FeatureNames, params: RankerParams) -> RowBlock | None:
+        """The visitor ranker's rows at one training cut: requests with recent items from users unknown at it."""
+        key = ("visitors", cut, names, params.label_days, params.n_candidates, params.visitor_recent)
+        if key not in self._rows:
+            examples = visitor_examples(self.dataset.interactions, cut, params)
+            self._rows[key] = _request_rows(self.at(cut), examples, params, names)
+        return self._rows[key]
 
 
 def training_cuts(until: int, params: RankerParams) -> list[int]:
@@ -120,10 +155,55 @@ def fit_ranker(
             f"{params.label_days} days after a cut, with history before it: add data or lower --label-days"
         )
     names = common_names([stages.at(serve_at).view, *(stages.at(t).view for t in cuts)])
-    examples = [(stages.at(t), fresh_items(inter, t, t + params.label_days * DAY)) for t in cuts]
-    recent = [(stages.at(t), recent_examples(inter, t, params)) for t in cuts] if params.fresh_recent else []
-    ranker, stats = fit_on_examples(examples, names, params, show_progress, recent)
+    blocks = [stages.training_rows(t, names, params) for t in cuts]
+    names, blocks = _without(params.exclude_features, names, [b for b in blocks if b is not None])
+    ranker, stats = fit_on_blocks(blocks, names, params, show_progress)
+    if ranker is None:
+        raise _no_rows(stages, cuts, params)
     return ranker, {"cuts": [datetime.fromtimestamp(t, UTC).isoformat() for t in cuts], **stats}
+
+
+def fit_visitor_ranker(
+    stages: Stages, until: int, params: RankerParams, names: FeatureNames
+) -> tuple[Ranker | None, dict]:
+    """The ranker for visitors with recent items, on the same cuts and columns as the main one (None: no examples).
+
+    A visitor has no stored history, so every user column comes from the
+    request's recent items; the main ranker never saw such rows.
+    """
+    if not params.visitor_recent:
+        return None, {"rows": 0}
+    first = int(stages.dataset.interactions[Columns.timestamp].min())
+    blocks = [stages.visitor_rows(t, names, params) for t in training_cuts(until, params) if t > first]
+    return fit_on_blocks([b for b in blocks if b is not None], names, params, show_progress=False)
+
+
+def _without(
+    excluded: tuple[str, ...], names: FeatureNames, blocks: list[RowBlock]
+) -> tuple[FeatureNames, list[RowBlock]]:
+    """The names and row blocks without the ``excluded`` columns (rows are cached with every column)."""
+    if not excluded:
+        return names, blocks
+    numeric = [j for j, n in enumerate(names.numeric) if n not in excluded]
+    categorical = [j for j, n in enumerate(names.categorical) if n not in excluded]
+    kept = FeatureNames(tuple(names.numeric[j] for j in numeric), tuple(names.categorical[j] for j in categorical))
+    return kept, [
+        RowBlock(np.asfortranarray(b.numeric[:, numeric]), b.categorical[:, categorical], b.labels, b.queries)
+        for b in blocks
+    ]
+
+
+def _no_rows(stages: Stages, cuts: list[int], params: RankerParams) -> NotEnoughHistory:
+    inter = stages.dataset.interactions
+    taken = [fresh_items(inter, t, t + params.label_days * DAY) for t in cuts]
+    took = sum(len(t) for t in taken)
+    known = sum(u in stages.at(t).candidates.user_index for t, users in zip(cuts, taken, strict=True) for u in users)
+    return NotEnoughHistory(
+        f"not enough history to train the ranker: over {len(cuts)} training cuts, {took} users took a new "
+        f"item in the {params.label_days} days after a cut, {known} of them with history before it, and none "
+        f"had it among their {params.n_candidates} candidates; need at least 1 (add data, or raise "
+        "--label-days, --train-cuts or --n-candidates)"
+    )
 
 
 def fit_on_examples(
@@ -131,34 +211,31 @@ def fit_on_examples(
     names: FeatureNames,
     params: RankerParams,
     show_progress: bool = True,
-    recent: Sequence[tuple[Stage, list[tuple[Query, set[str]]]]] = (),
 ) -> tuple[Ranker, dict]:
-    """Fit CatBoost on each stage's candidates labelled by the items each user took next.
+    """Fit on each stage's candidates labelled by the items each user took next (the per-user table's ranker)."""
+    blocks = [_labelled_rows(stage, taken, params, names) for stage, taken in examples]
+    ranker, stats = fit_on_blocks([b for b in blocks if b is not None], names, params, show_progress)
+    if ranker is None:
+        raise NotEnoughHistory("not enough history to train the ranker: no user had a next item among the candidates")
+    return ranker, stats
 
-    ``recent`` adds, per stage, requests with recent items and the items their users took after those.
-    """
-    parts = [_labelled_rows(stage, taken, params, names, position) for position, (stage, taken) in enumerate(examples)]
-    parts = [(*p, np.ones(len(p[2]), np.float32)) for p in parts if p is not None]
-    position = len(examples)
-    for i, (stage, queries) in enumerate(recent):
-        rows = _recent_rows(stage, queries, params, names, position + i)
-        if rows is not None:
-            parts.append((*rows, np.full(len(rows[2]), params.fresh_weight, np.float32)))
-    if not parts:
-        took = sum(len(taken) for _, taken in examples)
-        known = sum(u in stage.candidates.user_index for stage, taken in examples for u in taken)
-        raise NotEnoughHistory(
-            f"not enough history to train the ranker: over {len(examples)} training cuts, {took} users took a new "
-            f"item in the {params.label_days} days after a cut, {known} of them with history before it, and none "
-            f"had it among their {params.n_candidates} candidates; need at least 1 (add data, or raise "
-            "--label-days, --train-cuts or --n-candidates)"
-        )
-    numeric_parts, categorical, labels, groups, weights = zip(*parts, strict=True)
+
+def fit_on_blocks(
+    blocks: Sequence[RowBlock], names: FeatureNames, params: RankerParams, show_progress: bool = True
+) -> tuple[Ranker | None, dict]:
+    """The popularity prior, then CatBoost boosted from it, on the rows of every block (``rows`` 0: nothing to fit)."""
+    if not blocks:
+        return None, {"rows": 0}
     # Column-major from the start: Ranker.data would otherwise copy the whole block to make it so.
-    numeric = np.empty((sum(len(p) for p in numeric_parts), len(names.numeric)), dtype=np.float32, order="F")
-    np.concatenate(numeric_parts, out=numeric)
-    categorical, labels, groups, weights = (np.concatenate(c) for c in (categorical, labels, groups, weights))
-    pool = Pool(Ranker.data(names, numeric, categorical), label=labels, group_id=groups, weight=weights)
+    numeric = np.empty((sum(len(b.labels) for b in blocks), len(names.numeric)), dtype=np.float32, order="F")
+    np.concatenate([b.numeric for b in blocks], out=numeric)
+    categorical = np.concatenate([b.categorical for b in blocks])
+    labels = np.concatenate([b.labels for b in blocks])
+    # Query ids unique across blocks: the same user at two cuts is two queries.
+    groups = np.concatenate([b.queries + (position << 32) for position, b in enumerate(blocks)])
+    prior = PopularityPrior.fit(numeric, names, labels) if params.prior else None
+    baseline = prior.score(numeric, names) if prior is not None else None
+    pool = Pool(Ranker.data(names, numeric, categorical), label=labels, group_id=groups, baseline=baseline)
     model = CatBoost(catboost_params(params))
     with tqdm(
         total=params.iterations,
@@ -173,13 +250,14 @@ def fit_on_examples(
         "rows": int(pool.num_row()),
         "groups": len(np.unique(groups)),
         "positives": int(labels.sum()),
+        "prior": prior.model_dump() if prior is not None else None,
         "feature_importance": {
             name: round(float(value), 3)
             for name, value in sorted(zip(names.all, importance, strict=True), key=lambda kv: -kv[1])
         },
         "params": asdict(params),
     }
-    return Ranker(model, names), stats
+    return Ranker(model, names, prior), stats
 
 
 def common_names(views: Sequence[FeatureView]) -> FeatureNames:
@@ -192,8 +270,8 @@ def common_names(views: Sequence[FeatureView]) -> FeatureNames:
 
 
 def _labelled_rows(
-    stage: Stage, taken: dict[str, set[str]], params: RankerParams, names: FeatureNames, position: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    stage: Stage, taken: dict[str, set[str]], params: RankerParams, names: FeatureNames
+) -> RowBlock | None:
     """Rows for one stage: candidates of users it knows, labelled 1 for the items they took next."""
     candidates = stage.candidates
     labels = {candidates.user_index[u]: items for u, items in taken.items() if u in candidates.user_index}
@@ -208,29 +286,28 @@ def _labelled_rows(
     kept = CandidateBatch.gather([(batch, i) for i in keep])
     pipeline = TwoStageRecommender(candidates, None, stage.view, params.n_candidates)
     numeric, categorical = pipeline.pair_rows(users[keep], kept, names)
-    # Group ids unique across stages: the same user at two cuts is two queries.
-    groups = np.repeat(users[keep] + (position << 32), [len(c) for c in kept.items])
-    return numeric, categorical, np.concatenate([hits[i] for i in keep]).astype(np.float32), groups
+    queries = np.repeat(users[keep], [len(c) for c in kept.items])
+    return RowBlock(numeric, categorical, np.concatenate([hits[i] for i in keep]).astype(np.float32), queries)
 
 
-def recent_examples(interactions: pd.DataFrame, cut: int, params: RankerParams) -> list[tuple[Query, set[str]]]:
-    """Requests as a client with fresh activity sends them, and what each user took next.
+def visitor_examples(interactions: pd.DataFrame, cut: int, params: RankerParams) -> list[tuple[Query, set[str]]]:
+    """Requests as a visitor's client sends them, and what each visitor took next.
 
-    Each user with more than ``fresh_recent`` interactions in the label window
-    passes the first ``fresh_recent`` (time order, ties by item) as recent
-    items; the label is the new items they took after those. Users unknown
-    before the cut are included: that is how an anonymous visitor is served.
+    Each user unknown before the cut with more than ``visitor_recent``
+    interactions in the label window passes the first ``visitor_recent``
+    (time order, ties by item) as recent items; the label is the new items
+    they took after those.
     """
     times = interactions[Columns.timestamp]
     window = interactions[(times >= cut) & (times < cut + params.label_days * DAY)]
     window = window.sort_values([Columns.timestamp, Columns.item], kind="stable")
-    had = interactions[times < cut].groupby(Columns.user)[Columns.item].agg(set).to_dict()
+    known = set(interactions.loc[times < cut, Columns.user])
     out = []
     for user, rows in window.groupby(Columns.user, sort=True):
-        if len(rows) <= params.fresh_recent:
+        if len(rows) <= params.visitor_recent or user in known:
             continue
-        told, later = rows.iloc[: params.fresh_recent], rows.iloc[params.fresh_recent :]
-        label = set(later[Columns.item]) - set(told[Columns.item]) - had.get(user, set())
+        told, later = rows.iloc[: params.visitor_recent], rows.iloc[params.visitor_recent :]
+        label = set(later[Columns.item]) - set(told[Columns.item])
         if label:
             events = [
                 RecentEvent(str(i), int(t), float(w))
@@ -240,9 +317,9 @@ def recent_examples(interactions: pd.DataFrame, cut: int, params: RankerParams) 
     return out
 
 
-def _recent_rows(
-    stage: Stage, examples: list[tuple[Query, set[str]]], params: RankerParams, names: FeatureNames, position: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+def _request_rows(
+    stage: Stage, examples: list[tuple[Query, set[str]]], params: RankerParams, names: FeatureNames
+) -> RowBlock | None:
     """Rows for requests with recent items, built by the request path itself."""
     if not examples:
         return None
@@ -255,8 +332,9 @@ def _recent_rows(
     keep = np.repeat([h.any() for h in hits], lengths)  # groups without a positive teach nothing
     if not keep.any():
         return None
-    groups = np.repeat(np.arange(len(queries)) + (position << 32), lengths)
-    return numeric[keep], categorical[keep], np.concatenate(hits).astype(np.float32)[keep], groups[keep]
+    groups = np.repeat(np.arange(len(queries)), lengths)
+    labels = np.concatenate(hits).astype(np.float32)[keep]
+    return RowBlock(numeric[keep], categorical[keep], labels, groups[keep])
 
 
 def catboost_params(params: RankerParams) -> dict:

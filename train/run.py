@@ -22,7 +22,7 @@ from features.store import MODEL_SNAPSHOT_DIR, fingerprint, write_snapshot
 from stages.candidates import CandidateModel, CandidateParams, popularity_share
 from stages.card import CANDIDATES_MODEL, RANKER_MODEL, CandidatesCard, RankerCard
 from stages.pipeline import TwoStageRecommender
-from stages.ranker import Ranker
+from stages.ranker import RANKER_FILE, VISITOR_RANKER_FILE, Ranker
 from train.backtest import TWO_STAGE_MODEL, WorseThanBaseline, beaten_by, popularity_name, run_backtest
 from train.config import TrainConfig
 from train.evaluate import (
@@ -41,6 +41,7 @@ from train.ranker_training import (
     common_names,
     fit_on_examples,
     fit_ranker,
+    fit_visitor_ranker,
     fresh_items,
     sample_users,
 )
@@ -164,6 +165,8 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
         # First: if the data cannot train a ranker, say so before spending time on the evaluation.
         until = int(dataset.interactions[Columns.timestamp].max()) + 1
         ranker, stats = fit_ranker(stages, until, config.ranker_params(), serve_at=None)
+        visitor_ranker, visitor_stats = fit_visitor_ranker(stages, until, config.ranker_params(), ranker.names)
+        stats["visitor_ranker"] = {k: v for k, v in visitor_stats.items() if k != "params"}
     cold_start = (CandidateParams.cold_start_days, CandidateParams.segment_weight)
     if config.backtest_cuts:
         with steps.step(f"backtest: {config.backtest_cuts} global time cuts"):
@@ -191,7 +194,7 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
             print(f"  wrote {', '.join(str(p) for p in paths.values())}")
     if config.save:
         with steps.step("save models and feature store"):
-            save(config, candidates, ranker, stages.at(None).tables, data_fingerprint, results, result)
+            save(config, candidates, ranker, visitor_ranker, stages.at(None).tables, data_fingerprint, results, result)
             if echo:
                 print(f"  saved {result.candidates_tag}, {result.ranker_tag}; feature store {config.feature_store}")
     if echo:
@@ -203,6 +206,7 @@ def save(
     config: TrainConfig,
     final: CandidateModel,
     ranker: Ranker,
+    visitor_ranker: Ranker | None,
     tables: FeatureTables,
     data_fingerprint: str,
     results: dict,
@@ -230,13 +234,17 @@ def save(
             candidates_tag=result.candidates_tag,
             feature_version=version,
             features=ranker.names,
+            prior=ranker.prior,
+            visitor_prior=visitor_ranker.prior if visitor_ranker is not None else None,
+            visitor_ranker=visitor_ranker is not None,
             n_candidates=config.n_candidates,
             evaluation=model_card_evaluation(results),
             timings=result.timings,
         )
-        saved = bentoml.catboost.save_model(
-            RANKER_MODEL, ranker.model, labels={"stage": "ranker"}, metadata=ranker_card.to_metadata()
-        )
+        with bentoml.models.create(
+            RANKER_MODEL, labels={"stage": "ranker"}, metadata=ranker_card.to_metadata()
+        ) as saved:
+            save_rankers(Path(saved.path), ranker, visitor_ranker)
     except BaseException:
         bentoml.models.delete(result.candidates_tag)
         raise
@@ -244,6 +252,13 @@ def save(
     result.feature_version = write_snapshot(
         tables, config.feature_store, data_fingerprint, version=version, created_at=created_at
     )
+
+
+def save_rankers(directory: Path, ranker: Ranker, visitor_ranker: Ranker | None) -> None:
+    """Both rankers into the ranker's model folder (serving/runtime.py reads them back)."""
+    ranker.save(directory / RANKER_FILE)
+    if visitor_ranker is not None:
+        visitor_ranker.save(directory / VISITOR_RANKER_FILE)
 
 
 def compare_with_baselines(config: TrainConfig, results: dict) -> None:
@@ -281,9 +296,13 @@ def _or_skipped(evaluate: Callable[[], dict]) -> dict:
 
 
 def model_card_evaluation(results: dict) -> dict:
-    """What the model card keeps of the evaluation: every metric, not the per-option cold-start search."""
+    """What the model card keeps of the evaluation: every metric, not the per-option or per-user detail."""
     card = {k: v for k, v in results.items() if k != "ranker_training"}
     if "rows" in card.get("backtest", {}):
-        rows = [{k: v for k, v in row.items() if k != "cold_start_options"} for row in card["backtest"]["rows"]]
+        rows = [{k: v for k, v in row.items() if k not in ROW_DETAIL} for row in card["backtest"]["rows"]]
         card["backtest"] = {**card["backtest"], "rows": rows}
     return card
+
+
+# Per-option and per-user results of a backtest row: the report keeps them, the model card does not.
+ROW_DETAIL = ("cold_start_options", "cold_start_per_user", "per_user")

@@ -20,7 +20,13 @@ COLUMNS = (
 
 
 class ItemActivity(FeatureFamily):
-    """Interactions all time and in the last 1, 7 and 30 days, the trend, mean weight, age and last activity."""
+    """Popularity all time and in the last 1, 7 and 30 days, the trend, mean weight, age and last activity.
+
+    Popularity is the item's share of the window's interactions, not a count:
+    how busy a week was changes from one cut to the next (MovieLens-100K's
+    weeks differ by several times), and the ranker learns from many cuts at
+    once, so a count would mean something else at every cut.
+    """
 
     name = "item_activity"
 
@@ -29,12 +35,13 @@ class ItemActivity(FeatureFamily):
         inter = data.interactions
         times = inter[Columns.timestamp]
         by_item = inter.groupby(Columns.item, sort=True)
-        items = pd.DataFrame({"pop_all": by_item.size().astype(np.float32)})
+        counts = {"all": by_item.size()}
         for days in WINDOWS:
-            recent = inter[times >= data.as_of - days * DAY].groupby(Columns.item).size()
-            items[f"pop_{days}d"] = recent.reindex(items.index, fill_value=0).astype(np.float32)
+            counts[f"{days}d"] = inter[times >= data.as_of - days * DAY].groupby(Columns.item).size()
+        counts = {w: c.reindex(counts["all"].index, fill_value=0).astype(np.float64) for w, c in counts.items()}
+        items = pd.DataFrame({f"pop_{w}": (c / max(c.sum(), 1.0)).astype(np.float32) for w, c in counts.items()})
         # This week against the month's weekly average: >1 rising, <1 fading.
-        items["pop_trend"] = (items["pop_7d"] / np.maximum(items["pop_30d"] * 7 / 30, 1.0)).astype(np.float32)
+        items["pop_trend"] = (counts["7d"] / np.maximum(counts["30d"] * 7 / 30, 1.0)).astype(np.float32)
         items["mean_weight"] = by_item[Columns.weight].mean().astype(np.float32)
         items["item_age_days"] = ((data.as_of - by_item[Columns.timestamp].min()) / DAY).astype(np.float32)
         items["item_days_since_last"] = ((data.as_of - by_item[Columns.timestamp].max()) / DAY).astype(np.float32)

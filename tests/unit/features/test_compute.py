@@ -10,8 +10,9 @@ from features.compute import compute_features
 def test_item_and_user_aggregates(tiny):
     tables = compute_features(tiny)
     items = tables.items
-    assert items.loc[["a", "b", "c"], "pop_all"].tolist() == [2, 2, 1]
-    assert items.loc[["a", "b", "c"], "pop_30d"].tolist() == [0, 1, 1]  # window: days 30..60
+    # Shares of each window's interactions: 5 in all, 2 in the last 30 days, 1 in the last day.
+    assert items.loc[["a", "b", "c"], "pop_all"].tolist() == pytest.approx([0.4, 0.4, 0.2])
+    assert items.loc[["a", "b", "c"], "pop_30d"].tolist() == [0, 0.5, 0.5]  # window: days 30..60
     assert items.loc[["a", "b", "c"], "pop_1d"].tolist() == [0, 0, 1]  # from just after day 60: b (day 59) is out
     # this week against the month's weekly average, floored at one a week: 1 / max(1 * 7/30, 1)
     assert items.loc["b", "pop_trend"] == pytest.approx(1.0)

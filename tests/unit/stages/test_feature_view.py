@@ -28,7 +28,7 @@ def test_view_rows_match_tables(tiny):
     )
     numeric, categorical = view.rows(names, pairs)
     col = {n: numeric[:, i] for i, n in enumerate(names.numeric)}
-    assert col["pop_all"].tolist() == [2, 1, 2]
+    assert col["pop_all"].tolist() == pytest.approx([0.4, 0.2, 0.4])  # shares of the 5 interactions
     assert col["als_score"].tolist() == pytest.approx([0.9, 0.5, 0.1])
     assert col["popular_rank"][1:].tolist() == [1, 2] and np.isnan(col["popular_rank"][0])
     assert col["cooc_score"].tolist() == pytest.approx([0.0, 0.3, 0.0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,15 +20,22 @@ def interactions(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
     )
 
 
-def test_cuts_spread_over_the_last_third_and_leave_a_full_horizon():
+def test_cuts_spread_over_the_second_half_and_leave_a_full_horizon():
     data = interactions([("u", "a", 0), ("u", "b", 299)])  # spans days 0..299 (+1 s)
     cuts = backtest_cuts(data, BacktestParams(n_cuts=3, horizon_days=14), step_days=7)
     last = 299 * DAY + 1 - 14 * DAY
     assert cuts[-1] == last  # the last cut leaves exactly 14 days after it
     assert len(cuts) == 3 and cuts == sorted(cuts)
-    assert cuts[0] >= (299 * DAY + 1) * 2 // 3  # the last third starts two thirds into the span
+    assert cuts[0] >= (299 * DAY + 1) // 2  # the second half starts halfway through the span
     assert all((last - cut) % (7 * DAY) == 0 for cut in cuts)  # on the training cuts' weekly grid
-    assert [(last - cut) // (7 * DAY) for cut in cuts] == [12, 6, 0]
+    assert [(last - cut) // (7 * DAY) for cut in cuts] == [19, 10, 0]
+
+
+def test_every_week_of_the_second_half_is_a_cut_when_there_are_few_enough():
+    data = interactions([("u", "a", 0), ("u", "b", 299)])
+    cuts = backtest_cuts(data, BacktestParams(n_cuts=100, horizon_days=14), step_days=7)
+    assert len(cuts) == 20 and set(np.diff(cuts)) == {7 * DAY}
+    assert cuts[0] >= (299 * DAY + 1) // 2 > cuts[0] - 7 * DAY  # the first week of the second half
 
 
 def test_one_cut_is_the_latest_possible():

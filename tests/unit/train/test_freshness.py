@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from train.freshness import HINDSIGHT, ITEM_KNN, WITH, gains, hindsight_lists, item_knn_lists, paired_ratio
+from train.backtest import paired_ratio
+from train.freshness import HINDSIGHT, ITEM_KNN, WITH, gains, hindsight_lists, item_knn_lists
 
 
 def _candidates(rows: list[list[int]], n_items: int) -> SimpleNamespace:

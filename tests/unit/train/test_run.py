@@ -15,6 +15,7 @@ from stages.card import CANDIDATES_MODEL
 from stages.pipeline import Query, TwoStageRecommender
 from stages.ranker import Ranker
 from tests.support import SMALL, quick_config
+from train import run as run_module
 from train.run import train
 
 
@@ -98,7 +99,7 @@ def test_failed_ranker_save_deletes_the_new_candidates_model(tmp_path, synthetic
         deleted.append(str(tag))
         return real_delete(tag, *args, **kwargs)
 
-    monkeypatch.setattr(bentoml.catboost, "save_model", failing_save)
+    monkeypatch.setattr(run_module, "save_rankers", failing_save)
     monkeypatch.setattr(bentoml.models, "delete", recording_delete)
     with pytest.raises(OSError, match="disk full while saving the ranker"):
         train(config, echo=False)
@@ -111,12 +112,12 @@ def test_failed_ranker_save_deletes_the_new_candidates_model(tmp_path, synthetic
 def test_data_too_short_for_the_backtest_still_trains_and_says_why(tmp_path, small_dataset):
     inter = small_dataset.interactions
     start = int(inter["timestamp"].min())
-    short = inter[inter["timestamp"] < start + 40 * 86_400]  # 40 days: its last third is shorter than 14 days
+    short = inter[inter["timestamp"] < start + 26 * 86_400]  # 26 days: its second half is shorter than 14 days
     path = tmp_path / "short.parquet"
     short.to_parquet(path)
     result = train(quick_config(tmp_path, interactions=path, save=False), echo=False)
     assert result.evaluation["backtest"] == {
-        "skipped": "the data spans 40 days: too short for a 14-day horizon after cuts in its last third"
+        "skipped": "the data spans 26 days: too short for a 14-day horizon after cuts in its second half"
     }
     assert "models" in result.evaluation["per_user_split"]
-    assert "Backtest (primary) skipped: the data spans 40 days" in (tmp_path / "reports" / "evaluation.md").read_text()
+    assert "Backtest (primary) skipped: the data spans 26 days" in (tmp_path / "reports" / "evaluation.md").read_text()

@@ -1,0 +1,170 @@
+"""What each part of the model is worth, on the rolling backtest: an ablation table and a learning curve.
+
+    python -m train.studies ablation          # each feature family, the prior and each extra candidate source
+    python -m train.studies learning-curve    # NDCG against the number of training cuts; a plot in docs/
+
+Every row is a whole rolling backtest (train/backtest.py) on MovieLens-100K
+with one thing changed, so a gain is measured the way the model is judged:
+warm users, NDCG@10, mean over the cuts. The ablation also measures what the
+part costs a lone request in-process: the full model's last fold and the
+variant's, called in turn on the same users, thread CPU time per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from features import movielens
+from stages.candidates import CandidateParams
+from stages.pipeline import Query, TwoStageRecommender
+from train.backtest import TWO_STAGE_MODEL, BacktestParams, backtest_cuts, fitted_folds, run_backtest
+from train.evaluate import K
+from train.ranker_training import RankerParams, Stages
+
+SHORT, LONG = "14 days", "all after the cut"
+COST_CALLS = 400  # lone requests per pipeline for the cost column
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: a name and what it changes."""
+
+    name: str
+    ranker: RankerParams
+    candidates: CandidateParams
+
+
+def variants(stages: Stages) -> list[Variant]:
+    """The full model, then each part taken out: every feature family, the prior, each extra candidate source."""
+    full_ranker, full_candidates = RankerParams(), CandidateParams()
+    view = stages.at(None).view
+    out = [Variant("full model", full_ranker, full_candidates)]
+    for family in view.families:
+        columns = tuple(c.name for c in family.columns())
+        if columns:
+            out.append(
+                Variant(f"without {family.name}", replace(full_ranker, exclude_features=columns), full_candidates)
+            )
+    out.append(Variant("without the popularity prior", replace(full_ranker, prior=False), full_candidates))
+    out.append(Variant("without the popular source", full_ranker, replace(full_candidates, n_popular=0)))
+    out.append(Variant("without the co-consumption source", full_ranker, replace(full_candidates, n_cooc=0)))
+    return out
+
+
+def warm_means(backtest: dict) -> tuple[float, float, int]:
+    """Warm users' mean NDCG@k at both horizons, and the cuts won at the short one."""
+    mean = backtest["mean"]
+    return (
+        mean[SHORT]["warm"][TWO_STAGE_MODEL]["mean"],
+        mean[LONG]["warm"][TWO_STAGE_MODEL]["mean"],
+        backtest["summary"][SHORT]["warm"]["won"],
+    )
+
+
+def last_fold(stages: Stages, ranker: RankerParams, params: BacktestParams) -> TwoStageRecommender:
+    """The pipeline of the backtest's last cut (its rows are cached by then: only the fit runs again)."""
+    cut = backtest_cuts(stages.dataset.interactions, params, ranker.cut_step_days)[-1]
+    return next(iter(fitted_folds(stages, [cut], ranker)))[2]
+
+
+def lone_request_costs(pipelines: list[TwoStageRecommender], users: list[str]) -> list[float]:
+    """Median thread CPU microseconds of one lone request, per pipeline, called in turn on each user."""
+    times: list[list[float]] = [[] for _ in pipelines]
+    for user in users:
+        for slot, pipeline in enumerate(pipelines):
+            start = time.thread_time_ns()
+            pipeline.recommend([Query(user, k=K)])
+            times[slot].append((time.thread_time_ns() - start) / 1000)
+    return [float(np.median(t)) for t in times]
+
+
+def ablation(params: BacktestParams) -> str:
+    dataset = movielens.load()
+    stages = {CandidateParams(): Stages(dataset, CandidateParams())}
+    rows = []
+    full_pipeline = None
+    for variant in variants(stages[CandidateParams()]):
+        started = time.perf_counter()
+        stage_set = stages.setdefault(variant.candidates, Stages(dataset, variant.candidates))
+        short, long, won = warm_means(run_backtest(stage_set, variant.ranker, params))
+        pipeline = last_fold(stage_set, variant.ranker, params)
+        full_pipeline = full_pipeline or pipeline
+        users = [str(u) for u in pipeline.candidates.user_ids[:COST_CALLS]]
+        full_cost, cost = lone_request_costs([full_pipeline, pipeline], users)
+        rows.append((variant.name, short, long, won, cost - full_cost))
+        print(f"  {variant.name}: {short:.4f} / {long:.4f}, {time.perf_counter() - started:.0f} s", flush=True)
+    full_short, full_long = rows[0][1], rows[0][2]
+    lines = [
+        f"| model | warm NDCG@{K}, {SHORT} | change | warm NDCG@{K}, {LONG} | change | cuts won ({SHORT}) "
+        "| µs per lone request against the full model |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, short, long, won, cost in rows:
+        lines.append(
+            f"| {name} | {short:.4f} | {short - full_short:+.4f} | {long:.4f} | {long - full_long:+.4f} | {won} "
+            f"| {cost:+.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def learning_curve(params: BacktestParams, counts: list[int], plot: Path | None) -> str:
+    stages = Stages(movielens.load(), CandidateParams())
+    points = []
+    for count in counts:
+        short, long, won = warm_means(run_backtest(stages, replace(RankerParams(), train_cuts=count), params))
+        points.append((count, short, long, won))
+        print(f"  {count} training cuts: {short:.4f} / {long:.4f}", flush=True)
+    if plot is not None:
+        _plot(points, plot)
+    lines = [
+        f"| training cuts | warm NDCG@{K}, {SHORT} | warm NDCG@{K}, {LONG} | cuts won ({SHORT}) |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {count} | {short:.4f} | {long:.4f} | {won} |" for count, short, long, won in points]
+    return "\n".join(lines)
+
+
+def _plot(points: list[tuple[int, float, float, int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = [p[0] for p in points]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(counts, [p[1] for p in points], marker="o", label=f"warm users, {SHORT}")
+    ax.plot(counts, [p[2] for p in points], marker="o", label=f"warm users, {LONG}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts, [str(c) for c in counts])
+    ax.set_xlabel("training cuts (a week apart) the ranker learns from")
+    ax.set_ylabel(f"NDCG@{K}, mean over the backtest's cuts")
+    ax.set_title("Learning curve (rolling backtest, MovieLens-100K)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli = argparse.ArgumentParser(prog="python -m train.studies", description=__doc__.split("\n\n")[0])
+    sub = cli.add_subparsers(dest="study", required=True)
+    sub.add_parser("ablation", help="each part taken out in turn")
+    curve = sub.add_parser("learning-curve", help="NDCG against the number of training cuts")
+    curve.add_argument("--cuts", default="1,2,4,8,16", help="training cut counts, comma-separated")
+    curve.add_argument("--plot", type=Path, default=Path("docs/learning_curve.png"))
+    args = cli.parse_args(argv)
+    params = BacktestParams()
+    if args.study == "ablation":
+        print(ablation(params))
+    else:
+        print(learning_curve(params, [int(c) for c in args.cuts.split(",")], args.plot))
+
+
+if __name__ == "__main__":
+    main()

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from features.schema import Columns, Dataset, validate_interactions
+from features.schema import FIRST_YEAR, Columns, Dataset, date_range, validate_interactions
 
 IMPRESSIONS, FEEDBACK = "impressions", "feedback"
 SCHEMA = pa.schema(
@@ -58,13 +59,27 @@ def read_events(uri: str, kind: str) -> pa.Table:
     return ds.dataset(path, filesystem=fs, format="parquet", schema=SCHEMA).to_table()
 
 
-def with_feedback(dataset: Dataset, uri: str) -> Dataset:
+def with_feedback(dataset: Dataset, uri: str, allow_any_dates: bool = False) -> Dataset:
     """The dataset with the logged feedback added to its interactions, each (user, item, time) once.
 
     Duplicates come from client retries and from exports that already hold
-    what was fed back; the data's own row wins.
+    what was fed back; the data's own row wins. Events dated outside the rule
+    training files follow (1990 to next year, unless ``allow_any_dates``) are
+    dropped and counted in a note.
     """
     logged = read_events(uri, FEEDBACK).to_pandas()
+    low, high = date_range()
+    times = logged[Columns.timestamp]
+    outside = ((times < low) | (times >= high)) & (not allow_any_dates)
+    notes = []
+    if outside.any():
+        # The date rule of training files: far more often a unit mistake (or 0) than real activity; such an
+        # event would stretch the data's span by decades and move every backtest cut.
+        notes.append(
+            f"{uri}: {int(outside.sum()):,} feedback events dropped: timestamps outside {FIRST_YEAR}-"
+            f"{_year_of(high) - 1} (e.g. {int(times[outside].iloc[0])})"
+        )
+        logged = logged[~outside]
     feedback = validate_interactions(
         logged[[Columns.user, Columns.item, Columns.timestamp, Columns.weight]], f"{uri}/{FEEDBACK}"
     )
@@ -73,4 +88,8 @@ def with_feedback(dataset: Dataset, uri: str) -> Dataset:
     added = len(combined) - len(dataset.interactions)
     duplicates = len(feedback) - added
     note = f"{uri}: {len(feedback):,} feedback events, {added:,} added to the interactions ({duplicates:,} duplicates)"
-    return replace(dataset, interactions=combined.reset_index(drop=True), notes=[*dataset.notes, note])
+    return replace(dataset, interactions=combined.reset_index(drop=True), notes=[*dataset.notes, *notes, note])
+
+
+def _year_of(seconds: int) -> int:
+    return datetime.fromtimestamp(seconds, UTC).year

@@ -279,11 +279,17 @@ def _epoch_seconds(numeric: pd.Series, path: Path) -> tuple[np.ndarray, str]:
     return seconds.astype(np.int64), f"unix {name}"
 
 
+def date_range() -> tuple[int, int]:
+    """The unix seconds training accepts: from 1990 up to the end of next year (``[low, high)``)."""
+    low = int(datetime(FIRST_YEAR, 1, 1, tzinfo=UTC).timestamp())
+    high = int(datetime(datetime.now(UTC).year + 2, 1, 1, tzinfo=UTC).timestamp())
+    return low, high
+
+
 def check_dates(seconds: np.ndarray, raw: pd.Series, path: Path, unit: str) -> None:
     """Dates before 1990 or after next year are refused: far more often a misread unit than real data."""
     last_year = datetime.now(UTC).year + 1
-    low = int(datetime(FIRST_YEAR, 1, 1, tzinfo=UTC).timestamp())
-    high = int(datetime(last_year + 1, 1, 1, tzinfo=UTC).timestamp())
+    low, high = date_range()
     bad = (seconds < low) | (seconds >= high)
     if bad.any():
         first = int(np.argmax(bad))

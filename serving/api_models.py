@@ -7,6 +7,7 @@ documents them, so changing one is a change of the API.
 from __future__ import annotations
 
 import re
+import time
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -19,8 +20,10 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from features.schema import NULL_SPELLINGS, id_text
 
@@ -37,6 +40,10 @@ MAX_FILTER_VALUES = 100  # values per include or exclude list
 MAX_NUMBER = 10**18  # the largest magnitude of a numeric attribute or filter bound, as of an integer id
 # Unix seconds, 2100-01-01: a larger timestamp is a unit mistake (milliseconds) that training would misread.
 MAX_TIMESTAMP = 4_102_444_800
+# Feedback dates follow training's rule (features/schema.py::date_range): 0 or a date decades away would stretch the
+# retrained data's span and move every backtest cut. A day ahead of the server's clock is allowed for skew.
+MIN_FEEDBACK_TIMESTAMP = 631_152_000  # 1990-01-01
+FUTURE_SKEW_SECONDS = 86_400
 MIN_WEIGHT = 1e-6
 
 
@@ -317,13 +324,26 @@ class FeedbackEvent(_Strict):
     user_id: LoggedId
     item_id: LoggedId
     timestamp: StrictInt | None = Field(
-        None, ge=0, le=MAX_TIMESTAMP, description="unix seconds (not milliseconds); absent: when the server received it"
+        None,
+        ge=MIN_FEEDBACK_TIMESTAMP,
+        le=MAX_TIMESTAMP,
+        description="unix seconds (not milliseconds), from 1990 to a day from now; absent: when the server received it",
     )
     weight: Weight = 1.0
     type: str | None = Field(None, max_length=32, pattern=r"^[a-z][a-z0-9_]*$", description="click, watch, rating...")
     request_id: str | None = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="the request_id of the list it was taken from"
     )
+
+    @field_validator("timestamp")
+    @classmethod
+    def _not_in_the_future(cls, value: int | None) -> int | None:
+        if value is not None and value > time.time() + FUTURE_SKEW_SECONDS:
+            # A bound that moves with the clock: the document's maximum cannot state it, so it has its own type.
+            raise PydanticCustomError(
+                "timestamp_in_future", "is in the future: give unix seconds of when it happened (or leave it out)"
+            )
+        return value
 
 
 class FeedbackRequest(_Strict):
@@ -362,5 +382,6 @@ class ModelInfo(BaseModel):
     feature_version: str
     feature_source: str
     feature_refresh_error: str | None = None
+    hidden_items_error: str | None = None  # why hidden_items.txt cannot be read (the previous list stays served)
     features: list[str]
     evaluation: dict

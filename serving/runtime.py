@@ -29,13 +29,13 @@ from stages.card import RANKER_MODEL, CandidatesCard, CardError, RankerCard
 from stages.feature_view import FeatureView
 from stages.pipeline import TwoStageRecommender
 from stages.ranker import RANKER_FILE, VISITOR_RANKER_FILE, Ranker
-from stages.rules import hidden_items_file, read_hidden
+from stages.rules import HiddenItemsError, hidden_items_file, read_hidden
 
 logger = logging.getLogger("recsys")
 PACKED_SOURCE = "the snapshot packed with the candidates model"
 # "/abs/path/x" or "C:\\x" in a message, and exception class names ("IndexError: ..."), are not for clients.
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"/\\:,;()]+)+[\\/]?")
-_CLASS = re.compile(r"\b[A-Z]\w*(?:Error|Exception|Warning)\b:?\s*")
+_CLASS = re.compile(r"\b(?:[A-Z]\w*(?:Error|Exception|Warning)|Arrow\w+)\b:?\s*")
 
 
 def public_message(message: str, root: str) -> str:
@@ -55,6 +55,38 @@ def public_source(source: str, packed: bool) -> str:
 
 class IncompatibleModels(RuntimeError):
     """The loaded models or features do not belong together: refuse to serve."""
+
+
+class HiddenItems:
+    """The operators' hidden list as served: read at start-up (a bad file refuses it), re-read on every poll.
+
+    At run time a file that cannot be read keeps the list served before: an
+    operator's typo must neither un-hide withdrawn items nor stop the refresh
+    of anything else. The error stays in ``error`` (``/model_info``) until the
+    file reads again, and is logged once.
+    """
+
+    def __init__(self, feature_source: str) -> None:
+        self.location = hidden_items_file(feature_source)
+        self.error: str | None = None
+        try:
+            self.items = read_hidden(self.location)
+        except HiddenItemsError as exc:
+            raise IncompatibleModels(f"hidden items: {exc}; fix or remove the file") from exc
+
+    def reread(self) -> frozenset[str]:
+        """The list now: the file's, or the one served before when it cannot be read."""
+        try:
+            self.items = read_hidden(self.location)
+        except HiddenItemsError as exc:
+            if str(exc) != self.error:
+                logger.error("hidden items: %s; the %d items hidden before stay hidden", exc, len(self.items))
+            self.error = str(exc)
+            return self.items
+        if self.error is not None:
+            logger.warning("hidden items: the file reads again (%d items)", len(self.items))
+        self.error = None
+        return self.items
 
 
 def stored_model(tag: str, role: str) -> bentoml.Model:
@@ -121,6 +153,7 @@ class Runtime:
                 ranker.paths  # noqa: B018
         self.feature_source = feature_store or str(Path(candidates_model.path) / MODEL_SNAPSHOT_DIR)
         self._packed = feature_store is None
+        self.hidden = HiddenItems(self.feature_source)
         try:
             view, self._served_identity = self.load_view()
         except SnapshotError as exc:
@@ -130,7 +163,7 @@ class Runtime:
             self.ranker,
             view,
             n_candidates or self.card.n_candidates,
-            self.read_hidden(),
+            self.hidden.items,
             self.visitor_ranker,
         )
         self.refresh_error: str | None = None
@@ -173,6 +206,7 @@ class Runtime:
             feature_version=self.view.version,
             feature_source=public_source(self.feature_source, self._packed),
             feature_refresh_error=self.refresh_error,
+            hidden_items_error=self.hidden.error,
             features=self.names.all,
             evaluation=card.evaluation,
         )
@@ -193,13 +227,12 @@ class Runtime:
         view.prepare(self.names)
         return view, manifest_identity(snapshot.manifest)
 
-    def read_hidden(self) -> frozenset[str]:
-        """The operators' hidden items (``hidden_items.txt`` at the feature store root; absent: none)."""
-        return read_hidden(hidden_items_file(self.feature_source))
-
     def refresh_hidden(self) -> bool:
-        """Swap in the hidden list if the file changed (the refresh poll does this along with snapshots)."""
-        hidden = self.read_hidden()
+        """Swap in the hidden list if the file changed (the refresh poll does this along with snapshots).
+
+        A file that cannot be read keeps the list served before (shown in ``/model_info``).
+        """
+        hidden = self.hidden.reread()
         if hidden == self.pipeline.hidden:
             return False
         self.pipeline = self.pipeline.with_hidden(hidden)
@@ -231,7 +264,10 @@ class Runtime:
             self._record_failure(str(exc), (pointer, identity))
             return False
         except Exception as exc:  # a snapshot that breaks the loader must not break the refresh loop
-            message = f"snapshot {pointer} is inconsistent: {type(exc).__name__}: {exc}"
+            what = f"snapshot {pointer}" if pointer is not None else "the CURRENT pointer"
+            message = (
+                f"{what} could not be loaded: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}"
+            )
             self._record_failure(message, (pointer, identity), unexpected=True)
             return False
         old = self.view.version

@@ -35,13 +35,12 @@ from serving.api_models import ModelTags, RecommendRequest, SimilarItemsRequest
 from serving.batcher import MicroBatcher, Overloaded
 from serving.metrics import FILTERED_ITEMS
 from serving.responses import invalid_filters, to_filters, to_queries
-from serving.runtime import IncompatibleModels, Runtime, poll_in_thread
+from serving.runtime import HiddenItems, IncompatibleModels, Runtime, poll_in_thread
 from stages import rules
 from stages.candidates import CandidateBatch, CandidateModel
 from stages.card import CandidatesCard, CardError
 from stages.feature_view import FeatureView
 from stages.pipeline import Query, RecentEvent, Recommendation, TwoStageRecommender
-from stages.rules import hidden_items_file, read_hidden
 
 logger = logging.getLogger("recsys")
 
@@ -114,7 +113,8 @@ class CandidateStage:
         self.feature_source = feature_source
         self.view = self._load_view()
         # The operators' hidden items: blocked here, where candidates are made (the ranker only orders them).
-        self.hidden = read_hidden(hidden_items_file(feature_source))
+        self.hidden_items = HiddenItems(feature_source)
+        self.hidden = self.hidden_items.items
         self._pipelines: dict[int, TwoStageRecommender] = {}
         self._stop = threading.Event()
 
@@ -200,7 +200,7 @@ class CandidateStage:
 
     def refresh_once(self) -> bool:
         """Follow the feature store as the ranker does (the snapshot's end dates recent items; hidden items)."""
-        hidden = read_hidden(hidden_items_file(self.feature_source))
+        hidden = self.hidden_items.reread()
         changed = hidden != self.hidden
         if changed:
             self.hidden = hidden

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 
+from features.schema import id_text
 from features.store import resolve
 
 MAX_CACHED_FILTERS = 1024
@@ -154,19 +156,38 @@ def _in_range(values: np.ndarray, rule: AttributeFilter) -> np.ndarray:
     return allowed
 
 
+class HiddenItemsError(ValueError):
+    """``hidden_items.txt`` cannot be read as a list of ids; the message says why (no paths, no class names)."""
+
+
 def read_hidden(location: str) -> frozenset[str]:
     """Hidden item ids from a text file (path or pyarrow URI), one a line; ``#`` comments, blank lines ignored.
 
-    An absent file hides nothing.
+    Ids follow the API's rule (:func:`features.schema.id_text`: ``100.0`` and
+    `` 100 `` hide item ``100``), and a UTF-8 byte-order mark is not part of
+    the first id. An absent file hides nothing; anything else that is not UTF-8
+    text (a directory, random bytes) is a :class:`HiddenItemsError`, never an
+    empty list: serving withdrawn items because the file broke would fail open.
     """
     fs, path = resolve(location)
     try:
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.NotFound:
+            return frozenset()
+        if kind != pafs.FileType.File:
+            raise HiddenItemsError(f"{HIDDEN_ITEMS_FILE} is not a file")
         with fs.open_input_stream(path) as src:
-            text = src.read().decode()
-    except FileNotFoundError:
-        return frozenset()
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    return frozenset(line for line in lines if line)
+            raw = src.read()
+    except OSError as exc:
+        raise HiddenItemsError(f"{HIDDEN_ITEMS_FILE} cannot be read: {str(exc).splitlines()[0][:200]}") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise HiddenItemsError(f"{HIDDEN_ITEMS_FILE} is not UTF-8 text (byte {exc.start} cannot be decoded)") from exc
+    if "\x00" in text:
+        raise HiddenItemsError(f"{HIDDEN_ITEMS_FILE} holds NUL bytes: not a text file")
+    lines = (line.split("#", 1)[0] for line in text.splitlines())
+    return frozenset(id_text(line) for line in lines if line.strip())
 
 
 def hidden_items_file(feature_store: str) -> str:

@@ -86,7 +86,7 @@ def load_data(config: TrainConfig) -> Dataset:
         if config.interactions
         else movielens.load()
     )
-    return with_feedback(dataset, config.events) if config.events else dataset
+    return with_feedback(dataset, config.events, config.allow_any_dates) if config.events else dataset
 
 
 PER_USER_TRAIN_USERS = 300  # the secondary table's ranker learns from a sample: it keeps the run under a minute

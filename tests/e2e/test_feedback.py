@@ -97,6 +97,9 @@ def test_feedback_on_a_recommended_item_is_counted(client):
         ({"user_id": "None", "item_id": "2"}, ["events", 0, "user_id"]),
         ({"events": [{"user_id": "1", "item_id": "2"}, {"user_id": "1", "item_id": "N/A"}]}, ["events", 1, "item_id"]),
         ({"user_id": "1", "item_id": "2", "timestamp": 1_764_400_000_000}, ["events", 0, "timestamp"]),
+        # Dates training would refuse: 0 stretched the retrained data back to 1970, 2099 crashed it.
+        ({"user_id": "1", "item_id": "2", "timestamp": 0}, ["events", 0, "timestamp"]),
+        ({"user_id": "1", "item_id": "2", "timestamp": 4_102_444_799}, ["events", 0, "timestamp"]),
         ({"user_id": "1", "item_id": "2", "weight": 1e-300}, ["events", 0, "weight"]),
     ],
 )

@@ -210,3 +210,23 @@ def _include(value: str):
     from stages.rules import AttributeFilter
 
     return AttributeFilter(include=(value,))
+
+
+def test_hidden_items_read_ids_as_the_api_does_and_a_bad_file_keeps_the_list(rules_server):
+    """A byte-order mark and ``100.0`` hide what they name; random bytes keep the list hidden before, and say so."""
+    http, store, _ = rules_server
+    known = ids(post(http, "/recommend", {"user_id": KNOWN_USER, "k": 10})[1])
+    first, second = known[0], known[1]
+    path = store / HIDDEN_ITEMS_FILE
+    path.write_bytes(b"\xef\xbb\xbf" + f"{first}\n {second}.0 \n".encode())  # BOM, then an id as a float
+    try:
+        assert wait_for(lambda: not {first, second} & set(ids(post(http, "/recommend", {"user_id": KNOWN_USER})[1])))
+        path.write_bytes(bytes(range(128, 256)) * 4)  # not text
+        assert wait_for(lambda: post(http, "/model_info", {})[1]["hidden_items_error"] is not None)
+        error = post(http, "/model_info", {})[1]["hidden_items_error"]
+        assert "not UTF-8 text" in error and "/" not in error and "Error" not in error
+        assert not {first, second} & set(ids(post(http, "/recommend", {"user_id": KNOWN_USER})[1]))  # still hidden
+    finally:
+        path.unlink()
+    assert wait_for(lambda: ids(post(http, "/recommend", {"user_id": KNOWN_USER, "k": 10})[1]) == known)
+    assert post(http, "/model_info", {})[1]["hidden_items_error"] is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from tests.support import quick_config, run_until_exit
@@ -47,3 +49,16 @@ def test_refuses_a_blank_api_key_instead_of_serving_without_authentication(movie
     )
     assert code != 0
     assert "RECSYS_API_KEY is set but empty or blank" in output
+
+
+def test_refuses_a_hidden_items_file_it_cannot_read(movielens_run, tmp_path):
+    """Serving withdrawn items because the list broke would fail open: the server does not start."""
+    run, trained = movielens_run
+    store = tmp_path / "feature_store"
+    shutil.copytree(trained / "feature_store", store)
+    (store / "hidden_items.txt").write_bytes(bytes(range(128, 256)))
+    code, output = run_until_exit(
+        "service:Recommender", {"RECSYS_RANKER_TAG": run.ranker_tag, "RECSYS_FEATURE_STORE": str(store)}
+    )
+    assert code != 0
+    assert "hidden items: hidden_items.txt is not UTF-8 text" in output

@@ -36,7 +36,7 @@ def test_feedback_joins_the_interactions_once(tiny, tmp_path):
             },
         ],
     )
-    merged = with_feedback(tiny, events)
+    merged = with_feedback(tiny, events, allow_any_dates=True)  # the tiny data lives in 1970
     added = merged.interactions.iloc[len(base) :]
     assert list(zip(added["user_id"], added["item_id"], strict=True)) == [("u1", "c"), ("new", "a")]
     pd.testing.assert_frame_equal(merged.interactions.iloc[: len(base)], base)
@@ -46,4 +46,22 @@ def test_feedback_joins_the_interactions_once(tiny, tmp_path):
 def test_bad_feedback_rows_stop_training_naming_the_log(tiny, tmp_path):
     events = _log(tmp_path, [{"user_id": "u1", "item_id": None, "timestamp": 1, "weight": 1.0}])
     with pytest.raises(DataError, match="feedback"):
-        with_feedback(tiny, events)
+        with_feedback(tiny, events, allow_any_dates=True)
+
+
+def test_feedback_dated_outside_the_training_date_rule_is_dropped_and_said(tiny, tmp_path):
+    """0 stretched the retrained data back to 1970 (the backtest was skipped); 2099 made training exit 2."""
+    base = tiny.interactions.assign(timestamp=tiny.interactions["timestamp"] + 1_700_000_000)
+    recent = pd.Timestamp.now(tz="UTC").timestamp()
+    events = _log(
+        tmp_path,
+        [
+            {"user_id": "u1", "item_id": "c", "timestamp": 0, "weight": 1.0},
+            {"user_id": "u1", "item_id": "a", "timestamp": 4_102_444_799, "weight": 1.0},
+            {"user_id": "u2", "item_id": "a", "timestamp": int(recent), "weight": 1.0},
+        ],
+    )
+    merged = with_feedback(type(tiny)(base, tiny.users, tiny.items), events)
+    assert merged.interactions["timestamp"].min() == base["timestamp"].min()
+    assert len(merged.interactions) == len(base) + 1
+    assert any("2 feedback events dropped: timestamps outside 1990-" in note for note in merged.notes)

@@ -213,3 +213,22 @@ def test_hidden_file(tmp_path):
     assert read_hidden(hidden_items_file(str(tmp_path))) == frozenset()
     (tmp_path / "hidden_items.txt").write_text("i1\n  i2  # withdrawn\n\n# a comment\n")
     assert read_hidden(hidden_items_file(str(tmp_path))) == {"i1", "i2"}
+
+
+def test_hidden_items_follow_the_api_id_rule_and_refuse_what_is_not_text(tmp_path):
+    from stages.rules import HiddenItemsError, read_hidden
+
+    path = tmp_path / "hidden_items.txt"
+    assert read_hidden(str(path)) == frozenset()  # absent: nothing hidden
+    path.write_bytes(b"\xef\xbb\xbf50\n100.0  # withdrawn\n 7 \n\n# a comment\nabc\n")
+    assert read_hidden(str(path)) == {"50", "100", "7", "abc"}
+    path.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(HiddenItemsError, match="not UTF-8 text"):
+        read_hidden(str(path))
+    path.write_bytes(b"50\x00\x00")
+    with pytest.raises(HiddenItemsError, match="NUL"):
+        read_hidden(str(path))
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(HiddenItemsError, match="not a file"):
+        read_hidden(str(path))

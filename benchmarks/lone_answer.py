@@ -6,10 +6,11 @@ one query per call as the service makes them, thread CPU time per call.
 Run it from two checkouts at once, each on a core of its own, so drift in
 the machine's speed hits both alike::
 
-    taskset -c 0 env BENTOML_HOME=/tmp/old PYTHONPATH=/tmp/old-tree python benchmarks/lone_answer.py --label old &
-    taskset -c 1 env BENTOML_HOME=/tmp/new python benchmarks/lone_answer.py --label new
+    (cd /tmp/old-tree && taskset -c 0 env BENTOML_HOME=/tmp/old python -m benchmarks.lone_answer --label old) &
+    taskset -c 1 env BENTOML_HOME=/tmp/new python -m benchmarks.lone_answer --label new
 
-It uses only what both versions have (``Runtime.from_store``, ``Query``).
+It uses only what both versions have (``Runtime.from_store``, ``Query``): copy
+it into the other checkout's ``benchmarks/`` when it predates this file.
 """
 
 from __future__ import annotations

@@ -301,7 +301,9 @@ class TwoStageRecommender:
             final = batch.scores
         else:
             numeric, categorical = self.pair_rows(indices, batch, fresh=fresh)
-            final = np.split(self._score_rows(numeric, categorical, users, lengths), starts[1:-1])
+            scores = self._score_rows(numeric, categorical, users, lengths)
+            # A lone query's scores are its own: np.split costs more than the prior does.
+            final = [scores] if len(lengths) == 1 else np.split(scores, starts[1:-1])
         out = []
         for slot, (query, user, cand, score) in enumerate(zip(queries, users, batch.items, final, strict=True)):
             order = self._order(query, cand, score)

@@ -65,21 +65,34 @@ class PopularityPrior(BaseModel):
         )
 
     def score(self, numeric: np.ndarray, names: FeatureNames) -> np.ndarray:
-        """The prior's raw score (log-odds) of each row."""
-        return (self._inputs(numeric, names) @ np.asarray(self.weights) + self.intercept).astype(np.float64)
+        """The prior's raw score (log-odds) of each row (a few microseconds for a request's rows)."""
+        return self._inputs(numeric, names) @ self._weights + self.intercept
 
     def contributions(self, numeric: np.ndarray, names: FeatureNames) -> np.ndarray:
         """Rows x prior columns: what each window adds against its training mean (for explanations)."""
-        return (self._inputs(numeric, names) - np.asarray(self.centers)) * np.asarray(self.weights)
+        return (self._inputs(numeric, names) - np.asarray(self.centers)) * self._weights
+
+    @cached_property
+    def _weights(self) -> np.ndarray:
+        return np.asarray(self.weights)
 
     def _inputs(self, numeric: np.ndarray, names: FeatureNames) -> np.ndarray:
-        return _log_inputs(numeric, [names.numeric.index(c) for c in self.columns])
+        columns = self._columns.get(names)
+        if columns is None:
+            columns = self._columns[names] = [names.numeric.index(c) for c in self.columns]
+        return _log_inputs(numeric, columns)
+
+    @cached_property
+    def _columns(self) -> dict[FeatureNames, list[int]]:
+        """Where the prior's columns sit among a ranker's, per column layout (looked up once, not per request)."""
+        return {}
 
 
 def _log_inputs(numeric: np.ndarray, columns: list[int]) -> np.ndarray:
-    """log(x + offset) of the given columns; a missing value counts as 0."""
-    values = np.nan_to_num(np.asarray(numeric[:, columns], dtype=np.float64), nan=0.0)
-    return np.log(np.maximum(values, 0.0) + PRIOR_OFFSET)
+    """log(x + offset) of the given columns; a missing (NaN) or negative value counts as 0."""
+    values = np.fmax(numeric[:, columns], np.float32(0.0))  # fmax: NaN gives the other operand
+    values += np.float32(PRIOR_OFFSET)
+    return np.log(values, out=values)
 
 
 RANKER_FILE = "ranker.cbm"  # in the ranker's model folder: the main ranker ...

@@ -18,8 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 
 from benchmarks.servers import cmdline, free_port, parent_pid, process_tree, running, status_field, stop
+from features.schema import DAY, Columns, Dataset
 from features.synthetic import SyntheticConfig
 from train.config import TrainConfig
 
@@ -156,3 +159,32 @@ def run_until_exit(target: str, env: dict[str, str], timeout: float = 90) -> tup
         timeout=timeout,
     )
     return result.returncode, result.stdout + result.stderr
+
+
+# --- point-in-time tests: the data as it was at a cut, and the data with a future burst ---
+
+
+def cut_at(dataset: Dataset, cut: int) -> Dataset:
+    """The data as it was at the cut: every interaction from the cut on removed."""
+    inter = dataset.interactions
+    return Dataset(inter[inter[Columns.timestamp] < cut].reset_index(drop=True), dataset.users, dataset.items)
+
+
+def with_future(dataset: Dataset, cut: int, days: int = 120) -> Dataset:
+    """All of the data, plus interactions from the cut on over every item and well past it: heavy repeats,
+    new users, a new item, one exactly at the cut."""
+    inter = dataset.interactions
+    rng = np.random.default_rng(5)
+    users = inter[Columns.user].unique()
+    items = inter[Columns.item].unique()
+    n = 3_000
+    future = pd.DataFrame(
+        {
+            Columns.user: np.concatenate([rng.choice(users, n - 40), [f"newcomer{i % 20}" for i in range(40)]]),
+            Columns.item: np.concatenate([rng.choice(items, n - 40), ["brand-new"] * 40]),
+            Columns.timestamp: cut + rng.integers(0, days * DAY, n),
+            Columns.weight: np.float32(5.0),
+        }
+    )
+    future.loc[0, Columns.timestamp] = cut  # exactly at the cut counts as the future too
+    return Dataset(pd.concat([inter, future], ignore_index=True), dataset.users, dataset.items)

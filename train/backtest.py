@@ -273,8 +273,9 @@ def compare(rows: list[dict]) -> dict:
     The best list is the popularity window with the best mean over the cuts
     (the baseline a team would deploy instead). ``ratio`` is the mean over cuts
     of the served NDCG over the baseline's, with a paired 95% interval (users
-    resampled within cuts); ``won`` counts the cuts where the served answer beat
-    every baseline at that cut (warm: ALS too; cold: at least as good).
+    resampled within cuts); ``at_least_baseline`` counts the cuts where it beat
+    that list (cold: matched it at least), ``won`` those where it beat every
+    baseline of that cut, whichever window was best there (warm: ALS too).
     """
     key = f"ndcg@{K}"
     out: dict = {}
@@ -293,6 +294,7 @@ def compare(rows: list[dict]) -> dict:
                 others = [v[key] for m, v in row["models"].items() if m not in (served, COLD_START, TWO_STAGE_MODEL)]
                 return ours > max(others) if segment == "warm" else ours >= max(others)
 
+            ahead = [r["models"][served][key] - r["models"][best][key] for r in chosen]
             out.setdefault(horizon, {})[segment] = {
                 "model": served,
                 "baseline": best,
@@ -300,6 +302,7 @@ def compare(rows: list[dict]) -> dict:
                 "low": low,
                 "high": high,
                 "won": sum(won(r) for r in chosen),
+                "at_least_baseline": sum(a > 0 if segment == "warm" else a >= 0 for a in ahead),
                 "cuts": len(chosen),
             }
     return out

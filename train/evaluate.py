@@ -187,10 +187,11 @@ def backtest_table(backtest: dict) -> str:
 
 def summary_line(found: dict) -> str:
     """The served answer against the best popularity list, in one sentence."""
+    verb = "beats" if found["model"] == "two-stage (ALS + CatBoost)" else "matches or beats"
     return (
         f"{found['model']}: **{found['ratio']:.2f}×** {found['baseline']} on the mean over cuts "
-        f"(paired 95% interval {found['low']:.2f}–{found['high']:.2f}×); best of every baseline at "
-        f"{found['won']} of {found['cuts']} cuts."
+        f"(paired 95% interval {found['low']:.2f}–{found['high']:.2f}×); {verb} it at "
+        f"{found['at_least_baseline']} of {found['cuts']} cuts, and the best of every baseline at {found['won']}."
     )
 
 

@@ -169,7 +169,7 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
         stats["visitor_ranker"] = {k: v for k, v in visitor_stats.items() if k != "params"}
     cold_start = (CandidateParams.cold_start_days, CandidateParams.segment_weight)
     if config.backtest_cuts:
-        with steps.step(f"backtest: {config.backtest_cuts} global time cuts"):
+        with steps.step(f"backtest: weekly cuts over the second half (at most {config.backtest_cuts})"):
             results["backtest"] = _or_skipped(
                 lambda: run_backtest(stages, config.ranker_params(), config.backtest_params(), echo)
             )

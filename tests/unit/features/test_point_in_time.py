@@ -8,13 +8,13 @@ in tests/unit/train/test_point_in_time.py.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from features.compute import compute_features
 from features.schema import Columns, Dataset
 from features.synthetic import SyntheticConfig, generate
+from tests.support import cut_at, with_future
 
 DAY = 86_400
 
@@ -22,32 +22,6 @@ DAY = 86_400
 @pytest.fixture(scope="module")
 def history() -> Dataset:
     return generate(SyntheticConfig(n_users=120, n_items=80, n_interactions=4_000, n_clusters=3, seed=11))
-
-
-def cut_at(dataset: Dataset, cut: int) -> Dataset:
-    """The data as it was at the cut: every interaction from the cut on removed."""
-    inter = dataset.interactions
-    return Dataset(inter[inter[Columns.timestamp] < cut].reset_index(drop=True), dataset.users, dataset.items)
-
-
-def with_future(dataset: Dataset, cut: int, days: int = 120) -> Dataset:
-    """All of the data, plus interactions from the cut on over every item and well past it: heavy repeats,
-    new users, a new item, one exactly at the cut."""
-    inter = dataset.interactions
-    rng = np.random.default_rng(5)
-    users = inter[Columns.user].unique()
-    items = inter[Columns.item].unique()
-    n = 3_000
-    future = pd.DataFrame(
-        {
-            Columns.user: np.concatenate([rng.choice(users, n - 40), [f"newcomer{i % 20}" for i in range(40)]]),
-            Columns.item: np.concatenate([rng.choice(items, n - 40), ["brand-new"] * 40]),
-            Columns.timestamp: cut + rng.integers(0, days * DAY, n),
-            Columns.weight: np.float32(5.0),
-        }
-    )
-    future.loc[0, Columns.timestamp] = cut  # exactly at the cut counts as the future too
-    return Dataset(pd.concat([inter, future], ignore_index=True), dataset.users, dataset.items)
 
 
 def test_no_feature_table_for_t_reads_the_future(history):

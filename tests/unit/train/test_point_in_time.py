@@ -21,7 +21,7 @@ from features.schema import Columns, Dataset
 from features.synthetic import SyntheticConfig, generate
 from stages.candidates import CandidateParams
 from stages.pipeline import Query, TwoStageRecommender
-from tests.unit.features.test_point_in_time import cut_at, with_future
+from tests.support import cut_at, with_future
 from train.backtest import (
     BacktestParams,
     backtest_cuts,

@@ -260,8 +260,10 @@ class TwoStageRecommender:
 
     def _candidate_lists(self, queries: list[Query], users: list[_User]) -> CandidateBatch:
         indices = np.array([u.index for u in users], dtype=np.int64)
-        # A page deep in the ranking needs more ALS candidates than it skips; queries group by (seen flag, depth).
-        groups = [(q.exclude_seen, max(self.n_candidates, q.depth)) for q in queries]
+        # One pool per user and page size, whatever the offset: pages then partition one ranking (a pool that grew
+        # with the offset ranked each page over other candidates, and pages overlapped). Queries group by
+        # (seen flag, pool depth).
+        groups = [(q.exclude_seen, max(self.n_candidates, q.k)) for q in queries]
         slots: dict[int, tuple[CandidateBatch, int]] = {}
         for flag, n in sorted(set(groups)):
             rows = [i for i, g in enumerate(groups) if g == (flag, n)]

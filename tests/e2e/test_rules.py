@@ -130,6 +130,18 @@ def test_pages_are_disjoint_and_slices_of_one_ranking(http):
         assert pages[0] == ids(post(http, "/recommend", {"user_id": user, "k": 10})[1])
 
 
+def test_pages_partition_one_ranking_down_to_the_end_of_the_pool(http):
+    """Offsets 0 to 290 in tens, and k = 100 at 0, 100 and 200: one ranking, no item twice (pages overlapped when
+    the candidate pool grew with the offset); past the pool a page is short and says so."""
+    tens = [ids(post(http, "/recommend", {"user_id": KNOWN_USER, "k": 10, "offset": o})[1]) for o in range(0, 300, 10)]
+    hundreds = [ids(post(http, "/recommend", {"user_id": KNOWN_USER, "k": 100, "offset": o})[1]) for o in (0, 100, 200)]
+    flat = [item for page in tens for item in page]
+    assert len(flat) == len(set(flat)) and flat == [item for page in hundreds for item in page]
+    assert 100 < len(flat) < 300  # the pool: 100 ALS candidates plus the other sources' own, seen items removed
+    status, past = post(http, "/recommend", {"user_id": KNOWN_USER, "k": 10, "offset": 290})
+    assert status == 200 and past["recommendations"] == [] and "only 0 items left" in past["message"]
+
+
 def test_diversity(http, offline):
     plain = post(http, "/recommend", {"user_id": KNOWN_USER, "k": 10})[1]
     assert answer_of(post(http, "/recommend", {"user_id": KNOWN_USER, "k": 10, "diversity": 0})[1]) == answer_of(plain)

@@ -114,9 +114,13 @@ def read_table(path: str | Path, options: ReadOptions | None = None) -> tuple[pd
     notes: list[str] = []
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
-            frame = pq.read_table(path).to_pandas(types_mapper=_plain_types)
+            table = pq.read_table(path)
+            _check_parquet_types(table.schema, path)
+            frame = table.to_pandas(types_mapper=_plain_types)
         else:
             frame, notes = _read_csv(path, options)
+    except DataError:
+        raise
     except pd.errors.EmptyDataError as exc:  # whitespace only: non-zero size, no header
         raise DataError(path, "file is empty") from exc
     except (OSError, pa.ArrowException, pd.errors.ParserError, UnicodeError, LookupError, ValueError) as exc:
@@ -125,6 +129,41 @@ def read_table(path: str | Path, options: ReadOptions | None = None) -> tuple[pd
         raise DataError(path, "has a header but no rows")
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame, notes
+
+
+def _check_parquet_types(schema: pa.Schema, path: Path) -> None:
+    """Columns the schema can hold: numbers, booleans, text, dates, and lists of numbers or text.
+
+    Binary, struct and map columns used to crash the loader or become features silently (a 400 then listed
+    numpy reprs as known values): they are refused, naming the column.
+    """
+    for column in schema:
+        kind = column.type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            kind = kind.value_type
+        if not _plain_parquet_type(kind):
+            raise DataError(
+                path,
+                f"parquet type {column.type} cannot be read: columns hold numbers, booleans, text, dates, "
+                "or lists of numbers or text",
+                column=column.name,
+            )
+
+
+def _plain_parquet_type(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_timestamp(kind)
+        or pa.types.is_date(kind)
+        or pa.types.is_null(kind)
+    )
 
 
 def _read_csv(path: Path, options: ReadOptions) -> tuple[pd.DataFrame, list[str]]:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from features.synthetic import SyntheticConfig, generate
@@ -146,6 +148,16 @@ FAILURES = [
         lambda d: [*csv(d, INTER), "--columns", "usrId=user_id"],
         ("--columns maps 'usrId' to 'user_id', but no file has a column 'usrId'",),
     ),
+    Case(
+        "users parquet with a binary column",
+        lambda d: users_parquet(d, pa.array([b"\x00\x01"] * 80, pa.binary())),
+        ("users.parquet: column 'blob': parquet type binary cannot be read",),
+    ),
+    Case(
+        "users parquet with a struct column",
+        lambda d: users_parquet(d, pa.array([{"a": 1, "b": "x"}] * 80)),
+        ("users.parquet: column 'blob': parquet type struct<a: int64, b: string> cannot be read",),
+    ),
     Case("bad TOML", lambda d: config_file(d, "c.toml", "factors = [\n"), ("c.toml: not valid TOML",)),
     Case("YAML config", lambda d: config_file(d, "c.yaml", "factors: 8\n"), ("unsupported config format '.yaml'",)),
     Case("missing config", lambda d: ["--config", str(d / "absent.toml")], ("absent.toml: config file not found",)),
@@ -155,6 +167,13 @@ FAILURES = [
         ("c.toml: unknown key 'ranker-iteration' (did you mean 'ranker_iterations'?)",),
     ),
 ]
+
+
+def users_parquet(directory: Path, blob: pa.Array) -> list[str]:
+    """A users file whose ``blob`` column no attribute can be made of (it crashed the loader or became a feature)."""
+    users = pa.table({"user_id": [f"u{n}" for n in range(80)], "age": list(range(80)), "blob": blob})
+    pq.write_table(users, directory / "users.parquet")
+    return [*csv(directory, INTER), "--users", str(directory / "users.parquet")]
 
 
 def float_ids_in_parquet(directory: Path) -> list[str]:

@@ -40,8 +40,9 @@ import functools
 from collections.abc import Callable
 
 import bentoml
+from bentoml.exceptions import ServiceUnavailable
 
-from serving import startup
+from serving import logs, startup
 from serving.api_models import (
     BatchRequest,
     BatchResponse,
@@ -54,7 +55,7 @@ from serving.api_models import (
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
-from serving.batcher import MicroBatcher
+from serving.batcher import MicroBatcher, Overloaded
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.responses import filter_error, ranked, similar_response, to_responses
@@ -67,6 +68,7 @@ from serving.shared import (
     record_impressions,
     recorder_from,
     settle_and_refresh,
+    shed,
     start_runtime,
     unknown_item,
     worker_threads,
@@ -84,6 +86,7 @@ from serving.split import (
 from serving.split_client import SplitSettings, call, harden, stage
 
 settings = get_settings()
+logs.install()  # as service.py: client errors and 503s as one line, floods rate-limited (serving/logs.py)
 split = SplitSettings()
 CANDIDATES_TAG = paired_candidates_tag(settings.ranker_tag, settings.candidates_tag)
 if not startup.in_worker() and not (split.candidates_url or split.ranker_url):
@@ -169,13 +172,18 @@ class RankerService:
         return self.stage.plan()
 
     @bentoml.api
-    async def rank(self, requests: list[dict], candidates: dict) -> list[dict]:
-        """Ranked answers in request order, from the candidates service's output."""
+    async def rank(self, requests: list[dict], candidates: dict) -> dict:
+        """Ranked answers in request order, from the candidates service's output, with the plan that made them.
+
+        The tags and candidate count travel with every answer: after a redeploy on another model the entry
+        reports the model that answered, not the one it first asked about.
+        """
         try:
             self.stage.check_model(candidates)
         except IncompatibleModels as error:
             raise out_of_step(error) from None
-        return await queued(self.batcher, list(zip(requests, split_found(candidates), strict=True)))
+        answers = await queued(self.batcher, list(zip(requests, split_found(candidates), strict=True)))
+        return {"answers": answers, **self.stage.plan()}
 
     @bentoml.api(route="/model_info")
     def model_info(self) -> ModelInfo:
@@ -203,9 +211,13 @@ class Entry:
         self.recorder.close()
 
     async def _tags_and_n(self) -> tuple[int, ModelTags]:
+        """The candidate count and tags of the last answer (asked of the ranker before the first one)."""
         if self._plan is None:
-            plan = await self._call(self.ranker_stage.to_async.plan)
-            self._plan = plan["n_candidates"], ModelTags.model_validate(plan["tags"])
+            self._learn(await self._call(self.ranker_stage.to_async.plan))
+        return self._plan
+
+    def _learn(self, plan: dict) -> tuple[int, ModelTags]:
+        self._plan = plan["n_candidates"], ModelTags.model_validate(plan["tags"])
         return self._plan
 
     async def _answer(
@@ -217,8 +229,9 @@ class Entry:
         if "invalid" in found:  # filters the catalogue cannot apply: the 400 the single process gives
             slot, wrong = next((i, w) for i, w in enumerate(found["invalid"]) if w)
             raise filter_error(wrong["field"], wrong["message"], title, slot)
-        answers = await self._call(self.ranker_stage.to_async.rank, requests=body, candidates=found)
-        responses = to_responses([recommendation_of(a) for a in answers], tags)
+        ranked = await self._call(self.ranker_stage.to_async.rank, requests=body, candidates=found)
+        _, tags = self._learn(ranked)  # the tags of the model that answered: stages may have been redeployed
+        responses = to_responses([recommendation_of(a) for a in ranked["answers"]], tags)
         record_impressions(self.recorder, responses)
         return responses
 
@@ -235,11 +248,15 @@ class Entry:
     @bentoml.api
     async def similar_items(self, request: SimilarItemsRequest, /, ctx: bentoml.Context) -> SimilarItemsResponse:
         """Items whose ALS factors are closest (from the candidates service)."""
-        _, tags = await self._tags_and_n()
         filters = request.model_dump(mode="json")["filters"]
-        found = await self._call(
-            self.candidate_stage.to_async.similar, item_id=request.item_id, k=request.k, filters=filters
-        )
+        try:
+            _, tags = await self._tags_and_n()
+            found = await self._call(
+                self.candidate_stage.to_async.similar, item_id=request.item_id, k=request.k, filters=filters
+            )
+        except Overloaded as error:
+            shed(ctx, error)
+            return SimilarItemsResponse(item_id=request.item_id, recommendations=[], status="error", message=str(error))
         if found is None:
             return unknown_item(ctx, request, tags)
         if "invalid" in found:
@@ -253,8 +270,11 @@ class Entry:
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> ModelInfo:
-        """The ranker service's model information (it holds both tags)."""
-        return ModelInfo.model_validate(await self._call(self.ranker_stage.to_async.model_info))
+        """The ranker service's model information (it holds both tags); 503 while it cannot be reached."""
+        try:
+            return ModelInfo.model_validate(await self._call(self.ranker_stage.to_async.model_info))
+        except Overloaded as error:
+            raise ServiceUnavailable(str(error)) from None
 
 
 # The public edge, as in service.py: routes, headers, key, content type, body, one error envelope.

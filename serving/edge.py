@@ -399,7 +399,7 @@ def rewriting(send: Send) -> Send:
         payload = rewrite_error(start["status"], held["body"]) or held["body"]
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        if start["status"] == 504:  # overload is a 503 with Retry-After, whichever layer ran out of time
+        if start["status"] in (503, 504):  # overload is a 503 with Retry-After, whichever layer ran out of time
             start = {**start, "status": 503}
             if not any(k.lower() == b"retry-after" for k, _ in headers):
                 headers.append((b"retry-after", b"1"))

@@ -23,12 +23,13 @@ OUR_LOGGERS = ("recsys", "recsys.edge")
 
 def client_error(exc: BaseException | None) -> tuple[int, str] | None:
     """The status and a one-line account of an exception that is the client's fault, else None."""
-    from bentoml.exceptions import BentoMLException
+    from bentoml.exceptions import BentoMLException, ServiceUnavailable
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
         return 400, f"invalid request: {field_messages(exc.errors(include_context=False, include_input=False))}"
-    if isinstance(exc, BentoMLException) and int(exc.error_code) < 500:
+    # A 503 says "not now" (a stage down, a queue full): one line, not a traceback per request of an outage.
+    if isinstance(exc, BentoMLException) and (int(exc.error_code) < 500 or isinstance(exc, ServiceUnavailable)):
         return int(exc.error_code), INTERNAL_NAME.sub("", str(exc))[:200]
     return None
 

@@ -138,6 +138,15 @@ def harden(proxy: Any, max_requests: int, max_age: float) -> Any:
     return proxy
 
 
+UNREACHABLE_RETRY_AFTER = 5  # seconds: a stage pod restarting, or the next one coming up
+
+
+def _reason(exc: BaseException) -> str:
+    """The failure in a few words, without the exception's class or a traceback."""
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no answer"
+    return text if not isinstance(exc, TimeoutError) else f"timed out ({text})"
+
+
 async def call(method: Callable[..., Awaitable[T]], retries: int = RETRIES, **kwargs: Any) -> T:
     """Call a stage's endpoint; repeat it if the connection dropped under it (the stage calls are idempotent).
 
@@ -151,10 +160,15 @@ async def call(method: Callable[..., Awaitable[T]], retries: int = RETRIES, **kw
             return await method(**kwargs)
         except ServiceUnavailable as exc:
             raise Overloaded(f"a stage service shed the call: {exc.message[:200]}") from None
-        except aiohttp.ClientConnectionError as exc:
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             # A dropped connection, not a slow stage: a timeout is not repeated (it would double the load).
             if isinstance(exc, TimeoutError) or attempt == retries:
-                raise
+                # A stage that is down or rolling out: the client may retry shortly (503), not a 500 with a
+                # traceback per request for the whole outage. One line per kind, rate-limited (serving/logs.py).
+                logger.warning("a stage service cannot be reached: %s", _reason(exc))
+                raise Overloaded(
+                    "a stage service cannot be reached; try again shortly", retry_after=UNREACHABLE_RETRY_AFTER
+                ) from None
             logger.warning("stage call dropped (%s: %s), retrying", type(exc).__name__, exc)
         except RuntimeError as exc:  # aiohttp: "Session is closed", a session closed under the call
             if "closed" not in str(exc) or attempt == retries:

@@ -161,9 +161,9 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _stage(name: str, env: dict[str, str], log):
+def _stage(name: str, env: dict[str, str], log, port: int | None = None):
     """One stage served alone, as a Kubernetes pod of deploy/kubernetes/split.yaml runs it."""
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "bentoml_cli._internal.start", "start-http-server", "--service-name", name]
     command += ["--host", "127.0.0.1", "--port", str(port), "split_service:Entry"]
@@ -181,3 +181,44 @@ def test_stages_served_apart_and_found_by_url_answer_the_same(env, offline, tmp_
             assert status == 200 and _items(got) == want.item_ids
     # The entry served alone: nothing but its own service in its process tree.
     assert "Service recsys-candidates initialized" not in (tmp_path / "entry.log").read_text()
+
+
+def test_stages_down_then_redeployed_on_another_model_behind_a_running_entry(env, movielens_run, small_run, tmp_path):
+    """While the stages are down every route answers 503 with Retry-After (it was a 500 with a traceback per
+    request for the whole outage); redeployed on another model, answers name the model that made them (the
+    entry kept the first model's tags forever)."""
+    ports = {"recsys-candidates": free_port(), "recsys-ranker": free_port()}
+    urls = {
+        "RECSYS_SPLIT_CANDIDATES_URL": f"http://127.0.0.1:{ports['recsys-candidates']}",
+        "RECSYS_SPLIT_RANKER_URL": f"http://127.0.0.1:{ports['recsys-ranker']}",
+    }
+
+    def stages(run, slot: int):
+        stage_env = {**env, "RECSYS_RANKER_TAG": run.ranker_tag}
+        return [_stage(name, stage_env, tmp_path / f"{name}-{slot}.log", port)[1] for name, port in ports.items()]
+
+    log = tmp_path / "entry.log"
+    first, second = stages(movielens_run[0], 0), stages(small_run[0], 1)
+    with first[0], first[1]:
+        entry = serve("split_service:Entry", {**env, **urls}, log=log)
+        live = entry.__enter__()
+        http = live.client().__enter__()
+        status, body = post(http, "/recommend", {"user_id": KNOWN_USER, "k": 3})
+        assert status == 200 and body["model"]["ranker"] == movielens_run[0].ranker_tag
+    try:
+        for _ in range(30):
+            response = http.post("/recommend", json={"user_id": KNOWN_USER, "k": 5})
+            assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
+            assert "cannot be reached" in response.json()["message"]
+        for path, body in (("/similar_items", {"item_id": "50", "k": 5}), ("/model_info", {})):
+            response = http.post(path, json=body)
+            assert response.status_code == 503 and "retry-after" in response.headers, path
+        with second[0], second[1]:
+            status, body = post(http, "/recommend", {"user_id": KNOWN_USER, "k": 3})
+            assert status == 200 and body["model"]["ranker"] == small_run[0].ranker_tag
+    finally:
+        http.close()
+        entry.__exit__(None, None, None)
+    output = log.read_text()
+    assert "Traceback" not in output
+    assert output.count("a stage service cannot be reached") <= 12  # one kind of line: rate-limited

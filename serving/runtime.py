@@ -12,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bentoml
+import pandas as pd
 from bentoml.exceptions import NotFound
 
+from features.compute import FeatureTables
 from features.store import (
     MODEL_SNAPSHOT_DIR,
     SnapshotError,
@@ -55,6 +57,29 @@ def public_source(source: str, packed: bool) -> str:
 
 class IncompatibleModels(RuntimeError):
     """The loaded models or features do not belong together: refuse to serve."""
+
+
+MIN_COVERAGE = 0.99  # share of the model's items, and of its users, a snapshot must describe
+
+
+def check_coverage(version: str, tables: FeatureTables, candidates: CandidateModel) -> None:
+    """A snapshot that describes too few of the model's items or users is a :class:`SnapshotError`.
+
+    A snapshot written for half the catalogue used to be swapped in without a
+    word: the other items lost their features and attributes (a genre filter
+    then let through 252 of 1,682 items instead of 505). A refreshed snapshot
+    may describe more (new items and users), never much less.
+    """
+    for what, known, wanted in (
+        ("items", tables.items.index, candidates.item_ids),
+        ("users", tables.users.index, candidates.user_ids),
+    ):
+        covered = int(pd.Index(wanted).isin(known).sum())
+        if len(wanted) and covered < MIN_COVERAGE * len(wanted):
+            raise SnapshotError(
+                f"snapshot {version} describes {covered:,} of the model's {len(wanted):,} {what}: "
+                "not a snapshot for this model"
+            )
 
 
 class HiddenItems:
@@ -224,6 +249,7 @@ class Runtime:
         missing = view.missing(self.names)
         if missing:
             raise SnapshotError(f"snapshot {snapshot.version} lacks features the ranker needs: {missing}")
+        check_coverage(snapshot.version, snapshot.tables, self.candidates)
         view.prepare(self.names)
         return view, manifest_identity(snapshot.manifest)
 

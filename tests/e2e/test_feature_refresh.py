@@ -75,3 +75,23 @@ def test_corrupt_snapshot_is_ignored_and_old_one_kept(refreshing_server):
         status, after = post(http, "/recommend", {"user_id": KNOWN_USER, "k": 10})
     assert status == 200 and answer_of(after) == answer_of(before)
     assert "feature refresh failed, still serving" in live.log.read_text()
+
+
+def test_a_snapshot_for_half_the_catalogue_is_refused_and_filters_keep_the_whole(refreshing_server):
+    """It used to be swapped in: the Comedy filter then allowed 252 of 1,682 items instead of 505."""
+    live, store = refreshing_server
+    comedy = {"user_id": KNOWN_USER, "k": 10, "filters": {"genres": {"include": ["Comedy"]}}}
+    with live.client() as http:
+        _, before = post(http, "/recommend", comedy)
+        old = current_version(str(store))
+        snapshot = read_snapshot(str(store))
+        snapshot.tables.items = snapshot.tables.items.iloc[::2]
+        half = write_snapshot(snapshot.tables, str(store), snapshot.manifest["fingerprint"])
+        assert wait_for(lambda: post(http, "/model_info", {})[1]["feature_refresh_error"] is not None)
+        info = post(http, "/model_info", {})[1]
+        assert (
+            info["feature_version"] == old
+            and f"snapshot {half} describes 841 of the model's 1,682 items" in (info["feature_refresh_error"])
+        )
+        _, after = post(http, "/recommend", comedy)
+    assert after["message"] == before["message"] and "of 1682 items" in after["message"]

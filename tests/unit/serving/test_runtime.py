@@ -162,3 +162,14 @@ def test_the_refresh_loop_runs_after_swap_once_per_new_snapshot(runtime, store):
         assert calls == [new_version]
     finally:
         runtime.stop_refresh()
+
+
+def test_a_snapshot_describing_half_the_catalogue_is_kept_out(runtime, store):
+    """It used to be swapped in: the other half lost its features and attributes (filters saw half the items)."""
+    served = runtime.view.version
+    snapshot = read_snapshot(str(store))
+    items = snapshot.tables.items
+    snapshot.tables.items = items.iloc[: len(items) // 2]
+    write_snapshot(snapshot.tables, str(store), snapshot.manifest["fingerprint"])
+    assert runtime.refresh_once() is False and runtime.view.version == served
+    assert f"of the model's {len(runtime.candidates.item_ids):,} items" in runtime.refresh_error

@@ -16,7 +16,7 @@ from serving.api_models import RecommendRequest
 from serving.batcher import MicroBatcher, Overloaded
 from serving.runtime import IncompatibleModels, Runtime
 from serving.split import CandidateStage, RankerStage, join_found, out_of_step, queued, requests_json, split_found
-from serving.split_client import KEEPALIVE_SECONDS, SessionManager, call
+from serving.split_client import KEEPALIVE_SECONDS, UNREACHABLE_RETRY_AFTER, SessionManager, call
 from stages.pipeline import Query, RecentEvent
 
 
@@ -178,14 +178,15 @@ class _Dropping:
 
 
 def test_a_dropped_connection_is_retried_and_a_timeout_is_not():
+    """Retries absorb a dropped connection; a stage that stays down, or is slow, is a 503 with Retry-After."""
     dropped = _Dropping(2, aiohttp.ServerDisconnectedError())
     assert asyncio.run(call(dropped, x=1)) == {"x": 1} and dropped.calls == 3
     always = _Dropping(5, aiohttp.ServerDisconnectedError())
-    with pytest.raises(aiohttp.ServerDisconnectedError):
+    with pytest.raises(Overloaded, match="a stage service cannot be reached") as down:
         asyncio.run(call(always))
-    assert always.calls == 3
+    assert always.calls == 3 and down.value.retry_after == UNREACHABLE_RETRY_AFTER
     slow = _Dropping(1, aiohttp.ServerTimeoutError())
-    with pytest.raises(aiohttp.ServerTimeoutError):
+    with pytest.raises(Overloaded, match="a stage service cannot be reached"):
         asyncio.run(call(slow))
     assert slow.calls == 1
 

@@ -138,9 +138,10 @@ def serve(
     timeout: float = 90,
     scheme: str = "http",
     verify: ssl.SSLContext | bool = True,
+    port: int | None = None,
 ) -> Iterator[Server]:
     """Start a real `bentoml serve` in a subprocess, yield it once /readyz answers 200, stop it after."""
-    port = free_port()
+    port = port or free_port()
     log = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"recsys-serve-{port}.log"
     url = f"{scheme}://127.0.0.1:{port}"
     command = [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)]

@@ -79,6 +79,33 @@ def test_killed_worker_is_restarted_and_loses_at_most_the_requests_in_flight(mov
         assert httpx.post(f"{live.url}/recommend", json={"user_id": "196"}).status_code == 200
 
 
+def test_workers_die_with_a_server_killed_by_sigkill_and_the_port_is_free_again(movielens_run):
+    """Each worker has a process group of its own: a SIGKILL of `bentoml serve` left them serving, orphaned."""
+    env = {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_WORKERS": "2", "RECSYS_REFRESH_SECONDS": "0"}
+    with serve("service:Recommender", env) as live:
+        workers = worker_pids(live.process.pid)
+        time.sleep(3)  # alive while their server is
+        assert len(workers) == 2 and all(os.path.exists(f"/proc/{pid}") for pid in workers)
+        os.kill(live.process.pid, signal.SIGKILL)  # the server process alone, as an OOM kill does
+        live.process.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers)
+        port = int(live.url.rsplit(":", 1)[1])
+    with serve("service:Recommender", env, port=port) as again:  # nothing holds the port
+        assert httpx.post(f"{again.url}/recommend", json={"user_id": "196"}).status_code == 200
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_sigterm_under_load_finishes_in_flight_requests(movielens_run):
     env = {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_REFRESH_SECONDS": "0"}
     with serve("service:Recommender", env) as live, Load(live.url) as load:

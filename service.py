@@ -52,6 +52,7 @@ if not startup.in_worker():
     # The server process refuses to start on a mismatched pair (see serving/startup.py);
     # workers skip it, since __init__ loads the same again.
     startup.check(settings)
+    startup.own_metrics_dir()
 
 
 TLS = {

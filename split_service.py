@@ -93,6 +93,8 @@ if not startup.in_worker() and not (split.candidates_url or split.ranker_url):
     # Served together (one command): refuse a mismatched pair before any worker starts, as service.py does.
     # Served apart, each stage loads its own side and the ranker checks the candidates tag of every batch.
     startup.check(settings)
+if not startup.in_worker():
+    startup.own_metrics_dir()  # the entry and each stage apart: three servers, often one BENTOML_HOME
 
 QUIET = {"logging": {"access": {"enabled": False}}, "traffic": {"timeout": settings.timeout_seconds}}
 # No OpenTelemetry span per request (see BENCHMARKS.md: ~10% of a request); probes and metrics stay.

@@ -10,9 +10,13 @@ with the message.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import bentoml
+from bentoml._internal.configuration.containers import BentoMLContainer
 
 from serving.events import EventLogUnusable, check_writable
 from serving.runtime import IncompatibleModels, Runtime
@@ -22,6 +26,43 @@ from serving.settings import ServiceSettings, SettingsError, get_settings
 def in_worker() -> bool:
     """True inside a worker that `bentoml serve` spawned (it sets the worker index before importing us)."""
     return bentoml.server_context.worker_index is not None
+
+
+METRICS_DIR_PREFIX = "server-"
+
+
+def own_metrics_dir() -> Path:
+    """Give this server a Prometheus multiprocess directory of its own: ``<BentoML's>/server-<pid>``.
+
+    `bentoml serve` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts, so a second server
+    with the same ``BENTOML_HOME`` (the split topology's three, a test beside a running server) deleted
+    the first one's metric files and its ``/metrics`` lost every count. Must run in the server process
+    before ``serve_http`` (service modules are imported first); directories of servers no longer running
+    are removed. Overrides a BentoML container value (held by the exact pin, BentoML 1.4.40).
+    """
+    shared = Path(BentoMLContainer.prometheus_multiproc_dir.get())
+    if shared.exists() and not shared.is_dir():
+        shared.unlink()  # BentoML's own start would have replaced it too
+    shared.mkdir(parents=True, exist_ok=True)
+    for old in shared.glob(f"{METRICS_DIR_PREFIX}*"):
+        if old.is_dir() and not _running(old.name.removeprefix(METRICS_DIR_PREFIX)):
+            shutil.rmtree(old, ignore_errors=True)
+    own = shared / f"{METRICS_DIR_PREFIX}{os.getpid()}"
+    BentoMLContainer.prometheus_multiproc_dir.set(str(own))  # serve_http empties and uses it
+    return own
+
+
+def _running(pid: str) -> bool:
+    """Whether a process with this id exists here (a name that is not a number counts as running: kept)."""
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check(settings: ServiceSettings) -> Runtime:

@@ -97,6 +97,25 @@ def test_workers_die_with_a_server_killed_by_sigkill_and_the_port_is_free_again(
         assert httpx.post(f"{again.url}/recommend", json={"user_id": "196"}).status_code == 200
 
 
+def test_a_second_server_on_the_same_bentoml_home_leaves_the_first_ones_metrics(movielens_run):
+    """`bentoml serve` empties BentoML's Prometheus directory at start: the first server's counts vanished."""
+    env = {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_WORKERS": "1", "RECSYS_REFRESH_SECONDS": "0"}
+    with serve("service:Recommender", env) as first:
+        for visitor in range(3):
+            assert httpx.post(f"{first.url}/recommend", json={"user_id": f"visitor-{visitor}"}).status_code == 200
+        assert _cold_starts(first.url) == 3
+        with serve("service:Recommender", env) as second:
+            assert _cold_starts(first.url) == 3 and _cold_starts(second.url) == 0
+            assert httpx.post(f"{second.url}/recommend", json={"user_id": "visitor-9"}).status_code == 200
+            assert _cold_starts(first.url) == 3 and _cold_starts(second.url) == 1
+
+
+def _cold_starts(url: str) -> float:
+    """The server's recsys_cold_start_total (0 before its first cold start)."""
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("recsys_cold_start_total "))
+
+
 def _alive(pid: int) -> bool:
     """A process that exists and is not a zombie."""
     try:

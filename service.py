@@ -154,6 +154,6 @@ class Recommender:
 EDGE = replace(
     EdgeLimits.from_settings(settings, set(API_ROUTES)),
     queued_routes=MappingProxyType({"/recommend": 1, "/recommend_batch": MAX_BATCH}),
-    busy=PRESSURE.full,
+    reserve=PRESSURE.reserve,
 )
 serve_behind_edge(Recommender, EDGE, ConnectionLimits.from_settings(settings))

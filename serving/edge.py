@@ -32,7 +32,10 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from serving.batcher import Reservation
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -77,7 +80,7 @@ class EdgeLimits:
     # Load shedding before the body is read: routes that queue for the pipeline, with the most queries one
     # request to them can bring, and "is there no room for that many?".
     queued_routes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    busy: Callable[[int], bool] | None = None
+    reserve: Callable[[int], Reservation | None] | None = None  # room for that many, held; None: no room
 
     @classmethod
     def from_settings(cls, settings: Any, api_routes: frozenset[str] | set[str]) -> EdgeLimits:
@@ -141,7 +144,7 @@ def check_headers(scope: Scope, limits: EdgeLimits) -> None:
         )
 
 
-def check_pressure(scope: Scope, limits: EdgeLimits) -> None:
+def check_pressure(scope: Scope, limits: EdgeLimits) -> Reservation | None:
     """503 with Retry-After, before the body is read, while the worker's queue has no room for the request.
 
     The body is unread, so a route's room is the most queries one request can
@@ -149,13 +152,20 @@ def check_pressure(scope: Scope, limits: EdgeLimits) -> None:
     Measured under a flood of 20-user batches: with "full" meaning no room for
     one query, the queue hovered just below it and almost every refusal came
     from the handler, after BentoML had parsed and validated the body, 80% of
-    the event loop, so the pipeline thread was starved of the GIL.
+    the event loop, so the pipeline thread was starved of the GIL. The room
+    is held from here until the request's queries are queued or it ends
+    (:class:`serving.batcher.Pressure`), so bodies being read and validated
+    count too.
     """
     room = limits.queued_routes.get(scope["path"])
-    if limits.busy is not None and room is not None and limits.busy(room):
+    if limits.reserve is None or room is None:
+        return None
+    reservation = limits.reserve(room)
+    if reservation is None:
         raise EdgeError(
             503, "overloaded: this worker's queue has no room for this request; retry shortly", [(b"retry-after", b"1")]
         )
+    return reservation
 
 
 def check_route(scope: Scope, limits: EdgeLimits) -> None:
@@ -426,25 +436,32 @@ class Edge:
         if scope["type"] != "http":  # lifespan
             await self.app(scope, receive, send)
             return
+        reservations: list[Reservation] = []  # room held in the worker's queue, released however the request ends
         try:
-            receive = await self.admit(scope, receive)
-        except EdgeError as error:
-            await self.refuse(scope, send, error)
-            return
-        if receive is None:  # the client left while sending its body
-            return
-        api = scope["path"] in self.limits.api_routes
-        await self.app(scope, receive, rewriting(send) if api else send)
+            try:
+                receive = await self.admit(scope, receive, reservations)
+            except EdgeError as error:
+                await self.refuse(scope, send, error)
+                return
+            if receive is None:  # the client left while sending its body
+                return
+            api = scope["path"] in self.limits.api_routes
+            await self.app(scope, receive, rewriting(send) if api else send)
+        finally:
+            for reservation in reservations:
+                reservation.release()
 
-    async def admit(self, scope: Scope, receive: Receive) -> Receive | None:
-        """The receive channel to hand on, or :class:`EdgeError` saying why not."""
+    async def admit(self, scope: Scope, receive: Receive, reservations: list[Reservation]) -> Receive | None:
+        """The receive channel to hand on, or :class:`EdgeError` saying why not; room held goes to ``reservations``."""
         limits = self.limits
         check_headers(scope, limits)
         check_route(scope, limits)
         check_key(scope, limits)
         if scope["path"] not in limits.api_routes:
             return receive
-        check_pressure(scope, limits)
+        reservation = check_pressure(scope, limits)
+        if reservation is not None:
+            reservations.append(reservation)
         check_body_headers(scope, limits)
         body = await read_body(receive, limits)
         if body is None:

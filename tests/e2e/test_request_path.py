@@ -23,7 +23,7 @@ HEALTH_PORT = free_port()
 
 @pytest.fixture(scope="module")
 def small_queue(movielens_run, tmp_path_factory):
-    """One worker that lets at most 60 queries wait, with the probe port open."""
+    """One worker letting 300 queries wait (three batches: the edge holds 100 for each), with the probe port open."""
     run, _ = movielens_run
     env = {
         "RECSYS_HEALTH_PORT": str(HEALTH_PORT),
@@ -31,7 +31,7 @@ def small_queue(movielens_run, tmp_path_factory):
         "RECSYS_REFRESH_SECONDS": "0",
         "RECSYS_EVENT_LOG": "",
         "RECSYS_WORKERS": "1",
-        "RECSYS_MAX_PENDING_QUERIES": "60",
+        "RECSYS_MAX_PENDING_QUERIES": "300",
     }
     with serve("service:Recommender", env) as live:
         yield live

@@ -178,3 +178,44 @@ def test_a_request_larger_than_the_queue_is_taken_when_the_queue_is_empty():
         return await large, await queued
 
     assert asyncio.run(scenario()) == ([2, 4, 6, 8, 10], [12, 14, 16, 18])
+
+
+def test_room_held_for_an_admitted_request_counts_until_its_queries_are_queued():
+    """Bodies the edge admitted and BentoML is still validating take room: a flood waits at the edge, unread."""
+    pressure = Pressure(limit=200)
+    first, second = pressure.reserve(100), pressure.reserve(100)
+    assert first is not None and second is not None and pressure.reserve(1) is None
+    first.release()
+    first.release()  # released once, however many ways the request ends
+    assert pressure.reserved == 100 and pressure.reserve(100) is not None
+
+    async def scenario() -> None:
+        held = Pressure()
+        batcher = MicroBatcher(lambda queries: queries, max_pending=10, pressure=held)
+        held.reserve(3)  # what the edge does for this task's request
+        assert held.reserved == 3 and held.full(8)
+        assert await batcher.submit([1, 2, 3]) == [1, 2, 3]
+        assert (held.reserved, held.pending) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_time_in_the_queue_counts_from_the_arrival_at_the_edge():
+    """A body that took most of the timeout to read and validate is shed well before a full timeout in the queue."""
+
+    async def scenario() -> float:
+        pressure = Pressure()
+        batcher = MicroBatcher(lambda queries: time.sleep(1.0) or queries, timeout=0.8, pressure=pressure)
+        busy = asyncio.ensure_future(batcher.submit([0]))  # holds the pipeline for 1 s
+        await asyncio.sleep(0.01)
+        reservation = pressure.reserve(1)
+        assert reservation is not None
+        reservation.since -= 0.7  # admitted 0.7 s ago
+        start = time.monotonic()
+        with pytest.raises(Overloaded, match=r"timed out after 0\.8s"):
+            await batcher.submit([1])
+        waited = time.monotonic() - start
+        await busy
+        return waited
+
+    assert asyncio.run(scenario()) < 0.6  # counted from submit, it would have waited the whole 0.8 s

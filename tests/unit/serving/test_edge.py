@@ -278,7 +278,7 @@ def test_a_full_queue_is_503_before_the_body_is_read():
     pressure = Pressure(pending=413, limit=512)
     routes = {"/recommend": 1, "/recommend_batch": 100}
     app = FakeApp()
-    layer = edge(app, queued_routes=routes, busy=pressure.full)
+    layer = edge(app, queued_routes=routes, reserve=pressure.reserve)
     # Room for a single request, not for the largest batch: the batch route is refused unread.
     assert call(layer, chunks=[b'{"user_id": "1"}'])[0] == 200
     status, body, headers = call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])
@@ -288,12 +288,12 @@ def test_a_full_queue_is_503_before_the_body_is_read():
     app.called = False
     status, _, _ = call(layer, chunks=[b'{"user_id": "1"}'])
     assert (status, app.called) == (503, False)
-    assert call(edge(FakeApp(), queued_routes=routes, busy=pressure.full), "/model_info")[0] == 200
+    assert call(edge(FakeApp(), queued_routes=routes, reserve=pressure.reserve), "/model_info")[0] == 200
     pressure.pending = 412  # exactly room for the largest batch
     assert call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])[0] == 200
     # A queue smaller than the largest batch still takes batches, whenever it is empty.
     small = Pressure(pending=0, limit=60)
-    layer = edge(FakeApp(), queued_routes=routes, busy=small.full)
+    layer = edge(FakeApp(), queued_routes=routes, reserve=small.reserve)
     assert call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])[0] == 200
     small.pending = 1
     assert call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])[0] == 503

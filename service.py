@@ -34,6 +34,7 @@ from serving.runtime import paired_candidates_tag
 from serving.settings import get_settings
 from serving.shared import (
     batch_or_shed,
+    query_cost,
     recommend_or_shed,
     record_feedback,
     record_impressions,
@@ -89,6 +90,8 @@ class Recommender:
             settings.max_pending_queries,
             settings.queue_timeout_seconds,
             PRESSURE,
+            query_cost,
+            settings.max_queued_seconds,
         )
         self.health = None  # the probe port, opened once the event loop runs (open_probe_port)
 

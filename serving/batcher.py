@@ -72,6 +72,11 @@ class Pressure:
     pending: int = 0  # queries in the queue
     reserved: int = 0  # room held for admitted requests whose queries are not in the queue yet
     limit: int | None = None
+    # Seconds of pipeline work queued and running, as the batcher estimates them, and how many the edge lets
+    # wait ahead of a new request: a queue of the heaviest queries (100 recent items, explain, k=100: about six
+    # plain ones each) held seconds of work in 512 queries.
+    seconds_ahead: Callable[[], float] | None = None
+    max_seconds: float | None = None
 
     def full(self, room: int = 1) -> bool:
         """Whether a request bringing up to ``room`` queries may not fit in the queue now.
@@ -82,13 +87,23 @@ class Pressure:
         return self.limit is not None and self.pending + self.reserved + self._capped(room) > self.limit
 
     def reserve(self, room: int) -> Reservation | None:
-        """Hold ``room`` queries for a request being admitted (None: no room); the current task's reservation."""
-        if self.full(room):
+        """Hold ``room`` queries for a request being admitted (None: no room); the current task's reservation.
+
+        Also None while more than ``max_seconds`` of work waits: refused here, before its body is read, a
+        request costs the event loop next to nothing (refused after validation, it cost most of it).
+        """
+        if self.full(room) or self.busy_for_seconds():
             return None
         reservation = Reservation(self, self._capped(room))
         self.reserved += reservation.room
         _RESERVATION.set(reservation)
         return reservation
+
+    def busy_for_seconds(self) -> bool:
+        """Whether more than ``max_seconds`` of work waits in the worker (an empty queue never is)."""
+        return (
+            self.max_seconds is not None and self.seconds_ahead is not None and self.seconds_ahead() > self.max_seconds
+        )
 
     def _capped(self, room: int) -> int:
         return room if self.limit is None else min(room, self.limit)
@@ -141,6 +156,28 @@ class _Waiting(Generic[Q, R]):
     queries: list[Q]
     future: asyncio.Future[list[R]]
     since: float = field(default_factory=time.monotonic)
+    units: float = 0.0  # the queries' cost, in units of a plain query
+
+
+@dataclass
+class WorkClock:
+    """Seconds of pipeline work per unit of cost, learned from each call (an exponentially weighted mean).
+
+    Learned, not configured: machines of one kind differ 2.5x in speed, and a worker under load (the event
+    loop holding the GIL) computes slower than one alone; the estimate follows both.
+    """
+
+    per_unit: float | None = None
+    weight: float = 0.3  # of the latest call
+
+    def learn(self, seconds: float, units: float) -> None:
+        if units <= 0:
+            return
+        latest = seconds / units
+        self.per_unit = latest if self.per_unit is None else (1 - self.weight) * self.per_unit + self.weight * latest
+
+    def seconds(self, units: float) -> float:
+        return 0.0 if self.per_unit is None else units * self.per_unit
 
 
 class MicroBatcher(Generic[Q, R]):
@@ -153,13 +190,22 @@ class MicroBatcher(Generic[Q, R]):
         max_pending: int = 512,
         timeout: float = 10.0,
         pressure: Pressure | None = None,
+        cost: Callable[[Q], float] | None = None,
+        max_seconds_ahead: float | None = None,
     ) -> None:
         self.run = run
+        self.cost = cost or (lambda query: 1.0)
+        self.clock = WorkClock()
+        self._queued_units = 0.0
+        self._running_units = 0.0
+        self._running_since = 0.0
         self.max_batch = max_batch
         self.max_pending = max_pending
         self.timeout = timeout
         self.pressure = pressure or Pressure()
         self.pressure.limit = max_pending
+        self.pressure.seconds_ahead = self.seconds_ahead
+        self.pressure.max_seconds = max_seconds_ahead
         self._queue: deque[_Waiting[Q, R]] = deque()
         self._drainer: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
@@ -174,10 +220,11 @@ class MicroBatcher(Generic[Q, R]):
             SHED.labels(reason="queue_full").inc()
             raise Overloaded(f"overloaded: {self.pressure.pending} queries already waiting in this worker")
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(queries, loop.create_future())
+        waiting = _Waiting(queries, loop.create_future(), units=sum(self.cost(q) for q in queries))
         if admitted is not None:
             waiting.since = admitted
         self._queue.append(waiting)
+        self._queued_units += waiting.units
         self.pressure.pending += len(queries)
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
@@ -189,6 +236,11 @@ class MicroBatcher(Generic[Q, R]):
         except _Expired:
             SHED.labels(reason="timeout").inc()
             raise Overloaded(f"timed out after {self.timeout:g}s waiting for the pipeline") from None
+
+    def seconds_ahead(self) -> float:
+        """Estimated seconds of work queued and left in the running call (0 until the first call is timed)."""
+        running = self.clock.seconds(self._running_units) - (time.monotonic() - self._running_since)
+        return max(0.0, running) + self.clock.seconds(self._queued_units)
 
     async def call(self, function: Callable[..., R], *args: object) -> R:
         """Run another pipeline function in the same thread (never two pipeline calls at once)."""
@@ -225,14 +277,19 @@ class MicroBatcher(Generic[Q, R]):
                 continue
             queries = [q for waiting in batch for q in waiting.queries]
             BATCH_QUERIES.observe(len(queries))
+            self._running_units = sum(waiting.units for waiting in batch)
+            self._running_since = time.monotonic()
             try:
                 answers = await loop.run_in_executor(self._executor, self.run, queries)
+                self.clock.learn(time.monotonic() - self._running_since, self._running_units)
             except Exception as error:
+                self._running_units = 0.0
                 if len(batch) == 1:
                     _settle(batch[0], error=error)
                 else:  # one request's fault must not become every request's it was batched with
                     await self._one_by_one(batch)
                 continue
+            self._running_units = 0.0
             start = 0
             for waiting in batch:
                 end = start + len(waiting.queries)
@@ -271,6 +328,7 @@ class MicroBatcher(Generic[Q, R]):
                 break
             self._queue.popleft()
             self.pressure.pending -= len(waiting.queries)
+            self._queued_units -= waiting.units
             if waiting.future.done():  # timed out while queued
                 continue
             QUEUE_SECONDS.observe(now - waiting.since)

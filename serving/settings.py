@@ -68,6 +68,12 @@ class ServiceSettings(BaseSettings):
         description="queries a worker lets wait; a request that does not fit gets 503 with Retry-After at once "
         "(an empty queue takes any request)",
     )
+    max_queued_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="seconds of pipeline work (learned from the worker's own calls) a worker lets wait; beyond "
+        "it a request gets 503 with Retry-After before its body is read",
+    )
     queue_timeout_seconds: float = Field(
         5.0,
         gt=0,

@@ -219,3 +219,40 @@ def test_time_in_the_queue_counts_from_the_arrival_at_the_edge():
         return waited
 
     assert asyncio.run(scenario()) < 0.6  # counted from submit, it would have waited the whole 0.8 s
+
+
+def test_the_edge_refuses_while_more_seconds_of_work_wait_than_allowed():
+    """Seconds learned from the worker's own calls, each query weighed by its cost: heavy queries fill it sooner."""
+
+    async def scenario() -> None:
+        pressure = Pressure()
+        batcher = MicroBatcher(
+            lambda queries: time.sleep(0.02 * sum(queries)) or queries,
+            max_pending=512,
+            pressure=pressure,
+            cost=float,  # a query's cost is its value: 20 ms a unit
+            max_seconds_ahead=0.3,
+        )
+        assert pressure.reserve(100) is not None  # nothing learned, nothing waiting: taken
+        assert await batcher.submit([5]) == [5]
+        assert batcher.clock.per_unit == pytest.approx(0.02, rel=0.5)
+        running = asyncio.ensure_future(batcher.submit([10]))  # ~0.2 s
+        await asyncio.sleep(0.01)
+        queued = asyncio.ensure_future(batcher.submit([10]))  # ~0.2 s more: ~0.4 s ahead of the next
+        await asyncio.sleep(0.01)
+        assert batcher.seconds_ahead() == pytest.approx(0.4, abs=0.15)
+        assert pressure.reserve(1) is None  # 2 queries waiting, but 0.4 s of work > 0.3 s
+        assert await running == [10] and await queued == [10]
+        assert batcher.seconds_ahead() == 0.0 and pressure.reserve(1) is not None
+
+    asyncio.run(scenario())
+
+
+def test_cost_units_follow_recent_items_and_explanations():
+    from serving.api_models import RecommendRequest
+    from serving.shared import query_cost
+
+    plain = RecommendRequest(user_id="1", k=100)
+    heavy = RecommendRequest(user_id="1", k=100, explain=True, recent_items=[{"item_id": str(i)} for i in range(100)])
+    assert query_cost(plain) == 1.0
+    assert query_cost(heavy) == pytest.approx(1 + 1 + 0.5 + 100 / 30)

@@ -30,7 +30,8 @@ serve: train
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/bandit -q -r $(SOURCES)
+	$(BIN)/bandit -q -c pyproject.toml -r $(SOURCES)
+	$(BIN)/mypy stages features
 	$(BIN)/pytest
 
 test-fast: install
@@ -39,7 +40,8 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/bandit -q -r $(SOURCES)
+	$(BIN)/bandit -q -c pyproject.toml -r $(SOURCES)
+	$(BIN)/mypy stages features
 
 format: install
 	$(BIN)/ruff format .

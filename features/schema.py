@@ -445,12 +445,12 @@ def load_dataset(
 ) -> Dataset:
     """Load the user's files (CSV or parquet) through the documented schema; notes say how they were read."""
     options = options or ReadOptions()
-    paths = {"interactions": interactions, "users": users, "items": items}
+    given = {"interactions": interactions, "users": users, "items": items}
+    paths: dict[str, str | Path] = {label: path for label, path in given.items() if path}
     raw, notes = {}, []
     for label, path in paths.items():
-        if path:
-            raw[label], read_notes = read_table(path, options)
-            notes += read_notes
+        raw[label], read_notes = read_table(path, options)
+        notes += read_notes
     _check_mapping(options.columns, list(raw.values()), Path(interactions))
     raw = {label: _renamed(frame, Path(paths[label]), options.columns) for label, frame in raw.items()}
     inter, unit = read_interactions(raw["interactions"], interactions, options.allow_any_dates)

@@ -155,6 +155,8 @@ def write(dataset: Dataset, out: Path, fmt: str = "parquet") -> dict[str, Path]:
     inter = dataset.interactions.copy()
     items = dataset.items.reset_index() if dataset.items is not None else None
     users = dataset.users.reset_index() if dataset.users is not None else None
+    # Every format writes all three files: the dataset must have both attribute tables (generate() always does).
+    assert items is not None and users is not None
     paths = {name: out / f"{name}.{fmt}" for name in ("interactions", "users", "items")}
     if fmt == "csv":
         inter[Columns.timestamp] = pd.to_datetime(inter[Columns.timestamp], unit="s", utc=True).map(

@@ -20,6 +20,7 @@ request gathers rows instead of building sparse matrices).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -448,7 +449,7 @@ def _top(scores: np.ndarray, n: int) -> list[np.ndarray]:
     return out
 
 
-def _merge(proposals: object) -> np.ndarray:
+def _merge(proposals: Iterable[np.ndarray]) -> np.ndarray:
     """The sources' proposals in order (ALS first), each item once."""
     merged = np.concatenate([np.asarray(p, dtype=np.int64) for p in proposals])
     _, first = np.unique(merged, return_index=True)

@@ -86,6 +86,7 @@ class FeatureView:
         numeric[:, plan.item_cols] = plan.item_block[items]
         numeric[:, plan.user_cols] = plan.user_block[user_rows]
         for j, column in plan.pair_cols:
+            assert column.compute is not None  # pair columns are computed (see Column)
             numeric[:, j] = column.compute(pairs)
         categorical = np.empty((len(items), len(names.categorical)), dtype=object)
         categorical[:, plan.item_cat_cols] = plan.item_cat_block[items]
@@ -170,19 +171,27 @@ class _RowPlan:
         item_cat_cols, user_cat_cols = where(categorical, "item"), where(categorical, "user")
         return cls(
             item_cols=item_cols,
-            item_block=_stack([numeric[j].values for j in item_cols], n_items, np.float32),
+            item_block=_stack([_values(numeric[j]) for j in item_cols], n_items, np.float32),
             user_cols=user_cols,
-            user_block=_stack([numeric[j].values for j in user_cols], n_users, np.float32),
+            user_block=_stack([_values(numeric[j]) for j in user_cols], n_users, np.float32),
             pair_cols=[(j, numeric[j]) for j in where(numeric, "pair")],
             item_cat_cols=item_cat_cols,
-            item_cat_block=_stack([categorical[j].values for j in item_cat_cols], n_items, object),
+            item_cat_block=_stack([_values(categorical[j]) for j in item_cat_cols], n_items, object),
             user_cat_cols=user_cat_cols,
-            user_cat_block=_stack([categorical[j].values for j in user_cat_cols], n_users, object),
+            user_cat_block=_stack([_values(categorical[j]) for j in user_cat_cols], n_users, object),
         )
+
+
+def _values(column: Column) -> np.ndarray:
+    """An item or user column's array (columns of those scopes carry ``values``, see Column)."""
+    assert column.values is not None, column.name
+    return column.values
 
 
 def _override_user_columns(matrix: np.ndarray, names: tuple[str, ...], pairs: Pairs) -> None:
     """User columns a request's interactions changed: the fresh users' values replace the snapshot's."""
+    # Called only for pairs with fresh users (FeatureView.rows), whose slots come with them.
+    assert pairs.fresh is not None and pairs.fresh_slots is not None
     state = pairs.fresh.state
     columns = [j for j, name in enumerate(names) if name in state]
     if not columns:
@@ -194,7 +203,7 @@ def _override_user_columns(matrix: np.ndarray, names: tuple[str, ...], pairs: Pa
 
 
 def _padded(rows: list[np.ndarray], width: int, fill: object, dtype: type) -> np.ndarray:
-    out = np.full((len(rows), width), fill, dtype=dtype)
+    out: np.ndarray = np.full((len(rows), width), fill, dtype=dtype)
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
     return out

@@ -314,7 +314,11 @@ class TwoStageRecommender:
             answer = self._answer(query, cand[order], score[order], TWO_STAGE, "; ".join(notes) or None)
             if query.explain:
                 rows = starts[slot] + order
-                shown = None if numeric is None else (self._ranker_of(user), numeric[rows], categorical[rows])
+                shown = (
+                    None
+                    if numeric is None or categorical is None  # both set with a ranker, neither without
+                    else (self._ranker_of(user), numeric[rows], categorical[rows])
+                )
                 answer.explanations = self._explain(user, cand[order], shown)
             out.append(answer)
         return out
@@ -376,6 +380,7 @@ class TwoStageRecommender:
 
     @cached_property
     def _reasons(self) -> Reasons:
+        assert self.ranker is not None  # read only to explain rows a ranker scored (``_explain`` with ``shown``)
         return Reasons(self.view, self.ranker.names.all)
 
     def _fresh_batch(self, queries: list[Query], users: list[_User]) -> FreshBatch | None:
@@ -385,11 +390,18 @@ class TwoStageRecommender:
             return None
         slots = np.full(len(users), -1, dtype=np.int64)
         slots[fresh] = np.arange(len(fresh))
+        recent: list[Recent] = []
+        days_ago: list[np.ndarray] = []
+        for i in fresh:
+            user = users[i]
+            assert user.recent is not None and user.days_ago is not None  # ``_user`` sets both or neither
+            recent.append(user.recent)
+            days_ago.append(user.days_ago)
         view_users = self.view.fresh_users(
             np.array([users[i].row for i in fresh], dtype=np.int64),
-            [users[i].recent.items for i in fresh],
-            [users[i].days_ago for i in fresh],
-            [users[i].recent.weights for i in fresh],
+            [r.items for r in recent],
+            days_ago,
+            [r.weights for r in recent],
             [queries[i].user_attributes if users[i].index < 0 else {} for i in fresh],
         )
         return FreshBatch(slots, view_users)
@@ -419,21 +431,28 @@ class TwoStageRecommender:
             fresh=fresh.users if fresh is not None else None,
             fresh_slots=np.repeat(fresh.slots, lengths) if fresh is not None else None,
         )
-        return self.view.rows(names or self.ranker.names, pairs)
+        if not names:
+            # Without names the ranker's are meant: only the two-stage path (``_rank`` with a ranker) leaves them out.
+            assert self.ranker is not None
+            names = self.ranker.names
+        return self.view.rows(names, pairs)
 
     def _ranker_of(self, user: _User) -> Ranker:
         """The model that ranks a user's candidates: the visitor ranker for a visitor when there is one."""
         if user.index < 0 and self.visitor_ranker is not None:
             return self.visitor_ranker
+        assert self.ranker is not None  # called only on rows a ranker scores (``_rank`` with a ranker)
         return self.ranker
 
     def _score_rows(
         self, numeric: np.ndarray, categorical: np.ndarray, users: list[_User], lengths: list[int]
     ) -> np.ndarray:
         """Every row's score, each query's rows by its ranker (one CatBoost call per ranker in the batch)."""
+        assert self.ranker is not None  # called only by ``_rank`` with a ranker
         visitors = [self._ranker_of(user) is not self.ranker for user in users]
         if not any(visitors):
             return self.ranker.score(numeric, categorical)
+        assert self.visitor_ranker is not None  # a visitor's ranker other than ``self.ranker`` is this one
         if all(visitors):
             return self.visitor_ranker.score(numeric, categorical)
         rows = np.repeat(visitors, lengths)
@@ -483,6 +502,7 @@ class TwoStageRecommender:
         if not edges:
             return f"popular among users with {attribute} {raw}"
         label = bucket_label(float(raw), edges)
+        assert label is not None  # ``used`` names only segments a value fell into, never a NaN one
         slot = int(label[1:])
         low = f"{edges[slot - 1]:g}" if slot > 0 else None
         high = f"{edges[slot]:g}" if slot < len(edges) else None

@@ -134,7 +134,7 @@ class Pairs:
     fresh: FreshUsers | None = None
     fresh_slots: np.ndarray | None = None
     # Intermediate results several columns share (one set of pairs, one request: no locking needed).
-    scratch: dict[str, object] = field(default_factory=dict, compare=False)
+    scratch: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False)
 
     @cached_property
     def fresh_positions(self) -> np.ndarray:
@@ -149,6 +149,7 @@ def user_state(values: np.ndarray, pairs: Pairs, key: str) -> np.ndarray:
     if pairs.fresh is None or key not in pairs.fresh.state:
         return values[pairs.user_rows]
     fresh = pairs.fresh.state[key]
+    assert pairs.fresh_slots is not None  # set together with ``fresh``
     where = pairs.fresh_positions
     if len(where) == len(pairs.items):  # every pair's user is fresh (a lone request): no snapshot row is read
         return fresh[pairs.fresh_slots].astype(values.dtype, copy=False)

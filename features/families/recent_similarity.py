@@ -59,8 +59,8 @@ class RecentSimilarity(FeatureFamily):
         latest = np.full((view.n_users + 1, RECENT_ITEMS), -1, dtype=np.int64)
         days_ago = np.full((view.n_users + 1, RECENT_ITEMS), np.nan, dtype=np.float32)
         for row, (items, item_ages) in enumerate(zip(recent, ages, strict=True)):
-            found = [(view.item_position.get(i), a) for i, a in zip(items, item_ages, strict=True)]
-            found = [(i, a) for i, a in found if i is not None][:RECENT_ITEMS]
+            looked_up = [(view.item_position.get(i), a) for i, a in zip(items, item_ages, strict=True)]
+            found = [(i, a) for i, a in looked_up if i is not None][:RECENT_ITEMS]
             latest[row, : len(found)] = [i for i, _ in found]
             days_ago[row, : len(found)] = [a for _, a in found]
         return latest, days_ago

@@ -6,6 +6,8 @@ whose favourite items they get.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import pandas as pd
 
@@ -119,7 +121,8 @@ class Segments(FeatureFamily):
             for slot, attributes in enumerate(users.attributes):
                 raw = attributes.get(attribute)
                 if raw is not None and raw == raw:
-                    codes[slot] = code.get(_segment_value(raw, buckets.get(attribute)), -1)
+                    value = _segment_value(raw, buckets.get(attribute))
+                    codes[slot] = code.get(value, -1) if value is not None else -1
             users.state[_key(attribute)] = codes
 
     def attributes_of(self, row: int) -> dict[str, object]:
@@ -154,7 +157,8 @@ def _segment_value(raw: object, edges: list[float] | None) -> str | None:
     if edges is None:
         return str(raw)
     try:
-        return bucket_label(float(raw), edges)
+        # float() is tried on any value: one it rejects is no segment (caught below), not a failed request.
+        return bucket_label(float(cast(Any, raw)), edges)
     except (TypeError, ValueError):
         return None
 

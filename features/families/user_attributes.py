@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TypeGuard
 
 from features.families.base import (
     UNKNOWN,
@@ -48,8 +49,9 @@ class UserAttributes(FeatureFamily):
         for column, values in self.numeric.items():
             fresh = values[users.rows].copy()
             for slot, attributes in enumerate(users.attributes):
-                if _is_number(attributes.get(column)):
-                    fresh[slot] = float(attributes[column])
+                value = attributes.get(column)
+                if _is_number(value):
+                    fresh[slot] = float(value)
             users.state[column] = fresh
         for column, values in self.categorical.items():
             fresh = values[users.rows].copy()
@@ -59,5 +61,5 @@ class UserAttributes(FeatureFamily):
             users.state[f"cat_{column}"] = fresh
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -210,7 +210,7 @@ def install(limits: ConnectionLimits) -> bool:
         return False
     global Protocol
     Protocol = type("GuardedHttpToolsProtocol", (ConnectionGuard, HttpToolsProtocol), {"limits": limits})
-    config.HTTP_PROTOCOLS["auto"] = f"{__name__}:Protocol"
+    config.HTTP_PROTOCOLS["auto"] = f"{__name__}:Protocol"  # private uvicorn registry: serving/internals.py
     return True
 
 

@@ -512,4 +512,4 @@ def serve_behind_edge(service: Any, limits: EdgeLimits, connections: Any = None)
             return Edge(super().to_asgi(is_main), limits)
 
     EdgedService.__name__ = EdgedService.__qualname__ = base.__name__
-    service.__class__ = EdgedService
+    service.__class__ = EdgedService  # private BentoML structure: serving/internals.py

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from serving.edge import INTERNAL_NAME, field_messages
 
 # The logger of BentoML's API wrapper (``log_exception`` in bentoml/_internal/server/http_app.py).
-BENTOML_API_LOGGER = "bentoml._internal.server.http_app"
+BENTOML_API_LOGGER = "bentoml._internal.server.http_app"  # private: serving/internals.py
 OUR_LOGGERS = ("recsys", "recsys.edge")
 
 

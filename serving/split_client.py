@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import bentoml
-from _bentoml_impl.client import proxy2
+from _bentoml_impl.client import proxy2  # private: serving/internals.py
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import bentoml
-from bentoml._internal.configuration.containers import BentoMLContainer
+from bentoml._internal.configuration.containers import BentoMLContainer  # private: serving/internals.py
 
 from serving.events import EventLogUnusable, check_writable
 from serving.runtime import IncompatibleModels, Runtime

@@ -52,7 +52,7 @@ CANDIDATES_TAG = paired_candidates_tag(settings.ranker_tag, settings.candidates_
 if not startup.in_worker():
     # The server process refuses to start on a mismatched pair (see serving/startup.py);
     # workers skip it, since __init__ loads the same again.
-    startup.check(settings)
+    startup.check_in_child()  # in a child: what it loads does not stay in this process
     startup.own_metrics_dir()
 
 

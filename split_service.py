@@ -92,7 +92,7 @@ CANDIDATES_TAG = paired_candidates_tag(settings.ranker_tag, settings.candidates_
 if not startup.in_worker() and not (split.candidates_url or split.ranker_url):
     # Served together (one command): refuse a mismatched pair before any worker starts, as service.py does.
     # Served apart, each stage loads its own side and the ranker checks the candidates tag of every batch.
-    startup.check(settings)
+    startup.check_in_child()  # in a child: what it loads does not stay in this process
 if not startup.in_worker():
     startup.own_metrics_dir()  # the entry and each stage apart: three servers, often one BENTOML_HOME
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess  # nosec B404: runs this project's own check with this interpreter
 import sys
 from pathlib import Path
 
@@ -73,6 +74,25 @@ def check(settings: ServiceSettings) -> Runtime:
     if settings.event_log:
         check_writable(settings.event_log)
     return Runtime.from_settings(settings)
+
+
+def check_in_child() -> None:
+    """Run :func:`check` in a child process (``python -m serving.startup``); exit with its message if it refuses.
+
+    Run here, the models and the feature snapshot it loads stayed in the supervising ``bentoml serve``
+    process for its whole life, which serves nothing: 171 MB private of its 280 MB RSS on MovieLens-100K,
+    100 MB of them imports; deleting them and collecting gave back 6 MB. The child inherits the
+    environment, so it checks exactly what the workers will load.
+    """
+    child = subprocess.run(  # nosec B603: a fixed command, no shell, no user input
+        [sys.executable, "-m", "serving.startup"], capture_output=True, text=True, check=False
+    )
+    if child.returncode == 0:
+        return
+    lines = [line for line in child.stderr.splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    reason = errors[-1] if errors else (lines or ["the start-up check failed"])[-1]
+    raise SystemExit(f"recsys refuses to start: {reason}")
 
 
 def main() -> int:

@@ -86,6 +86,19 @@ INTERNALS = (
         _assigns("_bentoml_impl.client.proxy2", "AsyncClient", ("_session_manager",)),
     ),
     Internal(
+        "bentoml._internal.models.model.ModelStore (and its _path) as BentoMLContainer.model_store",
+        "serving/startup.py (the child check reads the model store a Bento was served from)",
+        lambda: (
+            hasattr(
+                importlib.import_module(
+                    "bentoml._internal.configuration.containers"
+                ).BentoMLContainer.model_store.get(),
+                "_path",
+            )
+            and hasattr(importlib.import_module("bentoml._internal.models.model"), "ModelStore")
+        ),
+    ),
+    Internal(
         "logger bentoml._internal.server.http_app",
         "serving/logs.py (its API errors rate-limited)",
         _attribute("bentoml._internal.server.http_app", "log_exception"),

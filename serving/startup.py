@@ -30,6 +30,7 @@ def in_worker() -> bool:
 
 
 METRICS_DIR_PREFIX = "server-"
+MODEL_STORE_ENV = "RECSYS_CHECK_MODEL_STORE"  # the model store the server process reads, for its child check
 
 
 def own_metrics_dir() -> Path:
@@ -84,9 +85,11 @@ def check_in_child() -> None:
     100 MB of them imports; deleting them and collecting gave back 6 MB. The child inherits the
     environment, so it checks exactly what the workers will load.
     """
+    # Served from a Bento, BentoML points this process at the Bento's own model store: the child must look there.
+    env = {**os.environ, MODEL_STORE_ENV: str(BentoMLContainer.model_store.get()._path)}
     # A fixed command, this interpreter, no shell, no user input.
     child = subprocess.run(  # nosec B603
-        [sys.executable, "-m", "serving.startup"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "serving.startup"], capture_output=True, text=True, check=False, env=env
     )
     if child.returncode == 0:
         return
@@ -98,6 +101,10 @@ def check_in_child() -> None:
 
 def main() -> int:
     """Print what would be served, or the reason it cannot be (exit 2)."""
+    if os.environ.get(MODEL_STORE_ENV):
+        from bentoml._internal.models.model import ModelStore  # private: serving/internals.py
+
+        BentoMLContainer.model_store.set(ModelStore(os.environ[MODEL_STORE_ENV]))
     try:
         info = check(get_settings()).info()
     except (SettingsError, IncompatibleModels, EventLogUnusable) as exc:

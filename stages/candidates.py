@@ -6,7 +6,8 @@ three sources propose candidates and each candidate carries its rank in
 every source as a ranker feature:
 
 - ``als``: top-N by the ALS score (user factors times item factors);
-- ``popular``: the most taken items in the last ``popular_days`` before the fit;
+- ``popular``: the most taken items in the last ``popular_days`` before the fit, this week's
+  risers pushed up (each item's share of the last ``popular_recent_days`` added to it);
 - ``cooc``: items most often taken together with the user's latest items.
 
 Saved as plain files (``.npz``/``.npy``, no pickle) so the serving image
@@ -48,7 +49,10 @@ class CandidateParams:
     alpha: float = 1.0
     iterations: int = 15
     seed: int = 42
-    popular_days: int = 30  # window of the recent-popularity source
+    popular_days: int = 30  # window of the recent-popularity source ...
+    # ... plus each item's share of this shorter window (0: none). Which window proposes best moves from week to
+    # week; the sum was never the worst over three disjoint-ish periods of MovieLens-100K (docs/quality.md).
+    popular_recent_days: int = 7
     n_popular: int = 100  # candidates the popularity source adds
     n_cooc: int = 50  # candidates the co-consumption source adds
     cooc_seeds: int = 5  # the user's latest items whose neighbours are proposed
@@ -210,6 +214,8 @@ class CandidateModel:
         as_of = int(times.max()) + 1 if as_of is None else as_of
         item_ids = np.asarray(items.categories, dtype=object)
         recent_share = popularity_share(interactions, item_ids, as_of, params.popular_days)
+        if params.popular_recent_days:
+            recent_share += popularity_share(interactions, item_ids, as_of, params.popular_recent_days)
         popular = ranking(recent_share)[: int((recent_share > 0).sum())]  # items nobody took lately are no proposal
         cold_share = popularity_share(interactions, item_ids, as_of, params.cold_start_days)
         order = np.lexsort((items.codes, -times))  # newest first

@@ -49,6 +49,11 @@ class TrainConfig(BaseModel):
     alpha: float = Field(CandidateParams.alpha, gt=0, description="ALS confidence scale of the weights")
     als_iterations: int = Field(CandidateParams.iterations, ge=1, description="ALS iterations")
     popular_days: int = Field(CandidateParams.popular_days, ge=1, description="window of the popularity source")
+    popular_recent_days: int = Field(
+        CandidateParams.popular_recent_days,
+        ge=0,
+        description="a shorter window whose shares the popularity source adds (0: none)",
+    )
     n_popular: int = Field(CandidateParams.n_popular, ge=0, description="candidates from recent popularity")
     n_cooc: int = Field(CandidateParams.n_cooc, ge=0, description="candidates from co-consumption")
     loss: str = Field(
@@ -126,6 +131,7 @@ class TrainConfig(BaseModel):
             iterations=self.als_iterations,
             seed=self.seed,
             popular_days=self.popular_days,
+            popular_recent_days=self.popular_recent_days,
             n_popular=self.n_popular,
             n_cooc=self.n_cooc,
         )

@@ -157,6 +157,6 @@ class Recommender:
 EDGE = replace(
     EdgeLimits.from_settings(settings, set(API_ROUTES)),
     queued_routes=MappingProxyType({"/recommend": 1, "/recommend_batch": MAX_BATCH}),
-    reserve=PRESSURE.reserve,
+    pressure=PRESSURE,
 )
 serve_behind_edge(Recommender, EDGE, ConnectionLimits.from_settings(settings))

@@ -86,13 +86,20 @@ class Pressure:
         """
         return self.limit is not None and self.pending + self.reserved + self._capped(room) > self.limit
 
-    def reserve(self, room: int) -> Reservation | None:
-        """Hold ``room`` queries for a request being admitted (None: no room); the current task's reservation.
+    def refusal(self, room: int) -> str | None:
+        """Why a request bringing up to ``room`` queries is refused before its body is read (None: it is not).
 
-        Also None while more than ``max_seconds`` of work waits: refused here, before its body is read, a
-        request costs the event loop next to nothing (refused after validation, it cost most of it).
+        Refused there, a request costs the event loop next to nothing; refused after validation, most of it.
         """
-        if self.full(room) or self.busy_for_seconds():
+        if self.full(room):
+            return "overloaded: this worker's queue has no room for this request; retry shortly"
+        if self.busy_for_seconds():
+            return "overloaded: more work is waiting in this worker than it answers in time; retry shortly"
+        return None
+
+    def reserve(self, room: int) -> Reservation | None:
+        """Hold ``room`` queries for a request whose body was read (None: no room); the current task's reservation."""
+        if self.full(room):
             return None
         reservation = Reservation(self, self._capped(room))
         self.reserved += reservation.room
@@ -100,9 +107,13 @@ class Pressure:
         return reservation
 
     def busy_for_seconds(self) -> bool:
-        """Whether more than ``max_seconds`` of work waits in the worker (an empty queue never is)."""
+        """Whether more than ``max_seconds`` of work waits in the worker (never with nothing queued: a lone
+        request is always taken, however long the running call)."""
         return (
-            self.max_seconds is not None and self.seconds_ahead is not None and self.seconds_ahead() > self.max_seconds
+            self.pending > 0
+            and self.max_seconds is not None
+            and self.seconds_ahead is not None
+            and self.seconds_ahead() > self.max_seconds
         )
 
     def _capped(self, room: int) -> int:
@@ -161,23 +172,32 @@ class _Waiting(Generic[Q, R]):
 
 @dataclass
 class WorkClock:
-    """Seconds of pipeline work per unit of cost, learned from each call (an exponentially weighted mean).
+    """Seconds of pipeline work per unit of cost, learned from the calls: decayed seconds over decayed units.
 
     Learned, not configured: machines of one kind differ 2.5x in speed, and a worker under load (the event
-    loop holding the GIL) computes slower than one alone; the estimate follows both.
+    loop holding the GIL) computes slower than one alone; the estimate follows both. Weighted by units, so
+    a one-query call slowed by a busy moment moves it as little as it weighs (a mean per call let three
+    such calls raise it 40 times). Calls are timed in the pipeline thread, not from the event loop.
     """
 
-    per_unit: float | None = None
-    weight: float = 0.3  # of the latest call
+    half_life_units: float = 256.0  # the past counts half once this many units were learned since
+    _seconds: float = 0.0
+    _units: float = 0.0
+
+    @property
+    def per_unit(self) -> float | None:
+        return self._seconds / self._units if self._units > 0 else None
 
     def learn(self, seconds: float, units: float) -> None:
         if units <= 0:
             return
-        latest = seconds / units
-        self.per_unit = latest if self.per_unit is None else (1 - self.weight) * self.per_unit + self.weight * latest
+        keep = 0.5 ** (units / self.half_life_units)
+        self._seconds = keep * self._seconds + seconds
+        self._units = keep * self._units + units
 
     def seconds(self, units: float) -> float:
-        return 0.0 if self.per_unit is None else units * self.per_unit
+        per_unit = self.per_unit
+        return 0.0 if per_unit is None else units * per_unit
 
 
 class MicroBatcher(Generic[Q, R]):
@@ -265,6 +285,8 @@ class MicroBatcher(Generic[Q, R]):
             for waiting in self._queue:
                 if waiting.since <= oldest_allowed and not waiting.future.done():
                     waiting.future.set_exception(_Expired())
+                    self._queued_units -= waiting.units  # no longer work ahead of anyone
+                    waiting.units = 0.0
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -280,8 +302,8 @@ class MicroBatcher(Generic[Q, R]):
             self._running_units = sum(waiting.units for waiting in batch)
             self._running_since = time.monotonic()
             try:
-                answers = await loop.run_in_executor(self._executor, self.run, queries)
-                self.clock.learn(time.monotonic() - self._running_since, self._running_units)
+                answers, seconds = await loop.run_in_executor(self._executor, self._timed, queries)
+                self.clock.learn(seconds, self._running_units)
             except Exception as error:
                 self._running_units = 0.0
                 if len(batch) == 1:
@@ -296,6 +318,12 @@ class MicroBatcher(Generic[Q, R]):
                 if not waiting.future.done():
                     waiting.future.set_result(answers[start:end])
                 start = end
+
+    def _timed(self, queries: list[Q]) -> tuple[list[R], float]:
+        """``run`` and its seconds, measured in the pipeline thread (a late event loop is not the pipeline's cost)."""
+        start = time.perf_counter()
+        answers = self.run(queries)
+        return answers, time.perf_counter() - start
 
     async def _one_by_one(self, batch: list[_Waiting[Q, R]]) -> None:
         """After a failed call, each of its requests in a call of its own: the faulty one gets its own error.
@@ -328,7 +356,7 @@ class MicroBatcher(Generic[Q, R]):
                 break
             self._queue.popleft()
             self.pressure.pending -= len(waiting.queries)
-            self._queued_units -= waiting.units
+            self._queued_units = self._queued_units - waiting.units if self._queue else 0.0
             if waiting.future.done():  # timed out while queued
                 continue
             QUEUE_SECONDS.observe(now - waiting.since)

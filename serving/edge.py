@@ -35,7 +35,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from serving.batcher import Reservation
+    from serving.batcher import Pressure, Reservation
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -80,7 +80,7 @@ class EdgeLimits:
     # Load shedding before the body is read: routes that queue for the pipeline, with the most queries one
     # request to them can bring, and "is there no room for that many?".
     queued_routes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    reserve: Callable[[int], Reservation | None] | None = None  # room for that many, held; None: no room
+    pressure: Pressure | None = None  # the worker's queue: checked before the body is read, room held after it
 
     @classmethod
     def from_settings(cls, settings: Any, api_routes: frozenset[str] | set[str]) -> EdgeLimits:
@@ -144,7 +144,7 @@ def check_headers(scope: Scope, limits: EdgeLimits) -> None:
         )
 
 
-def check_pressure(scope: Scope, limits: EdgeLimits) -> Reservation | None:
+def check_pressure(scope: Scope, limits: EdgeLimits) -> None:
     """503 with Retry-After, before the body is read, while the worker's queue has no room for the request.
 
     The body is unread, so a route's room is the most queries one request can
@@ -152,15 +152,32 @@ def check_pressure(scope: Scope, limits: EdgeLimits) -> Reservation | None:
     Measured under a flood of 20-user batches: with "full" meaning no room for
     one query, the queue hovered just below it and almost every refusal came
     from the handler, after BentoML had parsed and validated the body, 80% of
-    the event loop, so the pipeline thread was starved of the GIL. The room
-    is held from here until the request's queries are queued or it ends
-    (:class:`serving.batcher.Pressure`), so bodies being read and validated
-    count too.
+    the event loop, so the pipeline thread was starved of the GIL. Refused
+    too while more seconds of work wait than allowed (:class:`serving.batcher.Pressure`).
     """
     room = limits.queued_routes.get(scope["path"])
-    if limits.reserve is None or room is None:
+    if limits.pressure is None or room is None:
+        return
+    refusal = limits.pressure.refusal(room)
+    if refusal is not None:
+        raise EdgeError(503, refusal, [(b"retry-after", b"1")])
+
+
+def hold_room(scope: Scope, limits: EdgeLimits, document: object) -> Reservation | None:
+    """Hold the queries this body brings in the worker's queue until the handler queues them (503 if no room).
+
+    Held once the body is read, not before: held for the most a request may bring from its first byte,
+    two slow one-byte uploads locked a worker out of every request, and a few 1-query batches at once
+    were refused by an empty queue. Held before validation, so bodies being validated count: under 50
+    clients of the heaviest batches, every request arriving during a validation used to pass, be
+    validated, then be refused in the handler.
+    """
+    room = limits.queued_routes.get(scope["path"])
+    if limits.pressure is None or room is None:
         return None
-    reservation = limits.reserve(room)
+    requests = document.get("requests") if isinstance(document, dict) else None
+    queries = min(len(requests), room) if isinstance(requests, list) and room > 1 else 1
+    reservation = limits.pressure.reserve(max(queries, 1))
     if reservation is None:
         raise EdgeError(
             503, "overloaded: this worker's queue has no room for this request; retry shortly", [(b"retry-after", b"1")]
@@ -314,12 +331,12 @@ def invalid_json(reason: str) -> EdgeError:
     return EdgeError(400, message, detail=[{"type": "json_invalid", "loc": [], "msg": message}])
 
 
-def check_json(body: bytes) -> None:
-    """A body the API may parse: JSON, no duplicate keys, finite numbers only (400 otherwise)."""
+def check_json(body: bytes) -> object:
+    """A body the API may parse: JSON, no duplicate keys, finite numbers only (400 otherwise); the document."""
     if not body.strip():
-        return
+        return None
     try:
-        json.loads(
+        return json.loads(
             body,
             object_pairs_hook=_unique_keys,
             parse_float=_finite,
@@ -459,14 +476,15 @@ class Edge:
         check_key(scope, limits)
         if scope["path"] not in limits.api_routes:
             return receive
-        reservation = check_pressure(scope, limits)
-        if reservation is not None:
-            reservations.append(reservation)
+        check_pressure(scope, limits)
         check_body_headers(scope, limits)
         body = await read_body(receive, limits)
         if body is None:
             return None
-        check_json(body)
+        document = check_json(body)
+        reservation = hold_room(scope, limits, document)
+        if reservation is not None:
+            reservations.append(reservation)
         return replay(body, receive)
 
     async def refuse(self, scope: Scope, send: Send, error: EdgeError) -> None:

@@ -60,8 +60,10 @@ def die_with_parent() -> None:
 
     BentoML starts each worker in a process group of its own, so killing ``bentoml serve`` with SIGKILL
     left its workers serving, orphaned, holding the port (a restart then failed with EADDRINUSE).
-    A no-op where ``prctl`` is not available. (The parent dying before this call is not caught: in a
-    container ``bentoml serve`` may be PID 1, so a parent of 1 tells nothing.)
+    Linux sends it when the parent *thread* that started the worker ends; circus starts workers from
+    its main thread, which lives as long as the server. A no-op where ``prctl`` is not available.
+    (The parent dying before this call is not caught: in a container ``bentoml serve`` may be PID 1,
+    so a parent of 1 tells nothing.)
     """
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

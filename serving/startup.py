@@ -87,6 +87,9 @@ def check_in_child() -> None:
     """
     # Served from a Bento, BentoML points this process at the Bento's own model store: the child must look there.
     env = {**os.environ, MODEL_STORE_ENV: str(BentoMLContainer.model_store.get()._path)}
+    # The child imports this project from where this process found it, whatever its working directory.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     # A fixed command, this interpreter, no shell, no user input.
     child = subprocess.run(  # nosec B603
         [sys.executable, "-m", "serving.startup"], capture_output=True, text=True, check=False, env=env
@@ -95,6 +98,8 @@ def check_in_child() -> None:
         return
     lines = [line for line in child.stderr.splitlines() if line.strip()]
     errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    if not errors:  # not a refusal: a crash, whose traceback must not be lost
+        sys.stderr.write(child.stderr)
     reason = errors[-1] if errors else (lines or ["the start-up check failed"])[-1]
     raise SystemExit(f"recsys refuses to start: {reason}")
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from serving.batcher import MicroBatcher, Overloaded, Pressure
+from serving.batcher import MicroBatcher, Overloaded, Pressure, WorkClock
 
 
 class Recorded:
@@ -233,7 +233,7 @@ def test_the_edge_refuses_while_more_seconds_of_work_wait_than_allowed():
             cost=float,  # a query's cost is its value: 20 ms a unit
             max_seconds_ahead=0.3,
         )
-        assert pressure.reserve(100) is not None  # nothing learned, nothing waiting: taken
+        assert pressure.refusal(100) is None  # nothing learned, nothing waiting: taken
         assert await batcher.submit([5]) == [5]
         assert batcher.clock.per_unit == pytest.approx(0.02, rel=0.5)
         running = asyncio.ensure_future(batcher.submit([10]))  # ~0.2 s
@@ -241,9 +241,11 @@ def test_the_edge_refuses_while_more_seconds_of_work_wait_than_allowed():
         queued = asyncio.ensure_future(batcher.submit([10]))  # ~0.2 s more: ~0.4 s ahead of the next
         await asyncio.sleep(0.01)
         assert batcher.seconds_ahead() == pytest.approx(0.4, abs=0.15)
-        assert pressure.reserve(1) is None  # 2 queries waiting, but 0.4 s of work > 0.3 s
+        assert pressure.refusal(1) == (  # 1 query waiting, but 0.4 s of work > 0.3 s
+            "overloaded: more work is waiting in this worker than it answers in time; retry shortly"
+        )
         assert await running == [10] and await queued == [10]
-        assert batcher.seconds_ahead() == 0.0 and pressure.reserve(1) is not None
+        assert batcher.seconds_ahead() == 0.0 and pressure.refusal(1) is None
 
     asyncio.run(scenario())
 
@@ -256,3 +258,14 @@ def test_cost_units_follow_recent_items_and_explanations():
     heavy = RecommendRequest(user_id="1", k=100, explain=True, recent_items=[{"item_id": str(i)} for i in range(100)])
     assert query_cost(plain) == 1.0
     assert query_cost(heavy) == pytest.approx(1 + 1 + 0.5 + 100 / 30)
+
+
+def test_a_slow_small_call_moves_the_clock_as_little_as_it_weighs():
+    """Weighted by units: three one-query calls caught behind a busy moment raised a per-call mean 40 times."""
+    clock = WorkClock()
+    for _ in range(10):
+        clock.learn(0.05, 100)  # 0.5 ms a query
+    for _ in range(3):
+        clock.learn(0.03, 1)  # one query, 30 ms
+    assert clock.per_unit is not None and clock.per_unit < 0.0008
+    assert clock.seconds(512) < 0.41

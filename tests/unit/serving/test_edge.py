@@ -278,7 +278,7 @@ def test_a_full_queue_is_503_before_the_body_is_read():
     pressure = Pressure(pending=413, limit=512)
     routes = {"/recommend": 1, "/recommend_batch": 100}
     app = FakeApp()
-    layer = edge(app, queued_routes=routes, reserve=pressure.reserve)
+    layer = edge(app, queued_routes=routes, pressure=pressure)
     # Room for a single request, not for the largest batch: the batch route is refused unread.
     assert call(layer, chunks=[b'{"user_id": "1"}'])[0] == 200
     status, body, headers = call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])
@@ -288,12 +288,12 @@ def test_a_full_queue_is_503_before_the_body_is_read():
     app.called = False
     status, _, _ = call(layer, chunks=[b'{"user_id": "1"}'])
     assert (status, app.called) == (503, False)
-    assert call(edge(FakeApp(), queued_routes=routes, reserve=pressure.reserve), "/model_info")[0] == 200
+    assert call(edge(FakeApp(), queued_routes=routes, pressure=pressure), "/model_info")[0] == 200
     pressure.pending = 412  # exactly room for the largest batch
     assert call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])[0] == 200
     # A queue smaller than the largest batch still takes batches, whenever it is empty.
     small = Pressure(pending=0, limit=60)
-    layer = edge(FakeApp(), queued_routes=routes, reserve=small.reserve)
+    layer = edge(FakeApp(), queued_routes=routes, pressure=small)
     assert call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])[0] == 200
     small.pending = 1
     assert call(layer, "/recommend_batch", chunks=[b'{"requests": [{"user_id": "1"}]}'])[0] == 503
@@ -316,3 +316,27 @@ def test_the_services_own_503_is_put_in_the_envelope():
         "error": "service_unavailable",
         "message": "overloaded: 9 waiting",
     }
+
+
+def test_the_room_held_is_what_the_body_brings_from_when_it_is_read_until_the_request_ends():
+    """Held from the first byte for the most a batch may bring, two slow uploads locked a worker out."""
+    pressure = Pressure(pending=0, limit=200)
+    routes = {"/recommend": 1, "/recommend_batch": 100}
+    held: list[int] = []
+
+    class Holding(FakeApp):
+        async def __call__(self, scope, receive, send) -> None:
+            held.append(pressure.reserved)  # while BentoML would validate the body
+            await super().__call__(scope, receive, send)
+
+    layer = edge(Holding(), queued_routes=routes, pressure=pressure)
+    three = b'{"requests": [{"user_id": "1"}, {"user_id": "2"}, {"user_id": "3"}]}'
+    assert call(layer, "/recommend_batch", chunks=[three[:10], three[10:]])[0] == 200
+    assert call(layer, chunks=[b'{"user_id": "1"}'])[0] == 200
+    assert held == [3, 1] and pressure.reserved == 0  # released when the request ended
+    pressure.reserved = 101  # other bodies being validated: the largest batch no longer fits, unread
+    status, body, _ = call(layer, "/recommend_batch", chunks=[three])
+    assert (
+        status == 503
+        and body["message"] == "overloaded: this worker's queue has no room for this request; retry shortly"
+    )

@@ -10,6 +10,7 @@ Linux only: the process tree is read from ``/proc``.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 
@@ -23,11 +24,39 @@ from pathlib import Path
 PROC = Path("/proc")
 
 
+_HANDED_OUT: set[int] = set()
+_PICK = random.Random(os.getpid() ^ time.time_ns())  # nosec B311
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 nobody listens on now, below the kernel's ephemeral range, never handed out twice.
+
+    A port the kernel picks (bind to 0) is an ephemeral one: before the server bound it, an outgoing
+    connection could take it as its source port, and two calls before either server started could
+    return the same one (a split-topology test failed once with EADDRINUSE).
+    """
+    low = _ephemeral_low()
+    for _ in range(500):
+        port = _PICK.randrange(10_000, low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port between 10000 and {low}")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default 32768 when unreadable)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return low if low > 11_000 else 32768
 
 
 def parent_pid(pid: int) -> int | None:

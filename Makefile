@@ -22,9 +22,9 @@ train: install
 
 SERVE_ENV := RECSYS_FEATURE_STORE=$(abspath $(FEATURE_STORE)) RECSYS_WORKERS=$(WORKERS)
 
-# The start-up check first: a mismatched model pair or feature store stops here with one clear message.
+# bentoml serve runs the start-up check first (serving/startup.py): a mismatched model pair or feature store
+# stops it with one clear message.
 serve: train
-	$(SERVE_ENV) $(BIN)/python -m serving.startup
 	$(SERVE_ENV) $(BIN)/bentoml serve service:Recommender --port $(PORT)
 
 test: install

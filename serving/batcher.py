@@ -62,11 +62,11 @@ class Pressure:
     a flood that alone starves the event loop (probes included). So while the queue is full the
     edge answers 503 at once (``serving/edge.py``), and the handler's check only catches races.
 
-    A request the edge admits holds its room (``reserved``) until its queries join the queue or it
-    ends: counting only the queue let every request that arrived while a body was being validated
-    in too. 50 clients sending 100-query batches with 100 recent items each: the event loop spent
-    its time validating bodies then refused in the handler, and the 200s took 7-8 s here (11-14 s
-    on a slower machine, past the 10 s bound).
+    Once its body is read, a request holds the room its queries take (``reserved``) until they join
+    the queue or it ends: counting only the queue let every request that arrived while a body was
+    being validated in too. 50 clients sending 100-query batches with 100 recent items each: the
+    event loop spent its time validating bodies then refused in the handler, and the 200s took 7-8 s
+    here (11-14 s on a slower machine, past the 10 s bound).
     """
 
     pending: int = 0  # queries in the queue
@@ -127,7 +127,7 @@ class Reservation:
     pressure: Pressure
     room: int
     released: bool = False
-    since: float = field(default_factory=time.monotonic)  # when the edge admitted the request
+    since: float = field(default_factory=time.monotonic)  # when the edge had read the request's body
 
     def release(self) -> None:
         if not self.released:
@@ -139,7 +139,7 @@ _RESERVATION: ContextVar[Reservation | None] = ContextVar("recsys_reservation", 
 
 
 def release_reservation() -> float | None:
-    """Release the room the edge held for the request this task serves; when it was admitted (None: no edge)."""
+    """Release the room the edge held for the request this task serves; when its body was read (None: none held)."""
     reservation = _RESERVATION.get()
     if reservation is None:
         return None
@@ -234,7 +234,7 @@ class MicroBatcher(Generic[Q, R]):
     async def submit(self, queries: list[Q]) -> list[R]:
         """The answers to ``queries``, in order, from the next pipeline call that has room for them."""
         # The room the edge held for this request is taken by its queries now. Its time in the queue counts from
-        # its arrival at the edge: reading and validating a large body under load took seconds of the bound.
+        # when the edge had read its body: validating a large body under load took seconds of the bound.
         admitted = release_reservation()
         if self.pressure.full(len(queries)):  # a request larger than the whole queue is taken when it is empty
             SHED.labels(reason="queue_full").inc()
@@ -274,9 +274,9 @@ class MicroBatcher(Generic[Q, R]):
         future, so at a few hundred requests a second the timers of the last 5 s
         (~30,000 objects) sat in the garbage collector's oldest generation and
         every full collection rescanned them (serving/heap.py). Every entry is
-        looked at (at most ``max_pending``): a request's time counts from its
-        arrival at the edge, and a large body validated slowly joins the queue
-        behind requests that arrived after it.
+        looked at (at most ``max_pending``): a request's time counts from when
+        its body was read, and a large body validated slowly joins the queue
+        behind requests read after it.
         """
         step = min(self.timeout / 4, 0.25)
         while self._queue:

@@ -34,6 +34,8 @@ from http import HTTPStatus
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from serving.batcher import release_reservation
+
 if TYPE_CHECKING:
     from serving.batcher import Pressure, Reservation
 
@@ -166,6 +168,8 @@ def check_pressure(scope: Scope, limits: EdgeLimits) -> None:
 def hold_room(scope: Scope, limits: EdgeLimits, document: object) -> Reservation | None:
     """Hold the queries this body brings in the worker's queue until the handler queues them (503 if no room).
 
+    The reservation is the request task's (:func:`serving.batcher.release_reservation` frees it).
+
     Held once the body is read, not before: held for the most a request may bring from its first byte,
     two slow one-byte uploads locked a worker out of every request, and a few 1-query batches at once
     were refused by an empty queue. Held before validation, so bodies being validated count: under 50
@@ -176,8 +180,8 @@ def hold_room(scope: Scope, limits: EdgeLimits, document: object) -> Reservation
     if limits.pressure is None or room is None:
         return None
     requests = document.get("requests") if isinstance(document, dict) else None
-    queries = min(len(requests), room) if isinstance(requests, list) and room > 1 else 1
-    reservation = limits.pressure.reserve(max(queries, 1))
+    queries = len(requests) if room > 1 and isinstance(requests, list) else 1
+    reservation = limits.pressure.reserve(min(max(queries, 1), room))
     if reservation is None:
         raise EdgeError(
             503, "overloaded: this worker's queue has no room for this request; retry shortly", [(b"retry-after", b"1")]
@@ -453,10 +457,9 @@ class Edge:
         if scope["type"] != "http":  # lifespan
             await self.app(scope, receive, send)
             return
-        reservations: list[Reservation] = []  # room held in the worker's queue, released however the request ends
         try:
             try:
-                receive = await self.admit(scope, receive, reservations)
+                receive = await self.admit(scope, receive)
             except EdgeError as error:
                 await self.refuse(scope, send, error)
                 return
@@ -465,11 +468,10 @@ class Edge:
             api = scope["path"] in self.limits.api_routes
             await self.app(scope, receive, rewriting(send) if api else send)
         finally:
-            for reservation in reservations:
-                reservation.release()
+            release_reservation()  # the room hold_room held in the queue, however the request ended
 
-    async def admit(self, scope: Scope, receive: Receive, reservations: list[Reservation]) -> Receive | None:
-        """The receive channel to hand on, or :class:`EdgeError` saying why not; room held goes to ``reservations``."""
+    async def admit(self, scope: Scope, receive: Receive) -> Receive | None:
+        """The receive channel to hand on, or :class:`EdgeError` saying why not."""
         limits = self.limits
         check_headers(scope, limits)
         check_route(scope, limits)
@@ -481,10 +483,7 @@ class Edge:
         body = await read_body(receive, limits)
         if body is None:
             return None
-        document = check_json(body)
-        reservation = hold_room(scope, limits, document)
-        if reservation is not None:
-            reservations.append(reservation)
+        hold_room(scope, limits, check_json(body))
         return replay(body, receive)
 
     async def refuse(self, scope: Scope, send: Send, error: EdgeError) -> None:

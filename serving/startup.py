@@ -1,11 +1,11 @@
 """The start-up check: load what would be served once, and refuse clearly if it does not fit.
 
-``make serve`` runs it (``python -m serving.startup``) before starting the
-server, and ``service.py`` calls :func:`check` in the process ``bentoml
-serve`` starts first. BentoML has no hook that runs once in that process
-before the workers start: a failure in a worker's ``__init__`` only restarts
-the worker, in a loop, while a failure at import makes ``bentoml serve`` exit
-with the message.
+``service.py`` runs it (``python -m serving.startup``, in a child process:
+:func:`check_in_child`) from the process ``bentoml serve`` starts first;
+``python -m serving.startup`` alone says what would be served. BentoML has no
+hook that runs once in that process before the workers start: a failure in a
+worker's ``__init__`` only restarts the worker, in a loop, while a failure at
+import makes ``bentoml serve`` exit with the message.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ every source as a ranker feature:
 
 - ``als``: top-N by the ALS score (user factors times item factors);
 - ``popular``: the most taken items in the last ``popular_days`` before the fit, this week's
-  risers pushed up (each item's share of the last ``popular_recent_days`` added to it);
+  risers pushed up (each item's share of the last ``popular_recent_days`` added to it), each
+  user's takes damped by how many they made in the window (a few heavy raters make a week);
 - ``cooc``: items most often taken together with the user's latest items.
 
 Saved as plain files (``.npz``/``.npy``, no pickle) so the serving image
@@ -53,6 +54,9 @@ class CandidateParams:
     # ... plus each item's share of this shorter window (0: none). Which window proposes best moves from week to
     # week; the sum was never the worst over three disjoint-ish periods of MovieLens-100K (docs/quality.md).
     popular_recent_days: int = 7
+    # Each take in those windows counts 1 / n ** popular_user_damping, n the taker's takes in the window (0: plain
+    # counts). Three users make 25-50% of a MovieLens week; at 0.5 they stop deciding the list (docs/quality.md).
+    popular_user_damping: float = 0.5
     n_popular: int = 100  # candidates the popularity source adds
     n_cooc: int = 50  # candidates the co-consumption source adds
     cooc_seeds: int = 5  # the user's latest items whose neighbours are proposed
@@ -62,17 +66,30 @@ class CandidateParams:
 
 
 def popularity_share(
-    interactions: pd.DataFrame, item_ids: np.ndarray, until: int | None, days: int | None
+    interactions: pd.DataFrame,
+    item_ids: np.ndarray,
+    until: int | None,
+    days: int | None,
+    user_damping: float = 0.0,
 ) -> np.ndarray:
     """Each item's share of the interactions in the ``days`` before ``until`` (all before it for ``None``).
 
-    ``until`` defaults to just after the last interaction.
+    ``until`` defaults to just after the last interaction. With ``user_damping``
+    d > 0 a take counts 1 / n ** d, n its user's takes in the window: a user who
+    rates 300 films in a day then moves the list as much as a few users do.
     """
     times = interactions[Columns.timestamp].to_numpy()
     until = int(times.max()) + 1 if until is None else until
     window = (times < until) & (times >= until - days * DAY if days is not None else True)
-    counts = interactions.loc[window, Columns.item].value_counts().reindex(item_ids, fill_value=0).to_numpy(np.float64)
-    return (counts / max(counts.sum(), 1.0)).astype(np.float32)
+    taken = interactions.loc[window, [Columns.user, Columns.item]]
+    if user_damping:
+        per_user = taken.groupby(Columns.user, observed=True)[Columns.item].transform("size").to_numpy(np.float64)
+        weights = pd.Series(per_user**-user_damping, index=taken.index)
+        counts = weights.groupby(taken[Columns.item].to_numpy()).sum()
+    else:
+        counts = taken[Columns.item].value_counts()
+    counts = counts.reindex(item_ids, fill_value=0).to_numpy(np.float64)
+    return (counts / counts.sum() if counts.sum() > 0 else counts).astype(np.float32)
 
 
 def ranking(scores: np.ndarray) -> np.ndarray:
@@ -213,9 +230,10 @@ class CandidateModel:
         times = interactions[Columns.timestamp].to_numpy()
         as_of = int(times.max()) + 1 if as_of is None else as_of
         item_ids = np.asarray(items.categories, dtype=object)
-        recent_share = popularity_share(interactions, item_ids, as_of, params.popular_days)
+        damping = params.popular_user_damping
+        recent_share = popularity_share(interactions, item_ids, as_of, params.popular_days, damping)
         if params.popular_recent_days:
-            recent_share += popularity_share(interactions, item_ids, as_of, params.popular_recent_days)
+            recent_share += popularity_share(interactions, item_ids, as_of, params.popular_recent_days, damping)
         popular = ranking(recent_share)[: int((recent_share > 0).sum())]  # items nobody took lately are no proposal
         cold_share = popularity_share(interactions, item_ids, as_of, params.cold_start_days)
         order = np.lexsort((items.codes, -times))  # newest first

@@ -54,6 +54,12 @@ class TrainConfig(BaseModel):
         ge=0,
         description="a shorter window whose shares the popularity source adds (0: none)",
     )
+    popular_user_damping: float = Field(
+        CandidateParams.popular_user_damping,
+        ge=0,
+        le=1,
+        description="the popularity source counts a take 1/n**this, n its user's takes in the window (0: plain)",
+    )
     n_popular: int = Field(CandidateParams.n_popular, ge=0, description="candidates from recent popularity")
     n_cooc: int = Field(CandidateParams.n_cooc, ge=0, description="candidates from co-consumption")
     loss: str = Field(
@@ -132,6 +138,7 @@ class TrainConfig(BaseModel):
             seed=self.seed,
             popular_days=self.popular_days,
             popular_recent_days=self.popular_recent_days,
+            popular_user_damping=self.popular_user_damping,
             n_popular=self.n_popular,
             n_cooc=self.n_cooc,
         )

@@ -2,6 +2,8 @@
 
     python -m train.studies ablation          # each feature family, the prior and each extra candidate source
     python -m train.studies learning-curve    # NDCG against the number of training cuts; a plot in docs/
+    python -m train.studies periods --set popular_user_damping=0 --set train_cuts=4
+                                              # the backtest on earlier periods (the data cut at 50%, 75% of its span)
 
 Every row is a whole rolling backtest (train/backtest.py) on MovieLens-100K
 with one thing changed, so a gain is measured the way the model is judged:
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from features import movielens
+from features.schema import Columns
 from stages.candidates import CandidateParams
 from stages.pipeline import Query, TwoStageRecommender
 from train.backtest import TWO_STAGE_MODEL, BacktestParams, backtest_cuts, fitted_folds, run_backtest
@@ -138,6 +141,51 @@ def learning_curve(params: BacktestParams, counts: list[int], plot: Path | None)
     return "\n".join(lines)
 
 
+def periods(fractions: list[float], ranker: RankerParams, candidates: CandidateParams) -> str:
+    """The backtest on the data cut at each fraction of its time span: periods the full table never scores.
+
+    A change chosen on the full data's cuts must hold on these too (docs/quality.md).
+    """
+    dataset = movielens.load()
+    times = dataset.interactions[Columns.timestamp]
+    lines = [
+        f"| data up to | cuts | warm NDCG@{K}, {SHORT} | ratio (95%) | cuts won | warm NDCG@{K}, {LONG} | ratio (95%) "
+        "| cuts won |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for fraction in fractions:
+        end = times.min() + fraction * (times.max() - times.min())
+        prefix = replace(dataset, interactions=dataset.interactions[times < end].reset_index(drop=True))
+        backtest = run_backtest(Stages(prefix, candidates), ranker, BacktestParams())
+        cells = []
+        for horizon in (SHORT, LONG):
+            summary = backtest["summary"][horizon]["warm"]
+            cells += [
+                f"{backtest['mean'][horizon]['warm'][TWO_STAGE_MODEL]['mean']:.4f}",
+                f"{summary['ratio']:.2f}× ({summary['low']:.2f}–{summary['high']:.2f})",
+                f"{summary['won']} of {summary['cuts']}",
+            ]
+        lines.append(f"| {fraction:.0%} | {len(backtest['cuts'])} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def overridden(ranker: RankerParams, candidates: CandidateParams, settings: list[str]) -> tuple:
+    """The params with ``name=value`` settings applied to whichever of the two has the field."""
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        target = next((p for p in (ranker, candidates) if name in p.__dataclass_fields__), None)
+        if target is None or not value:
+            raise SystemExit(f"--set {setting}: expected name=value with a field of RankerParams or CandidateParams")
+        kind = type(getattr(target, name))
+        parsed = kind(float(value)) if kind in (int, float) else value
+        if target is ranker:
+            ranker = replace(ranker, **{name: parsed})
+        else:
+            candidates = replace(candidates, **{name: parsed})
+    return ranker, candidates
+
+
 def _plot(points: list[tuple[int, float, float, int]], path: Path) -> None:
     import matplotlib
 
@@ -167,10 +215,16 @@ def main(argv: list[str] | None = None) -> None:
     curve = sub.add_parser("learning-curve", help="NDCG against the number of training cuts")
     curve.add_argument("--cuts", default="1,2,4,8,16", help="training cut counts, comma-separated")
     curve.add_argument("--plot", type=Path, default=Path("docs/learning_curve.png"))
+    period = sub.add_parser("periods", help="the backtest on the data cut at fractions of its time span")
+    period.add_argument("--fractions", default="0.5,0.75,1", help="fractions of the time span, comma-separated")
+    period.add_argument("--set", action="append", default=[], help="name=value of a RankerParams/CandidateParams field")
     args = cli.parse_args(argv)
     params = BacktestParams()
     if args.study == "ablation":
         print(ablation(params))
+    elif args.study == "periods":
+        ranker, candidates = overridden(RankerParams(), CandidateParams(), args.set)
+        print(periods([float(f) for f in args.fractions.split(",")], ranker, candidates))
     else:
         print(learning_curve(params, [int(c) for c in args.cuts.split(",")], args.plot))
 

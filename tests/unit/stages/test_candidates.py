@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
-from stages.candidates import CandidateBatch, CandidateModel, CandidateParams
+from stages.candidates import CandidateBatch, CandidateModel, CandidateParams, popularity_share
 
 
 def checkerboard(n_users: int = 40, n_items: int = 20) -> pd.DataFrame:
@@ -101,6 +102,38 @@ def test_co_consumption_proposes_what_was_taken_with_the_latest_items():
     batch = model.top_n(np.array([model.user_index["u9"]]), n=0)
     assert model.item_ids[batch.items[0]].tolist() == ["b"]
     assert batch.source_ranks["cooc"][0].tolist() == [1.0] and batch.cooc_scores[0][0] > 0
+
+
+DAY = 86400
+
+
+def test_user_damping_stops_one_heavy_user_deciding_popularity():
+    # In the last day u0 took items a-d, u1 and u2 took e; f was taken before that day.
+    rows = [("u0", item, 2 * DAY) for item in "abcd"] + [("u1", "e", 2 * DAY), ("u2", "e", 2 * DAY), ("u3", "f", 0)]
+    data = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    items = np.array(list("abcdef"), dtype=object)
+    last_day = {"until": 2 * DAY + 1, "days": 1}
+    np.testing.assert_allclose(popularity_share(data, items, **last_day), [1 / 6] * 4 + [2 / 6, 0], rtol=1e-6)
+    # At 0.5 each of u0's four takes counts 1/2: 4 x 0.5 against 2 for e.
+    damped = popularity_share(data, items, **last_day, user_damping=0.5)
+    np.testing.assert_allclose(damped, [0.125] * 4 + [0.5, 0], rtol=1e-6)
+    # At 1 every user weighs the same: u0's four takes together count as much as one of e's.
+    np.testing.assert_allclose(
+        popularity_share(data, items, **last_day, user_damping=1.0), [1 / 12] * 4 + [2 / 3, 0], rtol=1e-6
+    )
+
+
+def test_the_popular_source_ranks_by_damped_shares():
+    # Two users who took 30 films each both took "cult"; one user took only "solo".
+    rows = [(u, f"{u}-{n}", 100) for u in ("heavy1", "heavy2") for n in range(29)]
+    rows += [("heavy1", "cult", 100), ("heavy2", "cult", 100), ("light", "solo", 100)]
+    data = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).assign(weight=1.0)
+    params = CandidateParams(factors=2, iterations=2, seed=1, n_cooc=0)
+    plain = CandidateModel.fit(data, replace(params, popular_user_damping=0.0))
+    assert plain.item_ids[plain.popular[0]] == "cult"  # 2 takes; "solo" ties the 58 other single takes
+    damped = CandidateModel.fit(data, params)  # "cult" 2 / sqrt(30), "solo" 1, the rest 1 / sqrt(30)
+    assert params.popular_user_damping == 0.5
+    assert damped.item_ids[damped.popular[:2]].tolist() == ["solo", "cult"]
 
 
 def test_batch_survives_a_trip_through_json():

@@ -19,7 +19,7 @@ import pytest
 
 from features.schema import Columns, Dataset
 from features.synthetic import SyntheticConfig, generate
-from stages.candidates import CandidateParams
+from stages.candidates import CandidateParams, popularity_share
 from stages.pipeline import Query, TwoStageRecommender
 from tests.support import cut_at, with_future
 from train.backtest import (
@@ -101,6 +101,17 @@ def test_the_popularity_lists_a_cut_is_scored_against_ignore_the_future(both, cu
     assert before.keys() == after.keys()
     for days in before:
         np.testing.assert_array_equal(before[days], after[days], err_msg=f"{days} days")
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.5, 1.0])
+def test_popularity_shares_at_t_damped_by_each_users_takes_ignore_the_future(both, cut, damping):
+    """A user's takes that damp their weight are counted inside the window too, never up to the data's end."""
+    item_ids = both[0].at(cut).candidates.item_ids
+    for days in (1, 7, 30, None):
+        before, after = (
+            popularity_share(stages.dataset.interactions, item_ids, cut, days, user_damping=damping) for stages in both
+        )
+        np.testing.assert_array_equal(before, after, err_msg=f"{days} days")
 
 
 def test_feature_rows_at_t_ignore_the_future(both, cut):

@@ -132,7 +132,7 @@ class CandidateService:
 
     @bentoml.api
     async def candidates(self, requests: list[dict], n: int) -> dict:
-        """``rankable`` per request and the CandidateBatch (``to_json``) of the rankable ones."""
+        """``rankable`` per request and the CandidateBatch (``serving.split.batch_to_json``) of the rankable ones."""
         if not requests:
             return self.stage.candidates_for([], n)
         invalid = self.stage.invalid_filters(requests)

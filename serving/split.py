@@ -5,7 +5,7 @@ tested in-process against :meth:`TwoStageRecommender.recommend`.
 
 The candidates stage answers ``rankable`` for every request (a stored or a
 recent history) and the merged candidates of the rankable ones, in order, as
-:meth:`CandidateBatch.to_json`; the ranker stage scores those with the same
+:func:`batch_to_json`; the ranker stage scores those with the same
 requests and gives popular items to the others. That is the cut
 :meth:`TwoStageRecommender.recommend` makes in one process, so the answers are
 the same.
@@ -28,8 +28,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import bentoml
+import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 
+from features.families.candidate_pair import SOURCES
 from features.store import MODEL_SNAPSHOT_DIR, SnapshotError, current_version, read_snapshot
 from serving.api_models import ModelTags, RecommendRequest, SimilarItemsRequest
 from serving.batcher import MicroBatcher, Overloaded
@@ -58,7 +60,35 @@ def recommendation_of(data: dict) -> Recommendation:
     return Recommendation(**data)
 
 
-Row = dict[str, list]  # one request's candidates: a row of each CandidateBatch.to_json() list
+Row = dict[str, list]  # one request's candidates: a row of each batch_to_json() list
+
+
+def batch_to_json(batch: CandidateBatch) -> dict[str, list[list[float | None]]]:
+    """A candidate batch as plain lists (NaN ranks as ``None``), for sending it between the stages."""
+
+    def plain(arrays: list[np.ndarray]) -> list[list[float | None]]:
+        return [[None if v != v else float(v) for v in a.tolist()] for a in arrays]
+
+    return {
+        "items": [a.tolist() for a in batch.items],
+        "scores": plain(batch.scores),
+        "cooc_scores": plain(batch.cooc_scores),
+        **{f"rank_{source}": plain(ranks) for source, ranks in batch.source_ranks.items()},
+    }
+
+
+def batch_from_json(data: dict[str, list[list[float | None]]]) -> CandidateBatch:
+    """The inverse of :func:`batch_to_json`."""
+
+    def arrays(rows: list[list[float | None]], dtype: type) -> list[np.ndarray]:
+        return [np.array([np.nan if v is None else v for v in row], dtype=dtype) for row in rows]
+
+    return CandidateBatch(
+        items=arrays(data["items"], np.int64),
+        scores=arrays(data["scores"], np.float32),
+        source_ranks={source: arrays(data[f"rank_{source}"], np.float32) for source in SOURCES},
+        cooc_scores=arrays(data["cooc_scores"], np.float32),
+    )
 
 
 def split_found(found: dict) -> list[Row | None]:
@@ -73,7 +103,7 @@ def split_found(found: dict) -> list[Row | None]:
 
 def join_found(rows: list[Row | None], model: str, features: str) -> dict:
     """The inverse of :func:`split_found`: one answer (as :meth:`CandidateStage.candidates_for`) over many rows."""
-    keys = CandidateBatch.empty().to_json()
+    keys = batch_to_json(CandidateBatch.empty())
     batch = {key: [row[key] for row in rows if row is not None] for key in keys}
     return {"model": model, "features": features, "rankable": [row is not None for row in rows], "batch": batch}
 
@@ -159,7 +189,7 @@ class CandidateStage:
         rankable = pipeline.rankable(queries)
         chosen = [q for q, r in zip(queries, rankable, strict=True) if r]
         batch = pipeline.candidate_lists(chosen) if chosen else CandidateBatch.empty()
-        return {"model": self.tag, "features": self.view.version, "rankable": rankable, "batch": batch.to_json()}
+        return {"model": self.tag, "features": self.view.version, "rankable": rankable, "batch": batch_to_json(batch)}
 
     def candidate_rows(self, asks: list[tuple[dict, int]]) -> list[tuple[Row | None, str, str]]:
         """:meth:`candidates_for` over the requests of many calls, ``(request, n_candidates)`` each, in one go.
@@ -257,7 +287,7 @@ class RankerStage:
         if rankable != found["rankable"]:
             raise IncompatibleModels("the candidates service and the ranker disagree on which users have a history")
         chosen = [q for q, r in zip(queries, rankable, strict=True) if r]
-        ranked = iter(pipeline.rank(chosen, CandidateBatch.from_json(found["batch"])) if chosen else [])
+        ranked = iter(pipeline.rank(chosen, batch_from_json(found["batch"])) if chosen else [])
         cold = iter(pipeline.recommend([q for q, r in zip(queries, rankable, strict=True) if not r]))
         answers = [asdict(next(ranked) if r else next(cold)) for r in rankable]
         FILTERED_ITEMS.inc(filtered)  # after success: a failed call is answered again request by request

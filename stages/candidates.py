@@ -122,33 +122,6 @@ class CandidateBatch:
                 out.source_ranks[source].append(batch.source_ranks[source][slot])
         return out
 
-    def to_json(self) -> dict[str, list[list[float | None]]]:
-        """Plain lists (NaN ranks as ``None``), for sending a batch between services."""
-
-        def plain(arrays: list[np.ndarray]) -> list[list[float | None]]:
-            return [[None if v != v else float(v) for v in a.tolist()] for a in arrays]
-
-        return {
-            "items": [a.tolist() for a in self.items],
-            "scores": plain(self.scores),
-            "cooc_scores": plain(self.cooc_scores),
-            **{f"rank_{source}": plain(ranks) for source, ranks in self.source_ranks.items()},
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, list[list[float | None]]]) -> CandidateBatch:
-        """The inverse of :meth:`to_json`."""
-
-        def arrays(rows: list[list[float | None]], dtype: type) -> list[np.ndarray]:
-            return [np.array([np.nan if v is None else v for v in row], dtype=dtype) for row in rows]
-
-        return cls(
-            items=arrays(data["items"], np.int64),
-            scores=arrays(data["scores"], np.float32),
-            source_ranks={source: arrays(data[f"rank_{source}"], np.float32) for source in SOURCES},
-            cooc_scores=arrays(data["cooc_scores"], np.float32),
-        )
-
     def extend(self, other: CandidateBatch) -> None:
         self.items += other.items
         self.scores += other.scores

@@ -1,7 +1,18 @@
 """The two-stage pipeline: candidates from several sources, features joined, CatBoost re-ranks.
 
 The service, the offline batch CLI, the evaluation and the parity test all
-call :meth:`TwoStageRecommender.recommend`; there is no second copy.
+call :meth:`TwoStageRecommender.recommend`; there is no second copy. A request
+goes down these steps, each a method below, in this order:
+
+1. resolve users (:meth:`~TwoStageRecommender._user`): stored index, snapshot row, recent items;
+2. candidates (:meth:`~TwoStageRecommender._candidate_lists`): every source, merged, rules applied;
+3. rows (:meth:`~TwoStageRecommender.pair_rows`): the feature view's columns per (user, candidate);
+4. scores (:meth:`~TwoStageRecommender._score_rows`): the ranker (or the visitor ranker) and its prior;
+5. page (:meth:`~TwoStageRecommender._page`): ranked, diversified, cut to offset and k;
+6. answer (:meth:`~TwoStageRecommender._answer`): ids, titles, the message (``stages/messages.py``),
+   explanations on request.
+
+Users the two stages cannot rank are answered by ``stages/cold_start.py``.
 """
 
 from __future__ import annotations
@@ -12,9 +23,10 @@ from functools import cached_property
 import numpy as np
 
 from features.families import FreshUsers, Pairs
-from features.families.segments import bucket_label
 from features.schema import DAY
+from stages import messages
 from stages.candidates import CandidateBatch, CandidateModel, Recent, ranking
+from stages.cold_start import cold_start_scores, popular_page
 from stages.explain import Reasons, because
 from stages.feature_view import FeatureNames, FeatureView
 from stages.ranker import Ranker
@@ -79,6 +91,10 @@ class _User:
     @property
     def rankable(self) -> bool:
         return self.index >= 0 or self.recent is not None
+
+    @property
+    def recent_use(self) -> messages.RecentUse:
+        return messages.RecentUse(0 if self.recent is None else len(self.recent.items), self.ignored, self.index < 0)
 
 
 @dataclass(frozen=True)
@@ -293,23 +309,23 @@ class TwoStageRecommender:
     def _rank(
         self, queries: list[Query], users: list[_User], batch: CandidateBatch | None = None
     ) -> list[Recommendation]:
+        """Steps 2 to 6 for users with a history: candidates, rows, scores, then each query's page and answer."""
         batch = self._candidate_lists(queries, users) if batch is None else batch
-        indices = np.array([u.index for u in users], dtype=np.int64)
-        fresh = self._fresh_batch(queries, users)
         lengths = [len(c) for c in batch.items]
         starts = np.cumsum([0, *lengths])
         numeric = categorical = None
         if self.ranker is None:
             final = batch.scores
         else:
-            numeric, categorical = self.pair_rows(indices, batch, fresh=fresh)
+            indices = np.array([u.index for u in users], dtype=np.int64)
+            numeric, categorical = self.pair_rows(indices, batch, fresh=self._fresh_batch(queries, users))
             scores = self._score_rows(numeric, categorical, users, lengths)
             # A lone query's scores are its own: np.split costs more than the prior does.
             final = [scores] if len(lengths) == 1 else np.split(scores, starts[1:-1])
         out = []
         for slot, (query, user, cand, score) in enumerate(zip(queries, users, batch.items, final, strict=True)):
-            order = self._order(query, cand, score)
-            notes = [_recent_note(query, user)] if user.recent is not None or user.ignored else []
+            order = self._page(query, cand, score)
+            notes = [messages.recent_note(user.recent_use)] if user.recent is not None or user.ignored else []
             notes += self._rule_notes(query, len(order))
             answer = self._answer(query, cand[order], score[order], TWO_STAGE, "; ".join(notes) or None)
             if query.explain:
@@ -323,7 +339,7 @@ class TwoStageRecommender:
             out.append(answer)
         return out
 
-    def _order(self, query: Query, cand: np.ndarray, score: np.ndarray) -> np.ndarray:
+    def _page(self, query: Query, cand: np.ndarray, score: np.ndarray) -> np.ndarray:
         """Positions of a query's page among its candidates: ranked once to its depth, re-ranked for diversity."""
         order = np.lexsort((np.arange(len(cand)), -score))
         if query.diversity > 0:
@@ -332,14 +348,8 @@ class TwoStageRecommender:
 
     def _rule_notes(self, query: Query, found: int) -> list[str]:
         """What the filters left and why a page is short (never silent); nothing for a plain full answer."""
-        notes = []
-        allowed = self.view.catalogue.mask(query.rules)
-        if allowed is not None:
-            notes.append(f"filters allow {int(allowed.sum())} of {len(allowed)} items")
-        if found < query.k:
-            ruled = bool(query.filters) or self._any_hidden
-            notes.append(_shortfall(found) if not (ruled or query.offset) else _short_page(found, query, ruled))
-        return notes
+        ruled = bool(query.filters) or self._any_hidden
+        return messages.rule_notes(self.view.catalogue.mask(query.rules), found, query.k, query.offset, ruled)
 
     def _history(self, user: _User) -> np.ndarray:
         """The user's items, ascending: stored and recent, each once."""
@@ -471,43 +481,22 @@ class TwoStageRecommender:
         attributes = {**stored, **{a: v for a, v in query.user_attributes.items() if v is not None}}
         params = self.candidates.params
         scores, used = cold_start_scores(self.view, self.candidates.cold_share, params.segment_weight, attributes)
-        window = "all time" if params.cold_start_days is None else f"the last {params.cold_start_days} days"
-        who = "no interactions yet" if query.user_id in self.view.user_row else "unknown user"
-        among = f", reordered by what users with {', '.join(used)} take" if used else ""
-        if attributes and params.segment_weight == 0:
-            among = " (attributes not used: segments got no weight in the backtest)"
-        order = ranking(scores)
-        allowed = self.allowed(query.rules)
-        if allowed is None and not query.offset:
-            picked = first_k_not_in(order, query.k, set(self._excluded(query).tolist()))
-        else:
-            keep = np.ones(len(order), dtype=bool) if allowed is None else allowed.copy()
-            keep[self._excluded(query)] = False
-            picked = order[keep[order]][query.offset : query.depth]
-        ignored = f"; {_recent_note(query, user)}" if user.ignored else ""
-        ruled = bool(query.filters) or self._any_hidden or bool(query.offset)
-        notes = "".join(f"; {note}" for note in self._rule_notes(query, len(picked))) if ruled else ""
-        answer = self._answer(
-            query, picked, scores[picked], POPULAR, f"{who}: most popular in {window}{among}{ignored}{notes}"
+        picked = popular_page(scores, self.allowed(query.rules), self._excluded(query), query.offset, query.k)
+        notes = [messages.recent_note(user.recent_use)] if user.ignored else []
+        if query.filters or self._any_hidden or query.offset:
+            notes += self._rule_notes(query, len(picked))
+        message = messages.cold_start_message(
+            query.user_id in self.view.user_row,
+            params.cold_start_days,
+            used,
+            bool(attributes) and params.segment_weight == 0,
+            notes,
         )
+        answer = self._answer(query, picked, scores[picked], POPULAR, message)
         if query.explain:
-            why = [f"most popular in {window}", *(self._segment_phrase(u) for u in used)]
+            why = messages.cold_start_reasons(params.cold_start_days, used, self.view.info.get("buckets", {}))
             answer.explanations = [Explanation([], why) for _ in picked]
         return answer
-
-    def _segment_phrase(self, used: str) -> str:
-        """``age=30`` as "popular among users with age 25–34" (numeric attributes by their segment's range)."""
-        attribute, raw = used.split("=", 1)
-        edges = self.view.info.get("buckets", {}).get(attribute)
-        if not edges:
-            return f"popular among users with {attribute} {raw}"
-        label = bucket_label(float(raw), edges)
-        assert label is not None  # ``used`` names only segments a value fell into, never a NaN one
-        slot = int(label[1:])
-        low = f"{edges[slot - 1]:g}" if slot > 0 else None
-        high = f"{edges[slot]:g}" if slot < len(edges) else None
-        span = f"{low}–{high}" if low and high else (f"under {high}" if high else f"{low} and over")
-        return f"popular among users with {attribute} {span}"
 
     def _answer(
         self, query: Query, items: np.ndarray, scores: np.ndarray, strategy: str, message: str | None = None
@@ -521,47 +510,6 @@ class TwoStageRecommender:
             strategy=strategy,
             message=message,
         )
-
-
-def cold_start_scores(
-    view: FeatureView, share: np.ndarray, segment_weight: float, attributes: dict[str, object]
-) -> tuple[np.ndarray, list[str]]:
-    """Popularity shares plus ``segment_weight`` times the mean share within the user's segments."""
-    segment = view.segment_scores(attributes) if attributes and segment_weight > 0 else None
-    if segment is None:
-        return share, []
-    scores, used = segment
-    return share + segment_weight * scores / len(used), used
-
-
-def first_k_not_in(order: np.ndarray, k: int, excluded: set[int]) -> np.ndarray:
-    """The first ``k`` entries of a ranking that are not excluded (popularity lists, cold start)."""
-    return np.array([i for i in order[: k + len(excluded)] if i not in excluded][:k], dtype=np.int64)
-
-
-def _recent_note(query: Query, user: _User) -> str:
-    """What happened to a query's recent items, for the response's message."""
-    used = 0 if user.recent is None else len(user.recent.items)
-    note = f"{used} recent items used"
-    if user.index < 0 and used:
-        note = f"unknown user: ranked from {used} recent items"
-    if user.ignored:
-        note += f", {user.ignored} ignored (not in the model's catalogue)"
-    return note
-
-
-def _shortfall(found: int) -> str:
-    """Why a known user got fewer items than asked, so an empty or short list is never silent."""
-    if found == 0:
-        return "nothing left to recommend: the user has already taken (or excluded) every item in the catalogue"
-    return f"only {found} items left to recommend: the rest are seen or excluded"
-
-
-def _short_page(found: int, query: Query, ruled: bool) -> str:
-    """Why a page with rules or an offset is short: what is left is all the rules allow."""
-    removed = "seen, excluded, filtered out or hidden" if ruled else "seen or excluded"
-    where = f" from position {query.offset + 1}" if query.offset else ""
-    return f"only {found} items left to recommend{where}: the rest are {removed}"
 
 
 def _flat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:

@@ -23,7 +23,8 @@ import pandas as pd
 
 from features.schema import Columns
 from stages.candidates import CandidateParams, popularity_share, ranking
-from stages.pipeline import TwoStageRecommender, cold_start_scores
+from stages.cold_start import cold_start_scores
+from stages.pipeline import TwoStageRecommender
 from train.evaluate import K, candidate_recall, ndcg_per_user, pipeline_lists, popularity_lists, ranking_metrics
 from train.ranker_training import (
     DAY,

@@ -10,7 +10,8 @@ import pandas as pd
 
 from features.schema import Columns
 from stages.candidates import SOURCES, CandidateModel, ranking
-from stages.pipeline import Query, TwoStageRecommender, first_k_not_in
+from stages.cold_start import first_k_not_in
+from stages.pipeline import Query, TwoStageRecommender
 
 K = 10
 FEW_USERS = 20  # below this many users per table, differences between models are mostly noise

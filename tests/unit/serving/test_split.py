@@ -9,15 +9,28 @@ from dataclasses import asdict
 
 import aiohttp
 import bentoml
+import numpy as np
 import pytest
 from bentoml.exceptions import ServiceUnavailable
 
 from serving.api_models import RecommendRequest
 from serving.batcher import MicroBatcher, Overloaded
 from serving.runtime import IncompatibleModels, Runtime
-from serving.split import CandidateStage, RankerStage, join_found, out_of_step, queued, requests_json, split_found
+from serving.split import (
+    CandidateStage,
+    RankerStage,
+    batch_from_json,
+    batch_to_json,
+    join_found,
+    out_of_step,
+    queued,
+    requests_json,
+    split_found,
+)
 from serving.split_client import KEEPALIVE_SECONDS, UNREACHABLE_RETRY_AFTER, SessionManager, call
+from stages.candidates import CandidateModel, CandidateParams
 from stages.pipeline import Query, RecentEvent
+from tests.unit.stages.test_candidates import checkerboard
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +218,15 @@ def test_a_recycled_session_is_not_closed_under_calls_in_flight():
         assert third.closed
 
     asyncio.run(scenario())
+
+
+def test_batch_survives_a_trip_through_json():
+    model = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=5, seed=3, n_popular=3))
+    batch = model.top_n(np.array([0, 1]), n=2)
+    again = batch_from_json(json.loads(json.dumps(batch_to_json(batch))))
+    for field in ("items", "scores", "cooc_scores"):
+        for a, b in zip(getattr(batch, field), getattr(again, field), strict=True):
+            np.testing.assert_array_equal(a, b)
+    for source, ranks in batch.source_ranks.items():
+        for a, b in zip(ranks, again.source_ranks[source], strict=True):
+            np.testing.assert_array_equal(a, b)  # NaN where a source did not propose the item

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
-from stages.candidates import CandidateBatch, CandidateModel, CandidateParams, popularity_share
+from stages.candidates import CandidateModel, CandidateParams, popularity_share
 
 
 def checkerboard(n_users: int = 40, n_items: int = 20) -> pd.DataFrame:
@@ -134,15 +133,3 @@ def test_the_popular_source_ranks_by_damped_shares():
     damped = CandidateModel.fit(data, params)  # "cult" 2 / sqrt(30), "solo" 1, the rest 1 / sqrt(30)
     assert params.popular_user_damping == 0.5
     assert damped.item_ids[damped.popular[:2]].tolist() == ["solo", "cult"]
-
-
-def test_batch_survives_a_trip_through_json():
-    model = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=5, seed=3, n_popular=3))
-    batch = model.top_n(np.array([0, 1]), n=2)
-    again = CandidateBatch.from_json(json.loads(json.dumps(batch.to_json())))
-    for field in ("items", "scores", "cooc_scores"):
-        for a, b in zip(getattr(batch, field), getattr(again, field), strict=True):
-            np.testing.assert_array_equal(a, b)
-    for source, ranks in batch.source_ranks.items():
-        for a, b in zip(ranks, again.source_ranks[source], strict=True):
-            np.testing.assert_array_equal(a, b)  # NaN where a source did not propose the item

@@ -155,7 +155,11 @@ def periods(fractions: list[float], ranker: RankerParams, candidates: CandidateP
     ]
     for fraction in fractions:
         end = times.min() + fraction * (times.max() - times.min())
-        prefix = replace(dataset, interactions=dataset.interactions[times < end].reset_index(drop=True))
+        prefix = (
+            replace(dataset, interactions=dataset.interactions[times < end].reset_index(drop=True))
+            if fraction < 1
+            else dataset  # all of it: the table `python -m train` prints
+        )
         backtest = run_backtest(Stages(prefix, candidates), ranker, BacktestParams())
         cells = []
         for horizon in (SHORT, LONG):

@@ -1,0 +1,75 @@
+"""Every call the README shows, run as written against a real server, so none goes stale.
+
+The README's ``curl`` lines and its Python client example are taken from the
+file itself (only ``localhost:3000`` becomes the test server's address), run
+in a shell and a fresh interpreter, and must answer 200 with JSON; the example
+answer printed under the first call must have the keys a live answer has.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import REPO
+
+pytestmark = pytest.mark.slow
+
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def readme_blocks(language: str) -> list[str]:
+    return [body for lang, body in FENCE.findall((REPO / "README.md").read_text()) if lang == language]
+
+
+def curl_commands() -> list[str]:
+    """Each ``curl`` of the README's shell blocks, continuation lines joined."""
+    commands = []
+    for block in readme_blocks("bash"):
+        for command in block.replace("\\\n", " ").splitlines():
+            if command.lstrip().startswith("curl "):
+                commands.append(command.strip())
+    return commands
+
+
+def test_the_readme_shows_calls_to_every_public_endpoint():
+    called = {re.search(r"localhost:3000(/\w+)", c).group(1) for c in curl_commands()}  # type: ignore[union-attr]
+    assert called >= {"/recommend", "/recommend_batch", "/similar_items", "/feedback", "/model_info"}
+
+
+@pytest.fixture(scope="module")
+def request_id(client) -> str:
+    """A real answer's request id, for the README's ``/feedback`` example."""
+    return client.post("/recommend", json={"user_id": "196", "k": 3}).json()["request_id"]
+
+
+@pytest.mark.parametrize("command", curl_commands(), ids=lambda c: c.split("localhost:3000")[1].split()[0])
+def test_every_curl_in_the_readme_answers_200_with_json(server, request_id, command):
+    address = server.url.removeprefix("http://")
+    runnable = command.replace("localhost:3000", address).replace("<request_id of the answer>", request_id)
+    out = subprocess.run(
+        ["bash", "-c", runnable + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=60, check=True
+    )
+    body, status = out.stdout.rsplit("\n", 1)
+    assert status == "200", (command, body)
+    assert isinstance(json.loads(body), dict)
+
+
+def test_the_example_answer_has_the_keys_of_a_live_one(client):
+    shown = json.loads(readme_blocks("json")[0])
+    live = client.post("/recommend", json={"user_id": "196", "k": 3}).json()
+    assert shown.keys() == live.keys()
+    assert [item.keys() for item in shown["recommendations"]] == [item.keys() for item in live["recommendations"]]
+
+
+def test_the_python_example_runs_and_prints_three_titles(server):
+    (example,) = readme_blocks("python")
+    code = example.replace("http://localhost:3000", server.url)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    titles = ast.literal_eval(out.stdout.strip().splitlines()[-1])  # the example prints a list of titles
+    assert isinstance(titles, list) and len(titles) == 3 and all(isinstance(t, str) and t for t in titles)

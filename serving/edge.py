@@ -34,6 +34,7 @@ from http import HTTPStatus
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from serving.api_page import send_page
 from serving.batcher import release_reservation
 
 if TYPE_CHECKING:
@@ -464,6 +465,9 @@ class Edge:
                 await self.refuse(scope, send, error)
                 return
             if receive is None:  # the client left while sending its body
+                return
+            if scope["path"] == "/":  # this API's page, not BentoML's (serving/api_page.py)
+                await send_page(send, scope["method"])
                 return
             api = scope["path"] in self.limits.api_routes
             await self.app(scope, receive, rewriting(send) if api else send)

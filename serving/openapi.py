@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from serving.api_page import info
+
 ERROR = "Error"
 ERROR_SCHEMA = {
     "type": "object",
@@ -155,6 +157,7 @@ def _fields(schema: dict) -> dict:
 def conform(spec: dict, api_routes: frozenset[str] | set[str]) -> dict:
     """A copy of BentoML's OpenAPI document that matches what the server sends."""
     spec = copy.deepcopy(spec)
+    spec["info"] = info()  # BentoML's names its own project, its links and badges, and version None
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     _public_names(spec)
     _nullable(schemas)

@@ -14,6 +14,7 @@ import bentoml
 import numpy as np
 import pytest
 
+from serving.api_page import VERSION
 from stages.pipeline import Query
 from tests.support import KNOWN_USER, REPO, answer_of, post
 
@@ -123,6 +124,18 @@ def test_probes_metrics_and_openapi(client):
     text = json.dumps(spec)
     assert "IODescriptor" not in text
     assert set(re.findall(r'"#/components/schemas/([^"]+)"', text)) <= set(spec["components"]["schemas"])
+
+
+def test_the_api_page_is_this_apis_and_loads_only_from_this_server(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    assert "recsys" in page.text and "://" not in page.text  # no Google Tag Manager, no GitHub corner
+    for link in re.findall(r'(?:src|href)="\./([^"]+)"', page.text):
+        assert client.get(f"/{link}").status_code == 200, link
+    spec = client.get("/docs.json").json()
+    assert spec["info"]["title"] == "recsys" and spec["info"]["version"] == VERSION
+    assert "://" not in spec["info"]["description"] and "contact" not in spec["info"]
 
 
 def test_python_client(server):

@@ -4,6 +4,8 @@
     python -m train.studies learning-curve    # NDCG against the number of training cuts; a plot in docs/
     python -m train.studies periods --set popular_user_damping=0 --set train_cuts=4
                                               # the backtest on earlier periods (the data cut at 50%, 75% of its span)
+    python -m train.studies nested --grid train_cuts=4,8 --grid popular_user_damping=0.5,0
+                                              # settings chosen at each cut from the cuts before it only
 
 Every row is a whole rolling backtest (train/backtest.py) on MovieLens-100K
 with one thing changed, so a gain is measured the way the model is judged:
@@ -15,6 +17,7 @@ variant's, called in turn on the same users, thread CPU time per call.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,9 +28,9 @@ from features import movielens
 from features.schema import Columns
 from stages.candidates import CandidateParams
 from stages.pipeline import Query, TwoStageRecommender
-from train.backtest import TWO_STAGE_MODEL, BacktestParams, backtest_cuts, fitted_folds, run_backtest
+from train.backtest import TWO_STAGE_MODEL, BacktestParams, backtest_cuts, compare, fitted_folds, run_backtest
 from train.evaluate import K
-from train.ranker_training import RankerParams, Stages
+from train.ranker_training import DAY, RankerParams, Stages
 
 SHORT, LONG = "14 days", "all after the cut"
 COST_CALLS = 400  # lone requests per pipeline for the cost column
@@ -174,6 +177,76 @@ def periods(fractions: list[float], ranker: RankerParams, candidates: CandidateP
     return "\n".join(lines)
 
 
+def nested(grid: list[str], fraction: float = 1.0) -> str:
+    """The backtest of choosing settings on the past alone, against each setting kept fixed.
+
+    Every combination of the ``name=v1,v2`` grid runs the whole rolling
+    backtest; at each cut the combination with the best warm 14-day mean over
+    the cuts whose horizon had ended by then is the one scored there (before
+    any has, the first value of each name). If the served settings were
+    chosen by looking at every cut, the nested row says what that look was
+    worth: it is what a team choosing week by week would have had.
+    """
+    axes = [[f"{name}={value}" for value in values.split(",")] for name, _, values in (g.partition("=") for g in grid)]
+    combos = [tuple(combo) for combo in itertools.product(*axes)]
+    dataset = movielens.load()
+    times = dataset.interactions[Columns.timestamp]
+    if fraction < 1:
+        end = times.min() + fraction * (times.max() - times.min())
+        dataset = replace(dataset, interactions=dataset.interactions[times < end].reset_index(drop=True))
+    horizon = BacktestParams().horizon_days
+    runs: dict[tuple[str, ...], dict] = {}
+    for combo in combos:
+        ranker, candidates = overridden(RankerParams(), CandidateParams(), list(combo))
+        runs[combo] = run_backtest(Stages(dataset, candidates), ranker, BacktestParams())
+        print(f"  {', '.join(combo)}: {warm_means(runs[combo])[0]:.4f}", flush=True)
+    first = runs[combos[0]]
+    cuts = backtest_cuts(dataset.interactions, BacktestParams(), RankerParams().cut_step_days)
+    labels = first["cuts"]
+
+    def warm(combo: tuple[str, ...], label: str, horizon_name: str) -> dict:
+        rows = runs[combo]["rows"]
+        return next(r for r in rows if r["cut"] == label and r["horizon"] == horizon_name and r["segment"] == "warm")
+
+    def score(combo: tuple[str, ...], label: str) -> float:
+        return warm(combo, label, SHORT)["models"][TWO_STAGE_MODEL][f"ndcg@{K}"]
+
+    scores = {combo: [score(combo, label) for label in labels] for combo in combos}
+    chosen = chosen_per_cut(scores, cuts, horizon)
+    nested_rows = [warm(c, lab, h) for c, lab in zip(chosen, labels, strict=True) for h in (SHORT, LONG)]
+    lines = [
+        f"| settings | warm NDCG@{K}, {SHORT} | ratio (95%) | cuts won | warm NDCG@{K}, {LONG} | ratio (95%) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, rows in [*((", ".join(c), runs[c]["rows"]) for c in combos), ("chosen at each cut", nested_rows)]:
+        summary = compare([r for r in rows if r["segment"] == "warm"])
+        cells = []
+        for horizon_name in (SHORT, LONG):
+            warm_rows = [r for r in rows if r["horizon"] == horizon_name and r["segment"] == "warm"]
+            mean = np.mean([r["models"][TWO_STAGE_MODEL][f"ndcg@{K}"] for r in warm_rows])
+            s = summary[horizon_name]["warm"]
+            cells.append(f"{mean:.4f} | {s['ratio']:.2f}× ({s['low']:.2f}–{s['high']:.2f})")
+            if horizon_name == SHORT:
+                cells.append(f"{s['won']} of {s['cuts']}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    picks = ", ".join(f"{label[:10]}: {'; '.join(c)}" for label, c in zip(labels, chosen, strict=True))
+    return "\n".join(lines) + f"\n\nchosen: {picks}"
+
+
+def chosen_per_cut(scores: dict[tuple[str, ...], list[float]], cuts: list[int], horizon_days: int) -> list:
+    """Per cut, the key whose scores were best on average over the cuts whose horizon had ended by then.
+
+    Before any has, the first key (the defaults). A cut's own score, and any
+    cut whose horizon reaches past it, are never read for its choice.
+    """
+    keys = list(scores)
+    chosen = []
+    for cut in cuts:
+        known = [position for position, earlier in enumerate(cuts) if earlier + horizon_days * DAY <= cut]
+        chosen.append(max(keys, key=lambda k: np.mean([scores[k][p] for p in known])) if known else keys[0])
+    return chosen
+
+
 def overridden(ranker: RankerParams, candidates: CandidateParams, settings: list[str]) -> tuple:
     """The params with ``name=value`` settings applied to whichever of the two has the field."""
     for setting in settings:
@@ -222,10 +295,15 @@ def main(argv: list[str] | None = None) -> None:
     period = sub.add_parser("periods", help="the backtest on the data cut at fractions of its time span")
     period.add_argument("--fractions", default="0.5,0.75,1", help="fractions of the time span, comma-separated")
     period.add_argument("--set", action="append", default=[], help="name=value of a RankerParams/CandidateParams field")
+    nest = sub.add_parser("nested", help="settings chosen at each cut from the cuts before it, against each fixed")
+    nest.add_argument("--grid", action="append", required=True, help="name=v1,v2,...: the first value is the default")
+    nest.add_argument("--fraction", type=float, default=1.0, help="the data cut at this fraction of its span")
     args = cli.parse_args(argv)
     params = BacktestParams()
     if args.study == "ablation":
         print(ablation(params))
+    elif args.study == "nested":
+        print(nested(args.grid, args.fraction))
     elif args.study == "periods":
         ranker, candidates = overridden(RankerParams(), CandidateParams(), args.set)
         print(periods([float(f) for f in args.fractions.split(",")], ranker, candidates))

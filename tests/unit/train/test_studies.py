@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from stages.candidates import CandidateParams
-from train.ranker_training import RankerParams
-from train.studies import overridden
+from train.ranker_training import DAY, RankerParams
+from train.studies import chosen_per_cut, overridden
 
 
 def test_a_setting_goes_to_the_params_that_have_it_with_its_type():
@@ -23,3 +23,13 @@ def test_a_setting_goes_to_the_params_that_have_it_with_its_type():
 def test_a_setting_neither_params_has_or_without_a_value_is_refused(setting):
     with pytest.raises(SystemExit, match="expected name=value"):
         overridden(RankerParams(), CandidateParams(), [setting])
+
+
+def test_settings_are_chosen_at_each_cut_from_cuts_whose_horizon_ended():
+    # Weekly cuts, a 14-day horizon: at cut i only cuts up to i - 2 are known.
+    cuts = [n * 7 * DAY for n in range(5)]
+    scores = {("a",): [0.1, 0.9, 0.1, 0.1, 0.9], ("b",): [0.5, 0.0, 0.7, 0.5, 0.0]}
+    chosen = chosen_per_cut(scores, cuts, 14)
+    # Cuts 0 and 1: nothing known, the defaults. Cut 2 knows cut 0 (b 0.5 > a 0.1); cut 3 knows 0-1 (a 0.5 >
+    # b 0.25); cut 4 knows 0-2 (b 0.4 > a 0.37): its own 0.9 for a, and cut 3's, are never read.
+    assert chosen == [("a",), ("a",), ("b",), ("a",), ("b",)]

@@ -1,9 +1,10 @@
-"""Every call the README shows, run as written against a real server, so none goes stale.
+"""Every call the README and the API guide show, run as written against a real server, so none goes stale.
 
-The README's ``curl`` lines and its Python client example are taken from the
-file itself (only ``localhost:3000`` becomes the test server's address), run
-in a shell and a fresh interpreter, and must answer 200 with JSON; the example
-answer printed under the first call must have the keys a live answer has.
+The ``curl`` lines of README.md and docs/api.md and the README's Python
+client example are taken from the files themselves (only ``localhost:3000``
+becomes the test server's address), run in a shell and a fresh interpreter,
+and must answer 200 with JSON; the example answer printed under the README's
+first call must have the keys a live answer has.
 """
 
 from __future__ import annotations
@@ -23,18 +24,28 @@ pytestmark = pytest.mark.slow
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
-def readme_blocks(language: str) -> list[str]:
-    return [body for lang, body in FENCE.findall((REPO / "README.md").read_text()) if lang == language]
+DOCUMENTS = ("README.md", "docs/api.md")
 
 
-def curl_commands() -> list[str]:
-    """Each ``curl`` of the README's shell blocks, continuation lines joined."""
+def readme_blocks(language: str, document: str = "README.md") -> list[str]:
+    return [body for lang, body in FENCE.findall((REPO / document).read_text()) if lang == language]
+
+
+def curl_commands(document: str = "README.md") -> list[str]:
+    """Each ``curl`` of a document's shell blocks, continuation lines joined."""
     commands = []
-    for block in readme_blocks("bash"):
+    for block in readme_blocks("bash", document):
         for command in block.replace("\\\n", " ").splitlines():
             if command.lstrip().startswith("curl "):
                 commands.append(command.strip())
     return commands
+
+
+CALLS = [(document, command) for document in DOCUMENTS for command in curl_commands(document)]
+
+
+def _call_id(document: str, command: str) -> str:
+    return f"{document}:{command.split('localhost:3000')[1].split()[0]}"
 
 
 def test_the_readme_shows_calls_to_every_public_endpoint():
@@ -48,15 +59,15 @@ def request_id(client) -> str:
     return client.post("/recommend", json={"user_id": "196", "k": 3}).json()["request_id"]
 
 
-@pytest.mark.parametrize("command", curl_commands(), ids=lambda c: c.split("localhost:3000")[1].split()[0])
-def test_every_curl_in_the_readme_answers_200_with_json(server, request_id, command):
+@pytest.mark.parametrize(("document", "command"), CALLS, ids=[_call_id(*call) for call in CALLS])
+def test_every_curl_in_the_docs_answers_200_with_json(server, request_id, document, command):
     address = server.url.removeprefix("http://")
     runnable = command.replace("localhost:3000", address).replace("<request_id of the answer>", request_id)
     out = subprocess.run(
         ["bash", "-c", runnable + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=60, check=True
     )
     body, status = out.stdout.rsplit("\n", 1)
-    assert status == "200", (command, body)
+    assert status == "200", (document, command, body)
     assert isinstance(json.loads(body), dict)
 
 

@@ -18,6 +18,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -41,7 +42,7 @@ class SnapshotError(RuntimeError):
 class Snapshot:
     """A loaded snapshot: its manifest and its tables."""
 
-    manifest: dict
+    manifest: dict[str, Any]
     tables: FeatureTables
 
     @property
@@ -156,7 +157,7 @@ def current_version(root: str) -> str:
     return version
 
 
-def read_manifest(root: str, version: str) -> dict:
+def read_manifest(root: str, version: str) -> dict[str, Any]:
     """A snapshot's manifest alone (cheap: polling compares it with the one being served)."""
     fs, base = resolve(root)
     try:
@@ -169,7 +170,7 @@ def read_manifest(root: str, version: str) -> dict:
     return manifest
 
 
-def manifest_identity(manifest: dict) -> tuple:
+def manifest_identity(manifest: dict[str, Any]) -> tuple[object, ...]:
     """What makes two snapshots the same, whatever their folders are called."""
     return (manifest.get("version"), manifest.get("created_at"), manifest.get("fingerprint"), manifest.get("tables"))
 

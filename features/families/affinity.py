@@ -13,6 +13,7 @@ from features.families.base import (
     ComputeContext,
     FeatureFamily,
     FreshUsers,
+    PairCompute,
     Pairs,
     ViewContext,
     user_state,
@@ -107,14 +108,14 @@ def _shares(user_share: np.ndarray, onehot: np.ndarray, key: str, pairs: Pairs) 
     return pairs.scratch[cached]
 
 
-def _mean_share(user_share: np.ndarray, onehot: np.ndarray, key: str):
+def _mean_share(user_share: np.ndarray, onehot: np.ndarray, key: str) -> PairCompute:
     def compute(pairs: Pairs) -> np.ndarray:
         return _shares(user_share, onehot, key, pairs)[0]
 
     return compute
 
 
-def _max_share(user_share: np.ndarray, onehot: np.ndarray, key: str):
+def _max_share(user_share: np.ndarray, onehot: np.ndarray, key: str) -> PairCompute:
     def compute(pairs: Pairs) -> np.ndarray:
         return _shares(user_share, onehot, key, pairs)[1]
 

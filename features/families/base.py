@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,7 @@ class FeatureTables:
     users: pd.DataFrame
     affinity: pd.DataFrame
     segments: pd.DataFrame
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def column_kinds(table: pd.DataFrame | None, skip: set[str]) -> dict[str, str]:
@@ -76,7 +76,7 @@ class ComputeContext:
     users: pd.DataFrame = field(default_factory=pd.DataFrame)
     affinity: pd.DataFrame = field(default_factory=pd.DataFrame)
     segments: pd.DataFrame = field(default_factory=pd.DataFrame)
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
     def item_kinds(self) -> dict[str, str]:
@@ -158,6 +158,9 @@ def user_state(values: np.ndarray, pairs: Pairs, key: str) -> np.ndarray:
     return out
 
 
+PairCompute = Callable[[Pairs], np.ndarray]  # one column for every (user, candidate) pair of a request
+
+
 @dataclass(frozen=True)
 class Column:
     """One ranker feature and where its value comes from.
@@ -170,7 +173,7 @@ class Column:
     name: str
     scope: Literal["item", "user", "pair"]
     values: np.ndarray | None = None
-    compute: Callable[[Pairs], np.ndarray] | None = None
+    compute: PairCompute | None = None
     categorical: bool = False
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from features.families.base import Column, FeatureFamily, Pairs
+import numpy as np
+
+from features.families.base import Column, FeatureFamily, PairCompute, Pairs
 
 SOURCES = ("als", "popular", "cooc")  # the candidate sources (stages/candidates.py), each a rank feature
 
@@ -20,8 +22,8 @@ class CandidatePair(FeatureFamily):
         ]
 
 
-def _rank_of(source: str):
-    def compute(pairs: Pairs):
+def _rank_of(source: str) -> PairCompute:
+    def compute(pairs: Pairs) -> np.ndarray:
         return pairs.source_ranks[source]
 
     return compute

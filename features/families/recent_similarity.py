@@ -8,7 +8,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, Pairs, user_state
+from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, PairCompute, Pairs, user_state
 from features.schema import DAY, Columns
 
 RECENT_ITEMS = 10  # a user's latest items, for "similar to what they just watched"
@@ -111,7 +111,7 @@ def _owner_changes(pairs: Pairs) -> np.ndarray:
     return changes
 
 
-def _days_since_similar(vectors: np.ndarray, latest: np.ndarray, days_ago: np.ndarray):
+def _days_since_similar(vectors: np.ndarray, latest: np.ndarray, days_ago: np.ndarray) -> PairCompute:
     def compute(pairs: Pairs) -> np.ndarray:
         sims, valid = _similarities(vectors, latest, pairs)
         similar = valid & (sims >= SIMILAR)
@@ -122,7 +122,7 @@ def _days_since_similar(vectors: np.ndarray, latest: np.ndarray, days_ago: np.nd
     return compute
 
 
-def _similarity(vectors: np.ndarray, latest: np.ndarray, how: str):
+def _similarity(vectors: np.ndarray, latest: np.ndarray, how: str) -> PairCompute:
     def compute(pairs: Pairs) -> np.ndarray:
         sims, valid = _similarities(vectors, latest, pairs)
         if how == "max":

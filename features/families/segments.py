@@ -16,6 +16,7 @@ from features.families.base import (
     ComputeContext,
     FeatureFamily,
     FreshUsers,
+    PairCompute,
     Pairs,
     ViewContext,
     user_state,
@@ -43,7 +44,9 @@ def bucket_label(value: float | None, edges: list[float]) -> str | None:
     return f"q{int(np.searchsorted(edges, value, side='right'))}"
 
 
-def user_segment_values(users: pd.DataFrame, kinds: dict[str, str], buckets: dict) -> dict[str, pd.Series]:
+def user_segment_values(
+    users: pd.DataFrame, kinds: dict[str, str], buckets: dict[str, list[float]]
+) -> dict[str, pd.Series]:
     """Each segment attribute's value per user (numeric ones bucketed)."""
     values = {}
     for attribute, kind in kinds.items():
@@ -167,7 +170,7 @@ def _key(attribute: str) -> str:
     return f"segment_code_{attribute}"
 
 
-def _segment_share(matrix: np.ndarray, user_codes: np.ndarray, key: str):
+def _segment_share(matrix: np.ndarray, user_codes: np.ndarray, key: str) -> PairCompute:
     def compute(pairs: Pairs) -> np.ndarray:
         codes = user_state(user_codes, pairs, key)
         return np.where(codes >= 0, matrix[codes, pairs.items], np.nan)

@@ -7,7 +7,16 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, Pairs, user_state, zero_nan
+from features.families.base import (
+    Column,
+    ComputeContext,
+    FeatureFamily,
+    FreshUsers,
+    PairCompute,
+    Pairs,
+    user_state,
+    zero_nan,
+)
 from features.schema import Columns
 
 
@@ -77,7 +86,7 @@ class Taste(FeatureFamily):
             )
 
 
-def _difference(item_values: np.ndarray, user_taste: np.ndarray, key: str):
+def _difference(item_values: np.ndarray, user_taste: np.ndarray, key: str) -> PairCompute:
     def compute(pairs: Pairs) -> np.ndarray:
         return item_values[pairs.items] - user_state(user_taste, pairs, key)
 

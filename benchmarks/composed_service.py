@@ -20,7 +20,8 @@ from serving.api_models import RecommendRequest, RecommendResponse
 from serving.responses import to_queries, to_responses
 from serving.runtime import Runtime, paired_candidates_tag
 from serving.settings import get_settings
-from stages.candidates import CandidateBatch, CandidateModel
+from serving.split import batch_from_json, batch_to_json
+from stages.candidates import CandidateModel
 from stages.card import CandidatesCard
 from stages.pipeline import Query
 
@@ -47,7 +48,7 @@ class CandidateStage:
         index = self.model.item_index
         exclude = [np.array([index[i] for i in ids if i in index], dtype=np.int64) for ids in exclude_items]
         batch = self.model.top_n(users, n, exclude_seen, exclude)
-        return batch.to_json()
+        return batch_to_json(batch)
 
 
 @bentoml.service(name="recsys-composed", workers=settings.workers, **QUIET)
@@ -76,4 +77,4 @@ class ComposedRecommender:
             exclude_seen=query.exclude_seen,
             exclude_items=[query.exclude_items],
         )
-        return to_responses(pipeline.rank([query], CandidateBatch.from_json(found)), self.tags)[0]
+        return to_responses(pipeline.rank([query], batch_from_json(found)), self.tags)[0]

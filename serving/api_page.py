@@ -23,7 +23,8 @@ envelope (`status`, `error`, `message`, and `detail` on a 400).
 
 - `POST /recommend`: the top `k` items for one user (`user_id`, optional
   `recent_items`, `filters`, `offset`, `diversity`, `explain`). Users the
-  model does not know get the popularity list the backtest chose.
+  model does not know are ranked from their `recent_items` when they send
+  some, and get the popularity list the backtest chose when they do not.
 - `POST /recommend_batch`: several such requests, answered in order.
 - `POST /similar_items`: the items closest to one item.
 - `POST /feedback`: what the user did with an answer (joined by `request_id`).
@@ -32,7 +33,7 @@ envelope (`status`, `error`, `message`, and `detail` on a 400).
 - `GET /livez`, `GET /readyz`: probes; `GET /metrics`: Prometheus.
 
 ```
-curl -s -X POST /recommend -H 'content-type: application/json' -d '{"user_id": "196", "k": 3}'
+curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{"user_id": "196", "k": 3}'
 ```
 """
 

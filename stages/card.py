@@ -21,8 +21,9 @@ from stages.ranker import PopularityPrior
 CANDIDATES_MODEL = "recsys-candidates"
 RANKER_MODEL = "recsys-ranker"
 # 2: several candidate sources, cold-start window. 3: the card as one JSON document (BentoML metadata refuses
-# None, which "all time" and other unset values are); older models need retraining.
-CARD_VERSION = 3
+# None, which "all time" and other unset values are). 4: the popular source's user damping (a card without it
+# would read as damped, 0.5, though its list was made from plain counts). Older models need retraining.
+CARD_VERSION = 4
 CARD_KEY = "card"  # the JSON document's key in the metadata
 
 

@@ -200,9 +200,11 @@ def nested(grid: list[str], fraction: float = 1.0) -> str:
         ranker, candidates = overridden(RankerParams(), CandidateParams(), list(combo))
         runs[combo] = run_backtest(Stages(dataset, candidates), ranker, BacktestParams())
         print(f"  {', '.join(combo)}: {warm_means(runs[combo])[0]:.4f}", flush=True)
-    first = runs[combos[0]]
-    cuts = backtest_cuts(dataset.interactions, BacktestParams(), RankerParams().cut_step_days)
-    labels = first["cuts"]
+    labels = runs[combos[0]]["cuts"]
+    if any(run["cuts"] != labels for run in runs.values()):
+        raise SystemExit("nested: every combination must be scored at the same cuts (no grid over cut_step_days)")
+    step = overridden(RankerParams(), CandidateParams(), list(combos[0]))[0].cut_step_days
+    cuts = backtest_cuts(dataset.interactions, BacktestParams(), step)
 
     def warm(combo: tuple[str, ...], label: str, horizon_name: str) -> dict:
         rows = runs[combo]["rows"]
@@ -247,20 +249,51 @@ def chosen_per_cut(scores: dict[tuple[str, ...], list[float]], cuts: list[int], 
     return chosen
 
 
-def overridden(ranker: RankerParams, candidates: CandidateParams, settings: list[str]) -> tuple:
-    """The params with ``name=value`` settings applied to whichever of the two has the field."""
+def overridden(
+    ranker: RankerParams, candidates: CandidateParams, settings: list[str]
+) -> tuple[RankerParams, CandidateParams]:
+    """The params with ``name=value`` settings applied, each parsed as its field's type.
+
+    A name both have (``seed``) goes to the ranker; ``candidates.seed=1``
+    (or ``ranker.``) says which. A value the field cannot hold exits with a
+    message naming the setting.
+    """
     for setting in settings:
         name, _, value = setting.partition("=")
-        target = next((p for p in (ranker, candidates) if name in p.__dataclass_fields__), None)
+        scope, _, field_name = name.rpartition(".")
+        owners = {"ranker": (ranker,), "candidates": (candidates,), "": (ranker, candidates)}.get(scope, ())
+        target = next((p for p in owners if field_name in p.__dataclass_fields__), None)
         if target is None or not value:
             raise SystemExit(f"--set {setting}: expected name=value with a field of RankerParams or CandidateParams")
-        kind = type(getattr(target, name))
-        parsed = kind(float(value)) if kind in (int, float) else value
+        try:
+            parsed = _as_field(getattr(target, field_name), target.__dataclass_fields__[field_name].type, value)
+        except ValueError as error:
+            raise SystemExit(f"--set {setting}: {error}") from None
         if target is ranker:
-            ranker = replace(ranker, **{name: parsed})
+            ranker = replace(ranker, **{field_name: parsed})
         else:
-            candidates = replace(candidates, **{name: parsed})
+            candidates = replace(candidates, **{field_name: parsed})
     return ranker, candidates
+
+
+def _as_field(default: object, annotation: object, value: str) -> object:
+    """``value`` as the field whose default and (string) annotation are given; ValueError if it cannot be."""
+    if value.lower() == "none" and "None" in str(annotation):
+        return None
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false"):
+            raise ValueError("expected true or false")
+        return value.lower() == "true"
+    if isinstance(default, int) or "int" in str(annotation):
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError("expected a whole number")
+        return int(number)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, tuple):
+        return tuple(v for v in value.split(",") if v)
+    return value
 
 
 def _plot(points: list[tuple[int, float, float, int]], path: Path) -> None:

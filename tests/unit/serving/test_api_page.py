@@ -56,3 +56,4 @@ def test_the_page_is_sent_with_a_policy_that_allows_only_this_server():
     assert "default-src 'self'" in CONTENT_SECURITY_POLICY and "http" not in CONTENT_SECURITY_POLICY
     assert sent[1]["body"] == PAGE and sent[3]["body"] == b""
     assert int(headers[b"content-length"]) == len(PAGE)
+    assert sent[2]["status"] == 200 and dict(sent[2]["headers"]) == headers  # HEAD: the same head, no body

@@ -39,6 +39,7 @@ def test_every_cold_start_option_the_backtest_can_choose_is_saved(tmp_path, days
     bentoml.models.delete(model.tag)
 
 
-def test_an_older_card_says_to_retrain():
+@pytest.mark.parametrize("version", [2, 3])  # 3: made before the popular source's damping was recorded
+def test_an_older_card_says_to_retrain(version):
     with pytest.raises(CardError, match="retrain"):
-        CandidatesCard.from_metadata({"card_version": 2, "dataset": "d"}, "old:1")
+        CandidatesCard.from_metadata({"card_version": version, "card": "{}"}, "old:1")

@@ -10,18 +10,28 @@ from train.studies import chosen_per_cut, overridden
 
 
 def test_a_setting_goes_to_the_params_that_have_it_with_its_type():
-    ranker, candidates = overridden(
-        RankerParams(), CandidateParams(), ["train_cuts=4", "popular_user_damping=0", "loss=YetiRank"]
-    )
-    assert ranker.train_cuts == 4 and isinstance(ranker.train_cuts, int)
-    assert ranker.loss == "YetiRank"
-    assert candidates.popular_user_damping == 0.0
-    assert (ranker, candidates) != (RankerParams(), CandidateParams())
+    settings = ["train_cuts=8", "prior=false", "popular_user_damping=0", "loss=YetiRank", "cold_start_days=none"]
+    ranker, candidates = overridden(RankerParams(), CandidateParams(), [*settings, "candidates.seed=7"])
+    assert ranker.train_cuts == 8 and type(ranker.train_cuts) is int
+    assert ranker.prior is False and ranker.loss == "YetiRank"
+    assert candidates.popular_user_damping == 0.0 and candidates.cold_start_days is None
+    assert candidates.seed == 7 and ranker.seed == RankerParams().seed  # a shared name goes where it is told
+    assert overridden(RankerParams(), CandidateParams(), ["seed=3"])[0].seed == 3  # ... to the ranker by default
 
 
-@pytest.mark.parametrize("setting", ["leaf_estimation_iterations=10", "train_cuts", "train_cuts="])
-def test_a_setting_neither_params_has_or_without_a_value_is_refused(setting):
-    with pytest.raises(SystemExit, match="expected name=value"):
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("leaf_estimation_iterations=10", "expected name=value"),
+        ("train_cuts", "expected name=value"),
+        ("train_cuts=", "expected name=value"),
+        ("train_cuts=0.5", "expected a whole number"),
+        ("prior=yes", "expected true or false"),
+        ("popular_user_damping=half", "could not convert"),
+    ],
+)
+def test_a_setting_neither_params_has_or_cannot_hold_is_refused(setting, message):
+    with pytest.raises(SystemExit, match=message):
         overridden(RankerParams(), CandidateParams(), [setting])
 
 

@@ -149,8 +149,13 @@ def rows_known_at(rows: list[dict], cuts: list[int], cut: int, horizon_days: int
     Cuts are a week apart and the horizon two weeks long: the previous cut's
     scores read interactions after this cut, so they are not known yet.
     """
-    known = {cut_label(c) for c in cuts if c + horizon_days * DAY <= cut}
+    known = {cut_label(c) for c in cuts_known_at(cuts, cut, horizon_days)}
     return [r for r in rows if r["cut"] in known]
+
+
+def cuts_known_at(cuts: list[int], cut: int, horizon_days: int) -> list[int]:
+    """The cuts whose short horizon had ended by ``cut``: the only scores a choice made at ``cut`` may read."""
+    return [c for c in cuts if c + horizon_days * DAY <= cut]
 
 
 def _score_cut(

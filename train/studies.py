@@ -25,12 +25,20 @@ from pathlib import Path
 import numpy as np
 
 from features import movielens
-from features.schema import Columns
+from features.schema import Columns, Dataset
 from stages.candidates import CandidateParams
 from stages.pipeline import Query, TwoStageRecommender
-from train.backtest import TWO_STAGE_MODEL, BacktestParams, backtest_cuts, compare, fitted_folds, run_backtest
+from train.backtest import (
+    TWO_STAGE_MODEL,
+    BacktestParams,
+    backtest_cuts,
+    compare,
+    cuts_known_at,
+    fitted_folds,
+    run_backtest,
+)
 from train.evaluate import K
-from train.ranker_training import DAY, RankerParams, Stages
+from train.ranker_training import RankerParams, Stages
 
 SHORT, LONG = "14 days", "all after the cut"
 COST_CALLS = 400  # lone requests per pipeline for the cost column
@@ -150,31 +158,37 @@ def periods(fractions: list[float], ranker: RankerParams, candidates: CandidateP
     A change chosen on the full data's cuts must hold on these too (docs/quality.md).
     """
     dataset = movielens.load()
-    times = dataset.interactions[Columns.timestamp]
-    lines = [
-        f"| data up to | cuts | warm NDCG@{K}, {SHORT} | ratio (95%) | cuts won | warm NDCG@{K}, {LONG} | ratio (95%) "
-        "| cuts won |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines = [f"| data up to | cuts | {WARM_HEADER} |", f"|---|---:|{WARM_ALIGN}|"]
     for fraction in fractions:
-        end = times.min() + fraction * (times.max() - times.min())
-        prefix = (
-            replace(dataset, interactions=dataset.interactions[times < end].reset_index(drop=True))
-            if fraction < 1
-            else dataset  # all of it: the table `python -m train` prints
-        )
-        backtest = run_backtest(Stages(prefix, candidates), ranker, BacktestParams())
-        cells = []
-        for horizon in (SHORT, LONG):
-            summary = backtest["summary"][horizon]["warm"]
-            cells += [
-                f"{backtest['mean'][horizon]['warm'][TWO_STAGE_MODEL]['mean']:.4f}",
-                f"{summary['ratio']:.2f}× ({summary['low']:.2f}–{summary['high']:.2f})",
-                f"{summary['won']} of {summary['cuts']}",
-            ]
-        lines.append(f"| {fraction:.0%} | {len(backtest['cuts'])} | " + " | ".join(cells) + " |")
+        backtest = run_backtest(Stages(prefix_of(dataset, fraction), candidates), ranker, BacktestParams())
+        lines.append(f"| {fraction:.0%} | {len(backtest['cuts'])} | {warm_cells(backtest['rows'])} |")
         print(lines[-1], flush=True)
     return "\n".join(lines)
+
+
+WARM_HEADER = " | ".join(f"warm NDCG@{K}, {h} | ratio (95%) | cuts won" for h in (SHORT, LONG))
+WARM_ALIGN = "|".join(["---:"] * 6)
+
+
+def warm_cells(rows: list[dict]) -> str:
+    """Warm users' mean NDCG, ratio to the best popularity list and cuts won, at both horizons, from backtest rows."""
+    warm = [r for r in rows if r["segment"] == "warm"]
+    summary = compare(warm)
+    cells = []
+    for horizon in (SHORT, LONG):
+        mean = np.mean([r["models"][TWO_STAGE_MODEL][f"ndcg@{K}"] for r in warm if r["horizon"] == horizon])
+        s = summary[horizon]["warm"]
+        cells += [f"{mean:.4f}", f"{s['ratio']:.2f}× ({s['low']:.2f}–{s['high']:.2f})", f"{s['won']} of {s['cuts']}"]
+    return " | ".join(cells)
+
+
+def prefix_of(dataset: Dataset, fraction: float) -> Dataset:
+    """The data before ``fraction`` of its time span (all of it at 1: the table `python -m train` prints)."""
+    if fraction >= 1:
+        return dataset
+    times = dataset.interactions[Columns.timestamp]
+    end = times.min() + fraction * (times.max() - times.min())
+    return replace(dataset, interactions=dataset.interactions[times < end].reset_index(drop=True))
 
 
 def nested(grid: list[str], fraction: float = 1.0) -> str:
@@ -189,11 +203,7 @@ def nested(grid: list[str], fraction: float = 1.0) -> str:
     """
     axes = [[f"{name}={value}" for value in values.split(",")] for name, _, values in (g.partition("=") for g in grid)]
     combos = [tuple(combo) for combo in itertools.product(*axes)]
-    dataset = movielens.load()
-    times = dataset.interactions[Columns.timestamp]
-    if fraction < 1:
-        end = times.min() + fraction * (times.max() - times.min())
-        dataset = replace(dataset, interactions=dataset.interactions[times < end].reset_index(drop=True))
+    dataset = prefix_of(movielens.load(), fraction)
     horizon = BacktestParams().horizon_days
     runs: dict[tuple[str, ...], dict] = {}
     for combo in combos:
@@ -216,21 +226,9 @@ def nested(grid: list[str], fraction: float = 1.0) -> str:
     scores = {combo: [score(combo, label) for label in labels] for combo in combos}
     chosen = chosen_per_cut(scores, cuts, horizon)
     nested_rows = [warm(c, lab, h) for c, lab in zip(chosen, labels, strict=True) for h in (SHORT, LONG)]
-    lines = [
-        f"| settings | warm NDCG@{K}, {SHORT} | ratio (95%) | cuts won | warm NDCG@{K}, {LONG} | ratio (95%) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    lines = [f"| settings | {WARM_HEADER} |", f"|---|{WARM_ALIGN}|"]
     for name, rows in [*((", ".join(c), runs[c]["rows"]) for c in combos), ("chosen at each cut", nested_rows)]:
-        summary = compare([r for r in rows if r["segment"] == "warm"])
-        cells = []
-        for horizon_name in (SHORT, LONG):
-            warm_rows = [r for r in rows if r["horizon"] == horizon_name and r["segment"] == "warm"]
-            mean = np.mean([r["models"][TWO_STAGE_MODEL][f"ndcg@{K}"] for r in warm_rows])
-            s = summary[horizon_name]["warm"]
-            cells.append(f"{mean:.4f} | {s['ratio']:.2f}× ({s['low']:.2f}–{s['high']:.2f})")
-            if horizon_name == SHORT:
-                cells.append(f"{s['won']} of {s['cuts']}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {warm_cells(rows)} |")
     picks = ", ".join(f"{label[:10]}: {'; '.join(c)}" for label, c in zip(labels, chosen, strict=True))
     return "\n".join(lines) + f"\n\nchosen: {picks}"
 
@@ -244,7 +242,7 @@ def chosen_per_cut(scores: dict[tuple[str, ...], list[float]], cuts: list[int], 
     keys = list(scores)
     chosen = []
     for cut in cuts:
-        known = [position for position, earlier in enumerate(cuts) if earlier + horizon_days * DAY <= cut]
+        known = [cuts.index(c) for c in cuts_known_at(cuts, cut, horizon_days)]
         chosen.append(max(keys, key=lambda k: np.mean([scores[k][p] for p in known])) if known else keys[0])
     return chosen
 

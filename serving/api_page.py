@@ -37,6 +37,12 @@ curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d 
 ```
 """
 
+# What the page says above each group of operations (BentoML's tags, described as this API's).
+TAG_DESCRIPTIONS = {
+    "Service APIs": "Recommendations, similar items, feedback and the model card.",
+    "Infrastructure": "Probes and Prometheus metrics.",
+}
+
 PAGE = b"""<!DOCTYPE html>
 <html lang="en">
   <head>

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from serving.api_page import info
+from serving.api_page import TAG_DESCRIPTIONS, info
 
 ERROR = "Error"
 ERROR_SCHEMA = {
@@ -158,6 +158,8 @@ def conform(spec: dict, api_routes: frozenset[str] | set[str]) -> dict:
     """A copy of BentoML's OpenAPI document that matches what the server sends."""
     spec = copy.deepcopy(spec)
     spec["info"] = info()  # BentoML's names its own project, its links and badges, and version None
+    for tag in spec.get("tags", []):  # BentoML's say "BentoML Service API endpoints for inference"
+        tag["description"] = TAG_DESCRIPTIONS.get(tag.get("name"), tag.get("description"))
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     _public_names(spec)
     _nullable(schemas)

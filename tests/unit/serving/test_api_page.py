@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bentoml._internal import server as bentoml_server
 
-from serving.api_page import CONTENT_SECURITY_POLICY, DESCRIPTION, PAGE, VERSION, info, send_page
+from serving.api_page import CONTENT_SECURITY_POLICY, DESCRIPTION, PAGE, TAG_DESCRIPTIONS, VERSION, info, send_page
 from serving.openapi import conform
 from tests.support import REPO
 
@@ -37,9 +37,16 @@ def test_the_description_names_this_api_and_links_nowhere():
 
 
 def test_the_served_spec_carries_this_apis_info_not_bentomls():
-    bentoml_like = {"info": {"title": "recsys", "version": "None", "description": "[![x](https://img.shields.io)]"}}
+    bentoml_like = {
+        "info": {"title": "recsys", "version": "None", "description": "[![x](https://img.shields.io)]"},
+        "tags": [
+            {"name": "Service APIs", "description": "BentoML Service API endpoints for inference."},
+            {"name": "Infrastructure", "description": "Common infrastructure endpoints for observability."},
+        ],
+    }
     spec = conform({**bentoml_like, "paths": {}}, frozenset())
     assert spec["info"] == info() == {"title": "recsys", "version": VERSION, "description": DESCRIPTION}
+    assert [tag["description"] for tag in spec["tags"]] == list(TAG_DESCRIPTIONS.values())
 
 
 def test_the_page_is_sent_with_a_policy_that_allows_only_this_server():

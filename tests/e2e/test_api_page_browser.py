@@ -24,6 +24,7 @@ QUIET_BROWSER = [
     "--headless",
     "--no-sandbox",  # the suite runs as root on CI
     "--disable-gpu",
+    "--disable-quic",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
@@ -83,7 +84,8 @@ def test_page_requests_are_told_apart_from_the_browsers_own(tmp_path):
 
 def test_the_api_page_in_a_browser_names_this_api_and_stays_on_the_server(server, tmp_path):
     net_log = tmp_path / "net.json"
-    command = [chromium(), *QUIET_BROWSER, "--enable-logging=stderr", f"--log-net-log={net_log}", "--dump-dom"]
+    profile = f"--user-data-dir={tmp_path / 'profile'}"  # a new empty profile: nothing from an earlier run
+    command = [chromium(), *QUIET_BROWSER, profile, "--enable-logging=stderr", f"--log-net-log={net_log}", "--dump-dom"]
     browser = subprocess.run([*command, f"{server.url}/"], capture_output=True, text=True, timeout=120, check=True)
     shown = browser.stdout
     console = [line for line in browser.stderr.splitlines() if "CONSOLE" in line]

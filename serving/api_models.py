@@ -385,3 +385,4 @@ class ModelInfo(BaseModel):
     hidden_items_error: str | None = None  # why hidden_items.txt cannot be read (the previous list stays served)
     features: list[str]
     evaluation: dict
+    kernels: dict = {}  # the BLAS kernels and numpy loops training ran: where the model is reproducible

@@ -234,6 +234,7 @@ class Runtime:
             hidden_items_error=self.hidden.error,
             features=self.names.all,
             evaluation=card.evaluation,
+            kernels=card.kernels,
         )
 
     @property

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stages.candidates import CandidateParams
 from stages.feature_view import FeatureNames
@@ -84,3 +84,6 @@ class RankerCard(_Card):
     n_candidates: int
     evaluation: dict[str, Any]
     timings: dict[str, float]
+    # The BLAS kernels and numpy loops training ran (train/kernels.py): a model is reproducible where they are.
+    # Empty on cards written before they were recorded.
+    kernels: dict[str, Any] = Field(default_factory=dict)

@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 from features.schema import DataError
 from train.backtest import WorseThanBaseline
 from train.config import ConfigError, TrainConfig, build_config, read_config_file
+from train.kernels import restart_with_pinned_kernels
 from train.ranker_training import LOSSES, NotEnoughHistory
 
 EXIT_BAD_DATA = 2
@@ -80,4 +81,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    restart_with_pinned_kernels()  # the same model on any AVX2 machine (train/kernels.py)
     sys.exit(main())

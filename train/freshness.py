@@ -34,6 +34,7 @@ from stages.candidates import CandidateModel, CandidateParams, popularity_share,
 from stages.pipeline import Query, RecentEvent, TwoStageRecommender
 from train.backtest import POPULARITY_WINDOWS, BacktestParams, backtest_cuts, paired_ratio, popularity_name
 from train.evaluate import K, ndcg_per_user, popularity_lists, ranking_metrics
+from train.kernels import restart_with_pinned_kernels
 from train.ranker_training import DAY, RankerParams, Stages, fit_ranker, fit_visitor_ranker
 
 WITHOUT = "two-stage, recent items not passed"
@@ -260,4 +261,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    restart_with_pinned_kernels()  # the same model on any AVX2 machine (train/kernels.py)
     main()

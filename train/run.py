@@ -35,6 +35,7 @@ from train.evaluate import (
     temporal_split,
     write_report,
 )
+from train.kernels import kernels_in_use
 from train.ranker_training import (
     NotEnoughHistory,
     Stages,
@@ -240,6 +241,7 @@ def save(
             n_candidates=config.n_candidates,
             evaluation=model_card_evaluation(results),
             timings=result.timings,
+            kernels=kernels_in_use(),
         )
         with bentoml.models.create(
             RANKER_MODEL, labels={"stage": "ranker"}, metadata=ranker_card.to_metadata()

@@ -38,6 +38,7 @@ from train.backtest import (
     run_backtest,
 )
 from train.evaluate import K
+from train.kernels import restart_with_pinned_kernels
 from train.ranker_training import RankerParams, Stages
 
 SHORT, LONG = "14 days", "all after the cut"
@@ -343,4 +344,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    restart_with_pinned_kernels()  # the same model on any AVX2 machine (train/kernels.py)
     main()

@@ -19,6 +19,7 @@ import sys
 import pytest
 
 from tests.support import REPO
+from train.kernels import NATIVE
 
 DOCUMENTS = ("README.md", "ARCHITECTURE.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")))
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -81,6 +82,7 @@ def test_a_documented_command_parses(document, command, monkeypatch, capsys):
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     monkeypatch.setattr(sys, "argv", [module, *arguments])
+    monkeypatch.setenv(NATIVE, "1")  # the training commands would otherwise restart the interpreter: pytest's
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except Parsed:

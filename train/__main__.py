@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    restart_with_pinned_kernels()  # the same model on any AVX2 machine (train/kernels.py)
+def cli() -> None:
+    """The command line (``python -m train``, ``recsys-train``): pinned kernels first, so that any AVX2 machine
+    trains the same model (train/kernels.py); :func:`main` is what tests call in-process."""
+    restart_with_pinned_kernels()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -67,7 +67,7 @@ def test_data_too_short_to_train_a_ranker_exits_2_and_says_what_to_change(tmp_pa
     before = store_state(bentoml_home, feature_store)
     code = main(["--interactions", str(data), "--feature-store", str(feature_store), "--report-dir", str(tmp_path)])
     assert code == EXIT_BAD_DATA
-    assert "error: the interactions span 0.1 days; the ranker learns from what users take in the 14 days" in (
+    assert "error: the interactions span 0.1 days; the ranker learns from what users take in the 7 days" in (
         capsys.readouterr().err
     )
     assert store_state(bentoml_home, feature_store) == before

@@ -149,7 +149,7 @@ def test_training_killed_midway_leaves_stores_as_they_were(bentoml_home, tmp_pat
     store = tmp_path / "feature_store"
     args = [
         sys.executable, "-m", "train", "--interactions", str(files["interactions"]), "--items", str(files["items"]),
-        "--ranker-iterations", "400", "--backtest-cuts", "1", "--fold-iterations", "100",
+        "--ranker-iterations", "60", "--backtest-cuts", "1", "--fold-iterations", "20", "--train-cuts", "2",
         "--feature-store", str(store), "--report-dir", str(tmp_path / "reports"),
     ]  # fmt: skip
     assert subprocess.run(args, cwd=REPO, capture_output=True).returncode == 0

@@ -30,7 +30,7 @@ from stages.candidates import CandidateModel
 from stages.card import RANKER_MODEL, CandidatesCard, CardError, RankerCard
 from stages.feature_view import FeatureView
 from stages.pipeline import TwoStageRecommender
-from stages.ranker import RANKER_FILE, VISITOR_RANKER_FILE, Ranker
+from stages.ranker import RANKER_FILE, RECENT_RANKER_FILE, VISITOR_RANKER_FILE, Ranker
 from stages.rules import HiddenItemsError, hidden_items_file, read_hidden
 
 logger = logging.getLogger("recsys")
@@ -172,8 +172,13 @@ class Runtime:
             if self.card.visitor_ranker
             else None
         )
+        self.recent_ranker = (
+            Ranker.load(folder / RECENT_RANKER_FILE, self.names, self.card.recent_prior)
+            if self.card.recent_ranker
+            else None
+        )
         # The tree tables `explain` reads are built at load (~30 ms), not by the first request that asks for them.
-        for ranker in (self.ranker, self.visitor_ranker):
+        for ranker in (self.ranker, self.visitor_ranker, self.recent_ranker):
             if ranker is not None:
                 ranker.paths  # noqa: B018
         self.feature_source = feature_store or str(Path(candidates_model.path) / MODEL_SNAPSHOT_DIR)
@@ -190,6 +195,7 @@ class Runtime:
             n_candidates or self.card.n_candidates,
             self.hidden.items,
             self.visitor_ranker,
+            self.recent_ranker,
         )
         self.refresh_error: str | None = None
         self._served_pointer: str | None = None

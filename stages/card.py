@@ -81,6 +81,10 @@ class RankerCard(_Card):
     prior: PopularityPrior | None = None  # the score the trees were boosted from; serving adds it back
     visitor_prior: PopularityPrior | None = None  # the same, for the visitor ranker
     visitor_ranker: bool = False  # whether the folder holds a ranker for visitors with recent items
+    # The same for known users' requests with recent items (cards written before it had none: the main ranker
+    # ranks those requests, as it did then).
+    recent_prior: PopularityPrior | None = None
+    recent_ranker: bool = False
     n_candidates: int
     evaluation: dict[str, Any]
     timings: dict[str, float]

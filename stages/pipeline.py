@@ -7,7 +7,8 @@ goes down these steps, each a method below, in this order:
 1. resolve users (:meth:`~TwoStageRecommender._user`): stored index, snapshot row, recent items;
 2. candidates (:meth:`~TwoStageRecommender._candidate_lists`): every source, merged, rules applied;
 3. rows (:meth:`~TwoStageRecommender.pair_rows`): the feature view's columns per (user, candidate);
-4. scores (:meth:`~TwoStageRecommender._score_rows`): the ranker (or the visitor ranker) and its prior;
+4. scores (:meth:`~TwoStageRecommender._score_rows`): the query's ranker (:meth:`~TwoStageRecommender._ranker_of`)
+   and its prior;
 5. page (:meth:`~TwoStageRecommender._page`): ranked, diversified, cut to offset and k;
 6. answer (:meth:`~TwoStageRecommender._answer`): ids, titles, the message (``stages/messages.py``),
    explanations on request.
@@ -132,12 +133,14 @@ class TwoStageRecommender:
         n_candidates: int = 100,
         hidden: frozenset[str] = frozenset(),
         visitor_ranker: Ranker | None = None,
+        recent_ranker: Ranker | None = None,
     ) -> None:
         self.candidates = candidates
         self.ranker = ranker
-        # Visitors (unknown users with recent items) are ranked by a model trained on such requests, when there is
-        # one; everyone else by ``ranker``.
+        # Visitors (unknown users with recent items) and known users' requests with recent items are each ranked by
+        # a model trained on such requests, when there is one; stored histories alone by ``ranker``.
         self.visitor_ranker = visitor_ranker
+        self.recent_ranker = recent_ranker
         self.view = view
         self.n_candidates = n_candidates
         # Snapshot row of each candidate-model user, fixed per view.
@@ -152,13 +155,19 @@ class TwoStageRecommender:
     def with_view(self, view: FeatureView) -> TwoStageRecommender:
         """The same models over another feature snapshot."""
         return TwoStageRecommender(
-            self.candidates, self.ranker, view, self.n_candidates, self.hidden, self.visitor_ranker
+            self.candidates, self.ranker, view, self.n_candidates, self.hidden, self.visitor_ranker, self.recent_ranker
         )
 
     def with_hidden(self, hidden: frozenset[str]) -> TwoStageRecommender:
         """The same models and snapshot with another list of hidden item ids (never recommended)."""
         return TwoStageRecommender(
-            self.candidates, self.ranker, self.view, self.n_candidates, frozenset(hidden), self.visitor_ranker
+            self.candidates,
+            self.ranker,
+            self.view,
+            self.n_candidates,
+            frozenset(hidden),
+            self.visitor_ranker,
+            self.recent_ranker,
         )
 
     @cached_property
@@ -448,9 +457,12 @@ class TwoStageRecommender:
         return self.view.rows(names, pairs)
 
     def _ranker_of(self, user: _User) -> Ranker:
-        """The model that ranks a user's candidates: the visitor ranker for a visitor when there is one."""
+        """The model that ranks a user's candidates: the visitor ranker for a visitor, the recent-items ranker for a
+        known user's request with recent items (each when there is one), the ranker otherwise."""
         if user.index < 0 and self.visitor_ranker is not None:
             return self.visitor_ranker
+        if user.index >= 0 and user.recent is not None and self.recent_ranker is not None:
+            return self.recent_ranker
         assert self.ranker is not None  # called only on rows a ranker scores (``_rank`` with a ranker)
         return self.ranker
 
@@ -458,17 +470,13 @@ class TwoStageRecommender:
         self, numeric: np.ndarray, categorical: np.ndarray, users: list[_User], lengths: list[int]
     ) -> np.ndarray:
         """Every row's score, each query's rows by its ranker (one CatBoost call per ranker in the batch)."""
-        assert self.ranker is not None  # called only by ``_rank`` with a ranker
-        visitors = [self._ranker_of(user) is not self.ranker for user in users]
-        if not any(visitors):
-            return self.ranker.score(numeric, categorical)
-        assert self.visitor_ranker is not None  # a visitor's ranker other than ``self.ranker`` is this one
-        if all(visitors):
-            return self.visitor_ranker.score(numeric, categorical)
-        rows = np.repeat(visitors, lengths)
+        rankers = [self._ranker_of(user) for user in users]
+        if all(r is rankers[0] for r in rankers):
+            return rankers[0].score(numeric, categorical)
         scores = np.empty(len(numeric), dtype=np.float32)
-        scores[~rows] = self.ranker.score(numeric[~rows], categorical[~rows])
-        scores[rows] = self.visitor_ranker.score(numeric[rows], categorical[rows])
+        for ranker in {id(r): r for r in rankers}.values():
+            rows = np.repeat([r is ranker for r in rankers], lengths)
+            scores[rows] = ranker.score(numeric[rows], categorical[rows])
         return scores
 
     def _cold_start(self, query: Query, user: _User) -> Recommendation:

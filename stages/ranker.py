@@ -96,7 +96,8 @@ def _log_inputs(numeric: np.ndarray, columns: list[int]) -> np.ndarray:
 
 
 RANKER_FILE = "ranker.cbm"  # in the ranker's model folder: the main ranker ...
-VISITOR_RANKER_FILE = "visitor_ranker.cbm"  # ... and, when trained, the one for visitors with recent items
+VISITOR_RANKER_FILE = "visitor_ranker.cbm"  # ... and, when trained, the one for visitors with recent items ...
+RECENT_RANKER_FILE = "recent_ranker.cbm"  # ... and the one for known users' requests with recent items
 
 
 class Ranker:

@@ -35,7 +35,7 @@ from stages.pipeline import Query, RecentEvent, TwoStageRecommender
 from train.backtest import POPULARITY_WINDOWS, BacktestParams, backtest_cuts, paired_ratio, popularity_name
 from train.evaluate import K, ndcg_per_user, popularity_lists, ranking_metrics
 from train.kernels import restart_with_pinned_kernels
-from train.ranker_training import DAY, RankerParams, Stages, fit_ranker, fit_visitor_ranker
+from train.ranker_training import DAY, RankerParams, Stages, fit_ranker, fit_recent_ranker, fit_visitor_ranker
 
 WITHOUT = "two-stage, recent items not passed"
 EXCLUDED = "two-stage, recent items only excluded"
@@ -178,8 +178,14 @@ def run(stages: Stages, ranker_params: RankerParams, params: FreshnessParams, ec
         stage = stages.at(cut)
         ranker, _ = fit_ranker(stages, cut, ranker_params, serve_at=cut, show_progress=False)
         visitor_ranker, _ = fit_visitor_ranker(stages, cut, ranker_params, ranker.names)
+        recent_ranker, _ = fit_recent_ranker(stages, cut, ranker_params, ranker.names)
         pipeline = TwoStageRecommender(
-            stage.candidates, ranker, stage.view, ranker_params.n_candidates, visitor_ranker=visitor_ranker
+            stage.candidates,
+            ranker,
+            stage.view,
+            ranker_params.n_candidates,
+            visitor_ranker=visitor_ranker,
+            recent_ranker=recent_ranker,
         )
         rows += evaluate_cut(pipeline, inter, cut, params)
         if echo:

@@ -117,9 +117,24 @@ class Stages:
 
     def visitor_rows(self, cut: int, names: FeatureNames, params: RankerParams) -> RowBlock | None:
         """The visitor ranker's rows at one training cut: requests with recent items from users unknown at it."""
-        key = ("visitors", cut, names, params.label_days, params.n_candidates, params.visitor_recent)
+        return self.request_rows(cut, names, params, known=False)
+
+    def known_request_rows(self, cut: int, names: FeatureNames, params: RankerParams) -> RowBlock | None:
+        """The recent-items ranker's rows at one training cut: requests with recent items from users known at it."""
+        return self.request_rows(cut, names, params, known=True)
+
+    def request_rows(self, cut: int, names: FeatureNames, params: RankerParams, known: bool) -> RowBlock | None:
+        """Rows of requests with recent items at one training cut, from users unknown or known at it (cached)."""
+        key = (
+            "known" if known else "visitors",
+            cut,
+            names,
+            params.label_days,
+            params.n_candidates,
+            params.visitor_recent,
+        )
         if key not in self._rows:
-            examples = visitor_examples(self.dataset.interactions, cut, params)
+            examples = request_examples(self.dataset.interactions, cut, params, known)
             self._rows[key] = _request_rows(self.at(cut), examples, params, names)
         return self._rows[key]
 
@@ -175,10 +190,32 @@ def fit_visitor_ranker(
     A visitor has no stored history, so every user column comes from the
     request's recent items; the main ranker never saw such rows.
     """
+    return _fit_request_ranker(stages, until, params, names, known=False)
+
+
+def fit_recent_ranker(
+    stages: Stages, until: int, params: RankerParams, names: FeatureNames
+) -> tuple[Ranker | None, dict]:
+    """The ranker for known users' requests with recent items, on the main one's cuts and columns (None: none).
+
+    Such a request adds what the user just did to a stored history, which no
+    row of the main ranker has. It learns from the main ranker's rows and
+    such requests together: the requests alone are too few (docs/quality.md),
+    and taught to the main ranker they cost every stored-history answer.
+    """
+    return _fit_request_ranker(stages, until, params, names, known=True)
+
+
+def _fit_request_ranker(
+    stages: Stages, until: int, params: RankerParams, names: FeatureNames, known: bool
+) -> tuple[Ranker | None, dict]:
     if not params.visitor_recent:
         return None, {"rows": 0}
     first = int(stages.dataset.interactions[Columns.timestamp].min())
-    blocks = [stages.visitor_rows(t, names, params) for t in training_cuts(until, params) if t > first]
+    cuts = [t for t in training_cuts(until, params) if t > first]
+    blocks = [stages.request_rows(t, names, params, known) for t in cuts]
+    if known and any(b is not None for b in blocks):
+        blocks += [stages.training_rows(t, names, params) for t in cuts]
     return fit_on_blocks([b for b in blocks if b is not None], names, params, show_progress=False)
 
 
@@ -294,24 +331,29 @@ def _labelled_rows(
     return RowBlock(numeric, categorical, np.concatenate([hits[i] for i in keep]).astype(np.float32), queries)
 
 
-def visitor_examples(interactions: pd.DataFrame, cut: int, params: RankerParams) -> list[tuple[Query, set[str]]]:
-    """Requests as a visitor's client sends them, and what each visitor took next.
+def request_examples(
+    interactions: pd.DataFrame, cut: int, params: RankerParams, known: bool
+) -> list[tuple[Query, set[str]]]:
+    """Requests as a client sends them with recent items, and what each user took next.
 
-    Each user unknown before the cut with more than ``visitor_recent``
-    interactions in the label window passes the first ``visitor_recent``
-    (time order, ties by item) as recent items; the label is the new items
-    they took after those.
+    Each user with more than ``visitor_recent`` interactions in the label
+    window, among those unknown before the cut (visitors) or those known
+    (``known``), passes the first ``visitor_recent`` (time order, ties by
+    item) as recent items; the label is the new items they took after those
+    (for a known user, none they had taken before the cut).
     """
     times = interactions[Columns.timestamp]
     window = interactions[(times >= cut) & (times < cut + params.label_days * DAY)]
     window = window.sort_values([Columns.timestamp, Columns.item], kind="stable")
-    known = set(interactions.loc[times < cut, Columns.user])
+    before = interactions.loc[times < cut]
+    taken_before = before.groupby(Columns.user, sort=False)[Columns.item].agg(set).to_dict() if known else {}
+    known_at_cut = set() if known else set(before[Columns.user])  # the visitors' case: who is not a visitor
     out = []
     for user, rows in window.groupby(Columns.user, sort=True):
-        if len(rows) <= params.visitor_recent or user in known:
+        if len(rows) <= params.visitor_recent or (user not in taken_before if known else user in known_at_cut):
             continue
         told, later = rows.iloc[: params.visitor_recent], rows.iloc[params.visitor_recent :]
-        label = set(later[Columns.item]) - set(told[Columns.item])
+        label = set(later[Columns.item]) - set(told[Columns.item]) - taken_before.get(user, set())
         if label:
             events = [
                 RecentEvent(str(i), int(t), float(w))

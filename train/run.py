@@ -22,7 +22,7 @@ from features.store import MODEL_SNAPSHOT_DIR, fingerprint, write_snapshot
 from stages.candidates import CandidateModel, CandidateParams, popularity_share
 from stages.card import CANDIDATES_MODEL, RANKER_MODEL, CandidatesCard, RankerCard
 from stages.pipeline import TwoStageRecommender
-from stages.ranker import RANKER_FILE, VISITOR_RANKER_FILE, Ranker
+from stages.ranker import RANKER_FILE, RECENT_RANKER_FILE, VISITOR_RANKER_FILE, Ranker
 from train.backtest import TWO_STAGE_MODEL, WorseThanBaseline, beaten_by, popularity_name, run_backtest
 from train.config import TrainConfig
 from train.evaluate import (
@@ -42,6 +42,7 @@ from train.ranker_training import (
     common_names,
     fit_on_examples,
     fit_ranker,
+    fit_recent_ranker,
     fit_visitor_ranker,
     fresh_items,
     sample_users,
@@ -168,6 +169,8 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
         ranker, stats = fit_ranker(stages, until, config.ranker_params(), serve_at=None)
         visitor_ranker, visitor_stats = fit_visitor_ranker(stages, until, config.ranker_params(), ranker.names)
         stats["visitor_ranker"] = {k: v for k, v in visitor_stats.items() if k != "params"}
+        recent_ranker, recent_stats = fit_recent_ranker(stages, until, config.ranker_params(), ranker.names)
+        stats["recent_ranker"] = {k: v for k, v in recent_stats.items() if k != "params"}
     cold_start = (CandidateParams.cold_start_days, CandidateParams.segment_weight)
     if config.backtest_cuts:
         with steps.step(f"backtest: weekly cuts over the second half (at most {config.backtest_cuts})"):
@@ -195,7 +198,8 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
             print(f"  wrote {', '.join(str(p) for p in paths.values())}")
     if config.save:
         with steps.step("save models and feature store"):
-            save(config, candidates, ranker, visitor_ranker, stages.at(None).tables, data_fingerprint, results, result)
+            rankers = Rankers(ranker, visitor_ranker, recent_ranker)
+            save(config, candidates, rankers, stages.at(None).tables, data_fingerprint, results, result)
             if echo:
                 print(f"  saved {result.candidates_tag}, {result.ranker_tag}; feature store {config.feature_store}")
     if echo:
@@ -203,11 +207,19 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
     return result
 
 
+@dataclass(frozen=True)
+class Rankers:
+    """The models a ranker folder holds: the main one, and those for requests with recent items when trained."""
+
+    main: Ranker
+    visitors: Ranker | None
+    recent: Ranker | None
+
+
 def save(
     config: TrainConfig,
     final: CandidateModel,
-    ranker: Ranker,
-    visitor_ranker: Ranker | None,
+    rankers: Rankers,
     tables: FeatureTables,
     data_fingerprint: str,
     results: dict,
@@ -234,10 +246,12 @@ def save(
             **common,
             candidates_tag=result.candidates_tag,
             feature_version=version,
-            features=ranker.names,
-            prior=ranker.prior,
-            visitor_prior=visitor_ranker.prior if visitor_ranker is not None else None,
-            visitor_ranker=visitor_ranker is not None,
+            features=rankers.main.names,
+            prior=rankers.main.prior,
+            visitor_prior=rankers.visitors.prior if rankers.visitors is not None else None,
+            visitor_ranker=rankers.visitors is not None,
+            recent_prior=rankers.recent.prior if rankers.recent is not None else None,
+            recent_ranker=rankers.recent is not None,
             n_candidates=config.n_candidates,
             evaluation=model_card_evaluation(results),
             timings=result.timings,
@@ -246,7 +260,7 @@ def save(
         with bentoml.models.create(
             RANKER_MODEL, labels={"stage": "ranker"}, metadata=ranker_card.to_metadata()
         ) as saved:
-            save_rankers(Path(saved.path), ranker, visitor_ranker)
+            save_rankers(Path(saved.path), rankers)
     except BaseException:
         bentoml.models.delete(result.candidates_tag)
         raise
@@ -256,11 +270,12 @@ def save(
     )
 
 
-def save_rankers(directory: Path, ranker: Ranker, visitor_ranker: Ranker | None) -> None:
-    """Both rankers into the ranker's model folder (serving/runtime.py reads them back)."""
-    ranker.save(directory / RANKER_FILE)
-    if visitor_ranker is not None:
-        visitor_ranker.save(directory / VISITOR_RANKER_FILE)
+def save_rankers(directory: Path, rankers: Rankers) -> None:
+    """Every ranker into the ranker's model folder (serving/runtime.py reads them back)."""
+    rankers.main.save(directory / RANKER_FILE)
+    for ranker, file in ((rankers.visitors, VISITOR_RANKER_FILE), (rankers.recent, RECENT_RANKER_FILE)):
+        if ranker is not None:
+            ranker.save(directory / file)
 
 
 def compare_with_baselines(config: TrainConfig, results: dict) -> None:

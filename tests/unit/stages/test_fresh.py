@@ -169,3 +169,33 @@ def test_a_batch_mixing_fresh_and_plain_users_gives_each_the_rows_it_gets_alone(
     counts = together[:, names.numeric.index(REQUEST_ITEMS)]
     lengths = [len(numeric) for numeric, _ in alone]
     assert [int(c) for c in counts[np.cumsum([0, *lengths[:-1]])]] == [4, 0, 2, 3]
+
+
+class _Constant:
+    """A stand-in ranker that gives every row its value: an answer's scores say which model ranked it."""
+
+    def __init__(self, value: float, names) -> None:
+        self.value, self.names = value, names
+
+    def score(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
+        return np.full(len(numeric), self.value, dtype=np.float32)
+
+
+def test_each_query_in_a_batch_is_ranked_by_the_model_for_its_kind_of_request(history):
+    candidates = CandidateModel.fit(history.interactions, PARAMS)
+    view = FeatureView(compute_features(history), candidates.item_ids, candidates.als.item_factors)
+    names = view.available()
+    main, visitors, recent = (_Constant(v, names) for v in (1.0, 2.0, 3.0))
+    known = str(candidates.user_ids[0])
+    events = [RecentEvent(str(candidates.item_ids[i])) for i in candidates.latest[3][:3]]
+    queries = [
+        Query(known, k=5),
+        Query("visitor", k=5, recent_items=events),
+        Query(known, k=5, recent_items=events),
+        Query(known, k=5, recent_items=[RecentEvent("not-an-item")]),  # no usable recent item: a stored history
+    ]
+    full = TwoStageRecommender(candidates, main, view, 30, visitor_ranker=visitors, recent_ranker=recent)  # type: ignore[arg-type]
+    assert [set(answer.scores) for answer in full.recommend(queries)] == [{1.0}, {2.0}, {3.0}, {1.0}]
+    # A model trained before the recent-items ranker existed ranks known users' recent items with the main one.
+    older = TwoStageRecommender(candidates, main, view, 30, visitor_ranker=visitors)  # type: ignore[arg-type]
+    assert [set(answer.scores) for answer in older.recommend(queries)] == [{1.0}, {2.0}, {1.0}, {1.0}]

@@ -145,13 +145,14 @@ def test_training_rows_and_labels_for_a_ranker_at_t_end_before_t(both, cut):
 
 
 def test_every_training_block_reads_only_its_own_label_window(history, cut):
-    """A training cut's rows (known users', and visitors' with recent items) are the same whatever comes after
-    its label window: the cache is keyed by cut, so a block must never depend on the data's end."""
+    """A training cut's rows (known users', visitors' and known users' requests with recent items) are the same
+    whatever comes after its label window: the cache is keyed by cut, so a block must never depend on the data's
+    end."""
     train_cut = cut - RANKER.label_days * DAY
     window_end = train_cut + RANKER.label_days * DAY
     a, b = Stages(cut_at(history, window_end), CANDIDATES), Stages(with_future(history, window_end), CANDIDATES)
     names = a.at(train_cut).view.available()
-    for rows in (Stages.training_rows, Stages.visitor_rows):
+    for rows in (Stages.training_rows, Stages.visitor_rows, Stages.known_request_rows):
         block_a, block_b = rows(a, train_cut, names, RANKER), rows(b, train_cut, names, RANKER)
         assert block_a is not None and len(block_a.labels) > 0, rows.__name__
         np.testing.assert_array_equal(block_a.numeric, block_b.numeric)

@@ -1,0 +1,49 @@
+"""Known answers for the requests with recent items that the visitor and recent-items rankers learn from."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from features.schema import DAY, Columns
+from train.ranker_training import RankerParams, request_examples
+
+CUT = 1_000 * DAY
+PARAMS = RankerParams(label_days=7, visitor_recent=2)
+
+
+def interactions(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
+    users, items, times = zip(*rows, strict=True)
+    return pd.DataFrame(
+        {Columns.user: users, Columns.item: items, Columns.timestamp: times, Columns.weight: [1.0] * len(rows)}
+    )
+
+
+DATA = interactions(
+    [
+        ("old", "a", CUT - DAY),  # known at the cut: took a before it
+        ("old", "b", CUT + 1),
+        ("old", "c", CUT + 2),
+        ("old", "a", CUT + 3),  # taken again: not new, not a label
+        ("old", "d", CUT + 4),
+        ("old", "e", CUT + 8 * DAY),  # after the label window
+        ("new", "b", CUT + 1),  # a visitor: nothing before the cut
+        ("new", "c", CUT + 2),
+        ("new", "d", CUT + 3),
+        ("few", "x", CUT - DAY),  # known, but only the two recent items in the window: nothing left to learn
+        ("few", "b", CUT + 1),
+        ("few", "c", CUT + 2),
+    ]
+)
+
+
+def test_visitors_pass_their_first_items_and_learn_the_rest():
+    [(query, label)] = request_examples(DATA, CUT, PARAMS, known=False)
+    assert query.user_id == "new" and [e.item_id for e in query.recent_items] == ["b", "c"]
+    assert label == {"d"}
+
+
+def test_known_users_learn_only_what_is_new_to_them_inside_the_window():
+    [(query, label)] = request_examples(DATA, CUT, PARAMS, known=True)
+    assert query.user_id == "old" and [e.item_id for e in query.recent_items] == ["b", "c"]
+    assert [e.timestamp for e in query.recent_items] == [CUT + 1, CUT + 2]
+    assert label == {"d"}  # not a (taken before the cut), not e (after the window)

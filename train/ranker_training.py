@@ -51,10 +51,10 @@ class RankerParams:
     label_days: int = 7
     train_cuts: int = 8  # cuts stacked for training, the latest at T - label_days ...
     cut_step_days: int = 7  # ... and each earlier one this many days before the next
-    # The visitor ranker (requests from users the model does not know, with recent_items): a user unknown
-    # before a cut passes their first this many interactions after it and is labelled by the new items they took
-    # later (0: no visitor ranker). Those rows have a ranker of their own: mixed into the main ranker's rows, they
-    # cost known users' answers a tenth of their NDCG@10 in the rolling backtest (docs/quality.md).
+    # The rankers for requests with recent_items (visitors', and known users'): a user passes their first this many
+    # interactions after a cut and is labelled by the new items they took later (0: neither ranker). Those rows
+    # have rankers of their own: mixed into the main ranker's rows, visitors' cost known users' answers a tenth of
+    # their NDCG@10 in the rolling backtest, known users' requests a tenth too (docs/quality.md).
     visitor_recent: int = 3
     exclude_features: tuple[str, ...] = ()  # columns left out of the ranker (the ablation study's knob)
     # Boost from a popularity prior fitted on the same rows (stages/ranker.py): the trees learn what improves on
@@ -126,7 +126,7 @@ class Stages:
     def request_rows(self, cut: int, names: FeatureNames, params: RankerParams, known: bool) -> RowBlock | None:
         """Rows of requests with recent items at one training cut, from users unknown or known at it (cached)."""
         key = (
-            "known" if known else "visitors",
+            "known users' requests" if known else "visitors",
             cut,
             names,
             params.label_days,

@@ -6,6 +6,9 @@ PORT ?= 3000
 FEATURE_STORE ?= feature_store
 WORKERS ?= $(shell nproc)
 SOURCES := features stages serving train service.py benchmarks
+# Two pytest-xdist workers, a test file at a time (module fixtures start their servers once), files handed
+# out in the order tests/conftest.py sets. A plain `pytest` runs everything in one process, as before.
+PYTEST_PARALLEL := -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: install train serve test test-fast lint format build containerize clean
 
@@ -32,7 +35,7 @@ test: install
 	$(BIN)/ruff format --check .
 	$(BIN)/bandit -q -c pyproject.toml -r $(SOURCES)
 	$(BIN)/mypy stages features
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 test-fast: install
 	$(BIN)/pytest -m "not slow and not container"

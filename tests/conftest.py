@@ -1,11 +1,21 @@
-"""Shared fixtures. BentoML reads BENTOML_HOME once, so it is set before any import of bentoml."""
+"""Shared fixtures. BentoML reads BENTOML_HOME once, so it is set before any import of bentoml.
+
+`make test` runs the suite on two pytest-xdist workers, a file at a time. Each
+worker has a model store of its own (tests compare a store before and after),
+and the MovieLens model is trained once per session: by the first worker that
+needs it, while the others wait or start on files that do not need it.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle  # nosec B403: our own file, written a moment ago by another worker of this session
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _STORE = tempfile.mkdtemp(prefix="recsys-test-bentoml-")
@@ -14,6 +24,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.pop("RECSYS_FEATURE_STORE", None)
 os.environ.pop("RECSYS_API_KEY", None)
 
+import bentoml  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
@@ -24,6 +35,8 @@ from tests.support import BENTOML, FIGURES, REPO, SMALL, quick_config, serve  # 
 from train.config import TrainConfig  # noqa: E402
 from train.run import RunResult, train  # noqa: E402
 
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... in an xdist worker; None in a plain run
+
 
 def pytest_terminal_summary(terminalreporter) -> None:
     if FIGURES:
@@ -33,8 +46,43 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    """The session's model store and Bentos are throwaway: remove them."""
+    """The session's model store and Bentos are throwaway: remove them. A worker hands its figures on."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["figures"] = list(FIGURES)
     shutil.rmtree(_STORE, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """xdist, in the controller: keep a finished worker's figures for the summary."""
+    FIGURES.extend(getattr(node, "workeroutput", {}).get("figures", []))
+
+
+def _needs_movielens(items: list[pytest.Item]) -> bool:
+    return any("movielens_run" in item.fixturenames for item in items)
+
+
+def pytest_collection_modifyitems(session, config, items: list[pytest.Item]) -> None:
+    """Under xdist, order the files so that one worker trains the MovieLens model while the other needs none.
+
+    xdist hands files out in this order, two to each worker to begin with,
+    then one to whichever finishes first. The end-to-end files that need no
+    MovieLens model go to the second worker while the first trains it; the
+    unit files, many and short, come last and even out the end. Every worker
+    computes the same order, as xdist requires.
+    """
+    if WORKER is None:
+        return
+    by_file: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
+    end_to_end = [f for f in by_file if f.startswith("tests/e2e/")]
+    needing = [f for f in end_to_end if _needs_movielens(by_file[f])]
+    free = [f for f in end_to_end if f not in needing]
+    # Worker 1 gets files 0 and 2 (it trains, then serves), worker 2 files 1 and 3 (no model needed).
+    order = needing[:1] + free[:1] + needing[1:2] + free[1:] + needing[2:]
+    order += [f for f in by_file if f not in order]
+    items[:] = [item for name in order for item in by_file[name]]
 
 
 @pytest.fixture(scope="session")
@@ -90,12 +138,46 @@ def small_run(tmp_path_factory, synthetic_files) -> tuple[RunResult, Path]:
     return train(config, echo=False), tmp
 
 
+def _train_movielens(root: Path) -> RunResult:
+    config = TrainConfig(feature_store=str(root / "feature_store"), report_dir=root / "reports")
+    return train(config, echo=False)
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """One worker of the session at a time (a lock file every worker can see)."""
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def movielens_run(tmp_path_factory) -> tuple[RunResult, Path]:
-    """One real training run on MovieLens-100K, saved to the session's store."""
-    tmp = tmp_path_factory.mktemp("movielens")
-    config = TrainConfig(feature_store=str(tmp / "feature_store"), report_dir=tmp / "reports")
-    return train(config, echo=False), tmp
+    """One real training run on MovieLens-100K, saved to the session's store.
+
+    Under xdist the first worker to get here trains and exports both models;
+    the others import them into their own stores. The feature store and the
+    reports are shared: tests that change a feature store copy it first.
+    """
+    if WORKER is None:
+        root = tmp_path_factory.mktemp("movielens")
+        return _train_movielens(root), root
+    root = tmp_path_factory.getbasetemp().parent / "movielens"  # one directory for all of this session's workers
+    with _exclusive(root.with_suffix(".lock")):
+        if not (root / "run.pickle").exists():
+            root.mkdir(exist_ok=True)  # a worker whose training failed may have left it
+            run = _train_movielens(root)
+            for tag in (run.candidates_tag, run.ranker_tag):
+                bentoml.models.export_model(tag, str(root / f"{tag.split(':')[0]}.bentomodel"))
+            (root / "run.pickle").write_bytes(pickle.dumps(run))
+            return run, root
+    run = pickle.loads((root / "run.pickle").read_bytes())  # nosec B301: see the import
+    for tag in (run.candidates_tag, run.ranker_tag):
+        bentoml.models.import_model(str(root / f"{tag.split(':')[0]}.bentomodel"))
+    return run, root
 
 
 @pytest.fixture(scope="session")

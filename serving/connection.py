@@ -16,7 +16,13 @@ loads its config. It is uvicorn's own protocol with four checks added:
   and connections that send nothing;
 - ``idle_timeout_seconds`` between requests on a kept-alive connection;
 
-and it ignores ``Upgrade`` headers (:func:`ignore_upgrade`).
+it ignores ``Upgrade`` headers (:func:`ignore_upgrade`), and it closes with a
+lingering close, as nginx does, when it answers a request whose bytes are
+still arriving (a 413 before the body, a 431): the answer, then a FIN, then
+whatever still comes is read and dropped for up to ``header_timeout_seconds``
+and ``max_linger_bytes``.
+Closed at once, the unread bytes made the kernel reset the connection, and a
+client still sending a 3 MB body read ``ECONNRESET`` instead of the 413.
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ class ConnectionLimits:
     # The rest of a body that was answered before it arrived (a 404, 415 or shed 503) is read and dropped
     # up to this many bytes, then the connection is closed.
     max_drain_bytes: int = 1024 * 1024
+    # A lingering close reads and drops at most this many bytes of a body it answered early (a 413 to a
+    # 3 MB upload), and max_drain_bytes of a header section it refused: past that the client is not one
+    # that will read the answer.
+    max_linger_bytes: int = 16 * 1024 * 1024
 
     @classmethod
     def from_settings(cls, settings: Any) -> ConnectionLimits:
@@ -73,6 +83,20 @@ def raw_response(status: int, phrase: str, message: str) -> bytes:
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     return head.encode() + body
+
+
+class _LingeringTransport:
+    """uvicorn's transport, whose ``close()`` asks the guard first: it may linger instead."""
+
+    def __init__(self, transport: Any, guard: ConnectionGuard) -> None:
+        self._transport, self._guard = transport, guard
+        self.write, self.is_closing = transport.write, transport.is_closing  # the calls of every request
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._guard._close()
 
 
 class ConnectionGuard:
@@ -97,9 +121,13 @@ class ConnectionGuard:
         self._message_done = False
         self._answered = False
         self._drained = 0
+        self._raw: Any = None  # the event loop's transport, under the one uvicorn is given
+        self._linger_timer: TimerHandle | None = None
+        self._linger_left = 0
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        self._raw = transport
+        super().connection_made(_LingeringTransport(transport, self))
         if len(self.connections) > self.limits.max_connections:
             limit = self.limits.max_connections
             logger.warning("503 connection refused: %d open, the limit is %d", len(self.connections) - 1, limit)
@@ -109,9 +137,16 @@ class ConnectionGuard:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # answered and half-closed: what still arrives is read and dropped
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self._raw.close()
+            return
         # Only bytes that arrive while headers are awaited, and leave them still incomplete, count. A chunk
         # that ends one request's body and starts the next one's headers is not counted (at most one read,
         # up to 256 KiB): its split point is not known here, and counting the body bytes gave clients a false
@@ -127,7 +162,8 @@ class ConnectionGuard:
             limit = self.limits.max_header_bytes
             if self._header_bytes > limit:
                 logger.warning("431 headers over %d bytes from %s", limit, self._peer())
-                self._refuse(431, "Request Header Fields Too Large", f"request headers over {limit} bytes")
+                message = f"request headers over {limit} bytes"
+                self._refuse(431, "Request Header Fields Too Large", message, linger=self.limits.max_drain_bytes)
         elif draining:
             self._drained += len(data)
             if self._drained > self.limits.max_drain_bytes:
@@ -136,7 +172,7 @@ class ConnectionGuard:
                     "connection closed: over %d bytes after the answer, from %s", self._drained, self._peer()
                 )
                 self._cancel_header_timer()
-                self.transport.close()
+                self._close()
 
     @property
     def _draining(self) -> bool:
@@ -162,6 +198,9 @@ class ConnectionGuard:
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        if self._lingering:  # the answer closed the connection: nothing to wait for
+            super().on_response_complete()
+            return
         self._answered = True
         if self._message_done:
             self._awaiting_headers, self._header_bytes = True, 0
@@ -184,16 +223,43 @@ class ConnectionGuard:
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
-        if (self._awaiting_headers or self._draining) and not self.transport.is_closing():
+        if (self._awaiting_headers or self._draining) and not self.transport.is_closing() and not self._lingering:
             seconds = self.limits.header_timeout_seconds
             logger.warning("408 headers not complete within %g s from %s", seconds, self._peer())
             self._refuse(408, "Request Timeout", f"request headers not received within {seconds:g} s")
 
-    def _refuse(self, status: int, phrase: str, message: str) -> None:
+    def _refuse(self, status: int, phrase: str, message: str, linger: int = 0) -> None:
+        """Answer and close, lingering over up to ``linger`` bytes when the client may still be sending."""
         self._cancel_header_timer()
         self._awaiting_headers = False
-        self.transport.write(raw_response(status, phrase, message))
-        self.transport.close()
+        self._raw.write(raw_response(status, phrase, message))
+        if linger:
+            self._linger(linger)
+        else:
+            self._raw.close()
+
+    @property
+    def _lingering(self) -> bool:
+        return self._linger_timer is not None
+
+    def _close(self) -> None:
+        """What uvicorn's ``transport.close()`` does here: linger while the request's bytes still arrive."""
+        arriving = not self._awaiting_headers and not self._message_done
+        if self._lingering or not arriving:
+            self._raw.close()
+        else:
+            self._linger(self.limits.max_linger_bytes)
+
+    def _linger(self, budget: int) -> None:
+        """Half-close after the answer, read and drop what comes, close when the client does or time is up."""
+        self._cancel_header_timer()
+        if self._raw.is_closing() or not self._raw.can_write_eof():  # TLS cannot half-close
+            self._raw.close()
+            return
+        self._raw.write_eof()
+        self._linger_left = budget
+        self._raw.resume_reading()  # uvicorn pauses reading while an unread body piles up
+        self._linger_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._raw.close)
 
     def _peer(self) -> str:
         return self.client[0] if self.client else "?"

@@ -194,6 +194,18 @@ def test_oversized_body_is_413_in_the_envelope(http):
     assert body["message"] == "request body too large: 1100002 bytes, the limit is 1048576"
 
 
+def test_an_answer_sent_before_a_big_body_is_read_by_a_client_that_sends_it_all_first(edge_server):
+    # A lingering close: the client writes its whole 3 MB body, then reads. Closed at once, the unread body
+    # made the kernel reset the connection and the client read ECONNRESET instead of the 413 (2 runs in 3).
+    key = f"Authorization: Bearer {KEY}\r\n".encode()
+    body = b'{"user_id": "196", "pad": "' + b"x" * 3_000_000 + b'"}'
+    for _ in range(5):
+        status, answer = raw_request(edge_server, key, body)
+        assert status == 413 and json.loads(answer)["message"].startswith("request body too large")
+    status, answer = raw_request(edge_server, key + b"X-Pad: " + b"y" * 400_000 + b"\r\n", b"{}")
+    assert status == 431 and json.loads(answer)["error"] == "request_header_fields_too_large"
+
+
 def test_stalled_body_gets_408_not_504(edge_server):
     started = time.monotonic()
     status, body = raw_request(edge_server, f"Authorization: Bearer {KEY}\r\n".encode(), b'{"user_id": ', length=100)

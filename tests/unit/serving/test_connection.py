@@ -14,10 +14,17 @@ from serving.connection import ConnectionGuard, ConnectionLimits, ignore_upgrade
 
 class FakeTransport:
     def __init__(self) -> None:
-        self.written, self.closed = b"", False
+        self.written, self.closed, self.eof = b"", False, False
 
     def write(self, data: bytes) -> None:
+        assert not self.eof, "written after write_eof()"
         self.written += data
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def close(self) -> None:
         self.closed = True
@@ -41,23 +48,74 @@ async def app(scope, receive, send) -> None:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
-def protocol(limits: ConnectionLimits, state: ServerState | None = None):
+async def closing_app(scope, receive, send) -> None:
+    """Answers 413 without reading the body and closes the connection, as the edge does."""
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": b"too large"})
+
+
+def protocol(limits: ConnectionLimits, state: ServerState | None = None, asgi=app):
     guarded = type("Guarded", (ConnectionGuard, HttpToolsProtocol), {"limits": limits})
-    config = Config(app=app, log_config=None)
+    config = Config(app=asgi, log_config=None)
     config.load()
     loop = asyncio.new_event_loop()
     return guarded(config=config, server_state=state or ServerState(), app_state={}, _loop=loop), loop
 
 
-def test_oversized_headers_are_cut_off_with_431():
-    proto, loop = protocol(ConnectionLimits(max_header_bytes=1024))
+def test_oversized_headers_are_cut_off_with_431_and_a_lingering_close():
+    # The 431, then a FIN; the rest is read and dropped (a client still sending reads the 431, not a reset)
+    # up to max_drain_bytes, then the connection is closed.
+    proto, loop = protocol(ConnectionLimits(max_header_bytes=1024, max_drain_bytes=4096))
     transport = FakeTransport()
     proto.connection_made(transport)
     proto.data_received(b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: ")
     for _ in range(4):
-        if not transport.closed:
+        if not transport.eof:
             proto.data_received(b"a" * 512)
-    assert transport.closed and transport.written.startswith(b"HTTP/1.1 431")
+    assert transport.eof and not transport.closed and transport.written.startswith(b"HTTP/1.1 431")
+    for _ in range(8):
+        proto.data_received(b"a" * 512)
+    assert not transport.closed
+    proto.data_received(b"a" * 512)
+    assert transport.closed and transport.written.count(b"HTTP/1.1") == 1
+    loop.close()
+
+
+def test_an_answer_that_closes_before_its_body_arrived_lingers_until_the_client_is_done():
+    proto, loop = protocol(ConnectionLimits(header_timeout_seconds=0.05, max_linger_bytes=50_000), asgi=closing_app)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n" + b"a" * 1000)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert transport.written.startswith(b"HTTP/1.1 413") and transport.eof and not transport.closed
+    proto.data_received(b"POST /next HTTP/1.1\r\n\r\n" + b"a" * 40_000)  # dropped, never parsed
+    assert transport.written.count(b"HTTP/1.1") == 1 and not transport.closed
+    loop.run_until_complete(asyncio.sleep(0.1))  # the header timeout bounds the wait
+    assert transport.closed
+    loop.close()
+
+
+def test_a_lingering_close_ends_past_its_byte_budget():
+    proto, loop = protocol(ConnectionLimits(max_linger_bytes=50_000), asgi=closing_app)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    proto.data_received(b"a" * 50_000)
+    assert transport.eof and not transport.closed
+    proto.data_received(b"a")
+    assert transport.closed
+    loop.close()
+
+
+def test_an_answer_that_closes_after_the_whole_request_closes_at_once():
+    proto, loop = protocol(ConnectionLimits(), asgi=closing_app)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert transport.written.startswith(b"HTTP/1.1 413") and transport.closed and not transport.eof
     loop.close()
 
 
@@ -79,9 +137,9 @@ def test_the_rest_of_a_body_answered_early_is_not_counted_as_the_next_requests_h
     # ... and headers that never end are still cut off on that connection.
     proto.data_received(b"GET /livez HTTP/1.1\r\nX-Big: ")
     for _ in range(4):
-        if not transport.closed:
+        if not transport.eof:
             proto.data_received(b"a" * 512)
-    assert transport.closed and b"HTTP/1.1 431" in transport.written
+    assert transport.eof and b"HTTP/1.1 431" in transport.written
     loop.close()
 
 
@@ -99,11 +157,13 @@ def answered_early(limits: ConnectionLimits):
 
 
 def test_the_rest_of_a_body_answered_early_is_read_only_up_to_a_bound():
-    proto, loop, transport = answered_early(ConnectionLimits(max_header_bytes=1024, max_drain_bytes=10_000))
+    limits = ConnectionLimits(max_header_bytes=1024, max_drain_bytes=10_000, max_linger_bytes=5_000)
+    proto, loop, transport = answered_early(limits)
     for _ in range(20):
         if not transport.closed:
             proto.data_received(b"a" * 1000)
-    assert transport.closed and transport.written.count(b"HTTP/1.1 200") == 1  # answered, then cut off
+    # Answered; past the drain bound a lingering close (a FIN, 5,000 bytes more read), then cut off.
+    assert transport.eof and transport.closed and transport.written.count(b"HTTP/1.1 200") == 1
     loop.close()
 
 

@@ -92,6 +92,7 @@ class Recommender:
             PRESSURE,
             query_cost,
             settings.max_queued_seconds,
+            settings.inline_units,
         )
         self.health = None  # the probe port, opened once the event loop runs (open_probe_port)
 

@@ -6,8 +6,10 @@ All in one run, one worker (2-core machine; the load generator shares it):
 2. BentoML as served (micro-batched): 200 requests/s open loop, then 1/8/32/64
    connections closed loop, with ``/livez`` probed every 50 ms throughout and the
    batch sizes read from ``/metrics``;
-3. the same service with batching off (``RECSYS_MAX_BATCH_QUERIES=1``: one query
-   per pipeline call, still off the event loop), same loads;
+3. the same service with every request handed to the pipeline thread
+   (``RECSYS_INLINE_UNITS=0``: none answered on the event loop, even alone),
+   and with batching off (``RECSYS_MAX_BATCH_QUERIES=1``: one query per
+   pipeline call), same loads;
 4. the FastAPI reference (same pipeline, unbatched, on the event loop), same loads;
 5. overload: 200 connections sending 20-user batch requests for 20 s against the
    batched service: answers by status, ``/livez`` p99 and worker memory.
@@ -120,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--overload-seconds", type=float, default=20)
     cli.add_argument("--out", type=Path, default=Path("var/bench"))
     cli.add_argument(
-        "--servers", default="batched,unbatched,fastapi", help="which of batched, unbatched, fastapi to measure"
+        "--servers",
+        default="batched,handed-off,unbatched,fastapi",
+        help="which of batched, handed-off (no request answered on the event loop), unbatched, fastapi to measure",
     )
     args = cli.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -133,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     base_env = {"RECSYS_REFRESH_SECONDS": "0", "RECSYS_EVENT_LOG": ""}
     bento = [str(BIN / "bentoml"), "serve", "service:Recommender", "--host", "127.0.0.1"]
     servers = set(args.servers.split(","))
-    services = (("bentoml batched", {}), ("bentoml unbatched", {"RECSYS_MAX_BATCH_QUERIES": "1"}))
+    services = (
+        ("bentoml batched", {}),
+        ("bentoml handed-off", {"RECSYS_INLINE_UNITS": "0"}),  # every request to the pipeline thread, as before
+        ("bentoml unbatched", {"RECSYS_MAX_BATCH_QUERIES": "1"}),
+    )
     for name, extra in [(n, e) for n, e in services if n.split()[1] in servers]:
         port, health_port = free_port(), free_port()
         log = args.out / f"{name.replace(' ', '_')}.log"
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         report["fastapi"] = phase("fastapi", url, pid, bodies, levels, args.seconds, args.rate, probe_urls(url, None))
     rows = [
         row
-        for name in ("bentoml batched", "bentoml unbatched", "fastapi")
+        for name in ("bentoml batched", "bentoml handed-off", "bentoml unbatched", "fastapi")
         for row in report.get(name, {}).get("rows", [])
     ]
     print("\n" + markdown([{k: v for k, v in r.items() if k != "batch_sizes"} for r in rows]))

@@ -6,7 +6,11 @@ worker is. Requests that arrive while a call runs wait in a queue; when it
 ends, everything queued (up to ``max_batch`` queries) goes into the next
 call. There is no timer: a lone request is answered at once, and the batch
 grows with the load by itself (the adaptive part), which is what pays for
-the per-call overhead of CatBoost and numpy.
+the per-call overhead of CatBoost and numpy. A light request that arrives
+when nothing else is on its way is answered on the event loop itself
+(``inline_units``): the hand-off to the thread and back is what a lone
+request paid for batching it did not use; probes have a port and a thread
+of their own (serving/health.py).
 
 Why not BentoML's ``batchable=True``: its dispatcher batches along one array
 or list argument of a single API and returns one output per input; here a
@@ -27,7 +31,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -36,6 +40,7 @@ import bentoml
 
 Q = TypeVar("Q")
 R = TypeVar("R")
+T = TypeVar("T")
 
 BATCH_QUERIES = bentoml.metrics.Histogram(
     name="recsys_batch_queries",
@@ -46,6 +51,10 @@ QUEUE_SECONDS = bentoml.metrics.Histogram(
     name="recsys_queue_seconds",
     documentation="Time a request waited for its pipeline call",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+INLINE = bentoml.metrics.Counter(
+    name="recsys_inline_requests_total",
+    documentation="Requests answered on the event loop: alone and light, not handed to the pipeline thread",
 )
 SHED = bentoml.metrics.Counter(
     name="recsys_shed_total",
@@ -201,7 +210,15 @@ class WorkClock:
 
 
 class MicroBatcher(Generic[Q, R]):
-    """Answers ``submit(queries)`` with ``run(all queued queries)``, one call at a time, in a thread."""
+    """Answers ``submit(queries)`` with ``run(all queued queries)``, one call at a time, in a thread.
+
+    A request that arrives alone (nothing queued, nothing in the thread, no
+    other request's body read and on its way) and is light (``inline_units``
+    of cost at most) is answered on the event loop instead: handing it to the
+    thread and back cost more than batching it with nothing saves. Requests
+    that arrive meanwhile wait in the kernel for about a plain query's time,
+    then find the next ones on their way and are batched as before.
+    """
 
     def __init__(
         self,
@@ -212,8 +229,11 @@ class MicroBatcher(Generic[Q, R]):
         pressure: Pressure | None = None,
         cost: Callable[[Q], float] | None = None,
         max_seconds_ahead: float | None = None,
+        inline_units: float = 0.0,
     ) -> None:
         self.run = run
+        self.inline_units = inline_units
+        self._last_in_thread: Future | None = None  # the thread runs its calls in order: this one done, all are
         self.cost = cost or (lambda query: 1.0)
         self.clock = WorkClock()
         self._queued_units = 0.0
@@ -239,8 +259,11 @@ class MicroBatcher(Generic[Q, R]):
         if self.pressure.full(len(queries)):  # a request larger than the whole queue is taken when it is empty
             SHED.labels(reason="queue_full").inc()
             raise Overloaded(f"overloaded: {self.pressure.pending} queries already waiting in this worker")
+        units = sum(self.cost(q) for q in queries)
+        if units <= self.inline_units and self._alone():
+            return self._inline(queries, units)
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(queries, loop.create_future(), units=sum(self.cost(q) for q in queries))
+        waiting = _Waiting(queries, loop.create_future(), units=units)
         if admitted is not None:
             waiting.since = admitted
         self._queue.append(waiting)
@@ -257,6 +280,19 @@ class MicroBatcher(Generic[Q, R]):
             SHED.labels(reason="timeout").inc()
             raise Overloaded(f"timed out after {self.timeout:g}s waiting for the pipeline") from None
 
+    def _alone(self) -> bool:
+        """Nothing queued, nothing running, no other request admitted by the edge and not queued yet."""
+        idle = self._last_in_thread is None or self._last_in_thread.done()
+        return idle and not self._queue and self.pressure.reserved == 0
+
+    def _inline(self, queries: list[Q], units: float) -> list[R]:
+        INLINE.inc()
+        BATCH_QUERIES.observe(len(queries))
+        QUEUE_SECONDS.observe(0.0)
+        answers, seconds = self._timed(queries)
+        self.clock.learn(seconds, units)
+        return answers
+
     def seconds_ahead(self) -> float:
         """Estimated seconds of work queued and left in the running call (0 until the first call is timed)."""
         running = self.clock.seconds(self._running_units) - (time.monotonic() - self._running_since)
@@ -264,7 +300,12 @@ class MicroBatcher(Generic[Q, R]):
 
     async def call(self, function: Callable[..., R], *args: object) -> R:
         """Run another pipeline function in the same thread (never two pipeline calls at once)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        return await self._in_executor(function, *args)
+
+    async def _in_executor(self, function: Callable[..., T], *args: object) -> T:
+        """``function`` in the pipeline thread; until it has run (even for a caller that left), none inline."""
+        self._last_in_thread = self._executor.submit(function, *args)
+        return await asyncio.wrap_future(self._last_in_thread)
 
     async def _sweep(self) -> None:
         """Expire the requests queued longer than the timeout, while anything is queued.
@@ -292,7 +333,6 @@ class MicroBatcher(Generic[Q, R]):
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._queue:
             batch = self._take()
             if not batch:
@@ -302,7 +342,7 @@ class MicroBatcher(Generic[Q, R]):
             self._running_units = sum(waiting.units for waiting in batch)
             self._running_since = time.monotonic()
             try:
-                answers, seconds = await loop.run_in_executor(self._executor, self._timed, queries)
+                answers, seconds = await self._in_executor(self._timed, queries)
                 self.clock.learn(seconds, self._running_units)
             except Exception as error:
                 self._running_units = 0.0
@@ -331,7 +371,6 @@ class MicroBatcher(Generic[Q, R]):
         ``run`` must be safe to repeat for a request whose shared call failed (the service counts and logs
         only after a call succeeds). A request past its timeout by now is shed, not computed.
         """
-        loop = asyncio.get_running_loop()
         for waiting in batch:
             if waiting.future.done():
                 continue
@@ -339,7 +378,7 @@ class MicroBatcher(Generic[Q, R]):
                 _settle(waiting, error=_Expired())
                 continue
             try:
-                answers = await loop.run_in_executor(self._executor, self.run, waiting.queries)
+                answers = await self._in_executor(self.run, waiting.queries)
             except Exception as error:
                 _settle(waiting, error=error)
             else:

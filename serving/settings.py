@@ -74,6 +74,12 @@ class ServiceSettings(BaseSettings):
         description="seconds of pipeline work (learned from the worker's own calls) a worker lets wait; beyond "
         "it a request gets 503 with Retry-After before its body is read",
     )
+    inline_units: float = Field(
+        2.0,
+        ge=0,
+        description="a request that arrives alone and costs at most this (1: a plain query; see query_cost) is "
+        "answered on the event loop instead of the pipeline thread; 0 turns it off",
+    )
     queue_timeout_seconds: float = Field(
         5.0,
         gt=0,

@@ -47,9 +47,17 @@ async def _post_all(url: str, path: str, bodies: list[dict]) -> list[tuple[int, 
         return await asyncio.gather(*(one(b) for b in bodies))
 
 
-def _calls(metrics: str) -> float:
-    found = re.search(r"^recsys_batch_queries_count(?:\{[^}]*\})? ([0-9.e+]+)$", metrics, re.M)
+def _counter(metrics: str, name: str) -> float:
+    found = re.search(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", metrics, re.M)
     return float(found[1]) if found else 0.0
+
+
+def _calls(metrics: str) -> float:
+    return _counter(metrics, "recsys_batch_queries_count")
+
+
+def _inline(metrics: str) -> float:
+    return _counter(metrics, "recsys_inline_requests_total")
 
 
 def test_concurrent_requests_share_calls_and_get_the_one_by_one_answers(small_queue, offline):
@@ -58,12 +66,19 @@ def test_concurrent_requests_share_calls_and_get_the_one_by_one_answers(small_qu
         calls_before = _calls(http.get("/metrics").text)
         answers = asyncio.run(_post_all(small_queue.url, "/recommend", [{"user_id": u, "k": 10} for u in users]))
         calls = _calls(http.get("/metrics").text) - calls_before
+        # The same requests one at a time: each alone, answered on the event loop (serving/batcher.py).
+        inline_before = _inline(http.get("/metrics").text)
+        lone = [http.post("/recommend", json={"user_id": u, "k": 10}).json() for u in users[:8]]
+        inline = _inline(http.get("/metrics").text) - inline_before
     assert all(status == 200 for status, _, _ in answers)
     assert calls < len(users)  # some pipeline calls answered several requests
+    assert inline == len(lone)
     for user, (_, _, body) in zip(users, answers, strict=True):
         [alone] = offline.pipeline.recommend([Query(user, k=10)])
         assert [r["item_id"] for r in body["recommendations"]] == alone.item_ids
         assert [r["score"] for r in body["recommendations"]] == pytest.approx(alone.scores, abs=1e-6)
+    for body, (_, _, batched) in zip(lone, answers, strict=False):
+        assert body["recommendations"] == batched["recommendations"]
 
 
 def test_overload_is_shed_at_once_with_503_and_retry_after(small_queue):

@@ -37,6 +37,40 @@ def test_a_lone_request_is_answered_by_its_own_call_off_the_event_loop():
     assert run.threads == {"recsys-pipeline_0"}
 
 
+def test_a_light_request_that_arrives_alone_is_answered_on_the_event_loop():
+    run = Recorded()
+    batcher = MicroBatcher(run, inline_units=2)
+    assert asyncio.run(batcher.submit([1, 2])) == [2, 4]  # cost 2: one unit a query
+    assert run.threads == {threading.main_thread().name}
+    assert asyncio.run(batcher.submit([1, 2, 3])) == [2, 4, 6]  # cost 3: to the thread
+    assert run.threads == {threading.main_thread().name, "recsys-pipeline_0"}
+
+
+def test_a_request_is_not_answered_inline_while_another_is_on_its_way():
+    run = Recorded()
+    pressure = Pressure()
+    batcher = MicroBatcher(run, inline_units=2, pressure=pressure)
+
+    async def scenario():
+        pressure.reserved = 1  # another request's body read by the edge, its queries not queued yet
+        await batcher.submit([1])
+        pressure.reserved = 0
+        run.gate.clear()
+        held = asyncio.create_task(batcher.call(run, [5]))  # e.g. /similar_items, held in the thread
+        await asyncio.sleep(0.05)
+        held.cancel()  # its client left; the thread still runs its call
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(batcher.submit([1]))  # must not run beside it
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        run.gate.set()
+        return await second
+
+    assert asyncio.run(scenario()) == [2]
+    assert run.threads == {"recsys-pipeline_0"}  # never two pipeline calls at once
+    assert run.calls == [[1], [5], [1]]
+
+
 def test_requests_queued_during_a_call_share_the_next_one_in_order():
     run = Recorded()
     batcher = MicroBatcher(run, max_batch=5)

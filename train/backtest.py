@@ -133,7 +133,8 @@ def fitted_folds(
 ) -> Iterator[tuple[int, Stage, TwoStageRecommender]]:
     """Per cut, the stage and the pipeline fitted on the interactions before it: what that cut is scored with.
 
-    Stages no later fold trains on are let go as the folds advance (their training rows stay cached).
+    Stages and training rows no later fold trains on are let go as the folds advance (rows stay with
+    ``Stages(keep_rows=True)``).
     """
     for position, cut in enumerate(cuts):
         stage = stages.at(cut)

@@ -43,7 +43,10 @@ class RankerParams:
     n_candidates: int = 100
     seed: int = 42
     threads: int = 2
-    max_users: int = 20_000  # users sampled per training cut; bounds the pool's rows on big data
+    # Users sampled per training cut: bounds the pool's rows on big data. 10,000 at eight cuts is the 80,000
+    # user-cuts that 20,000 at four cuts were (20M interactions trained in 9.4 GiB then; eight cuts of 20,000 did
+    # not fit in 24 GiB). MovieLens-100K has a few hundred per cut.
+    max_users: int = 10_000
     # What a user takes in this many days after a cut is what the ranker learns to find. A week, not the two the
     # backtest scores: the latest training cut then sits a week before serving time, not two, and eight cuts keep
     # the examples. Chosen from past cuts alone (`train.studies nested`), it beat 14 days and four cuts on all three
@@ -85,9 +88,11 @@ class Stages:
     """Stages built once per time, and the training rows built from each: the backtest's folds and the final
     model share both (a fold at T reuses the rows of every training cut before T)."""
 
-    def __init__(self, dataset: Dataset, params: CandidateParams) -> None:
+    def __init__(self, dataset: Dataset, params: CandidateParams, keep_rows: bool = False) -> None:
+        """``keep_rows``: keep every cut's training rows, for studies that run backtests over the same cuts again."""
         self.dataset = dataset
         self.params = params
+        self.keep_rows = keep_rows
         self._built: dict[int | None, Stage] = {}
         self._rows: dict[tuple, RowBlock | None] = {}
 
@@ -103,9 +108,15 @@ class Stages:
         return self._built[as_of]
 
     def forget_before(self, time: int) -> None:
-        """Drop the stages of times before ``time`` (their training rows stay): bounds memory over many cuts."""
+        """Drop the stages and training rows of times before ``time``: bounds memory over many cuts.
+
+        At 20M interactions the rows of every cut the backtest had trained on, kept, outgrew 24 GiB.
+        """
         for as_of in [t for t in self._built if t is not None and t < time]:
             del self._built[as_of]
+        if not self.keep_rows:
+            for key in [k for k in self._rows if k[1] < time]:  # every key holds its cut second
+                del self._rows[key]
 
     def training_rows(self, cut: int, names: FeatureNames, params: RankerParams) -> RowBlock | None:
         """The rows a ranker learns from at one training cut, labelled by the ``label_days`` after it (cached)."""

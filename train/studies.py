@@ -109,11 +109,11 @@ def lone_request_costs(pipelines: list[TwoStageRecommender], users: list[str]) -
 
 def ablation(params: BacktestParams) -> str:
     dataset = movielens.load()
-    stages = {CandidateParams(): Stages(dataset, CandidateParams())}
+    stages = {CandidateParams(): Stages(dataset, CandidateParams(), keep_rows=True)}
     rows, pipelines = [], []
     for variant in variants(stages[CandidateParams()]):
         started = time.perf_counter()
-        stage_set = stages.setdefault(variant.candidates, Stages(dataset, variant.candidates))
+        stage_set = stages.setdefault(variant.candidates, Stages(dataset, variant.candidates, keep_rows=True))
         rows.append((variant.name, *warm_means(run_backtest(stage_set, variant.ranker, params))))
         pipelines.append(last_fold(stage_set, variant.ranker, params))
         print(
@@ -137,7 +137,7 @@ def ablation(params: BacktestParams) -> str:
 
 
 def learning_curve(params: BacktestParams, counts: list[int], plot: Path | None) -> str:
-    stages = Stages(movielens.load(), CandidateParams())
+    stages = Stages(movielens.load(), CandidateParams(), keep_rows=True)
     points = []
     for count in counts:
         short, long, won = warm_means(run_backtest(stages, replace(RankerParams(), train_cuts=count), params))

@@ -1,11 +1,12 @@
-"""Known answers for the requests with recent items that the visitor and recent-items rankers learn from."""
+"""Known answers for the requests with recent items that the rankers learn from; what the stages keep in memory."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from features.schema import DAY, Columns
-from train.ranker_training import RankerParams, request_examples
+from stages.candidates import CandidateParams
+from train.ranker_training import RankerParams, Stages, common_names, request_examples
 
 CUT = 1_000 * DAY
 PARAMS = RankerParams(label_days=7, visitor_recent=2)
@@ -47,3 +48,18 @@ def test_known_users_learn_only_what_is_new_to_them_inside_the_window():
     assert query.user_id == "old" and [e.item_id for e in query.recent_items] == ["b", "c"]
     assert [e.timestamp for e in query.recent_items] == [CUT + 1, CUT + 2]
     assert label == {"d"}  # not a (taken before the cut), not e (after the window)
+
+
+def test_forgetting_a_time_drops_its_training_rows_unless_a_study_keeps_them(small_dataset):
+    # The backtest lets go of what no later fold trains on; at 20M interactions every cut's rows kept outgrew
+    # 24 GiB. Studies that rerun backtests over the same cuts keep them.
+    params = RankerParams(n_candidates=20)
+    end = int(small_dataset.interactions[Columns.timestamp].max())
+    old, recent = end - 21 * DAY, end - 14 * DAY
+    for keep in (False, True):
+        stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2), keep_rows=keep)
+        names = common_names([stages.at(old).view, stages.at(recent).view])
+        before = {cut: stages.training_rows(cut, names, params) for cut in (old, recent)}
+        stages.forget_before(recent)
+        assert stages.training_rows(recent, names, params) is before[recent]
+        assert (stages.training_rows(old, names, params) is before[old]) == keep

@@ -81,7 +81,9 @@ class TrainConfig(BaseModel):
     )
     holdout: float = Field(0.2, gt=0, lt=1, description="secondary evaluation: each user's last share held out")
     threads: int = Field(RankerParams.threads, ge=1, description="CatBoost threads")
-    max_train_users: int = Field(RankerParams.max_users, ge=100, description="users sampled per training cut")
+    max_train_users: int = Field(
+        RankerParams.max_users, ge=100, description="users sampled per ranker fit, over all its cuts"
+    )
     max_eval_users: int = Field(BacktestParams.max_users, ge=100, description="users sampled for the evaluation")
     fail_if_worse_than_baseline: bool = Field(
         False,

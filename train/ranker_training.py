@@ -9,6 +9,7 @@ question: everything up to now is known, what comes next?
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -43,10 +44,10 @@ class RankerParams:
     n_candidates: int = 100
     seed: int = 42
     threads: int = 2
-    # Users sampled per training cut: bounds the pool's rows on big data. 10,000 at eight cuts is the 80,000
-    # user-cuts that 20,000 at four cuts were (20M interactions trained in 9.4 GiB then; eight cuts of 20,000 did
-    # not fit in 24 GiB). MovieLens-100K has a few hundred per cut.
-    max_users: int = 10_000
+    # Users sampled per ranker fit, split evenly over its training cuts (users_per_cut), for its rows and for each
+    # kind of request rows: bounds a pool at about this many users' candidates (~200 each) on big data, as when
+    # one cut of 20,000 users was trained. MovieLens-100K has a few hundred users a cut; none is left out.
+    max_users: int = 20_000
     # What a user takes in this many days after a cut is what the ranker learns to find. A week, not the two the
     # backtest scores: the latest training cut then sits a week before serving time, not two, and eight cuts keep
     # the examples. Chosen from past cuts alone (`train.studies nested`), it beat 14 days and four cuts on all three
@@ -63,6 +64,10 @@ class RankerParams:
     # Boost from a popularity prior fitted on the same rows (stages/ranker.py): the trees learn what improves on
     # popularity instead of relearning it at every fit.
     prior: bool = True
+
+    @property
+    def users_per_cut(self) -> int:
+        return max(1, self.max_users // self.train_cuts)
 
 
 @dataclass
@@ -88,39 +93,50 @@ class Stages:
     """Stages built once per time, and the training rows built from each: the backtest's folds and the final
     model share both (a fold at T reuses the rows of every training cut before T)."""
 
-    def __init__(self, dataset: Dataset, params: CandidateParams, keep_rows: bool = False) -> None:
-        """``keep_rows``: keep every cut's training rows, for studies that run backtests over the same cuts again."""
+    # A stage that takes this long to build is said when done: on 20M interactions each takes a minute or two,
+    # and the final ranker's step builds nine before it prints anything else.
+    SLOW_STAGE_SECONDS = 10.0
+
+    def __init__(self, dataset: Dataset, params: CandidateParams, keep_rows: bool = False, echo: bool = False) -> None:
+        """``keep_rows``: keep every cut's training rows, for studies that run backtests over the same cuts again.
+        ``echo``: print a line for each stage that was slow to build."""
         self.dataset = dataset
         self.params = params
         self.keep_rows = keep_rows
+        self.echo = echo
         self._built: dict[int | None, Stage] = {}
         self._rows: dict[tuple, RowBlock | None] = {}
 
     def at(self, as_of: int | None) -> Stage:
         """The stage as of ``as_of`` (``None``: all the data, for serving)."""
         if as_of not in self._built:
+            started = time.perf_counter()
             inter = self.dataset.interactions
             before = inter if as_of is None else inter[inter[Columns.timestamp] < as_of]
             candidates = CandidateModel.fit(before, self.params, as_of)
             tables = compute_features(self.dataset, as_of)
             view = FeatureView(tables, candidates.item_ids, candidates.als.item_factors)
             self._built[as_of] = Stage(candidates, view, tables)
+            seconds = time.perf_counter() - started
+            if self.echo and seconds >= self.SLOW_STAGE_SECONDS:
+                when = "all the data" if as_of is None else f"{datetime.fromtimestamp(as_of, UTC):%Y-%m-%d %H:%M}"
+                print(f"  candidates and features as of {when}: {seconds:.0f} s", flush=True)
         return self._built[as_of]
 
-    def forget_before(self, time: int) -> None:
-        """Drop the stages and training rows of times before ``time``: bounds memory over many cuts.
+    def forget_before(self, moment: int) -> None:
+        """Drop the stages and training rows of times before ``moment``: bounds memory over many cuts.
 
-        At 20M interactions the rows of every cut the backtest had trained on, kept, outgrew 24 GiB.
+        Kept, the rows of every cut the backtest had trained on grew with the number of cuts.
         """
-        for as_of in [t for t in self._built if t is not None and t < time]:
+        for as_of in [t for t in self._built if t is not None and t < moment]:
             del self._built[as_of]
         if not self.keep_rows:
-            for key in [k for k in self._rows if k[1] < time]:  # every key holds its cut second
+            for key in [k for k in self._rows if k[1] < moment]:  # every key holds its cut second
                 del self._rows[key]
 
     def training_rows(self, cut: int, names: FeatureNames, params: RankerParams) -> RowBlock | None:
         """The rows a ranker learns from at one training cut, labelled by the ``label_days`` after it (cached)."""
-        key = ("known", cut, names, params.label_days, params.n_candidates, params.max_users, params.seed)
+        key = ("known", cut, names, params.label_days, params.n_candidates, params.users_per_cut, params.seed)
         if key not in self._rows:
             taken = fresh_items(self.dataset.interactions, cut, cut + params.label_days * DAY)
             self._rows[key] = _labelled_rows(self.at(cut), taken, params, names)
@@ -143,6 +159,8 @@ class Stages:
             params.label_days,
             params.n_candidates,
             params.visitor_recent,
+            params.users_per_cut,
+            params.seed,
         )
         if key not in self._rows:
             examples = request_examples(self.dataset.interactions, cut, params, known)
@@ -327,7 +345,7 @@ def _labelled_rows(
     """Rows for one stage: candidates of users it knows, labelled 1 for the items they took next."""
     candidates = stage.candidates
     labels = {candidates.user_index[u]: items for u, items in taken.items() if u in candidates.user_index}
-    users = sample_users(np.array(sorted(labels), dtype=np.int64), params.max_users, params.seed)
+    users = sample_users(np.array(sorted(labels), dtype=np.int64), params.users_per_cut, params.seed)
     batch = candidates.top_n(users, params.n_candidates)
     hits = [np.isin(candidates.item_ids[c], list(labels[u])) for u, c in zip(users, batch.items, strict=True)]
     # A ranking pool needs each group (user) in one contiguous block, which
@@ -351,12 +369,18 @@ def request_examples(
     window, among those unknown before the cut (visitors) or those known
     (``known``), passes the first ``visitor_recent`` (time order, ties by
     item) as recent items; the label is the new items they took after those
-    (for a known user, none they had taken before the cut).
+    (for a known user, none they had taken before the cut). At most
+    ``users_per_cut`` users, sampled.
     """
     times = interactions[Columns.timestamp]
     window = interactions[(times >= cut) & (times < cut + params.label_days * DAY)]
-    window = window.sort_values([Columns.timestamp, Columns.item], kind="stable")
     before = interactions.loc[times < cut]
+    counts = window.groupby(Columns.user, sort=True).size()
+    users = counts.index[counts.to_numpy() > params.visitor_recent]
+    known_at_cut = users.isin(before[Columns.user].unique())
+    users = sample_users(np.asarray(users[known_at_cut if known else ~known_at_cut]), params.users_per_cut, params.seed)
+    window = window[window[Columns.user].isin(users)].sort_values([Columns.timestamp, Columns.item], kind="stable")
+    before = before[before[Columns.user].isin(users)]
     taken_before = before.groupby(Columns.user, sort=False)[Columns.item].agg(set).to_dict() if known else {}
     known_at_cut = set() if known else set(before[Columns.user])  # the visitors' case: who is not a visitor
     out = []

@@ -115,6 +115,7 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
         config.ranker_params(),
         iterations=config.fold_iterations or config.ranker_iterations,
         max_users=min(config.max_train_users, PER_USER_TRAIN_USERS),
+        train_cuts=1,  # one labelled stage, not cuts: all the sample's users go to it
     )
     candidate_params = config.candidate_params()
     stage = Stages(Dataset(train_part, dataset.users, dataset.items), candidate_params).at(None)
@@ -161,7 +162,7 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
                 f"  {len(inter):,} interactions, {inter['user_id'].nunique():,} users, "
                 f"{inter['item_id'].nunique():,} items ({config.dataset_name})"
             )
-    stages = Stages(dataset, config.candidate_params())
+    stages = Stages(dataset, config.candidate_params(), echo=echo)
     results: dict = {"dataset": config.dataset_name, "k": K}
     with steps.step("final ranker: trained on the latest cuts"):
         # First: if the data cannot train a ranker, say so before spending time on the evaluation.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 
 from features.schema import DAY, Columns
@@ -50,9 +52,19 @@ def test_known_users_learn_only_what_is_new_to_them_inside_the_window():
     assert label == {"d"}  # not a (taken before the cut), not e (after the window)
 
 
+def test_at_most_users_per_cut_users_make_requests_the_same_ones_every_time():
+    # Every user active in the week made a request: on 20M interactions, rows for ~10^5 users a cut.
+    data = pd.concat([DATA, interactions([("new2", "b", CUT + 1), ("new2", "c", CUT + 2), ("new2", "e", CUT + 3)])])
+    assert sorted(q.user_id for q, _ in request_examples(data, CUT, PARAMS, known=False)) == ["new", "new2"]
+    one = replace(PARAMS, max_users=1, train_cuts=1)
+    [(query, _)] = request_examples(data, CUT, one, known=False)
+    assert query.user_id in {"new", "new2"}
+    assert request_examples(data, CUT, one, known=False) == request_examples(data, CUT, one, known=False)
+
+
 def test_forgetting_a_time_drops_its_training_rows_unless_a_study_keeps_them(small_dataset):
-    # The backtest lets go of what no later fold trains on; at 20M interactions every cut's rows kept outgrew
-    # 24 GiB. Studies that rerun backtests over the same cuts keep them.
+    # The backtest lets go of what no later fold trains on (kept, every cut's rows grew with the number of cuts).
+    # Studies that rerun backtests over the same cuts keep them.
     params = RankerParams(n_candidates=20)
     end = int(small_dataset.interactions[Columns.timestamp].max())
     old, recent = end - 21 * DAY, end - 14 * DAY

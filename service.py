@@ -115,7 +115,7 @@ class Recommender:
         self.recorder.close()
 
     def _answer(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
-        """One pipeline call for every queued request (runs in the batcher's thread)."""
+        """One pipeline call for every queued request (in the batcher's thread, or inline for a lone one)."""
         responses = answer(self.runtime.pipeline, requests, self.tags)
         record_impressions(self.recorder, responses)
         return responses

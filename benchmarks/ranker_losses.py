@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--losses", default=",".join(LOSSES))
     args = cli.parse_args(argv)
-    stages = Stages(movielens.load(), CandidateParams())  # shared: every loss sees the same stages
+    stages = Stages(movielens.load(), CandidateParams(), keep_rows=True)  # shared: every loss sees the same rows
     rows = []
     for loss in args.losses.split(","):
         start = time.perf_counter()

@@ -186,7 +186,8 @@ class WorkClock:
     Learned, not configured: machines of one kind differ 2.5x in speed, and a worker under load (the event
     loop holding the GIL) computes slower than one alone; the estimate follows both. Weighted by units, so
     a one-query call slowed by a busy moment moves it as little as it weighs (a mean per call let three
-    such calls raise it 40 times). Calls are timed in the pipeline thread, not from the event loop.
+    such calls raise it 40 times). Calls are timed where they run (the pipeline thread, or the event loop for a
+    lone inline one), not from when the event loop got the answer back.
     """
 
     half_life_units: float = 256.0  # the past counts half once this many units were learned since
@@ -233,7 +234,9 @@ class MicroBatcher(Generic[Q, R]):
     ) -> None:
         self.run = run
         self.inline_units = inline_units
-        self._last_in_thread: Future | None = None  # the thread runs its calls in order: this one done, all are
+        # Calls handed to the thread and not finished: one leaves when it has run, or is cancelled before it starts.
+        # (The last one handed over done is not enough: a queued call cancelled is done while one before it runs.)
+        self._in_thread: set[Future] = set()
         self.cost = cost or (lambda query: 1.0)
         self.clock = WorkClock()
         self._queued_units = 0.0
@@ -282,8 +285,7 @@ class MicroBatcher(Generic[Q, R]):
 
     def _alone(self) -> bool:
         """Nothing queued, nothing running, no other request admitted by the edge and not queued yet."""
-        idle = self._last_in_thread is None or self._last_in_thread.done()
-        return idle and not self._queue and self.pressure.reserved == 0
+        return not self._in_thread and not self._queue and self.pressure.reserved == 0
 
     def _inline(self, queries: list[Q], units: float) -> list[R]:
         INLINE.inc()
@@ -304,8 +306,10 @@ class MicroBatcher(Generic[Q, R]):
 
     async def _in_executor(self, function: Callable[..., T], *args: object) -> T:
         """``function`` in the pipeline thread; until it has run (even for a caller that left), none inline."""
-        self._last_in_thread = self._executor.submit(function, *args)
-        return await asyncio.wrap_future(self._last_in_thread)
+        job = self._executor.submit(function, *args)
+        self._in_thread.add(job)
+        job.add_done_callback(self._in_thread.discard)  # in the thread, or here if cancelled: one set operation
+        return await asyncio.wrap_future(job)
 
     async def _sweep(self) -> None:
         """Expire the requests queued longer than the timeout, while anything is queued.

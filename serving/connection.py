@@ -57,7 +57,7 @@ class ConnectionLimits:
     header_timeout_seconds: float = 10.0
     idle_timeout_seconds: float = 5.0
     # The rest of a body that was answered before it arrived (a 404, 415 or shed 503) is read and dropped
-    # up to this many bytes, then the connection is closed.
+    # up to this many bytes, then the connection is closed, lingering (below).
     max_drain_bytes: int = 1024 * 1024
     # A lingering close reads and drops at most this many bytes of a body it answered early (a 413 to a
     # 3 MB upload), and max_drain_bytes of a header section it refused: past that the client is not one
@@ -86,14 +86,25 @@ def raw_response(status: int, phrase: str, message: str) -> bytes:
 
 
 class _LingeringTransport:
-    """uvicorn's transport, whose ``close()`` asks the guard first: it may linger instead."""
+    """uvicorn's transport, whose ``close()`` asks the guard first: it may linger instead.
+
+    While it lingers it is closing for uvicorn: no pipelined request is started, no keep-alive timer armed,
+    no ``100 Continue`` sent, and whatever is still written (an answer to a request the refusal overtook) is
+    dropped: the FIN is out.
+    """
 
     def __init__(self, transport: Any, guard: ConnectionGuard) -> None:
         self._transport, self._guard = transport, guard
-        self.write, self.is_closing = transport.write, transport.is_closing  # the calls of every request
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+    def write(self, data: bytes) -> None:
+        if self._guard._linger_timer is None:
+            self._transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self._guard._linger_timer is not None or self._transport.is_closing()
 
     def close(self) -> None:
         self._guard._close()
@@ -198,7 +209,7 @@ class ConnectionGuard:
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
-        if self._lingering:  # the answer closed the connection: nothing to wait for
+        if self._lingering:  # the answer closed the connection: nothing to wait for (uvicorn sees it closing)
             super().on_response_complete()
             return
         self._answered = True

@@ -46,7 +46,8 @@ class RankerParams:
     threads: int = 2
     # Users sampled per ranker fit, split evenly over its training cuts (users_per_cut), for its rows and for each
     # kind of request rows: bounds a pool at about this many users' candidates (~200 each) on big data, as when
-    # one cut of 20,000 users was trained. MovieLens-100K has a few hundred users a cut; none is left out.
+    # one cut of 20,000 users was trained (the recent-items ranker's, main rows and its requests', at twice
+    # that). MovieLens-100K has a few hundred users a cut; none is left out.
     max_users: int = 20_000
     # What a user takes in this many days after a cut is what the ranker learns to find. A week, not the two the
     # backtest scores: the latest training cut then sits a week before serving time, not two, and eight cuts keep

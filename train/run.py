@@ -172,7 +172,6 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
         stats["visitor_ranker"] = {k: v for k, v in visitor_stats.items() if k != "params"}
         recent_ranker, recent_stats = fit_recent_ranker(stages, until, config.ranker_params(), ranker.names)
         stats["recent_ranker"] = {k: v for k, v in recent_stats.items() if k != "params"}
-        stages.forget_before(until)  # the training cuts' stages and rows: the backtest's cuts are others
     cold_start = (CandidateParams.cold_start_days, CandidateParams.segment_weight)
     if config.backtest_cuts:
         with steps.step(f"backtest: weekly cuts over the second half (at most {config.backtest_cuts})"):

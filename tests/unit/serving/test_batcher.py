@@ -58,7 +58,10 @@ def test_a_request_is_not_answered_inline_while_another_is_on_its_way():
         run.gate.clear()
         held = asyncio.create_task(batcher.call(run, [5]))  # e.g. /similar_items, held in the thread
         await asyncio.sleep(0.05)
-        held.cancel()  # its client left; the thread still runs its call
+        behind = asyncio.create_task(batcher.call(run, [6]))  # waiting for the thread behind it
+        await asyncio.sleep(0.05)
+        behind.cancel()  # its client left before it started: that call is dropped, not run
+        held.cancel()  # its client left too; the thread still runs its call
         await asyncio.sleep(0.05)
         second = asyncio.create_task(batcher.submit([1]))  # must not run beside it
         await asyncio.sleep(0.05)

@@ -15,9 +15,12 @@ from serving.connection import ConnectionGuard, ConnectionLimits, ignore_upgrade
 class FakeTransport:
     def __init__(self) -> None:
         self.written, self.closed, self.eof = b"", False, False
+        self.after_eof = 0  # writes after write_eof(): asyncio raises there, in whatever task wrote
 
     def write(self, data: bytes) -> None:
-        assert not self.eof, "written after write_eof()"
+        if self.eof:
+            self.after_eof += 1
+            return
         self.written += data
 
     def can_write_eof(self) -> bool:
@@ -90,9 +93,37 @@ def test_an_answer_that_closes_before_its_body_arrived_lingers_until_the_client_
     loop.run_until_complete(asyncio.sleep(0.01))
     assert transport.written.startswith(b"HTTP/1.1 413") and transport.eof and not transport.closed
     proto.data_received(b"POST /next HTTP/1.1\r\n\r\n" + b"a" * 40_000)  # dropped, never parsed
-    assert transport.written.count(b"HTTP/1.1") == 1 and not transport.closed
+    assert transport.written.count(b"HTTP/1.1") == 1 and not transport.closed and transport.after_eof == 0
     loop.run_until_complete(asyncio.sleep(0.1))  # the header timeout bounds the wait
     assert transport.closed
+    loop.close()
+
+
+def test_a_lingering_close_waits_out_the_header_timeout_not_the_idle_one():
+    limits = ConnectionLimits(header_timeout_seconds=0.3, idle_timeout_seconds=0.05)
+    proto, loop = protocol(limits, asgi=closing_app)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
+    loop.run_until_complete(asyncio.sleep(0.15))
+    assert transport.eof and not transport.closed  # uvicorn's keep-alive timer is not armed on a closing one
+    loop.run_until_complete(asyncio.sleep(0.3))
+    assert transport.closed
+    loop.close()
+
+
+def test_a_pipelined_request_behind_a_closing_answer_is_not_started():
+    # A is answered with `connection: close` while B's headers are in and its body still arriving: the close
+    # lingers, and B, which uvicorn would start next, writing after the FIN, is not started.
+    proto, loop = protocol(ConnectionLimits(), asgi=closing_app)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    proto.data_received(
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"a" * 10
+    )
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert transport.written.count(b"HTTP/1.1") == 1 and transport.eof and transport.after_eof == 0
     loop.close()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pickle  # nosec B403: our own file, written a moment ago by another worker of this session
+import re
 import shutil
 import subprocess
 import tempfile
@@ -58,31 +59,58 @@ def pytest_testnodedown(node, error) -> None:
     FIGURES.extend(getattr(node, "workeroutput", {}).get("figures", []))
 
 
+SERVED = re.compile(r"^tests/e2e/[^:]+::[^\[]+\[(repo|bento)\b")  # tests of the `server` fixture's two forms
+
+
+def _unit(nodeid: str) -> str:
+    """What xdist hands a worker in one piece: a test file, or every test of the ``server`` fixture together.
+
+    ``server`` is session-scoped and parametrized (the repo, the Bento): in one process pytest runs all
+    of one form's tests, then the other's, so two servers start. Split by file, each of its six files
+    started both again on its worker: twelve starts.
+    """
+    return "the served API, from the repo and the Bento" if SERVED.match(nodeid) else nodeid.split("::")[0]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist, in the controller: ``--dist loadfile``, with the ``server`` fixture's tests as one unit."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class ServedApiTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ServedApiTogether(config, log) if config.getoption("dist") == "loadfile" else None
+
+
 def _needs_movielens(items: list[pytest.Item]) -> bool:
     return any("movielens_run" in item.fixturenames for item in items)
 
 
 def pytest_collection_modifyitems(session, config, items: list[pytest.Item]) -> None:
-    """Under xdist, order the files so that one worker trains the MovieLens model while the other needs none.
+    """Under xdist, order the units (see :func:`_unit`) so that one worker trains the MovieLens model while
+    the other runs what needs none of it.
 
-    xdist hands files out in this order, two to each worker to begin with,
-    then one to whichever finishes first. The end-to-end files that need no
-    MovieLens model go to the second worker while the first trains it; the
-    unit files, many and short, come last and even out the end. Every worker
-    computes the same order, as xdist requires.
+    xdist hands units out in this order, each to the worker about to run out
+    of work. First the served API (the worker that takes it trains the shared
+    model), then the end-to-end files that need no MovieLens model, then the
+    other end-to-end files; the unit files, many and short, come last and
+    even out the end. Within a unit the tests keep pytest's order (one server
+    form after the other). Every worker computes the same order, as xdist
+    requires.
     """
     if WORKER is None:
         return
-    by_file: dict[str, list[pytest.Item]] = {}
+    units: dict[str, list[pytest.Item]] = {}
     for item in items:
-        by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
-    end_to_end = [f for f in by_file if f.startswith("tests/e2e/")]
-    needing = [f for f in end_to_end if _needs_movielens(by_file[f])]
-    free = [f for f in end_to_end if f not in needing]
-    # Worker 1 gets files 0 and 2 (it trains, then serves), worker 2 files 1 and 3 (no model needed).
-    order = needing[:1] + free[:1] + needing[1:2] + free[1:] + needing[2:]
-    order += [f for f in by_file if f not in order]
-    items[:] = [item for name in order for item in by_file[name]]
+        units.setdefault(_unit(item.nodeid), []).append(item)
+    end_to_end = [u for u in units if not u.startswith("tests/unit/")]
+    needing = [u for u in end_to_end if _needs_movielens(units[u])]
+    free = [u for u in end_to_end if u not in needing]
+    order = needing[:1] + free + needing[1:]
+    order += [u for u in units if u not in order]
+    items[:] = [item for unit in order for item in units[unit]]
 
 
 @pytest.fixture(scope="session")

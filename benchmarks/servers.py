@@ -26,10 +26,13 @@ PROC = Path("/proc")
 
 _HANDED_OUT: set[int] = set()
 _PICK = random.Random(os.getpid() ^ time.time_ns())  # nosec B311
+# pytest-xdist workers ("gw0", "gw1", ...) pick from disjoint residues, so two never hand out the same port.
+_SHARE = (int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on now, below the kernel's ephemeral range, never handed out twice.
+    """A TCP port on 127.0.0.1 nobody listens on now, below the kernel's ephemeral range, never handed out twice
+    (by this process, or by another pytest-xdist worker).
 
     A port the kernel picks (bind to 0) is an ephemeral one: before the server bound it, an outgoing
     connection could take it as its source port, and two calls before either server started could
@@ -38,7 +41,7 @@ def free_port() -> int:
     low = _ephemeral_low()
     for _ in range(500):
         port = _PICK.randrange(10_000, low)
-        if port in _HANDED_OUT:
+        if port in _HANDED_OUT or port % _SHARE[1] != _SHARE[0]:
             continue
         with socket.socket() as sock:
             try:

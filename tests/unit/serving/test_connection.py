@@ -85,11 +85,21 @@ def test_oversized_headers_are_cut_off_with_431_and_a_lingering_close():
     loop.close()
 
 
-def test_an_answer_that_closes_before_its_body_arrived_lingers_until_the_client_is_done():
-    proto, loop = protocol(ConnectionLimits(header_timeout_seconds=0.05, max_linger_bytes=50_000), asgi=closing_app)
+def closing_connection(limits: ConnectionLimits, data: bytes):
+    """A connection to :func:`closing_app` that has received ``data``."""
+    proto, loop = protocol(limits, asgi=closing_app)
     transport = FakeTransport()
     proto.connection_made(transport)
-    proto.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n" + b"a" * 1000)
+    proto.data_received(data)
+    return proto, loop, transport
+
+
+HUGE = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n"  # a 3 MB body declared
+
+
+def test_an_answer_that_closes_before_its_body_arrived_lingers_until_the_client_is_done():
+    limits = ConnectionLimits(header_timeout_seconds=0.05, max_linger_bytes=50_000)
+    proto, loop, transport = closing_connection(limits, HUGE + b"a" * 1000)
     loop.run_until_complete(asyncio.sleep(0.01))
     assert transport.written.startswith(b"HTTP/1.1 413") and transport.eof and not transport.closed
     proto.data_received(b"POST /next HTTP/1.1\r\n\r\n" + b"a" * 40_000)  # dropped, never parsed
@@ -101,10 +111,7 @@ def test_an_answer_that_closes_before_its_body_arrived_lingers_until_the_client_
 
 def test_a_lingering_close_waits_out_the_header_timeout_not_the_idle_one():
     limits = ConnectionLimits(header_timeout_seconds=0.3, idle_timeout_seconds=0.05)
-    proto, loop = protocol(limits, asgi=closing_app)
-    transport = FakeTransport()
-    proto.connection_made(transport)
-    proto.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
+    _, loop, transport = closing_connection(limits, HUGE)
     loop.run_until_complete(asyncio.sleep(0.15))
     assert transport.eof and not transport.closed  # uvicorn's keep-alive timer is not armed on a closing one
     loop.run_until_complete(asyncio.sleep(0.3))
@@ -115,12 +122,10 @@ def test_a_lingering_close_waits_out_the_header_timeout_not_the_idle_one():
 def test_a_pipelined_request_behind_a_closing_answer_is_not_started():
     # A is answered with `connection: close` while B's headers are in and its body still arriving: the close
     # lingers, and B, which uvicorn would start next, writing after the FIN, is not started.
-    proto, loop = protocol(ConnectionLimits(), asgi=closing_app)
-    transport = FakeTransport()
-    proto.connection_made(transport)
-    proto.data_received(
+    _, loop, transport = closing_connection(
+        ConnectionLimits(),
         b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
-        b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"a" * 10
+        b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"a" * 10,
     )
     loop.run_until_complete(asyncio.sleep(0.05))
     assert transport.written.count(b"HTTP/1.1") == 1 and transport.eof and transport.after_eof == 0
@@ -128,10 +133,7 @@ def test_a_pipelined_request_behind_a_closing_answer_is_not_started():
 
 
 def test_a_lingering_close_ends_past_its_byte_budget():
-    proto, loop = protocol(ConnectionLimits(max_linger_bytes=50_000), asgi=closing_app)
-    transport = FakeTransport()
-    proto.connection_made(transport)
-    proto.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
+    proto, loop, transport = closing_connection(ConnectionLimits(max_linger_bytes=50_000), HUGE)
     loop.run_until_complete(asyncio.sleep(0.01))
     proto.data_received(b"a" * 50_000)
     assert transport.eof and not transport.closed
@@ -141,10 +143,9 @@ def test_a_lingering_close_ends_past_its_byte_budget():
 
 
 def test_an_answer_that_closes_after_the_whole_request_closes_at_once():
-    proto, loop = protocol(ConnectionLimits(), asgi=closing_app)
-    transport = FakeTransport()
-    proto.connection_made(transport)
-    proto.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    _, loop, transport = closing_connection(
+        ConnectionLimits(), b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    )
     loop.run_until_complete(asyncio.sleep(0.01))
     assert transport.written.startswith(b"HTTP/1.1 413") and transport.closed and not transport.eof
     loop.close()

@@ -73,7 +73,7 @@ class TrainConfig(BaseModel):
         RankerParams.label_days, ge=1, description="ranker labels: items taken this many days after a cut"
     )
     train_cuts: int = Field(RankerParams.train_cuts, ge=1, description="training cuts stacked for the ranker")
-    cut_step_days: int = Field(RankerParams.cut_step_days, ge=1, description="days between training cuts")
+    cut_step_days: float = Field(RankerParams.cut_step_days, ge=0.5, description="days between training cuts")
     backtest_cuts: int = Field(BacktestParams.n_cuts, ge=0, description="backtest cuts (0 skips the backtest)")
     horizon_days: int = Field(BacktestParams.horizon_days, ge=1, description="backtest short horizon, in days")
     fold_iterations: int | None = Field(

@@ -189,10 +189,13 @@ def backtest_table(backtest: dict) -> str:
 def summary_line(found: dict) -> str:
     """The served answer against the best popularity list, in one sentence."""
     verb = "beats" if found["model"] == "two-stage (ALS + CatBoost)" else "matches or beats"
+    clearly = found.get("lost_clearly")  # absent from model cards saved before it was counted
+    lost = "" if clearly is None else f"; lost beyond the cut's paired 95% interval at {clearly}"
     return (
         f"{found['model']}: **{found['ratio']:.2f}×** {found['baseline']} on the mean over cuts "
         f"(paired 95% interval {found['low']:.2f}–{found['high']:.2f}×); {verb} it at "
-        f"{found['at_least_baseline']} of {found['cuts']} cuts, and the best of every baseline at {found['won']}."
+        f"{found['at_least_baseline']} of {found['cuts']} cuts, and the best of every baseline at {found['won']}"
+        f"{lost}."
     )
 
 

@@ -55,7 +55,7 @@ class RankerParams:
     # periods checked, at two seeds and with either kernels (docs/quality.md).
     label_days: int = 7
     train_cuts: int = 8  # cuts stacked for training, the latest at T - label_days ...
-    cut_step_days: int = 7  # ... and each earlier one this many days before the next
+    cut_step_days: float = 7.0  # ... and each earlier one this many days before the next
     # The rankers for requests with recent_items (visitors', and known users'): a user passes their first this many
     # interactions after a cut and is labelled by the new items they took later (0: neither ranker). Those rows
     # have rankers of their own: mixed into the main ranker's rows, visitors' cost known users' answers a tenth of
@@ -172,7 +172,7 @@ class Stages:
 def training_cuts(until: int, params: RankerParams) -> list[int]:
     """The cuts whose label windows end by ``until``, oldest first."""
     last = until - params.label_days * DAY
-    return [last - params.cut_step_days * DAY * j for j in range(params.train_cuts - 1, -1, -1)]
+    return [last - round(params.cut_step_days * DAY * j) for j in range(params.train_cuts - 1, -1, -1)]
 
 
 def fresh_items(interactions: pd.DataFrame, start: int, end: int | None) -> dict[str, set[str]]:

@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from features.schema import validate_interactions
-from train.backtest import BacktestParams, backtest_cuts, choose_cold_start, option_name
+from train.backtest import (
+    TWO_STAGE_MODEL,
+    BacktestParams,
+    backtest_cuts,
+    choose_cold_start,
+    compare,
+    option_name,
+    paired_difference,
+)
 from train.ranker_training import RankerParams, fresh_items, training_cuts
 
 DAY = 86_400
@@ -22,7 +30,7 @@ def interactions(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
 
 def test_cuts_spread_over_the_second_half_and_leave_a_full_horizon():
     data = interactions([("u", "a", 0), ("u", "b", 299)])  # spans days 0..299 (+1 s)
-    cuts = backtest_cuts(data, BacktestParams(n_cuts=3, horizon_days=14), step_days=7)
+    cuts = backtest_cuts(data, BacktestParams(n_cuts=3, horizon_days=14))
     last = 299 * DAY + 1 - 14 * DAY
     assert cuts[-1] == last  # the last cut leaves exactly 14 days after it
     assert len(cuts) == 3 and cuts == sorted(cuts)
@@ -33,7 +41,7 @@ def test_cuts_spread_over_the_second_half_and_leave_a_full_horizon():
 
 def test_every_week_of_the_second_half_is_a_cut_when_there_are_few_enough():
     data = interactions([("u", "a", 0), ("u", "b", 299)])
-    cuts = backtest_cuts(data, BacktestParams(n_cuts=100, horizon_days=14), step_days=7)
+    cuts = backtest_cuts(data, BacktestParams(n_cuts=100, horizon_days=14))
     assert len(cuts) == 20 and set(np.diff(cuts)) == {7 * DAY}
     assert cuts[0] >= (299 * DAY + 1) // 2 > cuts[0] - 7 * DAY  # the first week of the second half
 
@@ -91,3 +99,35 @@ def test_cold_start_choice_is_the_best_mean_over_every_cut_and_horizon():
     # A clear winner replaces the defaults; one within 2% of them does not.
     assert choose_cold_start([cold({(30, 0.0): 0.5, (7, 1.0): 0.52})], "14 days") == (7, 1.0)
     assert choose_cold_start([cold({(30, 0.0): 0.5, (7, 1.0): 0.509})], "14 days") == (30, 0.0)
+
+
+def test_paired_difference_is_the_mean_gap_with_an_interval_that_holds_it():
+    same = np.array([0.0, 0.2, 0.5, 1.0])
+    assert paired_difference(same, same) == (0.0, 0.0, 0.0)
+    ahead = np.array([0.3, 0.0, 0.6, 0.1])
+    gap, low, high = paired_difference(ahead, np.array([0.1, 0.0, 0.2, 0.1]))
+    assert gap == pytest.approx(0.15) and 0 <= low <= gap <= high
+    with pytest.raises(ValueError, match="same users"):
+        paired_difference(np.array([0.5]), np.array([0.5, 0.1]))
+
+
+def _cut(label: str, ours: list[float], theirs: list[float]) -> dict:
+    scores = {TWO_STAGE_MODEL: ours, "popular (all time)": theirs}
+    return {
+        "cut": label,
+        "horizon": "14 days",
+        "segment": "warm",
+        "models": {name: {"ndcg@10": float(np.mean(v))} for name, v in scores.items()},
+        "per_user": scores,
+    }
+
+
+def test_a_cut_counts_as_lost_clearly_only_when_its_paired_interval_is_below_zero():
+    rows = [
+        _cut("behind every user", [0.0] * 30, [0.5] * 30),
+        _cut("behind by one user", [0.0] + [0.5] * 29, [0.5] * 30),
+        _cut("a tie, users split", [0.0, 1.0] * 15, [1.0, 0.0] * 15),
+        _cut("ahead", [0.6] * 30, [0.5] * 30),
+    ]
+    found = compare(rows)["14 days"]["warm"]
+    assert (found["won"], found["at_least_baseline"], found["lost_clearly"], found["cuts"]) == (1, 1, 1, 4)

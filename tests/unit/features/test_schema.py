@@ -183,6 +183,18 @@ def test_float_ids_match_the_same_in_csv_and_parquet(tmp_path):
         assert data.interactions["item_id"].tolist() == ["7", "8"]
 
 
+def test_string_ids_from_csv_and_parquet_become_the_same_text_column(tmp_path):
+    rows = [(" 7 ", "a"), ("7", "b"), ("007", "a"), ("x y", "b")] * 3
+    frame = pd.DataFrame({"user_id": [u for u, _ in rows], "item_id": [i for _, i in rows], "timestamp": T0})
+    frame.to_csv(tmp_path / "i.csv", index=False)
+    frame.to_parquet(tmp_path / "i.parquet")
+    loaded = [load_dataset(tmp_path / name).interactions for name in ("i.csv", "i.parquet")]
+    for interactions in loaded:
+        assert interactions["user_id"].tolist() == ["7", "7", "007", "x y"] * 3  # the id rule, per distinct value
+        assert interactions["user_id"].dtype == interactions["item_id"].dtype == pd.StringDtype(na_value=np.nan)
+    pd.testing.assert_frame_equal(*loaded)
+
+
 @pytest.mark.parametrize("spelling", ["NULL", "nan", "None", "N/A", " "])
 def test_null_spellings_are_missing_ids(tmp_path, spelling):
     inter = write(tmp_path / "i.csv", f"user_id,item_id,timestamp\n1,a,{T0}\n{spelling},a,{T0}\n")

@@ -458,6 +458,7 @@ def load_dataset(
     inter, unit = read_interactions(raw["interactions"], interactions, options.allow_any_dates)
     first = _datetime(inter[Columns.timestamp].iloc[0])
     shown = raw["interactions"][Columns.timestamp].iloc[0]
+    shown = shown.item() if isinstance(shown, np.generic) else shown  # 1705904244, not np.int64(1705904244)
     when = first.isoformat() if first else f"in the year {_year(inter[Columns.timestamp].iloc[0])}"
     notes.append(f"{Path(interactions).name}: timestamps read as {unit} (row 2: {shown!r} is {when})")
     tables = {}

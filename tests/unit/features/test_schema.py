@@ -134,6 +134,7 @@ def test_epoch_units_are_told_by_magnitude_in_csv_and_parquet(tmp_path, values, 
         assert data.interactions["timestamp"].tolist() == [T0, T0 + 86_400]
         assert data.interactions["timestamp"].dtype == np.int64
         assert f"timestamps read as {unit}" in data.notes[0]
+    assert f"(row 2: {values[0]} is 2023-11-14" in data.notes[0]  # the number as written, not np.int64(...)
 
 
 @pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])

@@ -223,7 +223,12 @@ def _ids(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
     The rule runs once per distinct value, not per row: 20M interactions have
     a few hundred thousand ids, and a string per row cost 50 s and several GB.
     """
-    codes, distinct = pd.factorize(frame[column], use_na_sentinel=True)
+    raw = frame[column]
+    if raw.dtype == object:
+        # Mixed Python values (a caller's frame, a parquet list column): the rule per row, as factorize takes
+        # 1 and True for one key and cannot hash a list. Files read as text or numbers never come here.
+        raw = raw.map(id_text, na_action="ignore")
+    codes, distinct = pd.factorize(raw, use_na_sentinel=True)
     text = np.array([id_text(value) for value in distinct], dtype=object)
     spelled_missing = [t.lower() in NULL_SPELLINGS for t in text]
     missing = np.array([*spelled_missing, True])[codes]  # an empty cell's code, -1, picks the True at the end

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from features.schema import SEPARATORS, ReadOptions
+from features.schema import DAY, SEPARATORS, ReadOptions
 from stages.candidates import CandidateParams
 from train.backtest import BacktestParams
 from train.ranker_training import LOSSES, RankerParams
@@ -73,7 +73,9 @@ class TrainConfig(BaseModel):
         RankerParams.label_days, ge=1, description="ranker labels: items taken this many days after a cut"
     )
     train_cuts: int = Field(RankerParams.train_cuts, ge=1, description="training cuts stacked for the ranker")
-    cut_step_days: float = Field(RankerParams.cut_step_days, ge=0.5, description="days between training cuts")
+    cut_step_days: float = Field(
+        RankerParams.cut_step_days, ge=0.5, le=365, description="days between training cuts (divides 7 or a multiple)"
+    )
     backtest_cuts: int = Field(BacktestParams.n_cuts, ge=0, description="backtest cuts (0 skips the backtest)")
     horizon_days: int = Field(BacktestParams.horizon_days, ge=1, description="backtest short horizon, in days")
     fold_iterations: int | None = Field(
@@ -111,6 +113,18 @@ class TrainConfig(BaseModel):
         value = {"tab": "\t", "\\t": "\t"}.get(value, value) if isinstance(value, str) else value
         if value is not None and value not in SEPARATORS:
             raise ValueError(f"expected ',', ';' or tab, got {value!r}")
+        return value
+
+    @field_validator("cut_step_days")
+    @classmethod
+    def _on_the_weekly_grid(cls, value: float) -> float:
+        """Training cuts on the backtest's weekly grid, so neighbouring folds share their stages and rows."""
+        step, week = round(value * DAY), BacktestParams.step_days * DAY
+        if week % step and step % week:
+            raise ValueError(
+                "expected a step that divides 7 days or is a multiple of it (7, 3.5, 1, 0.5, 14, ...): "
+                "other steps share no stage between the backtest's weekly folds"
+            )
         return value
 
     @field_validator("encoding")

@@ -111,8 +111,8 @@ def test_paired_difference_is_the_mean_gap_with_an_interval_that_holds_it():
         paired_difference(np.array([0.5]), np.array([0.5, 0.1]))
 
 
-def _cut(label: str, ours: list[float], theirs: list[float]) -> dict:
-    scores = {TWO_STAGE_MODEL: ours, "popular (all time)": theirs}
+def _cut(label: str, ours: list[float], theirs: list[float], week: list[float] | None = None) -> dict:
+    scores = {TWO_STAGE_MODEL: ours, "popular (all time)": theirs, "popular (last 7 days)": week or [0.0] * len(ours)}
     return {
         "cut": label,
         "horizon": "14 days",
@@ -131,3 +131,13 @@ def test_a_cut_counts_as_lost_clearly_only_when_its_paired_interval_is_below_zer
     ]
     found = compare(rows)["14 days"]["warm"]
     assert (found["won"], found["at_least_baseline"], found["lost_clearly"], found["cuts"]) == (1, 1, 1, 4)
+
+
+def test_a_cut_is_lost_clearly_to_its_own_best_baseline_not_only_to_the_best_list_on_the_mean():
+    rows = [
+        _cut("the all-time list wins on the mean", [0.5] * 30, [0.4] * 30),
+        _cut("last week's list wins here, clearly", [0.3] * 30, [0.3] * 30, week=[0.6] * 30),
+    ]
+    found = compare(rows)["14 days"]["warm"]
+    assert found["baseline"] == "popular (all time)"
+    assert (found["at_least_baseline"], found["won"], found["lost_clearly"]) == (1, 1, 1)

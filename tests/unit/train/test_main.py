@@ -81,6 +81,7 @@ def test_data_too_short_to_train_a_ranker_exits_2_and_says_what_to_change(tmp_pa
         ("c.json", "[1]", "c.json: expected a table of keys, got list"),
         ("c.yaml", "factors: 8\n", "c.yaml: unsupported config format '.yaml' (use a .toml or .json file)"),
         ("bad.toml", 'factors = "x"\n', "bad.toml: key 'factors': Input should be a valid integer"),
+        ("step.toml", "cut_step_days = 5\n", "step.toml: key 'cut_step_days': expected a step that divides 7 days"),
         ("absent.toml", None, "absent.toml: config file not found"),
     ],
 )

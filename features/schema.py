@@ -218,7 +218,7 @@ def _require(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:
 
 
 def _ids(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
-    """The column's ids as text (:func:`id_text`), one string object per distinct id.
+    """The column's ids as text (:func:`id_text`), in pandas' Arrow-backed ``str``.
 
     The rule runs once per distinct value, not per row: 20M interactions have
     a few hundred thousand ids, and a string per row cost 50 s and several GB.

@@ -138,8 +138,10 @@ def fitted_folds(
     ``Stages(keep_rows=True)``).
     """
     for position, cut in enumerate(cuts):
-        stage = stages.at(cut)
+        # The ranker first: its training cuts' stages are built and let go in turn, and the stage it is scored
+        # on is built last, so it is still held when the next fold trains on its rows.
         ranker, _ = fit_ranker(stages, cut, params, serve_at=cut, show_progress=False)
+        stage = stages.at(cut)
         yield cut, stage, TwoStageRecommender(stage.candidates, ranker, stage.view, params.n_candidates)
         if position + 1 < len(cuts):
             stages.forget_before(training_cuts(cuts[position + 1], params)[0])

@@ -35,7 +35,7 @@ from stages.pipeline import Query, RecentEvent, TwoStageRecommender
 from train.backtest import POPULARITY_WINDOWS, BacktestParams, backtest_cuts, paired_ratio, popularity_name
 from train.evaluate import K, ndcg_per_user, popularity_lists, ranking_metrics
 from train.kernels import restart_with_pinned_kernels
-from train.ranker_training import DAY, RankerParams, Stages, fit_ranker, fit_recent_ranker, fit_visitor_ranker
+from train.ranker_training import DAY, RankerParams, Stages, fit_rankers
 
 WITHOUT = "two-stage, recent items not passed"
 EXCLUDED = "two-stage, recent items only excluded"
@@ -175,17 +175,15 @@ def run(stages: Stages, ranker_params: RankerParams, params: FreshnessParams, ec
     cuts = backtest_cuts(inter, BacktestParams(n_cuts=params.n_cuts, horizon_days=params.horizon_days))
     rows = []
     for cut in cuts:
-        stage = stages.at(cut)
-        ranker, _ = fit_ranker(stages, cut, ranker_params, serve_at=cut, show_progress=False)
-        visitor_ranker, _ = fit_visitor_ranker(stages, cut, ranker_params, ranker.names)
-        recent_ranker, _ = fit_recent_ranker(stages, cut, ranker_params, ranker.names)
+        rankers, _ = fit_rankers(stages, cut, ranker_params, serve_at=cut, show_progress=False)
+        stage = stages.at(cut)  # after the rankers, which build their training cuts' stages and let them go
         pipeline = TwoStageRecommender(
             stage.candidates,
-            ranker,
+            rankers.main,
             stage.view,
             ranker_params.n_candidates,
-            visitor_ranker=visitor_ranker,
-            recent_ranker=recent_ranker,
+            visitor_ranker=rankers.visitors,
+            recent_ranker=rankers.recent,
         )
         rows += evaluate_cut(pipeline, inter, cut, params)
         if echo:

@@ -98,31 +98,64 @@ class Stages:
     # and the final ranker's step builds nine before it prints anything else.
     SLOW_STAGE_SECONDS = 10.0
 
-    def __init__(self, dataset: Dataset, params: CandidateParams, keep_rows: bool = False, echo: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        params: CandidateParams,
+        keep_rows: bool = False,
+        echo: bool = False,
+        held: int | None = 2,
+    ) -> None:
         """``keep_rows``: keep every cut's training rows, for studies that run backtests over the same cuts again.
-        ``echo``: print a line for each stage that was slow to build."""
+        ``echo``: print a line for each stage that was slow to build.
+        ``held``: how many dated stages stay built at once, the least recently used let go first (``None``: all).
+        A cut's rows and column names outlive its stage, so a backtest fold needs only the stage it is scored
+        on and, while their rows are built, its training cuts' one at a time. Held, the final rankers' nine
+        stages were most of the memory of a 20M-interaction training."""
+        if held is not None and held < 1:
+            raise ValueError(f"held must be at least 1 (the stage just asked for), got {held}")
         self.dataset = dataset
         self.params = params
         self.keep_rows = keep_rows
         self.echo = echo
-        self._built: dict[int | None, Stage] = {}
+        self.held = held
+        self._built: dict[int | None, Stage] = {}  # least recently used first
+        self._names: dict[int | None, FeatureNames] = {}
         self._rows: dict[tuple, RowBlock | None] = {}
 
     def at(self, as_of: int | None) -> Stage:
-        """The stage as of ``as_of`` (``None``: all the data, for serving)."""
-        if as_of not in self._built:
-            started = time.perf_counter()
-            inter = self.dataset.interactions
-            before = inter if as_of is None else inter[inter[Columns.timestamp] < as_of]
-            candidates = CandidateModel.fit(before, self.params, as_of)
-            tables = compute_features(self.dataset, as_of)
-            view = FeatureView(tables, candidates.item_ids, candidates.als.item_factors)
-            self._built[as_of] = Stage(candidates, view, tables)
-            seconds = time.perf_counter() - started
-            if self.echo and seconds >= self.SLOW_STAGE_SECONDS:
-                when = "all the data" if as_of is None else f"{datetime.fromtimestamp(as_of, UTC):%Y-%m-%d %H:%M}"
-                print(f"  candidates and features as of {when}: {seconds:.0f} s", flush=True)
-        return self._built[as_of]
+        """The stage as of ``as_of`` (``None``: all the data, for serving; never let go)."""
+        stage = self._built.pop(as_of, None) or self._build(as_of)
+        self._built[as_of] = stage
+        self._names.setdefault(as_of, stage.view.available())
+        if self.held is not None:
+            dated = [t for t in self._built if t is not None]
+            for old in dated[: max(0, len(dated) - self.held)]:
+                del self._built[old]
+        return stage
+
+    def _build(self, as_of: int | None) -> Stage:
+        started = time.perf_counter()
+        inter = self.dataset.interactions
+        before = inter if as_of is None else inter[inter[Columns.timestamp] < as_of]
+        candidates = CandidateModel.fit(before, self.params, as_of)
+        tables = compute_features(self.dataset, as_of)
+        view = FeatureView(tables, candidates.item_ids, candidates.als.item_factors)
+        seconds = time.perf_counter() - started
+        if self.echo and seconds >= self.SLOW_STAGE_SECONDS:
+            when = "all the data" if as_of is None else f"{datetime.fromtimestamp(as_of, UTC):%Y-%m-%d %H:%M}"
+            print(f"  candidates and features as of {when}: {seconds:.0f} s", flush=True)
+        return Stage(candidates, view, tables)
+
+    def held_stages(self) -> list[int | None]:
+        """The times whose stages are built now, least recently used first."""
+        return list(self._built)
+
+    def names(self, as_of: int | None) -> FeatureNames:
+        """The columns the stage as of ``as_of`` can produce (remembered after the stage is let go)."""
+        if as_of not in self._names:
+            self.at(as_of)
+        return self._names[as_of]
 
     def forget_before(self, moment: int) -> None:
         """Drop the stages and training rows of times before ``moment``: bounds memory over many cuts.
@@ -135,28 +168,30 @@ class Stages:
             for key in [k for k in self._rows if k[1] < moment]:  # every key holds its cut second
                 del self._rows[key]
 
-    def training_rows(self, cut: int, names: FeatureNames, params: RankerParams) -> RowBlock | None:
-        """The rows a ranker learns from at one training cut, labelled by the ``label_days`` after it (cached)."""
-        key = ("known", cut, names, params.label_days, params.n_candidates, params.users_per_cut, params.seed)
+    def training_rows(self, cut: int, names: FeatureNames | None, params: RankerParams) -> RowBlock | None:
+        """The rows a ranker learns from at one training cut, labelled by the ``label_days`` after it (cached).
+
+        ``names``: the columns wanted (``None``: every column the cut's stage can produce, as cached).
+        """
+        key = ("known", cut, params.label_days, params.n_candidates, params.users_per_cut, params.seed)
         if key not in self._rows:
             taken = fresh_items(self.dataset.interactions, cut, cut + params.label_days * DAY)
-            self._rows[key] = _labelled_rows(self.at(cut), taken, params, names)
-        return self._rows[key]
+            self._rows[key] = _labelled_rows(self.at(cut), taken, params, self.names(cut))
+        return _columns(self._rows[key], self.names(cut), names)
 
-    def visitor_rows(self, cut: int, names: FeatureNames, params: RankerParams) -> RowBlock | None:
+    def visitor_rows(self, cut: int, names: FeatureNames | None, params: RankerParams) -> RowBlock | None:
         """The visitor ranker's rows at one training cut: requests with recent items from users unknown at it."""
         return self.request_rows(cut, names, params, known=False)
 
-    def known_request_rows(self, cut: int, names: FeatureNames, params: RankerParams) -> RowBlock | None:
+    def known_request_rows(self, cut: int, names: FeatureNames | None, params: RankerParams) -> RowBlock | None:
         """The recent-items ranker's rows at one training cut: requests with recent items from users known at it."""
         return self.request_rows(cut, names, params, known=True)
 
-    def request_rows(self, cut: int, names: FeatureNames, params: RankerParams, known: bool) -> RowBlock | None:
+    def request_rows(self, cut: int, names: FeatureNames | None, params: RankerParams, known: bool) -> RowBlock | None:
         """Rows of requests with recent items at one training cut, from users unknown or known at it (cached)."""
         key = (
             "known users' requests" if known else "visitors",
             cut,
-            names,
             params.label_days,
             params.n_candidates,
             params.visitor_recent,
@@ -165,8 +200,8 @@ class Stages:
         )
         if key not in self._rows:
             examples = request_examples(self.dataset.interactions, cut, params, known)
-            self._rows[key] = _request_rows(self.at(cut), examples, params, names)
-        return self._rows[key]
+            self._rows[key] = _request_rows(self.at(cut), examples, params, self.names(cut))
+        return _columns(self._rows[key], self.names(cut), names)
 
 
 def training_cuts(until: int, params: RankerParams) -> list[int]:
@@ -194,22 +229,51 @@ def fit_ranker(
 
     The ranker's columns are those every training stage and the served stage can produce.
     """
-    inter = stages.dataset.interactions
-    first = int(inter[Columns.timestamp].min())
-    cuts = [t for t in training_cuts(until, params) if t > first]  # a cut needs some history before it
+    cuts = _cuts_with_history(stages, until, params)
     if not cuts:
-        span = (until - first) / DAY
+        span = (until - int(stages.dataset.interactions[Columns.timestamp].min())) / DAY
         raise NotEnoughHistory(
             f"the interactions span {span:.1f} days; the ranker learns from what users take in the "
             f"{params.label_days} days after a cut, with history before it: add data or lower --label-days"
         )
-    names = common_names([stages.at(serve_at).view, *(stages.at(t).view for t in cuts)])
+    for cut in cuts:  # one stage at a time: each can be let go once its rows are built
+        stages.training_rows(cut, None, params)
+    names = common_names([stages.names(serve_at), *(stages.names(t) for t in cuts)])
     blocks = [stages.training_rows(t, names, params) for t in cuts]
     names, blocks = _without(params.exclude_features, names, [b for b in blocks if b is not None])
     ranker, stats = fit_on_blocks(blocks, names, params, show_progress)
     if ranker is None:
         raise _no_rows(stages, cuts, params)
     return ranker, {"cuts": [datetime.fromtimestamp(t, UTC).isoformat() for t in cuts], **stats}
+
+
+@dataclass(frozen=True)
+class Rankers:
+    """The models a ranker folder holds: the main one, and those for requests with recent items when trained."""
+
+    main: Ranker
+    visitors: Ranker | None
+    recent: Ranker | None
+
+
+def fit_rankers(
+    stages: Stages, until: int, params: RankerParams, serve_at: int | None, show_progress: bool = True
+) -> tuple[Rankers, dict]:
+    """The main ranker and the two for requests with recent items, on the same cuts before ``until``.
+
+    Every kind of row is built at a cut while its stage is held, so the three fits build each stage once.
+    """
+    if params.visitor_recent:
+        for cut in _cuts_with_history(stages, until, params):
+            stages.training_rows(cut, None, params)
+            stages.request_rows(cut, None, params, known=False)
+            stages.request_rows(cut, None, params, known=True)
+    ranker, stats = fit_ranker(stages, until, params, serve_at=serve_at, show_progress=show_progress)
+    visitor_ranker, visitor_stats = fit_visitor_ranker(stages, until, params, ranker.names)
+    stats["visitor_ranker"] = {k: v for k, v in visitor_stats.items() if k != "params"}
+    recent_ranker, recent_stats = fit_recent_ranker(stages, until, params, ranker.names)
+    stats["recent_ranker"] = {k: v for k, v in recent_stats.items() if k != "params"}
+    return Rankers(ranker, visitor_ranker, recent_ranker), stats
 
 
 def fit_visitor_ranker(
@@ -241,12 +305,17 @@ def _fit_request_ranker(
 ) -> tuple[Ranker | None, dict]:
     if not params.visitor_recent:
         return None, {"rows": 0}
-    first = int(stages.dataset.interactions[Columns.timestamp].min())
-    cuts = [t for t in training_cuts(until, params) if t > first]
+    cuts = _cuts_with_history(stages, until, params)
     blocks = [stages.request_rows(t, names, params, known) for t in cuts]
     if known and any(b is not None for b in blocks):
         blocks += [stages.training_rows(t, names, params) for t in cuts]
     return fit_on_blocks([b for b in blocks if b is not None], names, params, show_progress=False)
+
+
+def _cuts_with_history(stages: Stages, until: int, params: RankerParams) -> list[int]:
+    """The training cuts before ``until`` with some interactions before them (a cut needs history)."""
+    first = int(stages.dataset.interactions[Columns.timestamp].min())
+    return [t for t in training_cuts(until, params) if t > first]
 
 
 def _without(
@@ -255,13 +324,21 @@ def _without(
     """The names and row blocks without the ``excluded`` columns (rows are cached with every column)."""
     if not excluded:
         return names, blocks
-    numeric = [j for j, n in enumerate(names.numeric) if n not in excluded]
-    categorical = [j for j, n in enumerate(names.categorical) if n not in excluded]
-    kept = FeatureNames(tuple(names.numeric[j] for j in numeric), tuple(names.categorical[j] for j in categorical))
-    return kept, [
-        RowBlock(np.asfortranarray(b.numeric[:, numeric]), b.categorical[:, categorical], b.labels, b.queries)
-        for b in blocks
-    ]
+    kept = FeatureNames(
+        tuple(n for n in names.numeric if n not in excluded), tuple(n for n in names.categorical if n not in excluded)
+    )
+    return kept, [block for b in blocks if (block := _columns(b, names, kept)) is not None]
+
+
+def _columns(block: RowBlock | None, have: FeatureNames, want: FeatureNames | None) -> RowBlock | None:
+    """A block built with the columns ``have``, with only the columns ``want`` (``None``: as it is), in that order."""
+    if block is None or want is None or want == have:
+        return block
+    numeric = [have.numeric.index(n) for n in want.numeric]
+    categorical = [have.categorical.index(n) for n in want.categorical]
+    return RowBlock(
+        np.asfortranarray(block.numeric[:, numeric]), block.categorical[:, categorical], block.labels, block.queries
+    )
 
 
 def _no_rows(stages: Stages, cuts: list[int], params: RankerParams) -> NotEnoughHistory:
@@ -331,10 +408,10 @@ def fit_on_blocks(
     return Ranker(model, names, prior), stats
 
 
-def common_names(views: Sequence[FeatureView]) -> FeatureNames:
-    """The columns every view can produce, in the first view's order."""
-    first = views[0].available()
-    shared = set.intersection(*(set(v.available().all) for v in views))
+def common_names(available: Sequence[FeatureNames]) -> FeatureNames:
+    """The columns every stage can produce (each stage's :meth:`FeatureView.available`), in the first's order."""
+    first = available[0]
+    shared = set.intersection(*(set(names.all) for names in available))
     return FeatureNames(
         tuple(n for n in first.numeric if n in shared), tuple(n for n in first.categorical if n in shared)
     )

@@ -22,7 +22,7 @@ from features.store import MODEL_SNAPSHOT_DIR, fingerprint, write_snapshot
 from stages.candidates import CandidateModel, CandidateParams, popularity_share
 from stages.card import CANDIDATES_MODEL, RANKER_MODEL, CandidatesCard, RankerCard
 from stages.pipeline import TwoStageRecommender
-from stages.ranker import RANKER_FILE, RECENT_RANKER_FILE, VISITOR_RANKER_FILE, Ranker
+from stages.ranker import RANKER_FILE, RECENT_RANKER_FILE, VISITOR_RANKER_FILE
 from train.backtest import TWO_STAGE_MODEL, WorseThanBaseline, beaten_by, popularity_name, run_backtest
 from train.config import TrainConfig
 from train.evaluate import (
@@ -38,12 +38,11 @@ from train.evaluate import (
 from train.kernels import kernels_in_use
 from train.ranker_training import (
     NotEnoughHistory,
+    Rankers,
     Stages,
     common_names,
     fit_on_examples,
-    fit_ranker,
-    fit_recent_ranker,
-    fit_visitor_ranker,
+    fit_rankers,
     fresh_items,
     sample_users,
 )
@@ -121,7 +120,7 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
     stage = Stages(Dataset(train_part, dataset.users, dataset.items), candidate_params).at(None)
     before, after = temporal_split(train_part, config.holdout)
     label_stage = Stages(Dataset(before, dataset.users, dataset.items), candidate_params).at(None)
-    names = common_names([stage.view, label_stage.view])
+    names = common_names([stage.view.available(), label_stage.view.available()])
     ranker, _ = fit_on_examples([(label_stage, taken_after(before, after))], names, params, show_progress=False)
     pipeline = TwoStageRecommender(stage.candidates, ranker, stage.view, config.n_candidates)
     relevant = {u: items for u, items in taken_after(train_part, test_part).items() if u in stage.candidates.user_index}
@@ -167,11 +166,7 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
     with steps.step("final ranker: trained on the latest cuts"):
         # First: if the data cannot train a ranker, say so before spending time on the evaluation.
         until = int(dataset.interactions[Columns.timestamp].max()) + 1
-        ranker, stats = fit_ranker(stages, until, config.ranker_params(), serve_at=None)
-        visitor_ranker, visitor_stats = fit_visitor_ranker(stages, until, config.ranker_params(), ranker.names)
-        stats["visitor_ranker"] = {k: v for k, v in visitor_stats.items() if k != "params"}
-        recent_ranker, recent_stats = fit_recent_ranker(stages, until, config.ranker_params(), ranker.names)
-        stats["recent_ranker"] = {k: v for k, v in recent_stats.items() if k != "params"}
+        rankers, stats = fit_rankers(stages, until, config.ranker_params(), serve_at=None)
     cold_start = (CandidateParams.cold_start_days, CandidateParams.segment_weight)
     if config.backtest_cuts:
         with steps.step(f"backtest: weekly cuts over the second half (at most {config.backtest_cuts})"):
@@ -202,22 +197,12 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
             print(f"  wrote {', '.join(str(p) for p in paths.values())}")
     if config.save:
         with steps.step("save models and feature store"):
-            rankers = Rankers(ranker, visitor_ranker, recent_ranker)
             save(config, candidates, rankers, stages.at(None).tables, data_fingerprint, results, result)
             if echo:
                 print(f"  saved {result.candidates_tag}, {result.ranker_tag}; feature store {config.feature_store}")
     if echo:
         print(f"total: {sum(steps.timings.values()):.1f}s")
     return result
-
-
-@dataclass(frozen=True)
-class Rankers:
-    """The models a ranker folder holds: the main one, and those for requests with recent items when trained."""
-
-    main: Ranker
-    visitors: Ranker | None
-    recent: Ranker | None
 
 
 def save(

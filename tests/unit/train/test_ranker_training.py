@@ -8,7 +8,16 @@ import pandas as pd
 
 from features.schema import DAY, Columns
 from stages.candidates import CandidateParams
-from train.ranker_training import RankerParams, Stages, common_names, request_examples
+from train.backtest import fitted_folds
+from train.ranker_training import (
+    RankerParams,
+    Stages,
+    _labelled_rows,
+    common_names,
+    fit_rankers,
+    fresh_items,
+    request_examples,
+)
 
 CUT = 1_000 * DAY
 PARAMS = RankerParams(label_days=7, visitor_recent=2)
@@ -70,8 +79,60 @@ def test_forgetting_a_time_drops_its_training_rows_unless_a_study_keeps_them(sma
     old, recent = end - 21 * DAY, end - 14 * DAY
     for keep in (False, True):
         stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2), keep_rows=keep)
-        names = common_names([stages.at(old).view, stages.at(recent).view])
+        names = common_names([stages.names(old), stages.names(recent)])
         before = {cut: stages.training_rows(cut, names, params) for cut in (old, recent)}
         stages.forget_before(recent)
         assert stages.training_rows(recent, names, params) is before[recent]
         assert (stages.training_rows(old, names, params) is before[old]) == keep
+
+
+QUICK = RankerParams(n_candidates=20, iterations=5, train_cuts=3, max_users=300)
+
+
+def counting_builds(stages: Stages) -> list[tuple[int | None, int]]:
+    """Record every stage the ``stages`` build: its time and how many dated stages were held as it was built."""
+    builds: list[tuple[int | None, int]] = []
+    build = stages._build
+
+    def counted(as_of: int | None):
+        builds.append((as_of, sum(t is not None for t in stages.held_stages())))
+        return build(as_of)
+
+    stages._build = counted  # type: ignore[method-assign]
+    return builds
+
+
+def test_the_three_final_rankers_build_each_stage_once_holding_at_most_two(small_dataset):
+    # Held all at once, the final rankers' nine stages were most of a 20M-interaction training's memory.
+    stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2))
+    builds = counting_builds(stages)
+    until = int(small_dataset.interactions[Columns.timestamp].max()) + 1
+    rankers, _ = fit_rankers(stages, until, QUICK, serve_at=None, show_progress=False)
+    assert rankers.recent is not None  # the synthetic data has no visitors late on, known users' requests
+    built = [t for t, _ in builds]
+    assert len(built) == len(set(built)) == QUICK.train_cuts + 1  # the training cuts and all the data
+    assert max(held for _, held in builds) <= 2 and sum(t is not None for t in stages.held_stages()) <= 2
+
+
+def test_the_backtest_folds_build_each_stage_once(small_dataset):
+    stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2))
+    builds = counting_builds(stages)
+    end = int(small_dataset.interactions[Columns.timestamp].max())
+    cuts = [end - 21 * DAY, end - 14 * DAY, end - 7 * DAY]
+    assert [cut for cut, _, _ in fitted_folds(stages, cuts, QUICK)] == cuts
+    built = [t for t, _ in builds]
+    assert len(built) == len(set(built)) == QUICK.train_cuts + len(cuts)  # weekly: each fold adds one stage
+
+
+def test_rows_cut_to_fewer_columns_equal_rows_built_with_those_columns(small_dataset):
+    # Rows are built once with every column a stage has; a ranker that uses fewer gets those columns of them.
+    stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2))
+    cut = int(small_dataset.interactions[Columns.timestamp].max()) - 14 * DAY
+    every = stages.names(cut)
+    fewer = replace(every, numeric=every.numeric[::-2], categorical=every.categorical[:1])
+    rows = stages.training_rows(cut, fewer, QUICK)
+    taken = fresh_items(small_dataset.interactions, cut, cut + QUICK.label_days * DAY)
+    direct = _labelled_rows(stages.at(cut), taken, QUICK, fewer)
+    assert rows is not None and direct is not None and rows.numeric.shape[1] == len(fewer.numeric)
+    pd.testing.assert_frame_equal(pd.DataFrame(rows.numeric), pd.DataFrame(direct.numeric))
+    assert (rows.categorical == direct.categorical).all() and (rows.labels == direct.labels).all()

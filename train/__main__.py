@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 from features.schema import DataError
 from train.backtest import WorseThanBaseline
 from train.config import ConfigError, TrainConfig, build_config, read_config_file
+from train.engine import EngineError
 from train.kernels import restart_with_pinned_kernels
 from train.ranker_training import LOSSES, NotEnoughHistory
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         # so an environment variable would be too late; threadpoolctl reaches the loaded library).
         with threadpool_limits(1, "blas"):
             train(config)
-    except (DataError, NotEnoughHistory, WorseThanBaseline) as exc:
+    except (DataError, NotEnoughHistory, WorseThanBaseline, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_DATA
     return 0

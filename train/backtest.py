@@ -32,6 +32,7 @@ from train.ranker_training import (
     RankerParams,
     Stage,
     Stages,
+    cuts_with_history,
     fit_ranker,
     fresh_items,
     sample_users,
@@ -137,6 +138,8 @@ def fitted_folds(
     Stages and training rows no later fold trains on are let go as the folds advance (rows stay with
     ``Stages(keep_rows=True)``).
     """
+    if stages.engine is not None:  # every fold's training cuts at once, on the engine's workers
+        stages.prepare_rows(sorted({t for cut in cuts for t in cuts_with_history(stages, cut, params)}), params)
     for position, cut in enumerate(cuts):
         # The ranker first: its training cuts' stages are built and let go in turn, and the stage it is scored
         # on is built last, so it is still held when the next fold trains on its rows.

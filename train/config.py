@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from features.schema import DAY, SEPARATORS, ReadOptions
 from stages.candidates import CandidateParams
 from train.backtest import BacktestParams
+from train.engine import check_spec
 from train.ranker_training import LOSSES, RankerParams
 
 
@@ -87,6 +88,11 @@ class TrainConfig(BaseModel):
         RankerParams.max_users, ge=100, description="users sampled per ranker fit, over all its cuts"
     )
     max_eval_users: int = Field(BacktestParams.max_users, ge=100, description="users sampled for the evaluation")
+    engine: str | None = Field(
+        None,
+        description="build the training cuts on a Dask cluster: 'local' (a worker per core), 'local:N', or a "
+        "scheduler's address such as tcp://scheduler:8786 (default: in this process, one cut at a time)",
+    )
     fail_if_worse_than_baseline: bool = Field(
         False,
         description="exit 2 without saving when the two-stage model loses to a baseline in the backtest "
@@ -126,6 +132,11 @@ class TrainConfig(BaseModel):
                 "other steps share no stage between the backtest's weekly folds"
             )
         return value
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str | None) -> str | None:
+        return value if value is None else check_spec(value)
 
     @field_validator("encoding")
     @classmethod

@@ -10,9 +10,10 @@ question: everything up to now is known, what comes next?
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,11 @@ from stages.pipeline import Query, RecentEvent, TwoStageRecommender
 from stages.ranker import PopularityPrior, Ranker
 
 LOSSES = ("YetiRank", "PairLogit", "Logloss")
+
+# The kinds of training rows a cut gives: the main ranker's (users known at the cut, labelled by what they took
+# next), and requests with recent items from visitors and from known users (the other two rankers').
+KNOWN, VISITORS, KNOWN_REQUESTS = "known", "visitors", "known users' requests"
+ROW_KINDS = (KNOWN, VISITORS, KNOWN_REQUESTS)
 
 
 class NotEnoughHistory(ValueError):
@@ -105,9 +111,11 @@ class Stages:
         keep_rows: bool = False,
         echo: bool = False,
         held: int | None = 2,
+        engine: RowEngine | None = None,
     ) -> None:
         """``keep_rows``: keep every cut's training rows, for studies that run backtests over the same cuts again.
-        ``echo``: print a line for each stage that was slow to build.
+        ``echo``: print a line for each stage that was slow to build, and show progress over training cuts.
+        ``engine``: where :meth:`prepare_rows` builds training cuts' rows (``None``: here, one at a time).
         ``held``: how many dated stages stay built at once, the least recently used let go first (``None``: all).
         A cut's rows and column names outlive its stage, so a backtest fold needs only the stage it is scored
         on and, while their rows are built, its training cuts' one at a time. Held, the final rankers' nine
@@ -119,6 +127,7 @@ class Stages:
         self.keep_rows = keep_rows
         self.echo = echo
         self.held = held
+        self.engine = engine
         self._built: dict[int | None, Stage] = {}  # least recently used first
         self._names: dict[int | None, FeatureNames] = {}
         self._rows: dict[tuple, RowBlock | None] = {}
@@ -136,16 +145,12 @@ class Stages:
 
     def _build(self, as_of: int | None) -> Stage:
         started = time.perf_counter()
-        inter = self.dataset.interactions
-        before = inter if as_of is None else inter[inter[Columns.timestamp] < as_of]
-        candidates = CandidateModel.fit(before, self.params, as_of)
-        tables = compute_features(self.dataset, as_of)
-        view = FeatureView(tables, candidates.item_ids, candidates.als.item_factors)
+        stage = build_stage(self.dataset, self.params, as_of)
         seconds = time.perf_counter() - started
         if self.echo and seconds >= self.SLOW_STAGE_SECONDS:
             when = "all the data" if as_of is None else f"{datetime.fromtimestamp(as_of, UTC):%Y-%m-%d %H:%M}"
-            print(f"  candidates and features as of {when}: {seconds:.0f} s", flush=True)
-        return Stage(candidates, view, tables)
+            tqdm.write(f"  candidates and features as of {when}: {seconds:.0f} s")
+        return stage
 
     def held_stages(self) -> list[int | None]:
         """The times whose stages are built now, least recently used first."""
@@ -168,16 +173,41 @@ class Stages:
             for key in [k for k in self._rows if k[1] < moment]:  # every key holds its cut second
                 del self._rows[key]
 
-    def training_rows(self, cut: int, names: FeatureNames | None, params: RankerParams) -> RowBlock | None:
-        """The rows a ranker learns from at one training cut, labelled by the ``label_days`` after it (cached).
+    def rows(self, kind: str, cut: int, names: FeatureNames | None, params: RankerParams) -> RowBlock | None:
+        """One kind of training rows at one cut (cached; see :data:`ROW_KINDS`).
 
         ``names``: the columns wanted (``None``: every column the cut's stage can produce, as cached).
         """
-        key = ("known", cut, params.label_days, params.n_candidates, params.users_per_cut, params.seed)
+        key = _row_key(kind, cut, params)
         if key not in self._rows:
-            taken = fresh_items(self.dataset.interactions, cut, cut + params.label_days * DAY)
-            self._rows[key] = _labelled_rows(self.at(cut), taken, params, self.names(cut))
+            self._rows[key] = build_rows(kind, self.dataset.interactions, self.at(cut), cut, params, self.names(cut))
         return _columns(self._rows[key], self.names(cut), names)
+
+    def prepare_rows(self, cuts: Sequence[int], params: RankerParams, kinds: Sequence[str] = (KNOWN,)) -> None:
+        """Build the rows of ``kinds`` missing at each of ``cuts``: on the engine's workers, all cuts at once,
+        when there is an engine; here otherwise, one stage at a time (each can be let go once its rows are built).
+        """
+        wanted = {cut: [k for k in kinds if _row_key(k, cut, params) not in self._rows] for cut in cuts}
+        wanted = {cut: missing for cut, missing in wanted.items() if missing}
+        if not wanted:
+            return
+        # A bar on a terminal (None), with the time left: at 20M interactions a cut takes a minute or two.
+        shown = None if self.echo else True
+        with tqdm(total=len(wanted), desc="training cuts", unit="cut", leave=False, disable=shown) as bar:
+            if self.engine is None:
+                for cut, missing in wanted.items():
+                    for kind in missing:
+                        self.rows(kind, cut, None, params)
+                    bar.update()
+            else:
+                for cut, names, rows in self.engine.rows_at(self.dataset, self.params, wanted, params):
+                    self._names[cut] = names
+                    self._rows.update(rows)
+                    bar.update()
+
+    def training_rows(self, cut: int, names: FeatureNames | None, params: RankerParams) -> RowBlock | None:
+        """The rows a ranker learns from at one training cut, labelled by the ``label_days`` after it (cached)."""
+        return self.rows(KNOWN, cut, names, params)
 
     def visitor_rows(self, cut: int, names: FeatureNames | None, params: RankerParams) -> RowBlock | None:
         """The visitor ranker's rows at one training cut: requests with recent items from users unknown at it."""
@@ -189,19 +219,55 @@ class Stages:
 
     def request_rows(self, cut: int, names: FeatureNames | None, params: RankerParams, known: bool) -> RowBlock | None:
         """Rows of requests with recent items at one training cut, from users unknown or known at it (cached)."""
-        key = (
-            "known users' requests" if known else "visitors",
-            cut,
-            params.label_days,
-            params.n_candidates,
-            params.visitor_recent,
-            params.users_per_cut,
-            params.seed,
-        )
-        if key not in self._rows:
-            examples = request_examples(self.dataset.interactions, cut, params, known)
-            self._rows[key] = _request_rows(self.at(cut), examples, params, self.names(cut))
-        return _columns(self._rows[key], self.names(cut), names)
+        return self.rows(KNOWN_REQUESTS if known else VISITORS, cut, names, params)
+
+
+class RowEngine(Protocol):
+    """Builds training cuts' rows somewhere else (train/engine.py: on a Dask cluster)."""
+
+    def rows_at(
+        self, dataset: Dataset, candidates: CandidateParams, wanted: dict[int, list[str]], params: RankerParams
+    ) -> Iterator[tuple[int, FeatureNames, dict[tuple, RowBlock | None]]]:
+        """For each cut of ``wanted`` as it is done: the cut, its stage's columns, its rows of the kinds wanted."""
+        ...
+
+
+def build_stage(dataset: Dataset, params: CandidateParams, as_of: int | None) -> Stage:
+    """The candidate model and every feature as of ``as_of``, from the interactions before it (``None``: all)."""
+    inter = dataset.interactions
+    before = inter if as_of is None else inter[inter[Columns.timestamp] < as_of]
+    candidates = CandidateModel.fit(before, params, as_of)
+    tables = compute_features(dataset, as_of)
+    return Stage(candidates, FeatureView(tables, candidates.item_ids, candidates.als.item_factors), tables)
+
+
+def cut_rows(
+    dataset: Dataset, candidates: CandidateParams, cut: int, kinds: Sequence[str], params: RankerParams
+) -> tuple[FeatureNames, dict[tuple, RowBlock | None]]:
+    """Build the stage at ``cut`` and the rows of ``kinds`` there, with every column it has (an engine's task)."""
+    stage = build_stage(dataset, candidates, cut)
+    names = stage.view.available()
+    return names, {
+        _row_key(kind, cut, params): build_rows(kind, dataset.interactions, stage, cut, params, names) for kind in kinds
+    }
+
+
+def build_rows(
+    kind: str, interactions: pd.DataFrame, stage: Stage, cut: int, params: RankerParams, names: FeatureNames
+) -> RowBlock | None:
+    """One kind of rows at a cut, from its stage (``None``: no example there)."""
+    if kind == KNOWN:
+        return _labelled_rows(stage, fresh_items(interactions, cut, cut + params.label_days * DAY), params, names)
+    examples = request_examples(interactions, cut, params, known=kind == KNOWN_REQUESTS)
+    return _request_rows(stage, examples, params, names)
+
+
+def _row_key(kind: str, cut: int, params: RankerParams) -> tuple:
+    """The cache key of one kind of rows at a cut: the cut second, and every setting the rows depend on."""
+    if kind not in ROW_KINDS:
+        raise ValueError(f"unknown kind of rows {kind!r}: one of {ROW_KINDS}")
+    key = (kind, cut, params.label_days, params.n_candidates, params.users_per_cut, params.seed)
+    return key if kind == KNOWN else (*key, params.visitor_recent)
 
 
 def training_cuts(until: int, params: RankerParams) -> list[int]:
@@ -229,15 +295,14 @@ def fit_ranker(
 
     The ranker's columns are those every training stage and the served stage can produce.
     """
-    cuts = _cuts_with_history(stages, until, params)
+    cuts = cuts_with_history(stages, until, params)
     if not cuts:
         span = (until - int(stages.dataset.interactions[Columns.timestamp].min())) / DAY
         raise NotEnoughHistory(
             f"the interactions span {span:.1f} days; the ranker learns from what users take in the "
             f"{params.label_days} days after a cut, with history before it: add data or lower --label-days"
         )
-    for cut in cuts:  # one stage at a time: each can be let go once its rows are built
-        stages.training_rows(cut, None, params)
+    stages.prepare_rows(cuts, params)
     names = common_names([stages.names(serve_at), *(stages.names(t) for t in cuts)])
     blocks = [stages.training_rows(t, names, params) for t in cuts]
     names, blocks = _without(params.exclude_features, names, [b for b in blocks if b is not None])
@@ -263,11 +328,8 @@ def fit_rankers(
 
     Every kind of row is built at a cut while its stage is held, so the three fits build each stage once.
     """
-    if params.visitor_recent:
-        for cut in _cuts_with_history(stages, until, params):
-            stages.training_rows(cut, None, params)
-            stages.request_rows(cut, None, params, known=False)
-            stages.request_rows(cut, None, params, known=True)
+    kinds = ROW_KINDS if params.visitor_recent else (KNOWN,)
+    stages.prepare_rows(cuts_with_history(stages, until, params), params, kinds)
     ranker, stats = fit_ranker(stages, until, params, serve_at=serve_at, show_progress=show_progress)
     visitor_ranker, visitor_stats = fit_visitor_ranker(stages, until, params, ranker.names)
     stats["visitor_ranker"] = {k: v for k, v in visitor_stats.items() if k != "params"}
@@ -305,14 +367,14 @@ def _fit_request_ranker(
 ) -> tuple[Ranker | None, dict]:
     if not params.visitor_recent:
         return None, {"rows": 0}
-    cuts = _cuts_with_history(stages, until, params)
+    cuts = cuts_with_history(stages, until, params)
     blocks = [stages.request_rows(t, names, params, known) for t in cuts]
     if known and any(b is not None for b in blocks):
         blocks += [stages.training_rows(t, names, params) for t in cuts]
     return fit_on_blocks([b for b in blocks if b is not None], names, params, show_progress=False)
 
 
-def _cuts_with_history(stages: Stages, until: int, params: RankerParams) -> list[int]:
+def cuts_with_history(stages: Stages, until: int, params: RankerParams) -> list[int]:
     """The training cuts before ``until`` with some interactions before them (a cut needs history)."""
     first = int(stages.dataset.interactions[Columns.timestamp].min())
     return [t for t in training_cuts(until, params) if t > first]

@@ -25,6 +25,7 @@ from stages.pipeline import TwoStageRecommender
 from stages.ranker import RANKER_FILE, RECENT_RANKER_FILE, VISITOR_RANKER_FILE
 from train.backtest import TWO_STAGE_MODEL, WorseThanBaseline, beaten_by, popularity_name, run_backtest
 from train.config import TrainConfig
+from train.engine import DaskEngine, connect
 from train.evaluate import (
     K,
     candidate_recall,
@@ -149,6 +150,11 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
 
 def train(config: TrainConfig, echo: bool = True) -> RunResult:
     """Run everything; save to the stores only once all of it has worked."""
+    with connect(config.engine) as engine:  # first: a cluster that cannot be reached is said before any work
+        return _train(config, echo, engine)
+
+
+def _train(config: TrainConfig, echo: bool, engine: DaskEngine | None) -> RunResult:
     steps = Steps(echo)
     np.random.seed(config.seed)
     with steps.step("load data"):
@@ -161,7 +167,7 @@ def train(config: TrainConfig, echo: bool = True) -> RunResult:
                 f"  {len(inter):,} interactions, {inter['user_id'].nunique():,} users, "
                 f"{inter['item_id'].nunique():,} items ({config.dataset_name})"
             )
-    stages = Stages(dataset, config.candidate_params(), echo=echo)
+    stages = Stages(dataset, config.candidate_params(), echo=echo, engine=engine)
     results: dict = {"dataset": config.dataset_name, "k": K}
     with steps.step("final ranker: trained on the latest cuts"):
         # First: if the data cannot train a ranker, say so before spending time on the evaluation.

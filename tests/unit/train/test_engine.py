@@ -1,0 +1,68 @@
+"""Training cuts on a Dask cluster (local mode, two worker processes): the same rows and models as in one process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from features.schema import Columns
+from stages.candidates import CandidateParams
+from tests.support import quick_config
+from train import engine as engine_module
+from train.__main__ import EXIT_BAD_DATA, main
+from train.engine import connect
+from train.ranker_training import RankerParams, Stages, fit_rankers
+from train.run import train
+
+pytestmark = pytest.mark.slow  # starts worker processes
+CANDIDATES = CandidateParams(factors=8, iterations=2)
+RANKER = RankerParams(n_candidates=20, iterations=20, train_cuts=3, max_users=300)
+
+
+@pytest.fixture(scope="module")
+def local_engine():
+    with connect("local:2") as engine:
+        yield engine
+
+
+def test_a_local_cluster_builds_every_cut_s_rows_and_the_same_rankers(small_dataset, local_engine):
+    until = int(small_dataset.interactions[Columns.timestamp].max()) + 1
+    here, there = Stages(small_dataset, CANDIDATES), Stages(small_dataset, CANDIDATES, engine=local_engine)
+    built_here, _ = fit_rankers(here, until, RANKER, serve_at=None, show_progress=False)
+    built_there, _ = fit_rankers(there, until, RANKER, serve_at=None, show_progress=False)
+    assert here._rows.keys() == there._rows.keys() and len(here._rows) == 3 * RANKER.train_cuts
+    assert [t for t in there.held_stages() if t is not None] == []  # the cuts' stages stayed on the workers
+    for key, rows in here._rows.items():
+        other = there._rows[key]
+        assert (rows is None) == (other is None), key
+        if rows is not None and other is not None:
+            assert np.array_equal(rows.numeric, other.numeric, equal_nan=True), key
+            assert (rows.categorical == other.categorical).all() and (rows.labels == other.labels).all(), key
+    rows = next(r for r in here._rows.values() if r is not None)
+    for mine, theirs in [(built_here.main, built_there.main), (built_here.recent, built_there.recent)]:
+        assert mine is not None and theirs is not None
+        assert np.array_equal(mine.score(rows.numeric, rows.categorical), theirs.score(rows.numeric, rows.categorical))
+
+
+def test_training_with_an_engine_evaluates_as_training_without(tmp_path, synthetic_files, small_run):
+    files = synthetic_files["parquet"]
+    config = quick_config(tmp_path, interactions=files["interactions"], users=files["users"], items=files["items"])
+    on_a_cluster = train(config.model_copy(update={"engine": "local:2", "save": False}), echo=False)
+    assert on_a_cluster.evaluation["backtest"]["mean"] == small_run[0].evaluation["backtest"]["mean"]
+    assert on_a_cluster.evaluation["ranker_training"]["rows"] == small_run[0].evaluation["ranker_training"]["rows"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("local:0", "--engine 'local:0': expected 'local' (a worker per core), 'local:N'"),
+        ("spark://host:7077", "--engine 'spark://host:7077': expected 'local'"),
+        ("tcp://127.0.0.1:9", "--engine tcp://127.0.0.1:9: cannot reach the cluster"),
+    ],
+)
+def test_an_engine_that_is_not_one_or_cannot_be_reached_exits_2(tmp_path, capsys, monkeypatch, spec, message):
+    monkeypatch.setattr(engine_module, "CONNECT_TIMEOUT", "1s")
+    assert main(["--engine", spec, "--feature-store", str(tmp_path / "fs"), "--report-dir", str(tmp_path)]) == (
+        EXIT_BAD_DATA
+    )
+    assert message in capsys.readouterr().err

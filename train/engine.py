@@ -1,0 +1,117 @@
+"""Training cuts built on a Dask cluster: each cut's stage and rows on a worker, the fits here.
+
+A training cut's stage (the candidate model and every feature as of the cut)
+depends on nothing but the data and the cut, and the rankers need only the
+rows built from it; so cuts are independent tasks, and only rows travel back.
+``--engine local:N`` starts N worker processes on this machine; a scheduler's
+address (``tcp://host:8786``) uses a cluster whose workers run this same code
+(the same image or environment). Without ``--engine`` everything runs in this
+process, one stage at a time. Either way the rows, so the models, are the same
+(tests/unit/train/test_engine.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from features.schema import Dataset
+from stages.candidates import CandidateParams
+from stages.feature_view import FeatureNames
+from train.ranker_training import RankerParams, RowBlock, cut_rows
+
+LOCAL = re.compile(r"^local(?::(\d+))?$")
+ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://\S+$")
+CONNECT_TIMEOUT = "20s"  # how long a scheduler's address is tried before training gives up
+
+
+class EngineError(ValueError):
+    """An ``--engine`` that names no engine, or a cluster that cannot be reached: the message says which."""
+
+
+def check_spec(spec: str) -> str:
+    """``local``, ``local:N`` (N ≥ 1) or a scheduler address; anything else is an :class:`EngineError`."""
+    local = LOCAL.match(spec)
+    if local and (local.group(1) is None or int(local.group(1)) >= 1):
+        return spec
+    if ADDRESS.match(spec):
+        return spec
+    raise EngineError(
+        f"--engine {spec!r}: expected 'local' (a worker per core), 'local:N' (N workers on this machine) "
+        "or a Dask scheduler's address such as tcp://scheduler:8786"
+    )
+
+
+class DaskEngine:
+    """Builds training cuts' rows as tasks on a Dask cluster (a :class:`train.ranker_training.RowEngine`)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._data: tuple[Dataset, Any] | None = None  # the dataset last sent, and its handle on the cluster
+
+    def rows_at(
+        self, dataset: Dataset, candidates: CandidateParams, wanted: dict[int, list[str]], params: RankerParams
+    ) -> Iterator[tuple[int, FeatureNames, dict[tuple, RowBlock | None]]]:
+        """Every cut of ``wanted`` at once, one task each; yields each as it is done, and frees it there."""
+        from dask.distributed import as_completed
+
+        data = self._scattered(dataset)
+        tasks = {
+            self.client.submit(cut_rows, data, candidates, cut, kinds, params, pure=False): cut
+            for cut, kinds in wanted.items()
+        }
+        for task in as_completed(tasks):
+            names, rows = task.result()
+            cut = tasks.pop(task)
+            task.release()
+            yield cut, names, rows
+
+    def _scattered(self, dataset: Dataset) -> Any:
+        """The dataset on every worker, sent once (``hash=False``: hashing 20M rows costs more than sending)."""
+        if self._data is None or self._data[0] is not dataset:
+            self._data = (dataset, self.client.scatter(dataset, broadcast=True, hash=False))
+        return self._data[1]
+
+
+@contextmanager
+def connect(spec: str | None) -> Iterator[DaskEngine | None]:
+    """The engine ``spec`` names, closed on exit (``None``: no engine, everything in this process)."""
+    if not spec:
+        yield None
+        return
+    check_spec(spec)
+    from dask.distributed import Client, LocalCluster
+
+    local = LOCAL.match(spec)
+    cluster = None
+    try:
+        if local:
+            workers = int(local.group(1) or os.cpu_count() or 1)
+            # Processes, a thread each: a stage's ALS fit parallelises itself, and pandas holds the GIL.
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",  # this machine only
+                dashboard_address=None,
+                # No dashboard; its HTTP server (health, metrics) on a free port, not 8787, which another may hold.
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                silence_logs=logging.ERROR,
+            )
+            client = Client(cluster)
+        else:
+            client = Client(spec, timeout=CONNECT_TIMEOUT)
+    except OSError as exc:  # TimeoutError is one: no scheduler at that address
+        if cluster is not None:
+            cluster.close()
+        raise EngineError(f"--engine {spec}: cannot reach the cluster: {exc}") from exc
+    try:
+        yield DaskEngine(client)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -6,6 +6,12 @@ feature store), and report wall time and peak resident memory per step; then
 time single requests through the trained pipeline with the larger catalogue::
 
     python -m benchmarks.training_scale --sizes 1m,20m
+    python -m benchmarks.training_scale --sizes 20m --engine local:2   # training cuts on two Dask workers
+
+The rolling backtest is off unless ``--backtest-cuts`` says otherwise: this
+measures what training costs (the backtest's quality is docs/quality.md's, and
+at 20M each fold builds stages of minutes). The ``ci`` size runs in the test
+suite (tests/e2e/test_training_scale.py), so this command cannot go stale.
 """
 
 from __future__ import annotations
@@ -21,19 +27,21 @@ import time
 from pathlib import Path
 
 SIZES = {
+    "ci": {"users": 300, "items": 200, "interactions": 12_000},
     "100k": {"users": 943, "items": 1_682, "interactions": 100_000},
     "1m": {"users": 6_040, "items": 3_706, "interactions": 1_000_000},
     "20m": {"users": 138_493, "items": 26_744, "interactions": 20_000_000},
 }
 
 
-def run_size(name: str, out: Path) -> dict:
-    """One size in a child process, so peak memory is that run's own."""
+def run_size(name: str, backtest_cuts: int, engine: str | None) -> dict:
+    """One size in a child process, so peak memory is that run's own (with its engine's workers, if any)."""
     with tempfile.TemporaryDirectory(prefix=f"recsys-scale-{name}-") as tmp:
         env = {**os.environ, "BENTOML_HOME": f"{tmp}/bentoml", "OPENBLAS_NUM_THREADS": "1"}
+        settings = ["--backtest-cuts", str(backtest_cuts), *(["--engine", engine] if engine else [])]
         # B603 (bandit): this interpreter running this module, no shell
         result = subprocess.run(  # nosec B603
-            [sys.executable, "-m", "benchmarks.training_scale", "--child", name, "--tmp", tmp],
+            [sys.executable, "-m", "benchmarks.training_scale", "--child", name, "--tmp", tmp, *settings],
             env=env,
             capture_output=True,
             text=True,
@@ -44,7 +52,7 @@ def run_size(name: str, out: Path) -> dict:
         return json.loads(Path(tmp, "result.json").read_text())
 
 
-def child(name: str, tmp: Path) -> None:
+def child(name: str, tmp: Path, backtest_cuts: int, engine: str | None) -> None:
     import numpy as np
 
     from features.synthetic import SyntheticConfig, generate, write
@@ -66,6 +74,8 @@ def child(name: str, tmp: Path) -> None:
         items=files["items"],
         feature_store=str(tmp / "feature_store"),
         report_dir=tmp / "reports",
+        backtest_cuts=backtest_cuts,
+        engine=engine,
     )
     run = train(config)
     runtime = Runtime.from_store(run.ranker_tag)
@@ -86,7 +96,10 @@ def child(name: str, tmp: Path) -> None:
         "peak_mb_after_step": run.peak_mb,
         "train_seconds": round(sum(run.timings.values()), 1),
         "peak_mb": max(run.peak_mb.values()),
-        "ndcg@10": {k: round(v["ndcg@10"], 4) for k, v in run.evaluation["models"].items()},
+        "engine": engine or "this process",
+        "backtest_cuts": backtest_cuts,
+        # The per-user split's (the backtest is off by default here): each user's last 20% held out.
+        "ndcg@10": {k: round(v["ndcg@10"], 4) for k, v in run.evaluation["per_user_split"]["models"].items()},
         "request_p50_ms": round(float(np.percentile(latencies, 50)), 2),
         "request_p99_ms": round(float(np.percentile(latencies, 99)), 2),
     }
@@ -97,18 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--sizes", default="1m,20m")
     cli.add_argument("--out", type=Path, default=Path("var/bench"))
+    cli.add_argument("--backtest-cuts", type=int, default=0, help="rolling backtest cuts (default: none)")
+    cli.add_argument("--engine", help="python -m train's --engine: local, local:N or a scheduler's address")
     cli.add_argument("--child", help=argparse.SUPPRESS)
     cli.add_argument("--tmp", type=Path, help=argparse.SUPPRESS)
     args = cli.parse_args(argv)
     if args.child:
-        child(args.child, args.tmp)
+        child(args.child, args.tmp, args.backtest_cuts, args.engine)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "training_scale.json"
     # Sizes run separately accumulate in one file (the 20M run alone takes a while).
     results = {row["size"]: row for row in json.loads(path.read_text())} if path.exists() else {}
     for name in args.sizes.split(","):
-        results[name] = run_size(name, args.out)
+        results[name] = run_size(name, args.backtest_cuts, args.engine)
     ordered = [results[name] for name in SIZES if name in results]
     path.write_text(json.dumps(ordered, indent=2))
     plot([row for row in ordered if "error" not in row], args.out / "training_scale.png")

@@ -21,10 +21,11 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from features.schema import Columns
+from features.schema import Columns, Dataset
 from stages.candidates import CandidateParams, popularity_share, ranking
 from stages.cold_start import cold_start_scores
 from stages.pipeline import TwoStageRecommender
+from stages.ranker import Ranker
 from train.evaluate import K, candidate_recall, ndcg_per_user, pipeline_lists, popularity_lists, ranking_metrics
 from train.ranker_training import (
     DAY,
@@ -32,6 +33,7 @@ from train.ranker_training import (
     RankerParams,
     Stage,
     Stages,
+    build_stage,
     cuts_with_history,
     fit_ranker,
     fresh_items,
@@ -95,16 +97,20 @@ def run_backtest(stages: Stages, ranker_params: RankerParams, params: BacktestPa
     inter = stages.dataset.interactions
     cuts = backtest_cuts(inter, params)
     fold_params = replace(ranker_params, iterations=params.fold_iterations or ranker_params.iterations)
-    horizons = {f"{params.horizon_days} days": params.horizon_days, "all after the cut": None}
+    if stages.engine is None:
+        folds = (
+            _fold_rows(stage, pipeline, inter, cut, params)
+            for cut, stage, pipeline in fitted_folds(stages, cuts, fold_params)
+        )
+    else:
+        folds = _folds_on_engine(stages, cuts, fold_params, params)
     rows = []
-    for cut, stage, pipeline in fitted_folds(stages, cuts, fold_params):
-        for horizon_name, days in horizons.items():
-            end = cut + days * DAY if days else None
-            taken = fresh_items(inter, cut, end)
-            rows += _score_cut(stage, pipeline, inter, cut, taken, horizon_name, params)
-            if echo:
-                last = [r for r in rows if r["cut"] == cut_label(cut) and r["horizon"] == horizon_name]
-                print(f"  cut {cut_label(cut)}, {horizon_name}: " + ", ".join(_summary(r) for r in last), flush=True)
+    for fold in folds:
+        rows += fold
+        if echo:
+            for horizon in dict.fromkeys(r["horizon"] for r in fold):
+                shown = ", ".join(_summary(r) for r in fold if r["horizon"] == horizon)
+                print(f"  cut {fold[0]['cut']}, {horizon}: {shown}", flush=True)
     short = f"{params.horizon_days} days"
     for cut in cuts:
         choice = choose_cold_start(rows_known_at(rows, cuts, cut, params.horizon_days), short)
@@ -138,8 +144,6 @@ def fitted_folds(
     Stages and training rows no later fold trains on are let go as the folds advance (rows stay with
     ``Stages(keep_rows=True)``).
     """
-    if stages.engine is not None:  # every fold's training cuts at once, on the engine's workers
-        stages.prepare_rows(sorted({t for cut in cuts for t in cuts_with_history(stages, cut, params)}), params)
     for position, cut in enumerate(cuts):
         # The ranker first: its training cuts' stages are built and let go in turn, and the stage it is scored
         # on is built last, so it is still held when the next fold trains on its rows.
@@ -148,6 +152,48 @@ def fitted_folds(
         yield cut, stage, TwoStageRecommender(stage.candidates, ranker, stage.view, params.n_candidates)
         if position + 1 < len(cuts):
             stages.forget_before(training_cuts(cuts[position + 1], params)[0])
+
+
+def _fold_rows(
+    stage: Stage, pipeline: TwoStageRecommender, inter: pd.DataFrame, cut: int, params: BacktestParams
+) -> list[dict]:
+    """One fold's rows: both horizons, warm and cold users."""
+    horizons = {f"{params.horizon_days} days": params.horizon_days, "all after the cut": None}
+    rows = []
+    for horizon_name, days in horizons.items():
+        taken = fresh_items(inter, cut, cut + days * DAY if days else None)
+        rows += _score_cut(stage, pipeline, inter, cut, taken, horizon_name, params)
+    return rows
+
+
+def score_fold(
+    dataset: Dataset, candidates: CandidateParams, cut: int, ranker: Ranker, n_candidates: int, params: BacktestParams
+) -> list[dict]:
+    """One fold scored where its stage is built, with the ranker fitted for it (an engine's task)."""
+    stage = build_stage(dataset, candidates, cut)
+    pipeline = TwoStageRecommender(stage.candidates, ranker, stage.view, n_candidates)
+    return _fold_rows(stage, pipeline, dataset.interactions, cut, params)
+
+
+def _folds_on_engine(
+    stages: Stages, cuts: list[int], fold_params: RankerParams, params: BacktestParams
+) -> Iterator[list[dict]]:
+    """The folds with an engine: every training cut's rows and every cut's columns built on its workers at once,
+    the rankers fitted here in turn, each fold scored on a worker while the next ranker fits."""
+    engine = stages.engine
+    assert engine is not None
+    training = sorted({t for cut in cuts for t in cuts_with_history(stages, cut, fold_params)})
+    stages.prepare_rows(training, fold_params, names_at=cuts)
+    scored = []
+    for position, cut in enumerate(cuts):
+        ranker, _ = fit_ranker(stages, cut, fold_params, serve_at=cut, show_progress=False)
+        scored.append(
+            engine.submit(score_fold, stages.dataset, stages.params, cut, ranker, fold_params.n_candidates, params)
+        )
+        if position + 1 < len(cuts):
+            stages.forget_before(training_cuts(cuts[position + 1], fold_params)[0])
+    for fold in scored:
+        yield fold.result()
 
 
 def rows_known_at(rows: list[dict], cuts: list[int], cut: int, horizon_days: int) -> list[dict]:

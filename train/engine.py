@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -59,16 +59,16 @@ class DaskEngine:
         """Every cut of ``wanted`` at once, one task each; yields each as it is done, and frees it there."""
         from dask.distributed import as_completed
 
-        data = self._scattered(dataset)
-        tasks = {
-            self.client.submit(cut_rows, data, candidates, cut, kinds, params, pure=False): cut
-            for cut, kinds in wanted.items()
-        }
+        tasks = {self.submit(cut_rows, dataset, candidates, cut, kinds, params): cut for cut, kinds in wanted.items()}
         for task in as_completed(tasks):
             names, rows = task.result()
             cut = tasks.pop(task)
             task.release()
             yield cut, names, rows
+
+    def submit(self, task: Callable[..., Any], dataset: Dataset, *args: Any) -> Any:
+        """``task(dataset, *args)`` on a worker (a Dask future); the dataset is sent to every worker once."""
+        return self.client.submit(task, self._scattered(dataset), *args, pure=False)
 
     def _scattered(self, dataset: Dataset) -> Any:
         """The dataset on every worker, sent once (``hash=False``: hashing 20M rows costs more than sending)."""

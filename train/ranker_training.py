@@ -10,10 +10,10 @@ question: everything up to now is known, what comes next?
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -183,12 +183,16 @@ class Stages:
             self._rows[key] = build_rows(kind, self.dataset.interactions, self.at(cut), cut, params, self.names(cut))
         return _columns(self._rows[key], self.names(cut), names)
 
-    def prepare_rows(self, cuts: Sequence[int], params: RankerParams, kinds: Sequence[str] = (KNOWN,)) -> None:
-        """Build the rows of ``kinds`` missing at each of ``cuts``: on the engine's workers, all cuts at once,
-        when there is an engine; here otherwise, one stage at a time (each can be let go once its rows are built).
+    def prepare_rows(
+        self, cuts: Sequence[int], params: RankerParams, kinds: Sequence[str] = (KNOWN,), names_at: Sequence[int] = ()
+    ) -> None:
+        """Build the rows of ``kinds`` missing at each of ``cuts``, and the columns of the stages at ``names_at``:
+        on the engine's workers, all at once, when there is an engine; here otherwise, one stage at a time (each
+        can be let go once its rows are built).
         """
         wanted = {cut: [k for k in kinds if _row_key(k, cut, params) not in self._rows] for cut in cuts}
         wanted = {cut: missing for cut, missing in wanted.items() if missing}
+        wanted |= {cut: [] for cut in names_at if cut not in self._names and cut not in wanted}
         if not wanted:
             return
         # A bar on a terminal (None), with the time left: at 20M interactions a cut takes a minute or two.
@@ -196,6 +200,7 @@ class Stages:
         with tqdm(total=len(wanted), desc="training cuts", unit="cut", leave=False, disable=shown) as bar:
             if self.engine is None:
                 for cut, missing in wanted.items():
+                    self.names(cut)
                     for kind in missing:
                         self.rows(kind, cut, None, params)
                     bar.update()
@@ -222,8 +227,16 @@ class Stages:
         return self.rows(KNOWN_REQUESTS if known else VISITORS, cut, names, params)
 
 
+class Result(Protocol):
+    def result(self) -> Any: ...
+
+
 class RowEngine(Protocol):
     """Builds training cuts' rows somewhere else (train/engine.py: on a Dask cluster)."""
+
+    def submit(self, task: Callable[..., Any], dataset: Dataset, *args: Any) -> Result:
+        """Run ``task(dataset, *args)`` there; the dataset is sent to the workers once."""
+        ...
 
     def rows_at(
         self, dataset: Dataset, candidates: CandidateParams, wanted: dict[int, list[str]], params: RankerParams

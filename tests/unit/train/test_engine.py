@@ -10,6 +10,7 @@ from stages.candidates import CandidateParams
 from tests.support import quick_config
 from train import engine as engine_module
 from train.__main__ import EXIT_BAD_DATA, main
+from train.backtest import BacktestParams, run_backtest
 from train.engine import connect
 from train.ranker_training import RankerParams, Stages, fit_rankers
 from train.run import train
@@ -42,6 +43,13 @@ def test_a_local_cluster_builds_every_cut_s_rows_and_the_same_rankers(small_data
     for mine, theirs in [(built_here.main, built_there.main), (built_here.recent, built_there.recent)]:
         assert mine is not None and theirs is not None
         assert np.array_equal(mine.score(rows.numeric, rows.categorical), theirs.score(rows.numeric, rows.categorical))
+
+
+def test_a_backtest_on_a_local_cluster_scores_every_fold_as_this_process_does(small_dataset, local_engine):
+    params = BacktestParams(n_cuts=3, max_users=200)
+    here = run_backtest(Stages(small_dataset, CANDIDATES), RANKER, params)
+    there = run_backtest(Stages(small_dataset, CANDIDATES, engine=local_engine), RANKER, params)
+    assert len(here["cuts"]) == 3 and here["rows"] == there["rows"] and here["summary"] == there["summary"]
 
 
 def test_training_with_an_engine_evaluates_as_training_without(tmp_path, synthetic_files, small_run):

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from stages.candidates import CandidateModel, CandidateParams, popularity_share
 
@@ -53,6 +54,36 @@ def test_save_load_round_trip(tmp_path):
     assert (loaded.seen != model.seen).nnz == 0
     np.testing.assert_array_equal(loaded.cooc.items, model.cooc.items)
     np.testing.assert_array_equal(loaded.cooc.weights, model.cooc.weights)
+
+
+def memory_mapped(array: np.ndarray) -> bool:
+    """Whether an array's memory is a file's mapping (shared by every process that maps the file)."""
+    base: np.ndarray | None = array
+    while base is not None:
+        if isinstance(base, np.memmap):
+            return True
+        base = base.base
+    return False
+
+
+def test_the_largest_arrays_load_memory_mapped_and_answer_the_same(tmp_path):
+    # Mapped, a pod's workers share one copy of them in the page cache instead of one each.
+    model = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=5, seed=3))
+    model.save(tmp_path)
+    loaded = CandidateModel.load(tmp_path, model.params)
+    assert all(memory_mapped(a) for a in (loaded.seen.data, loaded.seen.indices, loaded.seen.indptr, loaded.latest))
+    users = np.arange(len(model.user_ids))
+    for mine, theirs in zip(model.top_n(users, 10).items, loaded.top_n(users, 10).items, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_a_model_saved_before_the_mapped_files_still_loads(tmp_path):
+    model = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=5, seed=3))
+    model.save(tmp_path)
+    for part in ("data", "indices", "indptr"):
+        (tmp_path / f"seen_{part}.npy").unlink()
+    sp.save_npz(tmp_path / "seen.npz", model.seen)  # what save() wrote before
+    assert (CandidateModel.load(tmp_path, model.params).seen != model.seen).nnz == 0
 
 
 def test_same_seed_same_factors():

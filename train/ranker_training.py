@@ -429,15 +429,21 @@ def _no_rows(stages: Stages, cuts: list[int], params: RankerParams) -> NotEnough
     )
 
 
+def example_rows(
+    stage: Stage, taken: dict[str, set[str]], params: RankerParams
+) -> tuple[FeatureNames, RowBlock | None]:
+    """A stage's candidates labelled by the items each user took next, with every column the stage has."""
+    names = stage.view.available()
+    return names, _labelled_rows(stage, taken, params, names)
+
+
 def fit_on_examples(
-    examples: Sequence[tuple[Stage, dict[str, set[str]]]],
-    names: FeatureNames,
-    params: RankerParams,
-    show_progress: bool = True,
+    rows: RowBlock | None, have: FeatureNames, names: FeatureNames, params: RankerParams, show_progress: bool = True
 ) -> tuple[Ranker, dict]:
-    """Fit on each stage's candidates labelled by the items each user took next (the per-user table's ranker)."""
-    blocks = [_labelled_rows(stage, taken, params, names) for stage, taken in examples]
-    ranker, stats = fit_on_blocks([b for b in blocks if b is not None], names, params, show_progress)
+    """Fit on :func:`example_rows` (built with the columns ``have``) using the columns ``names``
+    (the per-user table's ranker)."""
+    block = _columns(rows, have, names)
+    ranker, stats = fit_on_blocks([block] if block is not None else [], names, params, show_progress)
     if ranker is None:
         raise NotEnoughHistory("not enough history to train the ranker: no user had a next item among the candidates")
     return ranker, stats

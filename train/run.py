@@ -42,6 +42,7 @@ from train.ranker_training import (
     Rankers,
     Stages,
     common_names,
+    example_rows,
     fit_on_examples,
     fit_rankers,
     fresh_items,
@@ -118,11 +119,15 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
         train_cuts=1,  # one labelled stage, not cuts: all the sample's users go to it
     )
     candidate_params = config.candidate_params()
-    stage = Stages(Dataset(train_part, dataset.users, dataset.items), candidate_params).at(None)
     before, after = temporal_split(train_part, config.holdout)
+    # The ranker's rows first, and its stage let go before the scored one is built: at 20M interactions the two
+    # stages held together were the run's peak.
     label_stage = Stages(Dataset(before, dataset.users, dataset.items), candidate_params).at(None)
-    names = common_names([stage.view.available(), label_stage.view.available()])
-    ranker, _ = fit_on_examples([(label_stage, taken_after(before, after))], names, params, show_progress=False)
+    label_names, rows = example_rows(label_stage, taken_after(before, after), params)
+    del label_stage
+    stage = Stages(Dataset(train_part, dataset.users, dataset.items), candidate_params).at(None)
+    names = common_names([stage.view.available(), label_names])
+    ranker, _ = fit_on_examples(rows, label_names, names, params, show_progress=False)
     pipeline = TwoStageRecommender(stage.candidates, ranker, stage.view, config.n_candidates)
     relevant = {u: items for u, items in taken_after(train_part, test_part).items() if u in stage.candidates.user_index}
     if not relevant:

@@ -90,9 +90,6 @@ def _from_arrow(table: pa.Table, name: str) -> pd.DataFrame:
             frame[field.name] = frame[field.name].map(
                 lambda v, cast=cast: tuple(cast(x) for x in v) if v is not None else ()
             )
-    for column in frame.columns:
-        if frame[column].dtype == "string" or str(frame[column].dtype) == "str":
-            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     if name in INDEXED:
         frame = frame.set_index(INDEXED[name])
     return frame

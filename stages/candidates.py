@@ -18,7 +18,8 @@ maps, ``seen_{data,indices,indptr}.npy`` each user's interacted items (CSR),
 popularity cold start starts from, ``latest.npy`` each user's latest items,
 ``cooc.npz`` each item's co-consumption neighbours and their weights (padded
 arrays, so a request gathers rows instead of building sparse matrices). The
-seen matrix and the latest items, the largest, are loaded memory-mapped.
+seen matrix (by far the largest: 160 MB at 20M interactions) and the latest
+items are loaded memory-mapped.
 """
 
 from __future__ import annotations

@@ -232,7 +232,7 @@ class Result(Protocol):
 
 
 class RowEngine(Protocol):
-    """Builds training cuts' rows somewhere else (train/engine.py: on a Dask cluster)."""
+    """Runs training cuts and backtest folds somewhere else (train/engine.py: on a Dask cluster)."""
 
     def submit(self, task: Callable[..., Any], dataset: Dataset, *args: Any) -> Result:
         """Run ``task(dataset, *args)`` there; the dataset is sent to the workers once."""

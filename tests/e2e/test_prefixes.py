@@ -4,7 +4,8 @@ At the 60% and 70% prefixes the backtest once chose "popularity over all
 time" for cold start and the save crashed on the card's ``None`` after
 minutes of training. The backtest here is the real one (rolling cuts over
 the second half, every cold-start option weighed); only the ranker is cut
-short, to keep the four runs quick.
+short (few trees, one training cut), to keep the four runs quick. That the
+card saves whichever cold start is chosen is tests/unit/stages/test_card.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from features.schema import Columns
 from train.__main__ import EXIT_BAD_DATA, main
 
 pytestmark = pytest.mark.slow
-QUICK = ["--ranker-iterations", "30", "--fold-iterations", "15", "--backtest-cuts", "4"]
+QUICK = ["--ranker-iterations", "30", "--fold-iterations", "15", "--train-cuts", "1", "--backtest-cuts", "4"]
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,9 @@ from serving.api_models import (
 from serving.batcher import PRESSURE, MicroBatcher
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
+from serving.experiments import experiments_from
 from serving.health import start_probes
-from serving.responses import answer, check_requests, similar_response, similar_to
+from serving.responses import check_requests, similar_response, similar_to
 from serving.runtime import paired_candidates_tag
 from serving.settings import get_settings
 from serving.shared import (
@@ -83,6 +84,7 @@ class Recommender:
         self.runtime = start_runtime(settings, str(self.ranker_model.tag), str(self.candidates_model.tag))
         self.tags = self.runtime.tags
         self.recorder = recorder_from(settings)
+        self.experiments = experiments_from(settings, self.runtime)
         # The pipeline off the event loop, requests queued meanwhile answered together (serving/batcher.py).
         self.batcher = MicroBatcher(
             self._answer,
@@ -111,12 +113,13 @@ class Recommender:
         if self.health is not None:
             self.health.stop()
         self.runtime.stop_refresh()
+        self.experiments.stop()
         self.batcher.close()
         self.recorder.close()
 
     def _answer(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
         """One pipeline call for every queued request (in the batcher's thread, or inline for a lone one)."""
-        responses = answer(self.runtime.pipeline, requests, self.tags)
+        responses = self.experiments.respond(requests)
         record_impressions(self.recorder, responses)
         return responses
 
@@ -124,12 +127,14 @@ class Recommender:
     async def recommend(self, request: RecommendRequest, /, ctx: bentoml.Context) -> RecommendResponse:
         """Top-k items for one user (popular items for a user the model has not seen)."""
         check_requests(self.runtime.pipeline, [request], batch=False)
+        self.experiments.check([request], batch=False)
         return await recommend_or_shed(ctx, request, self.batcher.submit)
 
     @bentoml.api
     async def recommend_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchResponse:
         """Several recommendation requests, answered in order and scored together."""
         check_requests(self.runtime.pipeline, batch.requests, batch=True)
+        self.experiments.check(batch.requests, batch=True)
         return await batch_or_shed(ctx, batch, self.batcher.submit)
 
     @bentoml.api
@@ -149,8 +154,8 @@ class Recommender:
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> ModelInfo:
-        """Tags, training time, data fingerprint, offline metrics, feature version."""
-        return self.runtime.info()
+        """Tags, training time, data fingerprint, offline metrics, feature version, the experiment served."""
+        return self.runtime.info().model_copy(update={"experiment": self.experiments.info()})
 
 
 # The edge wraps the app BentoML builds, outside its metrics middleware (see serving/edge.py).

@@ -58,6 +58,7 @@ from serving.api_models import (
 from serving.batcher import MicroBatcher, Overloaded
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
+from serving.experiments import arm_error
 from serving.responses import filter_error, ranked, similar_response, to_responses
 from serving.runtime import IncompatibleModels, paired_candidates_tag
 from serving.settings import get_settings
@@ -225,6 +226,9 @@ class Entry:
     async def _answer(
         self, requests: list[RecommendRequest], title: str = "RecommendRequest"
     ) -> list[RecommendResponse]:
+        forcing = next((slot for slot, r in enumerate(requests) if r.arm is not None), None)
+        if forcing is not None:  # experiments are served by service:Recommender only (docs/experiments.md)
+            raise arm_error("the split topology serves no experiment", title == "BatchRequest", forcing)
         n, tags = await self._tags_and_n()
         body = requests_json(requests)
         found = await self._call(self.candidate_stage.to_async.candidates, requests=body, n=n)

@@ -39,6 +39,12 @@ SCHEMA = pa.schema(
         ("timestamp", pa.int64()),  # feedback: when the user took the item (unix seconds); impressions: null
         ("weight", pa.float64()),  # feedback: as in training data; impressions: null
         ("type", pa.string()),  # feedback: the client's event type (click, watch, rating, ...); impressions: null
+        # impressions in an online experiment (serving/experiments.py): its name, the arm, the arm's share of
+        # users, and whether the request forced the arm; null otherwise (and in logs written before them)
+        ("experiment", pa.string()),
+        ("arm", pa.string()),
+        ("arm_share", pa.float64()),
+        ("arm_forced", pa.bool_()),
     ]
 )
 

@@ -245,6 +245,9 @@ class RecommendRequest(_Strict):
         0.0, ge=0, le=1, description="0..1: re-rank for variety (maximal marginal relevance); 0 leaves the ranking"
     )
     explain: StrictBool = Field(False, description="each item says why: `because` (your items) and `reasons`")
+    arm: str | None = Field(
+        None, max_length=64, description="QA: answer from this arm of the running experiment (counted apart)"
+    )
 
 
 class BecauseItem(BaseModel):
@@ -275,6 +278,29 @@ class ModelTags(BaseModel):
     ranker: str
 
 
+class ExperimentArm(BaseModel):
+    """The experiment and arm that answered (serving/experiments.py)."""
+
+    name: str
+    arm: str
+    share: float = Field(description="share of users the arm serves")
+    forced: bool = Field(False, description="the request named the arm (QA); reports count such answers apart")
+
+
+class ExperimentArmInfo(BaseModel):
+    name: str
+    share: float
+    model: ModelTags
+
+
+class ExperimentInfo(BaseModel):
+    """The experiment served, or why the experiments file was refused (the previous experiment stays)."""
+
+    name: str | None
+    arms: list[ExperimentArmInfo]
+    error: str | None = None
+
+
 class RecommendResponse(BaseModel):
     """The reference design's envelope: recommendations, status, message."""
 
@@ -285,6 +311,7 @@ class RecommendResponse(BaseModel):
     strategy: Literal["two_stage", "popular"] | None = None
     model: ModelTags | None = None
     request_id: str | None = Field(None, description="send it back with /feedback to join what was taken to this list")
+    experiment: ExperimentArm | None = Field(None, description="the experiment arm that answered, when one runs")
 
 
 class BatchRequest(_Strict):
@@ -386,3 +413,4 @@ class ModelInfo(BaseModel):
     features: list[str]
     evaluation: dict
     kernels: dict = {}  # the BLAS kernels and numpy loops training ran: where the model is reproducible
+    experiment: ExperimentInfo | None = None  # the online experiment served (serving/experiments.py), if any

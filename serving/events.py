@@ -301,6 +301,9 @@ class Recorder:
         rows = []
         for response in responses:
             items = response.recommendations
+            arm = response.experiment
+            in_arm = {} if arm is None else {"experiment": arm.name, "arm": arm.arm, "arm_share": arm.share,
+                                              "arm_forced": arm.forced}  # fmt: skip
             rows += [
                 {
                     "request_id": response.request_id,
@@ -310,6 +313,7 @@ class Recorder:
                     "score": item.score,
                     "strategy": response.strategy,
                     "model": response.model.ranker if response.model else None,
+                    **in_arm,
                 }
                 for item in items
             ]

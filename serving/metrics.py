@@ -37,3 +37,8 @@ EVENTS_DROPPED = bentoml.metrics.Counter(
     ),
     labelnames=["kind"],
 )
+EXPERIMENT_ANSWERS = bentoml.metrics.Counter(
+    name="recsys_experiment_answers_total",
+    documentation="Answers by experiment and arm (forced: the request named its arm); names come from the file",
+    labelnames=["experiment", "arm", "forced"],
+)

@@ -25,6 +25,11 @@ class ServiceSettings(BaseSettings):
         None, ge=1, le=2000, description="ALS candidates per request (default: as trained)"
     )
     refresh_seconds: float = Field(30.0, ge=0, description="feature store poll interval; 0 turns refresh off")
+    experiments: str | None = Field(
+        None,
+        description="online experiment file (JSON, docs/experiments.md); by default experiments.json at a local "
+        "feature store's root, re-read every refresh_seconds",
+    )
     max_body_bytes: int = Field(
         1024 * 1024,
         ge=1024,

@@ -20,6 +20,7 @@ import bentoml
 from bentoml._internal.configuration.containers import BentoMLContainer  # private: serving/internals.py
 
 from serving.events import EventLogUnusable, check_writable
+from serving.experiments import experiments_from
 from serving.runtime import IncompatibleModels, Runtime
 from serving.settings import ServiceSettings, SettingsError, get_settings
 
@@ -68,13 +69,15 @@ def _running(pid: str) -> bool:
 
 
 def check(settings: ServiceSettings) -> Runtime:
-    """Build the runtime the settings describe and check the event log can be written.
+    """Build the runtime the settings describe, load the experiment's arms, check the event log can be written.
 
     :class:`IncompatibleModels` or :class:`EventLogUnusable` says why the server must not start.
     """
     if settings.event_log:
         check_writable(settings.event_log)
-    return Runtime.from_settings(settings)
+    runtime = Runtime.from_settings(settings)
+    experiments_from(settings, runtime, refresh=False)  # IncompatibleModels when its file cannot be served
+    return runtime
 
 
 def check_in_child() -> None:

@@ -24,6 +24,7 @@ from features.events import FEEDBACK, IMPRESSIONS, read_events
 from features.schema import DAY
 
 WINDOW_DAYS = 7
+ARM_COLUMNS = ("experiment", "arm", "arm_share", "arm_forced")
 
 
 def taken_per_list(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days: float) -> pd.Series:
@@ -44,17 +45,21 @@ def taken_per_list(impressions: pd.DataFrame, feedback: pd.DataFrame, window_day
     return named.fillna(False).astype(bool) | followed
 
 
-def report(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days: float = WINDOW_DAYS) -> pd.DataFrame:
-    """One row per (model, strategy): lists, users, hit rate, NDCG@k and share of shown items taken."""
-    columns = ["model", "strategy", "lists", "users", "hit_rate", "ndcg", "taken_share"]
-    if impressions.empty:
-        return pd.DataFrame(columns=columns)
+def served_lists(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days: float) -> pd.DataFrame:
+    """One row per served list: who, which model and experiment arm, items taken, NDCG@k of the shown order."""
     shown = impressions.reset_index(drop=True).assign(taken=taken_per_list(impressions, feedback, window_days))
+    for column in ARM_COLUMNS:  # impressions from before experiments were logged
+        if column not in shown:
+            shown[column] = None
     shown["gain"] = shown["taken"] / np.log2(shown["position"] + 1)
     lists = shown.groupby("request_id").agg(
         model=("model", "first"),
         strategy=("strategy", "first"),
         user_id=("user_id", "first"),
+        experiment=("experiment", "first"),
+        arm=("arm", "first"),
+        arm_share=("arm_share", "first"),
+        arm_forced=("arm_forced", "first"),
         hits=("taken", "sum"),
         length=("taken", "size"),
         dcg=("gain", "sum"),
@@ -62,6 +67,15 @@ def report(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days: float
     ideal_hits = np.minimum(lists["hits"], lists["length"]).astype(int)
     ideal = ideal_hits.map(lambda n: float((1 / np.log2(np.arange(2, n + 2))).sum()))
     lists["ndcg"] = np.where(ideal > 0, lists["dcg"] / ideal.where(ideal > 0, 1), 0.0)
+    return lists
+
+
+def report(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days: float = WINDOW_DAYS) -> pd.DataFrame:
+    """One row per (model, strategy): lists, users, hit rate, NDCG@k and share of shown items taken."""
+    columns = ["model", "strategy", "lists", "users", "hit_rate", "ndcg", "taken_share"]
+    if impressions.empty:
+        return pd.DataFrame(columns=columns)
+    lists = served_lists(impressions, feedback, window_days)
     grouped = lists.groupby(["model", "strategy"], dropna=False)
     out = grouped.agg(
         lists=("hits", "size"),

@@ -1,0 +1,283 @@
+"""Online experiments: a share of users served by another model pair, every answer naming its arm.
+
+An experiment is declared in a JSON file (``RECSYS_EXPERIMENTS``, by default
+``experiments.json`` at the feature store root) and re-read by the refresh
+poll::
+
+    {"name": "ranker-2026-12", "arms": [
+        {"name": "control", "weight": 1},
+        {"name": "new-ranker", "weight": 1, "ranker": "recsys-ranker:abc123"}]}
+
+An arm without ``ranker`` is the pair the service serves; one with ``ranker``
+is that ranker and the candidates model its card names, loaded once per
+worker. A user's arm is a hash of the experiment's salt (its name unless
+given) and the user id: the same on every worker and replica, with no state
+to share. A request may force an arm by name (``arm``, for QA); such answers
+say so and the report counts them apart. A file that cannot be read or whose
+arms cannot be loaded keeps the experiment served before it, and
+``/model_info`` shows why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from serving import heap
+from serving.api_models import ExperimentArm, ExperimentInfo, RecommendRequest, RecommendResponse
+from serving.metrics import EXPERIMENT_ANSWERS
+from serving.responses import answer
+from serving.runtime import IncompatibleModels, Runtime, poll_in_thread
+from serving.settings import ServiceSettings
+
+logger = logging.getLogger("recsys")
+EXPERIMENTS_FILE = "experiments.json"
+MAX_ARMS = 8
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class ExperimentError(ValueError):
+    """An experiments file that cannot be served: the message says what to fix."""
+
+
+class ArmSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    weight: float = Field(ge=0, description="relative share of users; 0 keeps the arm for forced requests only")
+    ranker: str | None = Field(None, min_length=1, description="ranker tag; none: the pair the service serves")
+
+    @field_validator("weight")
+    @classmethod
+    def _finite(cls, weight: float) -> float:
+        if not math.isfinite(weight):
+            raise ValueError("weight must be a finite number")
+        return weight
+
+
+class ExperimentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    salt: str | None = Field(None, max_length=128, description="assignment salt; by default the name")
+    arms: list[ArmSpec] = Field(min_length=2, max_length=MAX_ARMS)
+
+    @model_validator(mode="after")
+    def _arms_apart(self) -> ExperimentSpec:
+        names = [arm.name for arm in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must differ: {names}")
+        if sum(arm.weight for arm in self.arms) <= 0:
+            raise ValueError("at least one arm needs a weight above 0")
+        return self
+
+
+def read_spec(path: Path) -> ExperimentSpec | None:
+    """The experiment a file declares; ``None`` when there is no file (no experiment)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExperimentError(f"{path.name} cannot be read: {exc}") from None
+    try:
+        return ExperimentSpec.model_validate(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise ExperimentError(f"{path.name} is not JSON: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
+        raise ExperimentError(f"{path.name}: {problems}") from None
+
+
+def bucket(salt: str, unit: str) -> float:
+    """A number in [0, 1) fixed by (salt, unit) and uniform over units: where a user falls among the arms."""
+    digest = hashlib.blake2b(f"{salt}\0{unit}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    share: float  # of users, from the weights
+    runtime: Runtime
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    salt: str
+    arms: tuple[Arm, ...]
+
+    def arm_for(self, user_id: str) -> Arm:
+        """The arm a user is in: the first whose cumulative share passes the user's bucket."""
+        point, reached = bucket(self.salt, user_id), 0.0
+        for arm in self.arms:
+            reached += arm.share
+            if point < reached and arm.share > 0:
+                return arm
+        return next(arm for arm in reversed(self.arms) if arm.share > 0)  # rounding at the top end
+
+    def arm_named(self, name: str) -> Arm | None:
+        return next((arm for arm in self.arms if arm.name == name), None)
+
+
+class Experiments:
+    """The experiment a worker serves, if any, kept as it was when a new file cannot be served."""
+
+    def __init__(self, path: Path | None, served: Runtime, load: Callable[[str], Runtime]) -> None:
+        self.path = path
+        self.served = served
+        self.load = load
+        self.current: Experiment | None = None
+        self.error: str | None = None
+        self._read: tuple[float, int] | None = None  # (mtime, size) of the file last read
+        self._stop = threading.Event()
+        self.reload()
+
+    def reload(self) -> bool:
+        """Read the file again if it changed; True when the experiment served changed."""
+        stamp = _stamp(self.path)
+        if stamp == self._read:
+            return False
+        self._read = stamp
+        try:
+            spec = read_spec(self.path) if self.path is not None else None
+            experiment = self._build(spec) if spec is not None else None
+        except ExperimentError as exc:
+            self.error = str(exc)
+            logger.error("experiments: %s; still serving %s", exc, self.current.name if self.current else "none")
+            return False
+        before, self.current, self.error = self.current, experiment, None
+        kept = {id(arm.runtime) for arm in experiment.arms} if experiment else set()
+        for arm in before.arms if before else ():
+            if arm.runtime is not self.served and id(arm.runtime) not in kept:
+                arm.runtime.stop_refresh()  # its features stop refreshing; the runtime goes with the last request
+        logger.info("experiments: serving %s", experiment.name if experiment else "none")
+        return True
+
+    def _build(self, spec: ExperimentSpec) -> Experiment:
+        loaded = {str(arm.runtime.tags.ranker): arm.runtime for arm in self.current.arms} if self.current else {}
+        loaded[str(self.served.tags.ranker)] = self.served
+        total = sum(arm.weight for arm in spec.arms)
+        arms = []
+        for arm in spec.arms:
+            runtime = self.served if arm.ranker is None else loaded.get(arm.ranker)
+            if runtime is None:
+                try:
+                    runtime = self.load(arm.ranker)  # type: ignore[arg-type]  # None is the served pair, above
+                except Exception as exc:  # any load failure keeps the previous experiment; the message says why
+                    raise ExperimentError(f"arm {arm.name!r}: ranker {arm.ranker} cannot be served: {exc}") from None
+                loaded[arm.ranker] = loaded[str(runtime.tags.ranker)] = runtime  # type: ignore[index]
+            arms.append(Arm(arm.name, arm.weight / total, runtime))
+        return Experiment(spec.name, spec.salt or spec.name, tuple(arms))
+
+    def info(self) -> ExperimentInfo | None:
+        """What ``/model_info`` shows: the experiment served and its arms' models, or why a file was refused."""
+        experiment = self.current
+        if experiment is None and self.error is None:
+            return None
+        return ExperimentInfo(
+            name=experiment.name if experiment else None,
+            arms=[
+                {"name": arm.name, "share": round(arm.share, 6), "model": arm.runtime.tags}
+                for arm in (experiment.arms if experiment else ())
+            ],
+            error=self.error,
+        )
+
+    def check(self, requests: list[RecommendRequest], batch: bool) -> None:
+        """A 400 at ``arm`` for a request that forces an arm the running experiment does not have."""
+        for slot, request in enumerate(requests):
+            if request.arm is None:
+                continue
+            if self.current is None:
+                raise arm_error("no experiment is running", batch, slot)
+            if self.current.arm_named(request.arm) is None:
+                names = ", ".join(arm.name for arm in self.current.arms)
+                raise arm_error(f"{request.arm[:64]!r} is not an arm of {self.current.name} ({names})", batch, slot)
+
+    def respond(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
+        """Each request answered by its arm's pipeline; the requests of one arm still share a call."""
+        experiment = self.current
+        if experiment is None:
+            return answer(self.served.pipeline, requests, self.served.tags)
+        chosen = []
+        for request in requests:
+            named = experiment.arm_named(request.arm) if request.arm is not None else None
+            chosen.append((named or experiment.arm_for(request.user_id), named is not None))
+        responses: list[RecommendResponse] = [None] * len(requests)  # type: ignore[list-item]  # all set below
+        for arm in {arm.name: arm for arm, _ in chosen}.values():
+            slots = [slot for slot, (other, _) in enumerate(chosen) if other is arm]
+            answered = answer(arm.runtime.pipeline, [requests[slot] for slot in slots], arm.runtime.tags)
+            for slot, response in zip(slots, answered, strict=True):
+                forced = chosen[slot][1]
+                response.experiment = ExperimentArm(name=experiment.name, arm=arm.name, share=arm.share, forced=forced)
+                EXPERIMENT_ANSWERS.labels(experiment=experiment.name, arm=arm.name, forced=str(forced).lower()).inc()
+                responses[slot] = response
+        return responses
+
+    def start_refresh(self, every_seconds: float) -> None:
+        """Re-read the file every ``every_seconds`` (the feature refresh's period) in a daemon thread."""
+        served = lambda: self.current.name if self.current else "no experiment"  # noqa: E731
+        poll_in_thread(every_seconds, self._stop, self.reload, None, served, who="experiments refresh")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def arm_error(message: str, batch: bool, slot: int) -> ValidationError:
+    """The 400 for a forced arm that cannot be served, at the request's ``arm`` field (slot ``slot`` of a batch)."""
+    loc: tuple[str | int, ...] = ("requests", slot, "arm") if batch else ("arm",)
+    kind = PydanticCustomError("unknown_arm", "{message}", {"message": message})
+    error = InitErrorDetails(type=kind, loc=loc, input=None)
+    return ValidationError.from_exception_data("BatchRequest" if batch else "RecommendRequest", [error])
+
+
+def _stamp(path: Path | None) -> tuple[float, int] | None:
+    try:
+        stat = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (stat.st_mtime, stat.st_size) if stat is not None else None
+
+
+def experiments_from(settings: ServiceSettings, served: Runtime, refresh: bool = True) -> Experiments:
+    """The experiment a worker serves, its arms loaded as the served pair was.
+
+    A file that cannot be served at start-up is :class:`IncompatibleModels`: the server refuses to start, as for
+    a mismatched model pair. With ``refresh``, the file is re-read and each arm's features refreshed every
+    ``refresh_seconds``.
+    """
+
+    def load(tag: str) -> Runtime:
+        runtime = Runtime.from_store(tag, feature_store=settings.feature_store, n_candidates=settings.n_candidates)
+        if refresh:
+            heap.settle()  # the arm's models out of full collections' way, as the served pair's (serving/heap.py)
+            runtime.start_refresh(settings.refresh_seconds, after_swap=heap.settle)
+        return runtime
+
+    experiments = Experiments(experiments_path(settings.experiments, served.feature_source), served, load)
+    if experiments.error is not None:
+        raise IncompatibleModels(f"experiments file: {experiments.error}")
+    if refresh:
+        experiments.start_refresh(settings.refresh_seconds)
+    return experiments
+
+
+def experiments_path(setting: str | None, feature_source: str) -> Path | None:
+    """The experiments file: the setting, else ``experiments.json`` at a local feature store's root."""
+    if setting:
+        return Path(setting)
+    if "://" in feature_source:
+        return None
+    return Path(feature_source) / EXPERIMENTS_FILE

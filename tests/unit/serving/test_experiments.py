@@ -1,0 +1,155 @@
+"""Online experiments: the file, the assignment, a changed or broken file, and two real model pairs answering."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from serving.api_models import RecommendRequest
+from serving.experiments import ExperimentError, Experiments, bucket, experiments_path, read_spec
+from serving.runtime import Runtime
+from tests.support import quick_config
+from train.run import train
+
+
+def write(path: Path, spec: dict | str) -> Path:
+    path.write_text(spec if isinstance(spec, str) else json.dumps(spec))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a rewrite within the clock's tick
+    return path
+
+
+TWO_ARMS = {"name": "exp", "arms": [{"name": "control", "weight": 1}, {"name": "more", "weight": 3}]}
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("{", "is not JSON"),
+        ({"name": "exp", "arms": [{"name": "only", "weight": 1}]}, "arms: List should have at least 2 items"),
+        ({"name": "exp", "arms": [{"name": "a", "weight": 1}, {"name": "a", "weight": 1}]}, "arm names must differ"),
+        ({"name": "exp", "arms": [{"name": "a", "weight": 0}, {"name": "b", "weight": 0}]}, "a weight above 0"),
+        ({"name": "exp", "arms": [{"name": "a", "weight": -1}, {"name": "b", "weight": 1}]}, "arms.0.weight"),
+        ({"name": "exp", "arms": [{"name": "a b", "weight": 1}, {"name": "b", "weight": 1}]}, "arms.0.name"),
+        (
+            {"name": "exp", "arms": [{"name": "a", "weight": 1, "model": "x"}, {"name": "b", "weight": 1}]},
+            "arms.0.model",
+        ),
+        ({"arms": []}, "name: Field required"),
+    ],
+)
+def test_a_file_that_cannot_be_served_says_what_to_fix(tmp_path, spec, says):
+    with pytest.raises(ExperimentError, match=r"experiments\.json") as error:
+        read_spec(write(tmp_path / "experiments.json", spec))
+    assert says in str(error.value)
+
+
+def test_no_file_is_no_experiment_and_the_default_file_sits_at_a_local_feature_store(tmp_path):
+    assert read_spec(tmp_path / "experiments.json") is None
+    assert experiments_path(None, str(tmp_path)) == tmp_path / "experiments.json"
+    assert experiments_path("/etc/exp.json", str(tmp_path)) == Path("/etc/exp.json")
+    assert experiments_path(None, "s3://bucket/features") is None
+
+
+def test_buckets_are_fixed_by_salt_and_user_and_spread_evenly():
+    points = [bucket("salt", str(user)) for user in range(20_000)]
+    assert points == [bucket("salt", str(user)) for user in range(20_000)]
+    assert all(0 <= p < 1 for p in points)
+    deciles = Counter(int(p * 10) for p in points)
+    assert all(1_850 <= deciles[d] <= 2_150 for d in range(10))  # 2,000 each; 3.5 standard deviations
+    other = [bucket("other salt", str(user)) for user in range(20_000)]
+    assert sum((a < 0.5) == (b < 0.5) for a, b in zip(points, other, strict=True)) == pytest.approx(10_000, abs=350)
+
+
+@pytest.fixture(scope="module")
+def served(small_run) -> Runtime:
+    run, _ = small_run
+    return Runtime.from_store(run.ranker_tag)
+
+
+@pytest.fixture(scope="module")
+def second_ranker(small_run, synthetic_files, tmp_path_factory) -> str:
+    """Another model pair on the same data (another seed, fewer trees): what a team would test against the first."""
+    files = synthetic_files["parquet"]
+    tmp = tmp_path_factory.mktemp("second-pair")
+    config = quick_config(tmp, interactions=files["interactions"], users=files["users"], items=files["items"], seed=7,
+                          ranker_iterations=30)  # fmt: skip
+    return train(config, echo=False).ranker_tag
+
+
+def test_users_split_by_weight_the_same_way_every_time_and_forced_arms_are_served(served, tmp_path):
+    experiments = Experiments(write(tmp_path / "e.json", TWO_ARMS), served, load=pytest.fail)
+    users = [str(u) for u in served.candidates.user_ids]
+    first = experiments.respond([RecommendRequest(user_id=u, k=3) for u in users])
+    again = experiments.respond([RecommendRequest(user_id=u, k=3) for u in reversed(users)])
+    arms = {r.user_id: r.experiment.arm for r in first}
+    assert arms == {r.user_id: r.experiment.arm for r in again}
+    assert Counter(arms.values())["more"] / len(users) == pytest.approx(0.75, abs=0.06)  # 300 users
+    assert {r.experiment.share for r in first if r.experiment.arm == "more"} == {0.75}
+    (forced,) = experiments.respond([RecommendRequest(user_id=users[0], k=3, arm="more")])
+    assert forced.experiment.arm == "more" and forced.experiment.forced
+    assert not any(r.experiment.forced for r in first)
+
+
+def test_a_forced_arm_that_is_not_there_is_a_400_at_its_field(served, tmp_path):
+    none = Experiments(tmp_path / "absent.json", served, load=pytest.fail)
+    with pytest.raises(ValidationError, match="no experiment is running") as error:
+        none.check([RecommendRequest(user_id="1", arm="more")], batch=False)
+    assert error.value.errors()[0]["loc"] == ("arm",)
+    running = Experiments(write(tmp_path / "e.json", TWO_ARMS), served, load=pytest.fail)
+    requests = [RecommendRequest(user_id="1"), RecommendRequest(user_id="1", arm="less")]
+    with pytest.raises(ValidationError, match="'less' is not an arm of exp") as error:
+        running.check(requests, batch=True)
+    assert error.value.errors()[0]["loc"] == ("requests", 1, "arm")
+    running.check([RecommendRequest(user_id="1", arm="control")], batch=False)
+
+
+def test_a_broken_file_keeps_the_experiment_a_changed_one_replaces_it_and_no_file_ends_it(served, tmp_path):
+    path = write(tmp_path / "e.json", TWO_ARMS)
+    experiments = Experiments(path, served, load=pytest.fail)
+    assert experiments.reload() is False  # unchanged: not read again
+    write(path, "{")
+    assert experiments.reload() is False
+    assert experiments.current.name == "exp" and "not JSON" in experiments.error
+    assert experiments.info().error == experiments.error and experiments.info().name == "exp"
+    write(path, {**TWO_ARMS, "name": "exp2"})
+    assert experiments.reload() is True
+    assert experiments.current.name == "exp2" and experiments.error is None
+    path.unlink()
+    assert experiments.reload() is True
+    assert experiments.current is None and experiments.info() is None
+    (answer,) = experiments.respond([RecommendRequest(user_id="1", k=3)])
+    assert answer.experiment is None
+
+
+@pytest.mark.slow
+def test_each_arm_is_answered_by_its_own_model_pair_loaded_once(served, second_ranker, tmp_path):
+    loads: list[str] = []
+
+    def load(tag: str) -> Runtime:
+        loads.append(tag)
+        return Runtime.from_store(tag)
+
+    spec = {
+        "name": "pairs",
+        "arms": [{"name": "control", "weight": 1}, {"name": "new", "weight": 1, "ranker": second_ranker}],
+    }
+    path = write(tmp_path / "e.json", spec)
+    experiments = Experiments(path, served, load)
+    answers = experiments.respond([RecommendRequest(user_id=str(u), k=5) for u in served.candidates.user_ids])
+    arms = {r.experiment.arm for r in answers}
+    by_arm = {arm: {r.model.ranker for r in answers if r.experiment.arm == arm} for arm in arms}
+    assert by_arm == {"control": {str(served.tags.ranker)}, "new": {second_ranker}}
+    assert experiments.info().arms[1].model.ranker == second_ranker
+    write(path, {**spec, "arms": [*spec["arms"], {"name": "third", "weight": 1, "ranker": second_ranker}]})
+    assert experiments.reload() is True
+    assert loads == [second_ranker]  # the second file's arms reuse what the first loaded
+    write(path, {**spec, "arms": [spec["arms"][0], {"name": "gone", "weight": 1, "ranker": "recsys-ranker:nope"}]})
+    assert experiments.reload() is False
+    assert "arm 'gone': ranker recsys-ranker:nope cannot be served" in experiments.error
+    assert [arm.name for arm in experiments.current.arms] == ["control", "new", "third"]

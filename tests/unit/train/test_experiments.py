@@ -1,0 +1,102 @@
+"""The experiment report on event logs with a known truth: users per arm, the lift and its interval, the checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.events import FEEDBACK, IMPRESSIONS, SCHEMA
+from serving.events import EventLog
+from train.experiments import difference, experiment_report, main, sample_ratio_p
+
+T0 = 1_700_000_000
+
+
+def logged(users: dict[str, int], take: dict[str, float], seed: int = 0, forced: int = 0):
+    """One list of 3 items per user and arm; a user of arm A takes the top item with probability ``take[A]``."""
+    rng = np.random.default_rng(seed)
+    shown, taken = [], []
+    for arm, count in users.items():
+        for n in range(count + forced):
+            user, request = f"{arm}-{n}", f"{arm}-r{n}"
+            is_forced = n >= count
+            shown += [
+                {
+                    "logged_at": float(T0),
+                    "request_id": request,
+                    "user_id": user,
+                    "item_id": item,
+                    "position": p,
+                    "score": 0.0,
+                    "strategy": "two_stage",
+                    "model": f"ranker:{arm}",
+                    "experiment": "exp",
+                    "arm": arm,
+                    "arm_share": 1 / len(users),
+                    "arm_forced": is_forced,
+                }
+                for p, item in enumerate(["a", "b", "c"], start=1)
+            ]
+            if rng.random() < take[arm]:
+                taken.append({"request_id": request, "user_id": user, "item_id": "a", "timestamp": T0 + 60})
+    feedback = pd.DataFrame(taken, columns=["request_id", "user_id", "item_id", "timestamp"])
+    return pd.DataFrame(shown), feedback
+
+
+def test_a_true_lift_is_found_inside_its_interval_and_an_equal_arm_is_not():
+    impressions, feedback = logged({"control": 4000, "better": 4000, "same": 4000}, {"control": 0.2, "better": 0.25,
+                                   "same": 0.2})  # fmt: skip
+    arms, checks = experiment_report(impressions, feedback)
+    by_arm = arms.set_index("arm")
+    assert by_arm.loc["control", "hit_rate_diff"] == 0.0
+    better = by_arm.loc["better"]
+    assert better["hit_rate_low"] > 0 and better["hit_rate_low"] < 0.05 < better["hit_rate_high"]
+    same = by_arm.loc["same"]
+    assert same["hit_rate_low"] < 0 < same["hit_rate_high"]
+    assert by_arm["users"].to_dict() == {"better": 4000, "control": 4000, "same": 4000}
+    # One item taken at position 1 of a list: NDCG is the hit rate here.
+    assert better["ndcg"] == pytest.approx(better["hit_rate"])
+    (check,) = checks.to_dict(orient="records")
+    assert check["control"] == "control" and not check["sample_ratio_mismatch"] and check["users"] == 12_000
+
+
+def test_forced_answers_are_counted_apart_and_left_out_of_the_arms():
+    impressions, feedback = logged({"control": 100, "other": 100}, {"control": 0.0, "other": 1.0}, forced=7)
+    arms, checks = experiment_report(impressions, feedback)
+    assert arms.set_index("arm")["users"].to_dict() == {"control": 100, "other": 100}
+    assert checks["forced_lists"].tolist() == [14]
+    assert arms.set_index("arm")["hit_rate"].to_dict() == {"control": 0.0, "other": 1.0}
+
+
+def test_a_sample_ratio_mismatch_is_flagged_and_a_fair_split_is_not():
+    assert sample_ratio_p(pd.Series({"a": 5_600, "b": 4_400}), pd.Series({"a": 0.5, "b": 0.5})) < 1e-9
+    assert sample_ratio_p(pd.Series({"a": 5_030, "b": 4_970}), pd.Series({"a": 0.5, "b": 0.5})) > 0.5
+    # Shares other than halves: 1:3 expected and found.
+    assert sample_ratio_p(pd.Series({"a": 2_510, "b": 7_490}), pd.Series({"a": 0.25, "b": 0.75})) > 0.5
+    impressions, feedback = logged({"control": 300, "other": 200}, {"control": 0.1, "other": 0.1})
+    _, checks = experiment_report(impressions, feedback)
+    assert bool(checks["sample_ratio_mismatch"].iloc[0])
+
+
+def test_the_interval_is_the_normal_one_over_users():
+    treated, control = pd.Series([1.0, 0.0, 1.0, 1.0]), pd.Series([0.0, 0.0, 1.0, 0.0])
+    diff, low, high = difference(treated, control)
+    spread = np.sqrt(treated.var(ddof=1) / 4 + control.var(ddof=1) / 4)
+    assert (
+        diff == 0.5 and low == pytest.approx(0.5 - 1.959964 * spread) and high == pytest.approx(0.5 + 1.959964 * spread)
+    )
+
+
+def test_logs_without_experiments_give_empty_tables_and_the_cli_reads_a_real_log(tmp_path, capsys):
+    impressions, feedback = logged({"control": 50, "other": 50}, {"control": 0.5, "other": 0.5})
+    arms, checks = experiment_report(impressions.assign(experiment=None), feedback)
+    assert arms.empty and checks.empty
+    log = EventLog(str(tmp_path), max_rows=10**6, max_seconds=3600)
+    log.append(IMPRESSIONS, impressions.to_dict(orient="records"))
+    log.append(FEEDBACK, feedback.assign(weight=1.0, type="click").to_dict(orient="records"))
+    log.close()
+    main(["--events", str(tmp_path), "--json", str(tmp_path / "out.json")])
+    out = capsys.readouterr().out
+    assert "| exp | control |" in out and "| exp | other |" in out and "sample_ratio_p" in out
+    assert {"experiment", "arm", "arm_share", "arm_forced"} <= set(SCHEMA.names)

@@ -1,0 +1,118 @@
+"""How an online experiment's arms did: per arm, hit rate and NDCG of the shown lists, against the control arm.
+
+The service logs every answer of a running experiment with its arm
+(serving/experiments.py); feedback joins the lists as in
+``train.online_report``. A user, not a request, is what the service assigns
+to an arm, so each metric is a mean over users of that user's mean over
+their lists, and each difference with the control arm has a 95% interval
+from the spread between users (Welch's normal approximation). A
+sample-ratio-mismatch check compares the users per arm with the arms'
+shares (chi-square): a mismatch (p < 0.001) means the assignment or the
+logging is broken and the differences cannot be trusted. Answers whose
+request forced an arm (QA) are left out and counted apart.
+
+    python -m train.experiments --events var/events
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from features.events import FEEDBACK, IMPRESSIONS, read_events
+from train.online_report import WINDOW_DAYS, markdown, served_lists
+
+Z95 = 1.959963984540054
+SRM_ALPHA = 0.001  # the usual threshold: a real mismatch is glaring, and many experiments are checked
+CONTROL = "control"
+
+
+def per_user(lists: pd.DataFrame) -> pd.DataFrame:
+    """Each (experiment, arm, user): lists, share of lists with an item taken, mean NDCG; forced lists left out."""
+    assigned = lists[lists["experiment"].notna() & ~lists["arm_forced"].fillna(False).astype(bool)]
+    grouped = assigned.assign(hit=assigned["hits"] > 0).groupby(["experiment", "arm", "user_id"])
+    return grouped.agg(
+        lists=("hit", "size"), hit_rate=("hit", "mean"), ndcg=("ndcg", "mean"), share=("arm_share", "last")
+    )
+
+
+def difference(treated: pd.Series, control: pd.Series) -> tuple[float, float, float]:
+    """Difference of two means over users and its 95% interval (Welch's normal approximation)."""
+    diff = float(treated.mean() - control.mean())
+    spread = np.sqrt(treated.var(ddof=1) / len(treated) + control.var(ddof=1) / len(control))
+    return diff, diff - Z95 * float(spread), diff + Z95 * float(spread)
+
+
+def sample_ratio_p(users: pd.Series, shares: pd.Series) -> float:
+    """p-value of the users per arm given the arms' shares (chi-square); 1.0 for a single arm."""
+    if len(users) < 2:
+        return 1.0
+    expected = shares / shares.sum() * users.sum()
+    return float(stats.chisquare(users.to_numpy(float), expected.to_numpy(float)).pvalue)
+
+
+def experiment_report(
+    impressions: pd.DataFrame, feedback: pd.DataFrame, window_days: float = WINDOW_DAYS, control: str = CONTROL
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per arm: users, lists, hit rate, NDCG and their differences with ``control``; per experiment: the checks.
+
+    An experiment without an arm named ``control`` is compared with its first arm in name order.
+    """
+    arms_columns = ["experiment", "arm", "share", "users", "lists", "hit_rate", "hit_rate_diff", "hit_rate_low",
+                    "hit_rate_high", "ndcg", "ndcg_diff", "ndcg_low", "ndcg_high"]  # fmt: skip
+    checks_columns = ["experiment", "control", "users", "sample_ratio_p", "sample_ratio_mismatch", "forced_lists"]
+    if impressions.empty or impressions["experiment"].isna().all():
+        return pd.DataFrame(columns=arms_columns), pd.DataFrame(columns=checks_columns)
+    lists = served_lists(impressions, feedback, window_days)
+    users = per_user(lists)
+    arms, checks = [], []
+    for experiment, rows in users.groupby(level="experiment"):
+        by_arm = {arm: group for arm, group in rows.groupby(level="arm")}
+        baseline = control if control in by_arm else sorted(by_arm)[0]
+        for arm, group in by_arm.items():
+            row = {"experiment": experiment, "arm": arm, "share": float(group["share"].iloc[-1]), "users": len(group),
+                   "lists": int(group["lists"].sum())}  # fmt: skip
+            for metric in ("hit_rate", "ndcg"):
+                diff, low, high = difference(group[metric], by_arm[baseline][metric])
+                row |= {metric: float(group[metric].mean()), f"{metric}_diff": diff, f"{metric}_low": low,
+                        f"{metric}_high": high}  # fmt: skip
+            arms.append(row)
+        counts = pd.Series({arm: len(group) for arm, group in by_arm.items()})
+        shares = pd.Series({arm: float(group["share"].iloc[-1]) for arm, group in by_arm.items()})
+        p = sample_ratio_p(counts, shares)
+        forced = lists[(lists["experiment"] == experiment) & lists["arm_forced"].fillna(False).astype(bool)]
+        checks.append({"experiment": experiment, "control": baseline, "users": int(counts.sum()), "sample_ratio_p": p,
+                       "sample_ratio_mismatch": p < SRM_ALPHA, "forced_lists": len(forced)})  # fmt: skip
+    return pd.DataFrame(arms, columns=arms_columns), pd.DataFrame(checks, columns=checks_columns)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", required=True, help="event log root the service wrote (path or pyarrow URI)")
+    parser.add_argument(
+        "--window-days", type=float, default=WINDOW_DAYS, help="feedback without a request_id counts this long"
+    )
+    parser.add_argument("--control", default=CONTROL, help="the arm the others are compared with")
+    parser.add_argument("--json", help="also write both tables here as JSON")
+    args = parser.parse_args(argv)
+    impressions = read_events(args.events, IMPRESSIONS).to_pandas()
+    feedback = read_events(args.events, FEEDBACK).to_pandas()
+    arms, checks = experiment_report(impressions, feedback, args.window_days, args.control)
+    if arms.empty:
+        print(f"no experiment answers logged under {args.events}")
+        return
+    print(markdown(arms) + "\n\n" + markdown(checks))
+    for check in checks.itertuples():
+        if check.sample_ratio_mismatch:
+            print(f"\n{check.experiment}: sample ratio mismatch (p = {check.sample_ratio_p:.2g}): do not trust it")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"arms": arms.to_dict(orient="records"), "checks": checks.to_dict(orient="records")}, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,8 +8,9 @@ All in one run, one worker (2-core machine; the load generator shares it):
    batch sizes read from ``/metrics``;
 3. the same service with every request handed to the pipeline thread
    (``RECSYS_INLINE_UNITS=0``: none answered on the event loop, even alone),
-   and with batching off (``RECSYS_MAX_BATCH_QUERIES=1``: one query per
-   pipeline call), same loads;
+   with batching off (``RECSYS_MAX_BATCH_QUERIES=1``: one query per
+   pipeline call), and with the event log on (``logged``: every answer's
+   impressions written, in a temporary folder), same loads;
 4. the FastAPI reference (same pipeline, unbatched, on the event loop), same loads;
 5. overload: 200 connections sending 20-user batch requests for 20 s against the
    batched service: answers by status, ``/livez`` p99 and worker memory.
@@ -28,6 +29,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument(
         "--servers",
         default="batched,handed-off,unbatched,fastapi",
-        help="which of batched, handed-off (no request answered on the event loop), unbatched, fastapi to measure",
+        help="which of batched, handed-off (no request answered on the event loop), unbatched, logged (batched, "
+        "the event log on), fastapi to measure",
     )
     args = cli.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -137,10 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     base_env = {"RECSYS_REFRESH_SECONDS": "0", "RECSYS_EVENT_LOG": ""}
     bento = [str(BIN / "bentoml"), "serve", "service:Recommender", "--host", "127.0.0.1"]
     servers = set(args.servers.split(","))
+    events = tempfile.TemporaryDirectory(prefix="recsys-bench-events-")  # the logged server's event log, then gone
     services = (
         ("bentoml batched", {}),
         ("bentoml handed-off", {"RECSYS_INLINE_UNITS": "0"}),  # every request to the pipeline thread, as before
         ("bentoml unbatched", {"RECSYS_MAX_BATCH_QUERIES": "1"}),
+        ("bentoml logged", {"RECSYS_EVENT_LOG": events.name}),  # as batched, every answer's impressions logged
     )
     for name, extra in [(n, e) for n, e in services if n.split()[1] in servers]:
         port, health_port = free_port(), free_port()
@@ -154,20 +159,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n{name}: overload", flush=True)
                 report["overload"] = overload(url, pid, users, args.overload_seconds, args.overload_connections, probes)
                 print(json.dumps(report["overload"]), flush=True)
-    if "fastapi" not in servers:
-        (args.out / "request_path.json").write_text(json.dumps(report, indent=2))
-        return 0
-    port = free_port()
-    uvicorn = [
-        str(BIN / "uvicorn"), "benchmarks.fastapi_app:app", "--port", str(port), "--host", "127.0.0.1",
-        "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--workers", "1",
-    ]  # fmt: skip
-    with server(uvicorn, port, log=args.out / "fastapi.log") as (url, pid):
-        print("\nfastapi (unbatched reference)", flush=True)
-        report["fastapi"] = phase("fastapi", url, pid, bodies, levels, args.seconds, args.rate, probe_urls(url, None))
+    events.cleanup()
+    if "fastapi" in servers:
+        port = free_port()
+        uvicorn = [
+            str(BIN / "uvicorn"), "benchmarks.fastapi_app:app", "--port", str(port), "--host", "127.0.0.1",
+            "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--workers", "1",
+        ]  # fmt: skip
+        with server(uvicorn, port, log=args.out / "fastapi.log") as (url, pid):
+            print("\nfastapi (unbatched reference)", flush=True)
+            probes = probe_urls(url, None)
+            report["fastapi"] = phase("fastapi", url, pid, bodies, levels, args.seconds, args.rate, probes)
     rows = [
         row
-        for name in ("bentoml batched", "bentoml handed-off", "bentoml unbatched", "fastapi")
+        for name in ("bentoml batched", "bentoml handed-off", "bentoml unbatched", "bentoml logged", "fastapi")
         for row in report.get(name, {}).get("rows", [])
     ]
     print("\n" + markdown([{k: v for k, v in r.items() if k != "batch_sizes"} for r in rows]))

@@ -45,6 +45,7 @@ SCHEMA = pa.schema(
         ("arm", pa.string()),
         ("arm_share", pa.float64()),
         ("arm_forced", pa.bool_()),
+        ("team", pa.string()),  # impressions in an interleaving arm: which model placed the item (a or b)
     ]
 )
 

@@ -271,6 +271,9 @@ class RecommendedItem(BaseModel):
     reasons: list[str] | None = Field(
         None, description="with explain: the ranker's main reasons, in words", exclude_if=_is_none
     )
+    team: Literal["a", "b"] | None = Field(
+        None, description="in an interleaving arm: which of its two models placed the item", exclude_if=_is_none
+    )
 
 
 class ModelTags(BaseModel):
@@ -291,6 +294,7 @@ class ExperimentArmInfo(BaseModel):
     name: str
     share: float
     model: ModelTags
+    interleaved_with: ModelTags | None = None  # an interleaving arm's second model (team b; ``model`` is team a)
 
 
 class ExperimentInfo(BaseModel):

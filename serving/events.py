@@ -313,6 +313,7 @@ class Recorder:
                     "score": item.score,
                     "strategy": response.strategy,
                     "model": response.model.ranker if response.model else None,
+                    "team": item.team,
                     **in_arm,
                 }
                 for item in items

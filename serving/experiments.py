@@ -10,10 +10,11 @@ poll::
 
 An arm without ``ranker`` is the pair the service serves; one with ``ranker``
 is that ranker and the candidates model its card names, loaded once per
-worker. A user's arm is a hash of the experiment's salt (its name unless
-given) and the user id: the same on every worker and replica, with no state
-to share. A request may force an arm by name (``arm``, for QA); such answers
-say so and the report counts them apart. A file that cannot be read or whose
+worker; one with ``interleave`` merges two pairs' lists by team draft. A
+user's arm is a hash of the experiment's salt (its name unless given) and
+the user id: the same on every worker and replica, with no state to share.
+A request may force an arm by name (``arm``, for QA); such answers say so
+and the report counts them apart. A file that cannot be read or whose
 arms cannot be loaded keeps the experiment served before it, and
 ``/model_info`` shows why.
 """
@@ -24,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +58,18 @@ class ArmSpec(BaseModel):
     name: Name
     weight: float = Field(ge=0, description="relative share of users; 0 keeps the arm for forced requests only")
     ranker: str | None = Field(None, min_length=1, description="ranker tag; none: the pair the service serves")
+    interleave: list[str | None] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="two ranker tags (null: the served pair) whose lists are merged by team draft",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ArmSpec:
+        if self.ranker is not None and self.interleave is not None:
+            raise ValueError("an arm has a ranker or interleaves two, not both")
+        return self
 
     @field_validator("weight")
     @classmethod
@@ -109,7 +123,8 @@ def bucket(salt: str, unit: str) -> float:
 class Arm:
     name: str
     share: float  # of users, from the weights
-    runtime: Runtime
+    runtime: Runtime  # the pair that answers; in an interleaving arm, team a
+    partner: Runtime | None = None  # an interleaving arm's team b
 
 
 @dataclass(frozen=True)
@@ -158,27 +173,40 @@ class Experiments:
             logger.error("experiments: %s; still serving %s", exc, self.current.name if self.current else "none")
             return False
         before, self.current, self.error = self.current, experiment, None
-        kept = {id(arm.runtime) for arm in experiment.arms} if experiment else set()
+        kept = {id(r) for arm in experiment.arms for r in (arm.runtime, arm.partner)} if experiment else set()
         for arm in before.arms if before else ():
-            if arm.runtime is not self.served and id(arm.runtime) not in kept:
-                arm.runtime.stop_refresh()  # its features stop refreshing; the runtime goes with the last request
+            for runtime in (arm.runtime, arm.partner):
+                if runtime is not None and runtime is not self.served and id(runtime) not in kept:
+                    runtime.stop_refresh()  # its features stop refreshing; it goes with the last request using it
         logger.info("experiments: serving %s", experiment.name if experiment else "none")
         return True
 
     def _build(self, spec: ExperimentSpec) -> Experiment:
-        loaded = {str(arm.runtime.tags.ranker): arm.runtime for arm in self.current.arms} if self.current else {}
-        loaded[str(self.served.tags.ranker)] = self.served
+        loaded = {str(self.served.tags.ranker): self.served}
+        for arm in self.current.arms if self.current else ():
+            for runtime in (arm.runtime, arm.partner):
+                if runtime is not None:
+                    loaded[str(runtime.tags.ranker)] = runtime
+
+        def runtime_of(arm: ArmSpec, tag: str | None) -> Runtime:
+            if tag is None:
+                return self.served
+            if tag not in loaded:
+                try:
+                    runtime = self.load(tag)
+                except Exception as exc:  # any load failure keeps the previous experiment; the message says why
+                    raise ExperimentError(f"arm {arm.name!r}: ranker {tag} cannot be served: {exc}") from None
+                loaded[tag] = loaded[str(runtime.tags.ranker)] = runtime
+            return loaded[tag]
+
         total = sum(arm.weight for arm in spec.arms)
         arms = []
         for arm in spec.arms:
-            runtime = self.served if arm.ranker is None else loaded.get(arm.ranker)
-            if runtime is None:
-                try:
-                    runtime = self.load(arm.ranker)  # type: ignore[arg-type]  # None is the served pair, above
-                except Exception as exc:  # any load failure keeps the previous experiment; the message says why
-                    raise ExperimentError(f"arm {arm.name!r}: ranker {arm.ranker} cannot be served: {exc}") from None
-                loaded[arm.ranker] = loaded[str(runtime.tags.ranker)] = runtime  # type: ignore[index]
-            arms.append(Arm(arm.name, arm.weight / total, runtime))
+            if arm.interleave is not None:
+                first, second = (runtime_of(arm, tag) for tag in arm.interleave)
+                arms.append(Arm(arm.name, arm.weight / total, first, second))
+            else:
+                arms.append(Arm(arm.name, arm.weight / total, runtime_of(arm, arm.ranker)))
         return Experiment(spec.name, spec.salt or spec.name, tuple(arms))
 
     def info(self) -> ExperimentInfo | None:
@@ -189,7 +217,12 @@ class Experiments:
         return ExperimentInfo(
             name=experiment.name if experiment else None,
             arms=[
-                {"name": arm.name, "share": round(arm.share, 6), "model": arm.runtime.tags}
+                {
+                    "name": arm.name,
+                    "share": round(arm.share, 6),
+                    "model": arm.runtime.tags,
+                    "interleaved_with": arm.partner.tags if arm.partner else None,
+                }
                 for arm in (experiment.arms if experiment else ())
             ],
             error=self.error,
@@ -218,7 +251,11 @@ class Experiments:
         responses: list[RecommendResponse] = [None] * len(requests)  # type: ignore[list-item]  # all set below
         for arm in {arm.name: arm for arm, _ in chosen}.values():
             slots = [slot for slot, (other, _) in enumerate(chosen) if other is arm]
-            answered = answer(arm.runtime.pipeline, [requests[slot] for slot in slots], arm.runtime.tags)
+            asked = [requests[slot] for slot in slots]
+            answered = answer(arm.runtime.pipeline, asked, arm.runtime.tags)
+            if arm.partner is not None:
+                others = answer(arm.partner.pipeline, asked, arm.partner.tags)
+                answered = [interleaved(a, b, r.k) for a, b, r in zip(answered, others, asked, strict=True)]
             for slot, response in zip(slots, answered, strict=True):
                 forced = chosen[slot][1]
                 response.experiment = ExperimentArm(name=experiment.name, arm=arm.name, share=arm.share, forced=forced)
@@ -233,6 +270,52 @@ class Experiments:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def team_draft(first: list[str], second: list[str], k: int, coin: random.Random) -> list[tuple[str, str]]:
+    """Two rankings merged by team draft (Radlinski, Kurup and Joachims, 2008): ``(item, team)``, at most ``k``.
+
+    The team with fewer picks picks next (a coin decides a tie) and adds its
+    highest-ranked item not yet in the list, so each model's items keep its
+    order, and a position's team is as likely one as the other. A team whose
+    list runs out leaves the rest to the other.
+    """
+    lists, picks, merged, chosen = {"a": first, "b": second}, {"a": 0, "b": 0}, [], set()
+    places = {"a": 0, "b": 0}
+    while len(merged) < k:
+        left = {t: [i for i in lists[t][places[t] :] if i not in chosen] for t in lists}
+        teams = [t for t in ("a", "b") if left[t]]
+        if not teams:
+            break
+        if len(teams) == 2:
+            team = "a" if picks["a"] < picks["b"] else "b" if picks["b"] < picks["a"] else coin.choice("ab")
+        else:
+            team = teams[0]
+        item = left[team][0]
+        places[team] = lists[team].index(item) + 1
+        picks[team] += 1
+        chosen.add(item)
+        merged.append((item, team))
+    return merged
+
+
+def interleaved(a: RecommendResponse, b: RecommendResponse, k: int) -> RecommendResponse:
+    """``a``'s answer with its items replaced by ``a``'s and ``b``'s merged by team draft, each item's team said.
+
+    The coin is seeded by the answer's ``request_id``: the same list for the same id. Scores stay each
+    model's own (not comparable across teams); ``model`` names team a, ``/model_info`` both.
+    """
+    found = {("a", item.item_id): item for item in a.recommendations} | {
+        ("b", item.item_id): item for item in b.recommendations
+    }
+    coin = random.Random(a.request_id)  # nosec B311: a fair coin, not a secret
+    order = team_draft([i.item_id for i in a.recommendations], [i.item_id for i in b.recommendations], k, coin)
+    first = min((i.rank for i in [*a.recommendations, *b.recommendations]), default=1)  # past an offset's items
+    items = [
+        found[(team, item)].model_copy(update={"rank": rank, "team": team})
+        for rank, (item, team) in enumerate(order, start=first)
+    ]
+    return a.model_copy(update={"recommendations": items})
 
 
 def arm_error(message: str, batch: bool, slot: int) -> ValidationError:

@@ -9,7 +9,9 @@ from the spread between users (Welch's normal approximation). A
 sample-ratio-mismatch check compares the users per arm with the arms'
 shares (chi-square): a mismatch (p < 0.001) means the assignment or the
 logging is broken and the differences cannot be trusted. Answers whose
-request forced an arm (QA) are left out and counted apart.
+request forced an arm (QA) are left out and counted apart. An interleaving
+arm's lists credit each taken item to the model that placed it
+(:func:`interleaving_report`).
 
     python -m train.experiments --events var/events
 """
@@ -24,7 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from features.events import FEEDBACK, IMPRESSIONS, read_events
-from train.online_report import WINDOW_DAYS, markdown, served_lists
+from train.online_report import WINDOW_DAYS, markdown, served_lists, taken_per_list
 
 Z95 = 1.959963984540054
 SRM_ALPHA = 0.001  # the usual threshold: a real mismatch is glaring, and many experiments are checked
@@ -90,6 +92,38 @@ def experiment_report(
     return pd.DataFrame(arms, columns=arms_columns), pd.DataFrame(checks, columns=checks_columns)
 
 
+def interleaving_report(
+    impressions: pd.DataFrame, feedback: pd.DataFrame, window_days: float = WINDOW_DAYS
+) -> pd.DataFrame:
+    """Per interleaving arm: lists where team a's items were taken more, b's more, as much; b's share of the wins.
+
+    Each list credits the model that placed each taken item (its ``team``); the
+    list goes to the model with more credit. ``b_preference`` is b's share of
+    the lists one model won, with a 95% interval (normal approximation): above
+    0.5, users took model b's items more often when both were shown side by side.
+    """
+    columns = ["experiment", "arm", "lists", "a_wins", "b_wins", "ties", "b_preference", "b_low", "b_high"]
+    if impressions.empty or "team" not in impressions or impressions["team"].isna().all():
+        return pd.DataFrame(columns=columns)
+    shown = impressions.reset_index(drop=True).assign(taken=taken_per_list(impressions, feedback, window_days))
+    shown = shown[shown["team"].notna() & ~shown["arm_forced"].fillna(False).astype(bool)]
+    credit = (
+        shown.assign(a=shown["taken"] & (shown["team"] == "a"), b=shown["taken"] & (shown["team"] == "b"))
+        .groupby(["experiment", "arm", "request_id"])[["a", "b"]]
+        .sum()
+    )
+    rows = []
+    for (experiment, arm), lists in credit.groupby(level=["experiment", "arm"]):
+        a_wins, b_wins = int((lists["a"] > lists["b"]).sum()), int((lists["b"] > lists["a"]).sum())
+        decided = a_wins + b_wins
+        share = b_wins / decided if decided else float("nan")
+        spread = Z95 * np.sqrt(share * (1 - share) / decided) if decided else float("nan")
+        rows.append({"experiment": experiment, "arm": arm, "lists": len(lists), "a_wins": a_wins, "b_wins": b_wins,
+                     "ties": len(lists) - decided, "b_preference": share, "b_low": share - spread,
+                     "b_high": share + spread})  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", required=True, help="event log root the service wrote (path or pyarrow URI)")
@@ -106,12 +140,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"no experiment answers logged under {args.events}")
         return
     print(markdown(arms) + "\n\n" + markdown(checks))
+    interleaving = interleaving_report(impressions, feedback, args.window_days)
+    if not interleaving.empty:
+        print("\nInterleaving (b_preference above 0.5: model b's items taken more often)\n")
+        print(markdown(interleaving))
     for check in checks.itertuples():
         if check.sample_ratio_mismatch:
             print(f"\n{check.experiment}: sample ratio mismatch (p = {check.sample_ratio_p:.2g}): do not trust it")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"arms": arms.to_dict(orient="records"), "checks": checks.to_dict(orient="records")}, out)
+            tables = {"arms": arms, "checks": checks, "interleaving": interleaving}
+            json.dump({name: table.to_dict(orient="records") for name, table in tables.items()}, out)
 
 
 if __name__ == "__main__":

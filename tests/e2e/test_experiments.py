@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from features.events import IMPRESSIONS, read_events
+from features.events import FEEDBACK, IMPRESSIONS, read_events
 from tests.support import run_until_exit, serve
 from train.experiments import experiment_report
 
@@ -100,18 +100,49 @@ def test_a_broken_file_keeps_the_experiment_and_a_new_one_takes_over_within_a_re
     write(spec, arms_spec(run.ranker_tag))  # as the module started, for the next test
 
 
-def test_impressions_carry_their_arm_and_the_report_reads_them(experiment_server):
+def test_an_interleaving_arm_says_which_model_placed_each_item(experiment_server):
+    http, spec, _, run = experiment_server
+    arms = [{"name": "control", "weight": 0}, {"name": "both", "weight": 1, "interleave": [None, run.ranker_tag]}]
+    write(spec, {"name": "il", "arms": arms})
+    assert until(lambda: http.post("/recommend", json={"user_id": "1"}).json()["experiment"]["name"] == "il")
+    mixed = http.post("/recommend", json={"user_id": "5", "k": 6}).json()
+    plain = http.post("/recommend", json={"user_id": "5", "k": 6, "arm": "control"}).json()
+    assert mixed["experiment"]["arm"] == "both" and plain["experiment"]["forced"]
+    assert {item["team"] for item in mixed["recommendations"]} == {"a", "b"}
+    assert "team" not in plain["recommendations"][0]
+    # Both teams are the same model here: team draft gives back its ranking.
+    assert [i["item_id"] for i in mixed["recommendations"]] == [i["item_id"] for i in plain["recommendations"]]
+    write(spec, arms_spec(run.ranker_tag))
+    assert until(lambda: http.post("/recommend", json={"user_id": "1"}).json()["experiment"]["name"] == "exp")
+
+
+def test_impressions_carry_their_arm_and_feedback_joins_them_in_the_report(experiment_server):
+    """The loop closed: lists served by arm, every "control" user takes its top item, the report says so."""
     http, _, events, _ = experiment_server
-    http.post("/recommend", json={"user_id": "7", "k": 3})
+    answers = [http.post("/recommend", json={"user_id": u, "k": 3}).json() for u in USERS[:40]]
+    for answer in answers:
+        if answer["experiment"]["arm"] == "control":
+            event = {"user_id": answer["user_id"], "item_id": answer["recommendations"][0]["item_id"],
+                     "request_id": answer["request_id"]}  # fmt: skip
+            assert http.post("/feedback", json=event).status_code == 200
 
-    def arms_logged() -> bool:
-        return bool(read_events(str(events), IMPRESSIONS).to_pandas()["experiment"].notna().any())
+    served = {a["request_id"] for a in answers}
 
-    assert until(arms_logged)
-    logged = read_events(str(events), IMPRESSIONS).to_pandas()
-    assert set(logged["arm"].dropna()) <= {"control", "other"}
-    arms, checks = experiment_report(logged, logged.iloc[0:0].assign(timestamp=0))
-    assert set(arms["experiment"]) <= {"exp", "exp2"} and not checks.empty
+    def all_logged() -> bool:
+        shown = read_events(str(events), IMPRESSIONS).to_pandas()
+        taken = read_events(str(events), FEEDBACK).to_pandas()
+        return served <= set(shown["request_id"]) and set(taken["request_id"]) >= {
+            a["request_id"] for a in answers if a["experiment"]["arm"] == "control"
+        }
+
+    assert until(all_logged)
+    shown = read_events(str(events), IMPRESSIONS).to_pandas()
+    shown = shown[shown["request_id"].isin(served)]
+    assert set(shown["arm"]) == {"control", "other"} and set(shown["experiment"]) == {"exp"}
+    arms, checks = experiment_report(shown, read_events(str(events), FEEDBACK).to_pandas())
+    by_arm = arms.set_index("arm")
+    assert by_arm.loc["control", "hit_rate"] == 1.0 and by_arm.loc["other", "hit_rate"] == 0.0
+    assert by_arm["users"].sum() == 40 and checks["users"].tolist() == [40]
 
 
 def test_an_experiments_file_that_cannot_be_served_stops_the_start(movielens_run, tmp_path):

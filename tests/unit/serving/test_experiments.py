@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.api_models import RecommendRequest
-from serving.experiments import ExperimentError, Experiments, bucket, experiments_path, read_spec
+from serving.experiments import ExperimentError, Experiments, bucket, experiments_path, read_spec, team_draft
 from serving.runtime import Runtime
 from tests.support import quick_config
 from train.run import train
@@ -41,6 +42,20 @@ TWO_ARMS = {"name": "exp", "arms": [{"name": "control", "weight": 1}, {"name": "
             "arms.0.model",
         ),
         ({"arms": []}, "name: Field required"),
+        (
+            {
+                "name": "exp",
+                "arms": [
+                    {"name": "a", "weight": 1, "ranker": "r:1", "interleave": [None, "r:1"]},
+                    {"name": "b", "weight": 1},
+                ],
+            },
+            "a ranker or interleaves two, not both",
+        ),
+        (
+            {"name": "exp", "arms": [{"name": "a", "weight": 1, "interleave": ["r:1"]}, {"name": "b", "weight": 1}]},
+            "arms.0.interleave",
+        ),
     ],
 )
 def test_a_file_that_cannot_be_served_says_what_to_fix(tmp_path, spec, says):
@@ -145,6 +160,18 @@ def test_each_arm_is_answered_by_its_own_model_pair_loaded_once(served, second_r
     arms = {r.experiment.arm for r in answers}
     by_arm = {arm: {r.model.ranker for r in answers if r.experiment.arm == arm} for arm in arms}
     assert by_arm == {"control": {str(served.tags.ranker)}, "new": {second_ranker}}
+    spec_il = {"name": "il", "arms": [{"name": "control", "weight": 0}, {"name": "both", "weight": 1,
+               "interleave": [None, second_ranker]}]}  # fmt: skip
+    write(path, spec_il)
+    assert experiments.reload() is True
+    interleaved = experiments.respond([RecommendRequest(user_id=str(u), k=6) for u in served.candidates.user_ids])
+    teams = Counter(item.team for answer in interleaved for item in answer.recommendations)
+    assert teams["a"] > 0 and teams["b"] > 0 and set(teams) == {"a", "b"}
+    for answer in interleaved[:20]:
+        assert [i.rank for i in answer.recommendations] == list(range(1, len(answer.recommendations) + 1))
+    assert experiments.info().arms[1].interleaved_with.ranker == second_ranker
+    write(path, spec)
+    assert experiments.reload() is True
     assert experiments.info().arms[1].model.ranker == second_ranker
     write(path, {**spec, "arms": [*spec["arms"], {"name": "third", "weight": 1, "ranker": second_ranker}]})
     assert experiments.reload() is True
@@ -153,3 +180,21 @@ def test_each_arm_is_answered_by_its_own_model_pair_loaded_once(served, second_r
     assert experiments.reload() is False
     assert "arm 'gone': ranker recsys-ranker:nope cannot be served" in experiments.error
     assert [arm.name for arm in experiments.current.arms] == ["control", "new", "third"]
+
+
+def test_team_draft_keeps_each_models_order_and_balances_the_teams():
+    merged = team_draft(list("abcdef"), list("bxcyz"), 6, random.Random("r1"))
+    assert merged == [("b", "b"), ("a", "a"), ("c", "a"), ("x", "b"), ("y", "b"), ("d", "a")]  # coins: b, then a, b
+    for seed in range(200):
+        first, second = list("abcdefghij"), list("cbaxyzwvut")
+        merged = team_draft(first, second, 10, random.Random(seed))
+        items = [item for item, _ in merged]
+        assert len(items) == len(set(items)) == 10
+        for team, ranking in (("a", first), ("b", second)):
+            own = [item for item, t in merged if t == team]
+            assert own == sorted(own, key=ranking.index)  # each team's items in its own model's order
+        picks = Counter(team for _, team in merged)
+        assert abs(picks["a"] - picks["b"]) <= 1
+    firsts = Counter(team_draft(list("ab"), list("xy"), 2, random.Random(seed))[0][1] for seed in range(2000))
+    assert firsts["a"] == pytest.approx(1000, abs=150)  # the coin is fair
+    assert team_draft(list("ab"), list("xyz"), 5, random.Random(0))[-1] == ("z", "b")  # a ran out: b goes on

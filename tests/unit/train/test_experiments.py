@@ -8,7 +8,7 @@ import pytest
 
 from features.events import FEEDBACK, IMPRESSIONS, SCHEMA
 from serving.events import EventLog
-from train.experiments import difference, experiment_report, main, sample_ratio_p
+from train.experiments import difference, experiment_report, interleaving_report, main, sample_ratio_p
 
 T0 = 1_700_000_000
 
@@ -100,3 +100,28 @@ def test_logs_without_experiments_give_empty_tables_and_the_cli_reads_a_real_log
     out = capsys.readouterr().out
     assert "| exp | control |" in out and "| exp | other |" in out and "sample_ratio_p" in out
     assert {"experiment", "arm", "arm_share", "arm_forced"} <= set(SCHEMA.names)
+
+
+def test_interleaving_credits_the_model_that_placed_each_taken_item():
+    rng = np.random.default_rng(3)
+    shown, taken = [], []
+    for n in range(2000):
+        request, user = f"r{n}", f"u{n}"
+        teams = ["a", "b", "a", "b"] if n % 2 else ["b", "a", "b", "a"]
+        shown += [
+            {"logged_at": float(T0), "request_id": request, "user_id": user, "item_id": f"i{p}", "position": p,
+             "score": 0.0, "strategy": "two_stage", "model": "ranker:a", "experiment": "exp", "arm": "both",
+             "arm_share": 1.0, "arm_forced": False, "team": team}
+            for p, team in enumerate(teams, start=1)
+        ]  # fmt: skip
+        # Users take one item of b's with probability 0.3, one of a's with 0.2: b wins more of the decided lists.
+        for team, chance in (("b", 0.3), ("a", 0.2)):
+            if rng.random() < chance:
+                item = f"i{teams.index(team) + 1}"
+                taken.append({"request_id": request, "user_id": user, "item_id": item, "timestamp": T0 + 60})
+    table = interleaving_report(pd.DataFrame(shown), pd.DataFrame(taken))
+    (row,) = table.to_dict(orient="records")
+    assert row["lists"] == 2000 and row["a_wins"] + row["b_wins"] + row["ties"] == 2000
+    # P(b wins) = 0.3 x 0.8 = 0.24, P(a wins) = 0.2 x 0.7 = 0.14: b's share of decided lists is 0.632.
+    assert row["b_low"] < 0.632 < row["b_high"] and row["b_low"] > 0.5
+    assert interleaving_report(pd.DataFrame(shown).assign(team=None), pd.DataFrame(taken)).empty

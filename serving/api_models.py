@@ -295,6 +295,7 @@ class ExperimentArmInfo(BaseModel):
     share: float
     model: ModelTags
     interleaved_with: ModelTags | None = None  # an interleaving arm's second model (team b; ``model`` is team a)
+    strategy: Literal["popular"] | None = None  # a baseline arm: popularity for everyone, from ``model``'s snapshot
 
 
 class ExperimentInfo(BaseModel):

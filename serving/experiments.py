@@ -10,7 +10,8 @@ poll::
 
 An arm without ``ranker`` is the pair the service serves; one with ``ranker``
 is that ranker and the candidates model its card names, loaded once per
-worker; one with ``interleave`` merges two pairs' lists by team draft. A
+worker; one with ``interleave`` merges two pairs' lists by team draft; one
+with ``"strategy": "popular"`` gives every user the popularity list. A
 user's arm is a hash of the experiment's salt (its name unless given) and
 the user id: the same on every worker and replica, with no state to share.
 A request may force an arm by name (``arm``, for QA); such answers say so
@@ -30,7 +31,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -65,10 +66,14 @@ class ArmSpec(BaseModel):
         description="two ranker tags (null: the served pair) whose lists are merged by team draft",
     )
 
+    strategy: Literal["popular"] | None = Field(
+        None, description="a baseline instead of a model: popular, the cold-start list for every user"
+    )
+
     @model_validator(mode="after")
     def _one_kind(self) -> ArmSpec:
-        if self.ranker is not None and self.interleave is not None:
-            raise ValueError("an arm has a ranker or interleaves two, not both")
+        if sum(x is not None for x in (self.ranker, self.interleave, self.strategy)) > 1:
+            raise ValueError("an arm has one of ranker, interleave and strategy")
         return self
 
     @field_validator("weight")
@@ -125,6 +130,7 @@ class Arm:
     share: float  # of users, from the weights
     runtime: Runtime  # the pair that answers; in an interleaving arm, team a
     partner: Runtime | None = None  # an interleaving arm's team b
+    popular: bool = False  # a baseline arm: the served pair's popularity list for everyone
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,8 @@ class Experiments:
                 first, second = (runtime_of(arm, tag) for tag in arm.interleave)
                 arms.append(Arm(arm.name, arm.weight / total, first, second))
             else:
-                arms.append(Arm(arm.name, arm.weight / total, runtime_of(arm, arm.ranker)))
+                popular = arm.strategy == "popular"
+                arms.append(Arm(arm.name, arm.weight / total, runtime_of(arm, arm.ranker), popular=popular))
         return Experiment(spec.name, spec.salt or spec.name, tuple(arms))
 
     def info(self) -> ExperimentInfo | None:
@@ -222,6 +229,7 @@ class Experiments:
                     "share": round(arm.share, 6),
                     "model": arm.runtime.tags,
                     "interleaved_with": arm.partner.tags if arm.partner else None,
+                    "strategy": "popular" if arm.popular else None,
                 }
                 for arm in (experiment.arms if experiment else ())
             ],
@@ -252,7 +260,7 @@ class Experiments:
         for arm in {arm.name: arm for arm, _ in chosen}.values():
             slots = [slot for slot, (other, _) in enumerate(chosen) if other is arm]
             asked = [requests[slot] for slot in slots]
-            answered = answer(arm.runtime.pipeline, asked, arm.runtime.tags)
+            answered = answer(arm.runtime.pipeline, asked, arm.runtime.tags, popular=arm.popular)
             if arm.partner is not None:
                 others = answer(arm.partner.pipeline, asked, arm.partner.tags)
                 answered = [interleaved(a, b, r.k) for a, b, r in zip(answered, others, asked, strict=True)]

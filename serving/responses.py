@@ -38,8 +38,12 @@ def ranked(
     return items
 
 
-def answer(pipeline: TwoStageRecommender, requests: list[RecommendRequest], tags: ModelTags) -> list[RecommendResponse]:
+def answer(
+    pipeline: TwoStageRecommender, requests: list[RecommendRequest], tags: ModelTags, popular: bool = False
+) -> list[RecommendResponse]:
     """Run validated requests through the pipeline (together) and count what the metrics need.
+
+    ``popular``: the popularity list for everyone (an experiment's baseline arm), not the two stages.
 
     Filters are checked where a request arrives (:func:`check_requests`), not again here. A filter the
     catalogue cannot apply only reaches this point if the catalogue changed since (a feature refresh) or
@@ -48,11 +52,11 @@ def answer(pipeline: TwoStageRecommender, requests: list[RecommendRequest], tags
     queries = to_queries(requests)
     try:
         filtered = sum(pipeline.filtered_count(q) for q in queries)
-        recommendations = pipeline.recommend(queries)
+        recommendations = pipeline.popular_baseline(queries) if popular else pipeline.recommend(queries)
     except rules.RuleError:
         check_requests(pipeline, requests, batch=len(requests) > 1)  # the 400 for the request and field at fault
         raise
-    responses = to_responses(recommendations, tags)
+    responses = to_responses(recommendations, tags, count_cold_starts=not popular)
     FILTERED_ITEMS.inc(filtered)  # after success: a failed call is answered again request by request
     return responses
 
@@ -156,11 +160,13 @@ def to_queries(requests: list[RecommendRequest]) -> list[Query]:
     ]
 
 
-def to_responses(recommendations: list[Recommendation], tags: ModelTags) -> list[RecommendResponse]:
-    """Pipeline answers in the API's envelope (cold starts counted)."""
+def to_responses(
+    recommendations: list[Recommendation], tags: ModelTags, count_cold_starts: bool = True
+) -> list[RecommendResponse]:
+    """Pipeline answers in the API's envelope (cold starts counted, unless every answer is a baseline's)."""
     responses = []
     for recommendation in recommendations:
-        if recommendation.strategy == POPULAR:
+        if count_cold_starts and recommendation.strategy == POPULAR:
             COLD_STARTS.inc()
         responses.append(
             RecommendResponse(

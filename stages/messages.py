@@ -64,10 +64,19 @@ def popularity_window(days: int | None) -> str:
 
 
 def cold_start_message(
-    known_without_history: bool, days: int | None, used: list[str], attributes_unused: bool, notes: list[str]
+    known_without_history: bool,
+    days: int | None,
+    used: list[str],
+    attributes_unused: bool,
+    notes: list[str],
+    baseline: bool = False,
 ) -> str:
-    """The message of a cold-start answer: who the user is, which list they got, and what reordered it."""
-    who = "no interactions yet" if known_without_history else "unknown user"
+    """The message of a cold-start answer: who the user is, which list they got, and what reordered it.
+
+    ``baseline``: the list an online experiment's popularity arm gives every user, known or not.
+    """
+    who = "popularity baseline of an experiment" if baseline else None
+    who = who or ("no interactions yet" if known_without_history else "unknown user")
     among = f", reordered by what users with {', '.join(used)} take" if used else ""
     if attributes_unused:
         among = " (attributes not used: segments got no weight in the backtest)"

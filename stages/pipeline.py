@@ -192,6 +192,22 @@ class TwoStageRecommender:
         )
         return [answers[i] if i in answers else self._cold_start(q, users[i]) for i, q in enumerate(queries)]
 
+    def popular_baseline(self, queries: list[Query]) -> list[Recommendation]:
+        """The popularity list for every user, known or not, their own items left out (with ``exclude_seen``).
+
+        An online experiment's baseline arm (serving/experiments.py): what the two stages must beat on live
+        traffic, as the backtest's popularity rows are what they must beat offline.
+        """
+        self.check(queries)
+        answers = []
+        for query in queries:
+            user = self._user(query)
+            seen = self.candidates.seen_items(user.index) if query.exclude_seen else np.empty(0, np.int64)
+            if query.exclude_seen and user.recent is not None:
+                seen = np.concatenate([seen, user.recent.items])
+            answers.append(self._cold_start(query, user, seen.astype(np.int64), baseline=True))
+        return answers
+
     def filtered_count(self, query: Query) -> int:
         """Catalogue items a query may not get, each once, for metrics.
 
@@ -479,17 +495,22 @@ class TwoStageRecommender:
             scores[rows] = ranker.score(numeric[rows], categorical[rows])
         return scores
 
-    def _cold_start(self, query: Query, user: _User) -> Recommendation:
+    def _cold_start(
+        self, query: Query, user: _User, seen: np.ndarray | None = None, baseline: bool = False
+    ) -> Recommendation:
         """Recent popularity for a user without interactions, reordered by their segments when known.
 
         Attributes come from the request, else from the users file (a user
-        known there but without interactions is not a stranger).
+        known there but without interactions is not a stranger). ``seen``
+        items are left out too, and ``baseline`` says the list is an
+        experiment's popularity arm (:meth:`popular_baseline`).
         """
         stored = self.view.stored_attributes(query.user_id)
         attributes = {**stored, **{a: v for a, v in query.user_attributes.items() if v is not None}}
         params = self.candidates.params
         scores, used = cold_start_scores(self.view, self.candidates.cold_share, params.segment_weight, attributes)
-        picked = popular_page(scores, self.allowed(query.rules), self._excluded(query), query.offset, query.k)
+        excluded = self._excluded(query) if seen is None else np.concatenate([self._excluded(query), seen])
+        picked = popular_page(scores, self.allowed(query.rules), excluded, query.offset, query.k)
         notes = [messages.recent_note(user.recent_use)] if user.ignored else []
         if query.filters or self._any_hidden or query.offset:
             notes += self._rule_notes(query, len(picked))
@@ -499,6 +520,7 @@ class TwoStageRecommender:
             used,
             bool(attributes) and params.segment_weight == 0,
             notes,
+            baseline,
         )
         answer = self._answer(query, picked, scores[picked], POPULAR, message)
         if query.explain:

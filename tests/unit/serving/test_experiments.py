@@ -50,7 +50,7 @@ TWO_ARMS = {"name": "exp", "arms": [{"name": "control", "weight": 1}, {"name": "
                     {"name": "b", "weight": 1},
                 ],
             },
-            "a ranker or interleaves two, not both",
+            "an arm has one of ranker, interleave and strategy",
         ),
         (
             {"name": "exp", "arms": [{"name": "a", "weight": 1, "interleave": ["r:1"]}, {"name": "b", "weight": 1}]},
@@ -198,3 +198,22 @@ def test_team_draft_keeps_each_models_order_and_balances_the_teams():
     firsts = Counter(team_draft(list("ab"), list("xy"), 2, random.Random(seed))[0][1] for seed in range(2000))
     assert firsts["a"] == pytest.approx(1000, abs=150)  # the coin is fair
     assert team_draft(list("ab"), list("xyz"), 5, random.Random(0))[-1] == ("z", "b")  # a ran out: b goes on
+
+
+def test_a_popular_arm_gives_its_users_the_popularity_baseline(served, tmp_path):
+    spec = {"name": "vs-popular", "arms": [{"name": "control", "weight": 1}, {"name": "pop", "weight": 1,
+            "strategy": "popular"}]}  # fmt: skip
+    experiments = Experiments(write(tmp_path / "e.json", spec), served, load=pytest.fail)
+    answers = experiments.respond([RecommendRequest(user_id=str(u), k=5) for u in served.candidates.user_ids[:80]])
+    by_arm = {arm: [a for a in answers if a.experiment.arm == arm] for arm in ("control", "pop")}
+    assert by_arm["control"] and by_arm["pop"]
+    assert {a.strategy for a in by_arm["pop"]} == {"popular"} and {a.strategy for a in by_arm["control"]} == {
+        "two_stage"
+    }
+    assert all(a.message.startswith("popularity baseline of an experiment") for a in by_arm["pop"])
+    for answer in by_arm["pop"]:  # nothing the user has taken
+        taken = set(
+            served.candidates.item_ids[served.candidates.seen_items(served.candidates.user_index[answer.user_id])]
+        )
+        assert not taken & {item.item_id for item in answer.recommendations}
+    assert experiments.info().arms[1].strategy == "popular"

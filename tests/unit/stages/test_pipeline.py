@@ -10,7 +10,7 @@ from features.compute import compute_features
 from features.schema import Dataset, validate_interactions
 from stages.candidates import CandidateModel, CandidateParams
 from stages.feature_view import FeatureView
-from stages.pipeline import POPULAR, TWO_STAGE, Query, TwoStageRecommender
+from stages.pipeline import POPULAR, TWO_STAGE, Query, RecentEvent, TwoStageRecommender
 
 # Who took what. Popularity (distinct users): i0 5, i1 4, i2 3, i3 2, i4 1, i5 1 (ties by id).
 # Job "b" (u3, u4, u5) took i2 three times, i0 twice, i1, i3, i4, i5 once each.
@@ -128,6 +128,25 @@ def test_a_heavier_segment_weight_lets_the_segment_lead(parts):
     pipeline = TwoStageRecommender(heavy, None, view, n_candidates=6)
     [answer] = pipeline.recommend([Query("nobody", k=2, user_attributes={"job": "b"})])
     assert answer.item_ids == ["i2", "i0"]  # 3/16 + 3 * 3/9 > 5/16 + 3 * 2/9
+
+
+def test_the_popularity_baseline_gives_known_users_the_popular_items_they_have_not_taken(als_only):
+    """u0 has taken i0, i1, i3 (everything but i2, i4, i5): popularity order without them, or with them."""
+    known, unknown, everything = als_only.popular_baseline(
+        [Query("u0", k=3), Query("nobody", k=2), Query("u0", k=3, exclude_seen=False)]
+    )
+    assert known.strategy == POPULAR and known.item_ids == ["i2", "i4", "i5"]
+    assert known.message == (  # u0's own segment reorders the list, as it would a cold start's
+        "popularity baseline of an experiment: most popular in the last 30 days, "
+        "reordered by what users with job=a take"
+    )
+    assert unknown.item_ids == ["i0", "i1"]
+    # Without exclude_seen, u0's list is the popularity list its segment reorders, taken items and all.
+    [cold] = als_only.recommend([Query("nobody", k=3, user_attributes={"job": "a"})])
+    assert everything.item_ids == cold.item_ids and "i0" in everything.item_ids
+    fresh = Query("u0", k=2, recent_items=[RecentEvent("i2")])
+    [with_recent] = als_only.popular_baseline([fresh])
+    assert with_recent.item_ids == ["i4", "i5"]  # what the request brings is seen too
 
 
 def test_mixed_queries_answered_in_order(als_only):

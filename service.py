@@ -84,7 +84,7 @@ class Recommender:
         self.runtime = start_runtime(settings, str(self.ranker_model.tag), str(self.candidates_model.tag))
         self.tags = self.runtime.tags
         self.recorder = recorder_from(settings)
-        self.experiments = experiments_from(settings, self.runtime)
+        self.experiments = experiments_from(settings, self.runtime, record_shadow=self._record_shadow)
         # The pipeline off the event loop, requests queued meanwhile answered together (serving/batcher.py).
         self.batcher = MicroBatcher(
             self._answer,
@@ -116,6 +116,10 @@ class Recommender:
         self.experiments.stop()
         self.batcher.close()
         self.recorder.close()
+
+    def _record_shadow(self, shadow: list[RecommendResponse]) -> None:
+        """An experiment's shadow lists, scored in their own thread, to the event log (never shown)."""
+        record_impressions(self.recorder, shadow)
 
     def _answer(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
         """One pipeline call for every queued request (in the batcher's thread, or inline for a lone one)."""

@@ -288,6 +288,7 @@ class ExperimentArm(BaseModel):
     arm: str
     share: float = Field(description="share of users the arm serves")
     forced: bool = Field(False, description="the request named the arm (QA); reports count such answers apart")
+    shadow: bool = Field(False, description="a shadow list: logged, never shown", exclude_if=lambda shadow: not shadow)
 
 
 class ExperimentArmInfo(BaseModel):

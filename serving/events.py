@@ -303,7 +303,7 @@ class Recorder:
             items = response.recommendations
             arm = response.experiment
             in_arm = {} if arm is None else {"experiment": arm.name, "arm": arm.arm, "arm_share": arm.share,
-                                              "arm_forced": arm.forced}  # fmt: skip
+                                              "arm_forced": arm.forced, "shadow": arm.shadow}  # fmt: skip
             rows += [
                 {
                     "request_id": response.request_id,
@@ -318,7 +318,8 @@ class Recorder:
                 }
                 for item in items
             ]
-            self._shown[response.request_id] = frozenset(item.item_id for item in items)
+            if arm is None or not arm.shadow:  # a shadow list shares its request_id with the list shown
+                self._shown[response.request_id] = frozenset(item.item_id for item in items)
         while len(self._shown) > self.remember:
             self._shown.popitem(last=False)
         self.log.append(IMPRESSIONS, rows)

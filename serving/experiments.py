@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import queue
 import random
 import threading
 from collections.abc import Callable
@@ -38,8 +39,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from serving import heap
 from serving.api_models import ExperimentArm, ExperimentInfo, RecommendRequest, RecommendResponse
-from serving.metrics import EXPERIMENT_ANSWERS
-from serving.responses import answer
+from serving.metrics import EXPERIMENT_ANSWERS, SHADOW_DROPPED
+from serving.responses import answer, to_queries, to_responses
 from serving.runtime import IncompatibleModels, Runtime, poll_in_thread
 from serving.settings import ServiceSettings
 
@@ -84,12 +85,28 @@ class ArmSpec(BaseModel):
         return weight
 
 
+class ShadowSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    ranker: str | None = Field(None, min_length=1, description="ranker tag; none: the pair the service serves")
+    strategy: Literal["popular"] | None = Field(None, description="popular: the popularity baseline")
+    share: float = Field(0.1, gt=0, le=1, description="share of requests scored in the shadow")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ShadowSpec:
+        if self.ranker is not None and self.strategy is not None:
+            raise ValueError("a shadow has a ranker or a strategy, not both")
+        return self
+
+
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name
     salt: str | None = Field(None, max_length=128, description="assignment salt; by default the name")
     arms: list[ArmSpec] = Field(min_length=2, max_length=MAX_ARMS)
+    shadow: ShadowSpec | None = Field(None, description="scored off the request path for a share of requests")
 
     @model_validator(mode="after")
     def _arms_apart(self) -> ExperimentSpec:
@@ -134,10 +151,19 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    name: str
+    share: float  # of requests
+    runtime: Runtime
+    popular: bool = False
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     salt: str
     arms: tuple[Arm, ...]
+    shadow: Shadow | None = None
 
     def arm_for(self, user_id: str) -> Arm:
         """The arm a user is in: the first whose cumulative share passes the user's bucket."""
@@ -155,10 +181,18 @@ class Experiment:
 class Experiments:
     """The experiment a worker serves, if any, kept as it was when a new file cannot be served."""
 
-    def __init__(self, path: Path | None, served: Runtime, load: Callable[[str], Runtime]) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        served: Runtime,
+        load: Callable[[str], Runtime],
+        record_shadow: Callable[[list[RecommendResponse]], None] | None = None,
+    ) -> None:
         self.path = path
         self.served = served
         self.load = load
+        # Shadow lists go to ``record_shadow`` from a thread of their own; without it, no shadow is scored.
+        self.shadows = ShadowScorer(record_shadow) if record_shadow is not None else None
         self.current: Experiment | None = None
         self.error: str | None = None
         self._read: tuple[float, int] | None = None  # (mtime, size) of the file last read
@@ -214,7 +248,12 @@ class Experiments:
             else:
                 popular = arm.strategy == "popular"
                 arms.append(Arm(arm.name, arm.weight / total, runtime_of(arm, arm.ranker), popular=popular))
-        return Experiment(spec.name, spec.salt or spec.name, tuple(arms))
+        shadow = None
+        if spec.shadow is not None:
+            shadow_arm = ArmSpec(name=spec.shadow.name, weight=0, ranker=spec.shadow.ranker)
+            runtime = runtime_of(shadow_arm, spec.shadow.ranker)
+            shadow = Shadow(spec.shadow.name, spec.shadow.share, runtime, spec.shadow.strategy == "popular")
+        return Experiment(spec.name, spec.salt or spec.name, tuple(arms), shadow)
 
     def info(self) -> ExperimentInfo | None:
         """What ``/model_info`` shows: the experiment served and its arms' models, or why a file was refused."""
@@ -269,6 +308,14 @@ class Experiments:
                 response.experiment = ExperimentArm(name=experiment.name, arm=arm.name, share=arm.share, forced=forced)
                 EXPERIMENT_ANSWERS.labels(experiment=experiment.name, arm=arm.name, forced=str(forced).lower()).inc()
                 responses[slot] = response
+        if experiment.shadow is not None and self.shadows is not None:
+            sampled = [
+                s
+                for s, r in enumerate(responses)
+                if bucket(experiment.salt, r.request_id or "") < experiment.shadow.share
+            ]
+            if sampled:
+                self.shadows.offer(experiment, [requests[s] for s in sampled], [responses[s] for s in sampled])
         return responses
 
     def start_refresh(self, every_seconds: float) -> None:
@@ -278,6 +325,63 @@ class Experiments:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.shadows is not None:
+            self.shadows.close()
+
+
+class ShadowScorer:
+    """Scores sampled requests with an experiment's shadow in a thread of its own: never shown, never waited for.
+
+    The request path only puts the requests on a bounded queue; when the queue
+    is full (the shadow cannot keep up, the worker is loaded) they are dropped
+    and counted (``recsys_shadow_dropped_total``): the shadow goes first.
+    Shadow lists carry the request_id of the list shown, so the report compares
+    them with it and with the feedback that followed.
+    """
+
+    def __init__(self, record: Callable[[list[RecommendResponse]], None], capacity: int = 64) -> None:
+        self.record = record
+        self.queue: queue.Queue[tuple[Experiment, list[RecommendRequest], list[RecommendResponse]] | None]
+        self.queue = queue.Queue(maxsize=capacity)
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._loop, name="shadow-scoring", daemon=True)
+        self._thread.start()
+
+    def offer(self, experiment: Experiment, requests: list[RecommendRequest], shown: list[RecommendResponse]) -> None:
+        try:
+            self.queue.put_nowait((experiment, requests, shown))
+        except queue.Full:
+            self.dropped += len(requests)
+            SHADOW_DROPPED.inc(len(requests))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Score what is queued, then stop (at shutdown; what is still queued after ``timeout`` is lost)."""
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while (work := self.queue.get()) is not None:
+            experiment, requests, shown = work
+            try:
+                self.record(self.score(experiment, requests, shown))
+            except Exception:  # a shadow must never take the worker down; the shown answers are long gone
+                logger.exception("shadow scoring of %d requests failed", len(requests))
+
+    @staticmethod
+    def score(experiment: Experiment, requests: list[RecommendRequest], shown: list[RecommendResponse]):
+        """The shadow's answers to requests already answered, under their request_ids; no metric counts them."""
+        shadow = experiment.shadow
+        assert shadow is not None  # offered only for an experiment with a shadow
+        pipeline, queries = shadow.runtime.pipeline, to_queries(requests)
+        found = pipeline.popular_baseline(queries) if shadow.popular else pipeline.recommend(queries)
+        answers = to_responses(found, shadow.runtime.tags, count_cold_starts=False)
+        for listed, seen in zip(answers, shown, strict=True):
+            listed.request_id = seen.request_id
+            listed.experiment = ExperimentArm(name=experiment.name, arm=shadow.name, share=0.0, shadow=True)
+        return answers
 
 
 def team_draft(first: list[str], second: list[str], k: int, coin: random.Random) -> list[tuple[str, str]]:
@@ -342,12 +446,17 @@ def _stamp(path: Path | None) -> tuple[float, int] | None:
     return (stat.st_mtime, stat.st_size) if stat is not None else None
 
 
-def experiments_from(settings: ServiceSettings, served: Runtime, refresh: bool = True) -> Experiments:
+def experiments_from(
+    settings: ServiceSettings,
+    served: Runtime,
+    refresh: bool = True,
+    record_shadow: Callable[[list[RecommendResponse]], None] | None = None,
+) -> Experiments:
     """The experiment a worker serves, its arms loaded as the served pair was.
 
     A file that cannot be served at start-up is :class:`IncompatibleModels`: the server refuses to start, as for
     a mismatched model pair. With ``refresh``, the file is re-read and each arm's features refreshed every
-    ``refresh_seconds``.
+    ``refresh_seconds``. Shadow lists go to ``record_shadow`` (none: no shadow is scored).
     """
 
     def load(tag: str) -> Runtime:
@@ -357,7 +466,8 @@ def experiments_from(settings: ServiceSettings, served: Runtime, refresh: bool =
             runtime.start_refresh(settings.refresh_seconds, after_swap=heap.settle)
         return runtime
 
-    experiments = Experiments(experiments_path(settings.experiments, served.feature_source), served, load)
+    path = experiments_path(settings.experiments, served.feature_source)
+    experiments = Experiments(path, served, load, record_shadow)
     if experiments.error is not None:
         raise IncompatibleModels(f"experiments file: {experiments.error}")
     if refresh:

@@ -42,3 +42,7 @@ EXPERIMENT_ANSWERS = bentoml.metrics.Counter(
     documentation="Answers by experiment and arm (forced: the request named its arm); names come from the file",
     labelnames=["experiment", "arm", "forced"],
 )
+SHADOW_DROPPED = bentoml.metrics.Counter(
+    name="recsys_shadow_dropped_total",
+    documentation="Requests an experiment's shadow did not score: its queue was full (the shadow goes first)",
+)

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from features.events import FEEDBACK, IMPRESSIONS, read_events
-from train.online_report import WINDOW_DAYS, markdown, served_lists, taken_per_list
+from train.online_report import WINDOW_DAYS, markdown, served_lists, shown_only, taken_per_list, with_arm_columns
 
 Z95 = 1.959963984540054
 SRM_ALPHA = 0.001  # the usual threshold: a real mismatch is glaring, and many experiments are checked
@@ -105,6 +105,7 @@ def interleaving_report(
     columns = ["experiment", "arm", "lists", "a_wins", "b_wins", "ties", "b_preference", "b_low", "b_high"]
     if impressions.empty or "team" not in impressions or impressions["team"].isna().all():
         return pd.DataFrame(columns=columns)
+    impressions = shown_only(impressions)
     shown = impressions.reset_index(drop=True).assign(taken=taken_per_list(impressions, feedback, window_days))
     shown = shown[shown["team"].notna() & ~shown["arm_forced"].fillna(False).astype(bool)]
     credit = (
@@ -121,6 +122,46 @@ def interleaving_report(
         rows.append({"experiment": experiment, "arm": arm, "lists": len(lists), "a_wins": a_wins, "b_wins": b_wins,
                      "ties": len(lists) - decided, "b_preference": share, "b_low": share - spread,
                      "b_high": share + spread})  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def shadow_report(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days: float = WINDOW_DAYS) -> pd.DataFrame:
+    """Per shadow: how its lists compare with the lists shown for the same requests, and with what users took.
+
+    ``overlap`` is the share of a shown list's items the shadow list also has
+    (overlap@k), ``rank_correlation`` Spearman's over the items both have (two
+    or more); ``shown_hit_rate`` and ``shadow_hit_rate`` the share of lists
+    with an item taken that the list holds (replay). Users took what they were
+    shown, so the replay favours the shown list: a shadow that matches it there
+    is promising, not proven; an A/B arm decides.
+    """
+    columns = ["experiment", "shadow", "lists", "overlap", "rank_correlation", "shown_hit_rate", "shadow_hit_rate"]
+    impressions = with_arm_columns(impressions)
+    is_shadow = impressions["shadow"].fillna(False).astype(bool)
+    if not is_shadow.any():
+        return pd.DataFrame(columns=columns)
+    taken = feedback.dropna(subset=["request_id"]).groupby("request_id")["item_id"].agg(set)
+    shown = impressions[~is_shadow].groupby("request_id")["item_id"].agg(list)
+    rows = []
+    for (experiment, name), lists in impressions[is_shadow].groupby(["experiment", "arm"]):
+        compared = []
+        for request_id, items in lists.sort_values("position").groupby("request_id")["item_id"]:
+            if request_id not in shown.index:
+                continue
+            ours, theirs, took = list(items), shown[request_id], taken.get(request_id, set())
+            common = [item for item in theirs if item in ours]
+            correlation = (
+                stats.spearmanr([theirs.index(i) for i in common], [ours.index(i) for i in common]).statistic
+                if len(common) >= 2
+                else np.nan
+            )
+            compared.append((len(common) / max(len(theirs), 1), correlation, bool(took & set(theirs)),
+                             bool(took & set(ours))))  # fmt: skip
+        table = pd.DataFrame(compared, columns=["overlap", "rank_correlation", "shown_hit", "shadow_hit"])
+        means = table.mean()
+        rows.append({"experiment": experiment, "shadow": name, "lists": len(table), "overlap": means["overlap"],
+                     "rank_correlation": means["rank_correlation"], "shown_hit_rate": means["shown_hit"],
+                     "shadow_hit_rate": means["shadow_hit"]})  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -144,12 +185,16 @@ def main(argv: list[str] | None = None) -> None:
     if not interleaving.empty:
         print("\nInterleaving (b_preference above 0.5: model b's items taken more often)\n")
         print(markdown(interleaving))
+    shadows = shadow_report(impressions, feedback, args.window_days)
+    if not shadows.empty:
+        print("\nShadow lists against the lists shown for the same requests (replay favours the shown)\n")
+        print(markdown(shadows))
     for check in checks.itertuples():
         if check.sample_ratio_mismatch:
             print(f"\n{check.experiment}: sample ratio mismatch (p = {check.sample_ratio_p:.2g}): do not trust it")
     if args.json:
         with open(args.json, "w") as out:
-            tables = {"arms": arms, "checks": checks, "interleaving": interleaving}
+            tables = {"arms": arms, "checks": checks, "interleaving": interleaving, "shadows": shadows}
             json.dump({name: table.to_dict(orient="records") for name, table in tables.items()}, out)
 
 

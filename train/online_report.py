@@ -24,7 +24,7 @@ from features.events import FEEDBACK, IMPRESSIONS, read_events
 from features.schema import DAY
 
 WINDOW_DAYS = 7
-ARM_COLUMNS = ("experiment", "arm", "arm_share", "arm_forced")
+ARM_COLUMNS = ("experiment", "arm", "arm_share", "arm_forced", "shadow")
 
 
 def taken_per_list(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days: float) -> pd.Series:
@@ -45,12 +45,22 @@ def taken_per_list(impressions: pd.DataFrame, feedback: pd.DataFrame, window_day
     return named.fillna(False).astype(bool) | followed
 
 
+def with_arm_columns(impressions: pd.DataFrame) -> pd.DataFrame:
+    """Impressions with every experiment column (null in logs from before experiments were logged)."""
+    missing = {column: None for column in ARM_COLUMNS if column not in impressions}
+    return impressions.assign(**missing) if missing else impressions
+
+
+def shown_only(impressions: pd.DataFrame) -> pd.DataFrame:
+    """The impressions users saw: an experiment's shadow lists left out."""
+    impressions = with_arm_columns(impressions)
+    return impressions[~impressions["shadow"].fillna(False).astype(bool)]
+
+
 def served_lists(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days: float) -> pd.DataFrame:
     """One row per served list: who, which model and experiment arm, items taken, NDCG@k of the shown order."""
+    impressions = shown_only(impressions)
     shown = impressions.reset_index(drop=True).assign(taken=taken_per_list(impressions, feedback, window_days))
-    for column in ARM_COLUMNS:  # impressions from before experiments were logged
-        if column not in shown:
-            shown[column] = None
     shown["gain"] = shown["taken"] / np.log2(shown["position"] + 1)
     lists = shown.groupby("request_id").agg(
         model=("model", "first"),

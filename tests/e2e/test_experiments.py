@@ -19,7 +19,7 @@ import pytest
 
 from features.events import FEEDBACK, IMPRESSIONS, read_events
 from tests.support import run_until_exit, serve
-from train.experiments import experiment_report
+from train.experiments import experiment_report, shadow_report
 
 pytestmark = pytest.mark.slow
 USERS = [str(u) for u in range(1, 101)]  # one batch holds at most 100
@@ -32,7 +32,9 @@ def write(path: Path, spec: dict | str) -> None:
 
 
 def arms_spec(ranker: str, name: str = "exp") -> dict:
-    return {"name": name, "arms": [{"name": "control", "weight": 1}, {"name": "other", "weight": 1, "ranker": ranker}]}
+    """Two arms, and a shadow scoring every request with the popularity baseline."""
+    arms = [{"name": "control", "weight": 1}, {"name": "other", "weight": 1, "ranker": ranker}]
+    return {"name": name, "arms": arms, "shadow": {"name": "shade", "strategy": "popular", "share": 1.0}}
 
 
 def until(check, seconds: float = 10.0):
@@ -136,10 +138,23 @@ def test_impressions_carry_their_arm_and_feedback_joins_them_in_the_report(exper
         }
 
     assert until(all_logged)
-    shown = read_events(str(events), IMPRESSIONS).to_pandas()
-    shown = shown[shown["request_id"].isin(served)]
+    logged = read_events(str(events), IMPRESSIONS).to_pandas()
+    logged = logged[logged["request_id"].isin(served)]
+    is_shadow = logged["shadow"].fillna(False).astype(bool)
+    shown = logged[~is_shadow]
     assert set(shown["arm"]) == {"control", "other"} and set(shown["experiment"]) == {"exp"}
-    arms, checks = experiment_report(shown, read_events(str(events), FEEDBACK).to_pandas())
+    until(
+        lambda: served <= set(read_events(str(events), IMPRESSIONS).to_pandas().query("shadow == True")["request_id"])
+    )
+    logged = read_events(str(events), IMPRESSIONS).to_pandas()
+    logged = logged[logged["request_id"].isin(served)]
+    assert set(logged[logged["shadow"].fillna(False).astype(bool)]["arm"]) == {"shade"}
+    taken = read_events(str(events), FEEDBACK).to_pandas()
+    (compared,) = shadow_report(logged, taken).to_dict(orient="records")
+    assert compared["lists"] == 40 and compared["shown_hit_rate"] == pytest.approx(
+        sum(a["experiment"]["arm"] == "control" for a in answers) / 40
+    )
+    arms, checks = experiment_report(logged, taken)
     by_arm = arms.set_index("arm")
     assert by_arm.loc["control", "hit_rate"] == 1.0 and by_arm.loc["other", "hit_rate"] == 0.0
     assert by_arm["users"].sum() == 40 and checks["users"].tolist() == [40]

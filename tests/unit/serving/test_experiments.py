@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +13,15 @@ import pytest
 from pydantic import ValidationError
 
 from serving.api_models import RecommendRequest
-from serving.experiments import ExperimentError, Experiments, bucket, experiments_path, read_spec, team_draft
+from serving.experiments import (
+    ExperimentError,
+    Experiments,
+    ShadowScorer,
+    bucket,
+    experiments_path,
+    read_spec,
+    team_draft,
+)
 from serving.runtime import Runtime
 from tests.support import quick_config
 from train.run import train
@@ -217,3 +226,36 @@ def test_a_popular_arm_gives_its_users_the_popularity_baseline(served, tmp_path)
         )
         assert not taken & {item.item_id for item in answer.recommendations}
     assert experiments.info().arms[1].strategy == "popular"
+
+
+def test_a_shadow_scores_sampled_requests_off_the_request_path_under_their_request_ids(served, tmp_path):
+    recorded: list = []
+    done = threading.Event()
+
+    def record(answers: list) -> None:
+        recorded.extend(answers)
+        done.set()
+
+    spec = {**TWO_ARMS, "shadow": {"name": "pop", "strategy": "popular", "share": 1.0}}
+    experiments = Experiments(write(tmp_path / "e.json", spec), served, load=pytest.fail, record_shadow=record)
+    shown = experiments.respond([RecommendRequest(user_id=str(u), k=4) for u in served.candidates.user_ids[:30]])
+    assert done.wait(30)
+    experiments.stop()  # scores what is queued first
+    assert {a.request_id for a in recorded} == {a.request_id for a in shown}
+    assert all(a.experiment.shadow and a.experiment.arm == "pop" and a.strategy == "popular" for a in recorded)
+    assert not any(a.experiment.shadow for a in shown)
+    assert "shadow" not in shown[0].experiment.model_dump()  # a shown answer does not mention shadows
+
+
+def test_a_shadow_that_cannot_keep_up_is_dropped_and_counted(served, tmp_path):
+    release = threading.Event()
+    scorer = ShadowScorer(lambda answers: release.wait(30), capacity=1)
+    spec = {**TWO_ARMS, "shadow": {"name": "pop", "strategy": "popular", "share": 1.0}}
+    experiment = Experiments(write(tmp_path / "e.json", spec), served, load=pytest.fail).current
+    request = [RecommendRequest(user_id="1", k=2)]
+    shown = Experiments(None, served, load=pytest.fail).respond(request)
+    for _ in range(5):  # one in the scorer, one queued, the rest dropped
+        scorer.offer(experiment, request, shown)
+    assert scorer.dropped >= 3
+    release.set()
+    scorer.close()

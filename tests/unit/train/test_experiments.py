@@ -8,7 +8,14 @@ import pytest
 
 from features.events import FEEDBACK, IMPRESSIONS, SCHEMA
 from serving.events import EventLog
-from train.experiments import difference, experiment_report, interleaving_report, main, sample_ratio_p
+from train.experiments import (
+    difference,
+    experiment_report,
+    interleaving_report,
+    main,
+    sample_ratio_p,
+    shadow_report,
+)
 
 T0 = 1_700_000_000
 
@@ -125,3 +132,26 @@ def test_interleaving_credits_the_model_that_placed_each_taken_item():
     # P(b wins) = 0.3 x 0.8 = 0.24, P(a wins) = 0.2 x 0.7 = 0.14: b's share of decided lists is 0.632.
     assert row["b_low"] < 0.632 < row["b_high"] and row["b_low"] > 0.5
     assert interleaving_report(pd.DataFrame(shown).assign(team=None), pd.DataFrame(taken)).empty
+
+
+def test_a_shadow_is_compared_with_the_list_shown_for_the_same_request():
+    def rows(request: str, items: list[str], shadow: bool) -> list[dict]:
+        return [
+            {"logged_at": float(T0), "request_id": request, "user_id": "u", "item_id": item, "position": p,
+             "score": 0.0, "strategy": "two_stage", "model": "m", "experiment": "exp",
+             "arm": "new" if shadow else "control", "arm_share": 0.0 if shadow else 1.0, "arm_forced": False,
+             "shadow": shadow}
+            for p, item in enumerate(items, start=1)
+        ]  # fmt: skip
+
+    shown = rows("r1", ["a", "b", "c", "d"], False) + rows("r2", ["a", "b", "c", "d"], False)
+    shadow = rows("r1", ["b", "a", "x", "y"], True) + rows("r2", ["a", "b", "c", "d"], True)
+    taken = pd.DataFrame([{"request_id": "r1", "user_id": "u", "item_id": "c", "timestamp": T0 + 1}])
+    (row,) = shadow_report(pd.DataFrame(shown + shadow), taken).to_dict(orient="records")
+    assert row["shadow"] == "new" and row["lists"] == 2
+    assert row["overlap"] == pytest.approx((2 / 4 + 4 / 4) / 2)
+    assert row["rank_correlation"] == pytest.approx((-1.0 + 1.0) / 2)  # r1 swaps a and b; r2 agrees
+    assert row["shown_hit_rate"] == 0.5 and row["shadow_hit_rate"] == 0.0  # c was shown in r1, not in the shadow
+    # Shadow rows are never counted as shown lists.
+    arms, _ = experiment_report(pd.DataFrame(shown + shadow), taken)
+    assert arms["arm"].tolist() == ["control"] and arms["lists"].tolist() == [2]

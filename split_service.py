@@ -58,7 +58,7 @@ from serving.api_models import (
 from serving.batcher import MicroBatcher, Overloaded
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
-from serving.experiments import arm_error
+from serving.experiments import ARM_HEADER, arm_error
 from serving.responses import filter_error, ranked, similar_response, to_responses
 from serving.runtime import IncompatibleModels, paired_candidates_tag
 from serving.settings import get_settings
@@ -106,6 +106,12 @@ NO_SPANS = {
 CONNECTION = (
     {"runner_connection": {"max_requests": split.max_requests, "max_age": split.max_age}} if split.hardened else {}
 )
+
+
+def refuse_forced_arm(ctx: bentoml.Context, batch: bool) -> None:
+    """A 400 for a request that forces an experiment arm: the split topology serves no experiment."""
+    if ctx.request.headers.get(ARM_HEADER):
+        raise arm_error("the split topology serves no experiment", batch)
 
 
 def stage_batcher(run: Callable[[list], list]) -> MicroBatcher:
@@ -226,9 +232,6 @@ class Entry:
     async def _answer(
         self, requests: list[RecommendRequest], title: str = "RecommendRequest"
     ) -> list[RecommendResponse]:
-        forcing = next((slot for slot, r in enumerate(requests) if r.arm is not None), None)
-        if forcing is not None:  # experiments are served by service:Recommender only (docs/experiments.md)
-            raise arm_error("the split topology serves no experiment", title == "BatchRequest", forcing)
         n, tags = await self._tags_and_n()
         body = requests_json(requests)
         found = await self._call(self.candidate_stage.to_async.candidates, requests=body, n=n)
@@ -244,11 +247,13 @@ class Entry:
     @bentoml.api
     async def recommend(self, request: RecommendRequest, /, ctx: bentoml.Context) -> RecommendResponse:
         """Top-k items for one user, as ``service:Recommender`` answers it."""
+        refuse_forced_arm(ctx, batch=False)
         return await recommend_or_shed(ctx, request, self._answer)
 
     @bentoml.api
     async def recommend_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchResponse:
         """Several recommendation requests, answered in order and scored together."""
+        refuse_forced_arm(ctx, batch=True)
         return await batch_or_shed(ctx, batch, functools.partial(self._answer, title="BatchRequest"))
 
     @bentoml.api

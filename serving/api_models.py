@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    PrivateAttr,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -245,9 +246,17 @@ class RecommendRequest(_Strict):
         0.0, ge=0, le=1, description="0..1: re-rank for variety (maximal marginal relevance); 0 leaves the ranking"
     )
     explain: StrictBool = Field(False, description="each item says why: `because` (your items) and `reasons`")
-    arm: str | None = Field(
-        None, max_length=64, description="QA: answer from this arm of the running experiment (counted apart)"
-    )
+    # QA: the experiment arm to answer from, from the X-Recsys-Arm header (serving/experiments.py); not a
+    # body field, so the public schema has no knob whose valid values are data.
+    _arm: str | None = PrivateAttr(None)
+
+    @property
+    def forced_arm(self) -> str | None:
+        return self._arm
+
+    def force_arm(self, arm: str | None) -> RecommendRequest:
+        self._arm = arm
+        return self
 
 
 class BecauseItem(BaseModel):

@@ -14,8 +14,8 @@ worker; one with ``interleave`` merges two pairs' lists by team draft; one
 with ``"strategy": "popular"`` gives every user the popularity list. A
 user's arm is a hash of the experiment's salt (its name unless given) and
 the user id: the same on every worker and replica, with no state to share.
-A request may force an arm by name (``arm``, for QA); such answers say so
-and the report counts them apart. A file that cannot be read or whose
+A request may force an arm by name (the ``X-Recsys-Arm`` header, for QA);
+such answers say so and the report counts them apart. A file that cannot be read or whose
 arms cannot be loaded keeps the experiment served before it, and
 ``/model_info`` shows why.
 """
@@ -46,6 +46,7 @@ from serving.settings import ServiceSettings
 
 logger = logging.getLogger("recsys")
 EXPERIMENTS_FILE = "experiments.json"
+ARM_HEADER = "x-recsys-arm"  # QA: answer from this arm (counted apart)
 MAX_ARMS = 8
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
@@ -275,16 +276,17 @@ class Experiments:
             error=self.error,
         )
 
-    def check(self, requests: list[RecommendRequest], batch: bool) -> None:
-        """A 400 at ``arm`` for a request that forces an arm the running experiment does not have."""
-        for slot, request in enumerate(requests):
-            if request.arm is None:
-                continue
-            if self.current is None:
-                raise arm_error("no experiment is running", batch, slot)
-            if self.current.arm_named(request.arm) is None:
-                names = ", ".join(arm.name for arm in self.current.arms)
-                raise arm_error(f"{request.arm[:64]!r} is not an arm of {self.current.name} ({names})", batch, slot)
+    def force(self, requests: list[RecommendRequest], arm: str | None, batch: bool) -> None:
+        """Mark requests to be answered from ``arm`` (the ``X-Recsys-Arm`` header); a 400 if there is no such arm."""
+        if arm is None:
+            return
+        if self.current is None:
+            raise arm_error("no experiment is running", batch)
+        if self.current.arm_named(arm) is None:
+            names = ", ".join(arm.name for arm in self.current.arms)
+            raise arm_error(f"{arm[:64]!r} is not an arm of {self.current.name} ({names})", batch)
+        for request in requests:
+            request.force_arm(arm)
 
     def respond(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
         """Each request answered by its arm's pipeline; the requests of one arm still share a call."""
@@ -293,7 +295,7 @@ class Experiments:
             return answer(self.served.pipeline, requests, self.served.tags)
         chosen = []
         for request in requests:
-            named = experiment.arm_named(request.arm) if request.arm is not None else None
+            named = experiment.arm_named(request.forced_arm) if request.forced_arm is not None else None
             chosen.append((named or experiment.arm_for(request.user_id), named is not None))
         responses: list[RecommendResponse] = [None] * len(requests)  # type: ignore[list-item]  # all set below
         for arm in {arm.name: arm for arm, _ in chosen}.values():
@@ -430,9 +432,9 @@ def interleaved(a: RecommendResponse, b: RecommendResponse, k: int) -> Recommend
     return a.model_copy(update={"recommendations": items})
 
 
-def arm_error(message: str, batch: bool, slot: int) -> ValidationError:
-    """The 400 for a forced arm that cannot be served, at the request's ``arm`` field (slot ``slot`` of a batch)."""
-    loc: tuple[str | int, ...] = ("requests", slot, "arm") if batch else ("arm",)
+def arm_error(message: str, batch: bool) -> ValidationError:
+    """The 400 for a forced arm that cannot be served, at the ``X-Recsys-Arm`` header."""
+    loc = ("headers", ARM_HEADER)
     kind = PydanticCustomError("unknown_arm", "{message}", {"message": message})
     error = InitErrorDetails(type=kind, loc=loc, input=None)
     return ValidationError.from_exception_data("BatchRequest" if batch else "RecommendRequest", [error])

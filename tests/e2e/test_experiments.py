@@ -80,14 +80,18 @@ def test_every_answer_names_its_arm_and_a_user_keeps_it(experiment_server):
 
 def test_a_forced_arm_is_served_and_said_and_a_missing_one_is_a_400(experiment_server):
     http, _, _, _ = experiment_server
-    answer = http.post("/recommend", json={"user_id": "1", "k": 3, "arm": "other"}).json()
+    answer = http.post("/recommend", json={"user_id": "1", "k": 3}, headers={"X-Recsys-Arm": "other"}).json()
     assert answer["experiment"]["arm"] == "other" and answer["experiment"]["forced"] is True
-    response = http.post("/recommend", json={"user_id": "1", "arm": "nope"})
+    response = http.post("/recommend", json={"user_id": "1"}, headers={"X-Recsys-Arm": "nope"})
     assert response.status_code == 400
     body = response.json()
-    assert body["detail"][0]["loc"] == ["arm"] and "'nope' is not an arm of exp (control, other)" in body["message"]
-    response = http.post("/recommend_batch", json={"requests": [{"user_id": "1"}, {"user_id": "2", "arm": "x"}]})
-    assert response.status_code == 400 and response.json()["detail"][0]["loc"] == ["requests", 1, "arm"]
+    assert body["detail"][0]["loc"] == ["headers", "x-recsys-arm"]
+    assert "'nope' is not an arm of exp (control, other)" in body["message"]
+    batch = {"requests": [{"user_id": "1"}, {"user_id": "2"}]}
+    forced = http.post("/recommend_batch", json=batch, headers={"X-Recsys-Arm": "control"}).json()
+    assert [r["experiment"]["arm"] for r in forced["results"]] == ["control", "control"]
+    response = http.post("/recommend", json={"user_id": "1", "arm": "other"})  # not a body field
+    assert response.status_code == 400 and response.json()["detail"][0]["type"] == "extra_forbidden"
 
 
 def test_a_broken_file_keeps_the_experiment_and_a_new_one_takes_over_within_a_refresh(experiment_server):
@@ -108,7 +112,7 @@ def test_an_interleaving_arm_says_which_model_placed_each_item(experiment_server
     write(spec, {"name": "il", "arms": arms})
     assert until(lambda: http.post("/recommend", json={"user_id": "1"}).json()["experiment"]["name"] == "il")
     mixed = http.post("/recommend", json={"user_id": "5", "k": 6}).json()
-    plain = http.post("/recommend", json={"user_id": "5", "k": 6, "arm": "control"}).json()
+    plain = http.post("/recommend", json={"user_id": "5", "k": 6}, headers={"X-Recsys-Arm": "control"}).json()
     assert mixed["experiment"]["arm"] == "both" and plain["experiment"]["forced"]
     assert {item["team"] for item in mixed["recommendations"]} == {"a", "b"}
     assert "team" not in plain["recommendations"][0]

@@ -115,22 +115,28 @@ def test_users_split_by_weight_the_same_way_every_time_and_forced_arms_are_serve
     assert arms == {r.user_id: r.experiment.arm for r in again}
     assert Counter(arms.values())["more"] / len(users) == pytest.approx(0.75, abs=0.06)  # 300 users
     assert {r.experiment.share for r in first if r.experiment.arm == "more"} == {0.75}
-    (forced,) = experiments.respond([RecommendRequest(user_id=users[0], k=3, arm="more")])
+    request = RecommendRequest(user_id=users[0], k=3)
+    experiments.force([request], "more", batch=False)
+    (forced,) = experiments.respond([request])
     assert forced.experiment.arm == "more" and forced.experiment.forced
     assert not any(r.experiment.forced for r in first)
 
 
-def test_a_forced_arm_that_is_not_there_is_a_400_at_its_field(served, tmp_path):
+def test_a_forced_arm_that_is_not_there_is_a_400_at_its_header(served, tmp_path):
     none = Experiments(tmp_path / "absent.json", served, load=pytest.fail)
     with pytest.raises(ValidationError, match="no experiment is running") as error:
-        none.check([RecommendRequest(user_id="1", arm="more")], batch=False)
-    assert error.value.errors()[0]["loc"] == ("arm",)
+        none.force([RecommendRequest(user_id="1")], "more", batch=False)
+    assert error.value.errors()[0]["loc"] == ("headers", "x-recsys-arm")
     running = Experiments(write(tmp_path / "e.json", TWO_ARMS), served, load=pytest.fail)
-    requests = [RecommendRequest(user_id="1"), RecommendRequest(user_id="1", arm="less")]
+    requests = [RecommendRequest(user_id="1"), RecommendRequest(user_id="2")]
     with pytest.raises(ValidationError, match="'less' is not an arm of exp") as error:
-        running.check(requests, batch=True)
-    assert error.value.errors()[0]["loc"] == ("requests", 1, "arm")
-    running.check([RecommendRequest(user_id="1", arm="control")], batch=False)
+        running.force(requests, "less", batch=True)
+    assert error.value.errors()[0]["loc"] == ("headers", "x-recsys-arm")
+    assert [r.forced_arm for r in requests] == [None, None]  # nothing marked when refused
+    running.force(requests, "control", batch=True)
+    assert [r.forced_arm for r in requests] == ["control", "control"]
+    running.force(requests[:1], None, batch=False)  # no header: nothing changes
+    assert "arm" not in RecommendRequest.model_json_schema()["properties"]  # not a body field
 
 
 def test_a_broken_file_keeps_the_experiment_a_changed_one_replaces_it_and_no_file_ends_it(served, tmp_path):

@@ -326,7 +326,10 @@ class RecommendResponse(BaseModel):
     strategy: Literal["two_stage", "popular"] | None = None
     model: ModelTags | None = None
     request_id: str | None = Field(None, description="send it back with /feedback to join what was taken to this list")
-    experiment: ExperimentArm | None = Field(None, description="the experiment arm that answered, when one runs")
+    # Left out of an answer outside an experiment: answers keep the shape they had before experiments.
+    experiment: ExperimentArm | None = Field(
+        None, description="the experiment arm that answered, when one runs", exclude_if=_is_none
+    )
 
 
 class BatchRequest(_Strict):

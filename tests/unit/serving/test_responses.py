@@ -69,7 +69,6 @@ def test_to_responses_envelope(counters):
         "message": None,
         "strategy": "two_stage",
         "model": {"candidates": "recsys-candidates:a", "ranker": "recsys-ranker:b"},
-        "experiment": None,  # set by serving/experiments.py while an experiment runs
     }
     assert second.strategy == "popular" and second.message == "unknown user: most popular items"
     assert [r.item_id for r in second.recommendations] == ["p"] and second.status == "success"

@@ -39,7 +39,7 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks.loadgen import markdown
 from benchmarks.servers import cmdline, free_port, process_tree
-from benchmarks.serving import BIN, server
+from benchmarks.serving import BIN, fastapi_reference, server
 from serving import heap
 from serving.api_models import RecommendRequest
 from serving.responses import answer
@@ -156,10 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, method, path, bodies, status in routes
         ]
     port = free_port()
-    uvicorn = [
-        str(BIN / "uvicorn"), "benchmarks.fastapi_app:app", "--port", str(port), "--host", "127.0.0.1",
-        "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--workers", "1",
-    ]  # fmt: skip
+    uvicorn = fastapi_reference(port)
     with server(uvicorn, port) as (_, pid):
         worker = worker_pid(pid)
         rows += [

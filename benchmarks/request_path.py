@@ -37,7 +37,7 @@ import numpy as np
 
 from benchmarks.loadgen import fixed_concurrency, fixed_rate, markdown, process_tree_rss_mb, recommend_bodies
 from benchmarks.servers import free_port
-from benchmarks.serving import BIN, in_process_limit, server
+from benchmarks.serving import BIN, fastapi_reference, in_process_limit, server
 from serving.runtime import Runtime
 from serving.settings import get_settings
 
@@ -162,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     events.cleanup()
     if "fastapi" in servers:
         port = free_port()
-        uvicorn = [
-            str(BIN / "uvicorn"), "benchmarks.fastapi_app:app", "--port", str(port), "--host", "127.0.0.1",
-            "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--workers", "1",
-        ]  # fmt: skip
+        uvicorn = fastapi_reference(port)
         with server(uvicorn, port, log=args.out / "fastapi.log") as (url, pid):
             print("\nfastapi (unbatched reference)", flush=True)
             probes = probe_urls(url, None)

@@ -28,7 +28,6 @@ import shutil
 import subprocess  # nosec B404
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -36,11 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.loadgen import markdown
-from benchmarks.request_cost import TICK_MS, send_for, thread_ticks, worker_pid
+from benchmarks.request_cost import TICK_MS, in_process, send_for, thread_ticks, worker_pid
 from benchmarks.servers import free_port
-from benchmarks.serving import BIN, server
+from benchmarks.serving import BIN, fastapi_reference, server
 from serving.api_models import RecommendRequest
-from serving.responses import answer
 from serving.runtime import Runtime
 from serving.settings import get_settings
 
@@ -125,17 +123,6 @@ def profile(port: int, pid: int, bodies: list[dict], seconds: float, spy: str) -
     return {"cpu_ms": cpu_ms, "requests": sent, **{name: share * cpu_ms for name, share in split.items()}}
 
 
-def in_process_ms(runtime: Runtime, bodies: list[dict]) -> float:
-    """Thread CPU ms of the pipeline thread's work for one lone request, called in-process."""
-    requests = [RecommendRequest.model_validate(body) for body in bodies]
-    for request in requests[:50]:
-        answer(runtime.pipeline, [request], runtime.tags)
-    start = time.thread_time()
-    for request in requests:
-        answer(runtime.pipeline, [request], runtime.tags)
-    return (time.thread_time() - start) * 1000 / len(requests)
-
-
 def main(argv: list[str] | None = None) -> int:
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_argument("--seconds", type=float, default=10, help="per server")
@@ -160,13 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         with server(bento, port, env) as (_, pid):
             columns[label] = profile(port, worker_pid(pid), bodies, args.seconds, spy)
     port = free_port()
-    uvicorn = [
-        str(BIN / "uvicorn"), "benchmarks.fastapi_app:app", "--port", str(port), "--host", "127.0.0.1",
-        "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--workers", "1",
-    ]  # fmt: skip
+    uvicorn = fastapi_reference(port)
     with server(uvicorn, port) as (_, pid):
         columns["FastAPI reference"] = profile(port, worker_pid(pid), bodies, args.seconds, spy)
-    reference = in_process_ms(runtime, bodies[:1000])
+    lone = [RecommendRequest.model_validate(body) for body in bodies[:1000]]
+    reference = in_process(runtime, {"lone": lone})["lone"]
     rows = [
         {"step": name, **{label: round(column[name], 3) for label, column in columns.items()}}
         for name in [*(n for n, _ in STEPS), OTHER]

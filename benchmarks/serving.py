@@ -53,6 +53,14 @@ def server(command: list[str], port: int, env: dict[str, str] | None = None, log
         yield url, process.pid
 
 
+def fastapi_reference(port: int, workers: int = 1) -> list[str]:
+    """The command that serves the FastAPI reference (benchmarks/fastapi_app.py) on ``port``."""
+    return [
+        str(BIN / "uvicorn"), "benchmarks.fastapi_app:app", "--port", str(port), "--host", "127.0.0.1",
+        "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--workers", str(workers),
+    ]  # fmt: skip
+
+
 def in_process_limit(n: int = 2000) -> dict:
     """CPU time per single-user request with no HTTP at all."""
     runtime = Runtime.from_settings(get_settings())
@@ -124,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_fastapi:
         port = free_port()
-        uvicorn = [
-            str(BIN / "uvicorn"), "benchmarks.fastapi_app:app", "--port", str(port), "--host", "127.0.0.1",
-            "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--workers", str(args.workers),
-        ]  # fmt: skip
+        uvicorn = fastapi_reference(port, args.workers)
         with server(uvicorn, port, log=args.out / "fastapi.log") as (url, pid):
             print("\nFastAPI + uvicorn, closed loop", flush=True)
             report["fastapi"] = run_load(url, pid, bodies, concurrencies, args.seconds, "fastapi")

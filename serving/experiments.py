@@ -302,8 +302,8 @@ class Experiments:
             slots = [slot for slot, (other, _) in enumerate(chosen) if other is arm]
             asked = [requests[slot] for slot in slots]
             answered = answer(arm.runtime.pipeline, asked, arm.runtime.tags, popular=arm.popular)
-            if arm.partner is not None:
-                others = answer(arm.partner.pipeline, asked, arm.partner.tags)
+            if arm.partner is not None:  # the second model of an interleaving arm: its answers are not counted again
+                others = uncounted_answers(arm.partner, asked)
                 answered = [interleaved(a, b, r.k) for a, b, r in zip(answered, others, asked, strict=True)]
             for slot, response in zip(slots, answered, strict=True):
                 forced = chosen[slot][1]
@@ -377,13 +377,18 @@ class ShadowScorer:
         """The shadow's answers to requests already answered, under their request_ids; no metric counts them."""
         shadow = experiment.shadow
         assert shadow is not None  # offered only for an experiment with a shadow
-        pipeline, queries = shadow.runtime.pipeline, to_queries(requests)
-        found = pipeline.popular_baseline(queries) if shadow.popular else pipeline.recommend(queries)
-        answers = to_responses(found, shadow.runtime.tags, count_cold_starts=False)
+        answers = uncounted_answers(shadow.runtime, requests, shadow.popular)
         for listed, seen in zip(answers, shown, strict=True):
             listed.request_id = seen.request_id
             listed.experiment = ExperimentArm(name=experiment.name, arm=shadow.name, share=0.0, shadow=True)
         return answers
+
+
+def uncounted_answers(runtime: Runtime, requests: list[RecommendRequest], popular: bool = False):
+    """A pipeline's answers that no metric counts: a shadow's, an interleaving arm's second model's."""
+    queries = to_queries(requests)
+    found = runtime.pipeline.popular_baseline(queries) if popular else runtime.pipeline.recommend(queries)
+    return to_responses(found, runtime.tags, count_cold_starts=False)
 
 
 def team_draft(first: list[str], second: list[str], k: int, coin: random.Random) -> list[tuple[str, str]]:

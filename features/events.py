@@ -47,6 +47,7 @@ SCHEMA = pa.schema(
         ("arm_forced", pa.bool_()),
         ("team", pa.string()),  # impressions in an interleaving arm: which model placed the item (a or b)
         ("shadow", pa.bool_()),  # impressions of a shadow list: scored for the shown list's request_id, never shown
+        ("session_id", pa.string()),  # impressions in an experiment: the visitor's session that chose the arm, if any
     ]
 )
 

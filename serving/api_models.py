@@ -246,6 +246,13 @@ class RecommendRequest(_Strict):
         0.0, ge=0, le=1, description="0..1: re-rank for variety (maximal marginal relevance); 0 leaves the ranking"
     )
     explain: StrictBool = Field(False, description="each item says why: `because` (your items) and `reasons`")
+    session_id: Id | None = Field(
+        None,
+        description=(
+            "a visitor without an account: an online experiment assigns the arm by it instead of user_id "
+            "(send the same one for the whole visit; a signed-in user sends none and keeps an arm across devices)"
+        ),
+    )
     # QA: the experiment arm to answer from, from the X-Recsys-Arm header (serving/experiments.py); not a
     # body field, so the public schema has no knob whose valid values are data.
     _arm: str | None = PrivateAttr(None)
@@ -297,6 +304,9 @@ class ExperimentArm(BaseModel):
     arm: str
     share: float = Field(description="share of users the arm serves")
     forced: bool = Field(False, description="the request named the arm (QA); reports count such answers apart")
+    session_id: str | None = Field(
+        None, description="the request's session_id, which chose the arm instead of user_id", exclude_if=_is_none
+    )
     shadow: bool = Field(False, description="a shadow list: logged, never shown", exclude_if=lambda shadow: not shadow)
 
 

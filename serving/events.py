@@ -303,7 +303,8 @@ class Recorder:
             items = response.recommendations
             arm = response.experiment
             in_arm = {} if arm is None else {"experiment": arm.name, "arm": arm.arm, "arm_share": arm.share,
-                                              "arm_forced": arm.forced, "shadow": arm.shadow}  # fmt: skip
+                                              "arm_forced": arm.forced, "shadow": arm.shadow,
+                                              "session_id": arm.session_id}  # fmt: skip
             rows += [
                 {
                     "request_id": response.request_id,

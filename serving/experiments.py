@@ -166,9 +166,9 @@ class Experiment:
     arms: tuple[Arm, ...]
     shadow: Shadow | None = None
 
-    def arm_for(self, user_id: str) -> Arm:
-        """The arm a user is in: the first whose cumulative share passes the user's bucket."""
-        point, reached = bucket(self.salt, user_id), 0.0
+    def arm_for(self, unit: str) -> Arm:
+        """The arm a user (or a visitor's session) is in: the first whose cumulative share passes its bucket."""
+        point, reached = bucket(self.salt, unit), 0.0
         for arm in self.arms:
             reached += arm.share
             if point < reached and arm.share > 0:
@@ -296,7 +296,7 @@ class Experiments:
         chosen = []
         for request in requests:
             named = experiment.arm_named(request.forced_arm) if request.forced_arm is not None else None
-            chosen.append((named or experiment.arm_for(request.user_id), named is not None))
+            chosen.append((named or experiment.arm_for(request.session_id or request.user_id), named is not None))
         responses: list[RecommendResponse] = [None] * len(requests)  # type: ignore[list-item]  # all set below
         for arm in {arm.name: arm for arm, _ in chosen}.values():
             slots = [slot for slot, (other, _) in enumerate(chosen) if other is arm]
@@ -306,8 +306,10 @@ class Experiments:
                 others = uncounted_answers(arm.partner, asked)
                 answered = [interleaved(a, b, r.k) for a, b, r in zip(answered, others, asked, strict=True)]
             for slot, response in zip(slots, answered, strict=True):
-                forced = chosen[slot][1]
-                response.experiment = ExperimentArm(name=experiment.name, arm=arm.name, share=arm.share, forced=forced)
+                forced, session = chosen[slot][1], requests[slot].session_id
+                response.experiment = ExperimentArm(
+                    name=experiment.name, arm=arm.name, share=arm.share, forced=forced, session_id=session
+                )
                 EXPERIMENT_ANSWERS.labels(experiment=experiment.name, arm=arm.name, forced=str(forced).lower()).inc()
                 responses[slot] = response
         if experiment.shadow is not None and self.shadows is not None:

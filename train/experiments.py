@@ -34,9 +34,13 @@ CONTROL = "control"
 
 
 def per_user(lists: pd.DataFrame) -> pd.DataFrame:
-    """Each (experiment, arm, user): lists, share of lists with an item taken, mean NDCG; forced lists left out."""
+    """Each (experiment, arm, unit): lists, share of lists with an item taken, mean NDCG; forced lists left out.
+
+    The unit is what the service assigned: the visitor's session when the request named one, else the user.
+    """
     assigned = lists[lists["experiment"].notna() & ~lists["arm_forced"].fillna(False).astype(bool)]
-    grouped = assigned.assign(hit=assigned["hits"] > 0).groupby(["experiment", "arm", "user_id"])
+    unit = ("session:" + assigned["session_id"]).fillna("user:" + assigned["user_id"])
+    grouped = assigned.assign(hit=assigned["hits"] > 0, unit=unit).groupby(["experiment", "arm", "unit"])
     return grouped.agg(
         lists=("hit", "size"), hit_rate=("hit", "mean"), ndcg=("ndcg", "mean"), share=("arm_share", "last")
     )
@@ -165,6 +169,38 @@ def shadow_report(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days
     return pd.DataFrame(rows, columns=columns)
 
 
+def plot(arms: pd.DataFrame, path: str) -> None:
+    """Each arm's hit rate and NDCG with the 95% interval of its difference from the control (dashed).
+
+    The bars are the differences' intervals moved onto the arm's mean, so an arm whose bar misses the dashed line
+    differs from the control at 95%.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    experiments = list(dict.fromkeys(arms["experiment"]))
+    figure, axes = plt.subplots(len(experiments), 2, figsize=(9, 1.6 + 0.5 * len(arms)), squeeze=False)
+    for row, experiment in zip(axes, experiments, strict=True):
+        table = arms[arms["experiment"] == experiment].reset_index(drop=True)
+        positions = np.arange(len(table))
+        labels = [f"{arm} ({users:,} users)" for arm, users in zip(table["arm"], table["users"], strict=True)]
+        for axis, metric in zip(row, ("hit_rate", "ndcg"), strict=True):
+            control = float((table[metric] - table[f"{metric}_diff"]).iloc[0])
+            below = table[f"{metric}_diff"] - table[f"{metric}_low"]
+            above = table[f"{metric}_high"] - table[f"{metric}_diff"]
+            axis.errorbar(table[metric], positions, xerr=[below, above], fmt="o", capsize=4)
+            axis.axvline(control, linestyle="--", color="grey")
+            axis.set_yticks(positions, labels)
+            axis.invert_yaxis()
+            axis.set_xlabel(metric.replace("_", " "))
+            axis.set_title(f"{experiment}: {metric.replace('_', ' ')}, 95% interval vs control")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", required=True, help="event log root the service wrote (path or pyarrow URI)")
@@ -172,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         "--window-days", type=float, default=WINDOW_DAYS, help="feedback without a request_id counts this long"
     )
     parser.add_argument("--control", default=CONTROL, help="the arm the others are compared with")
-    parser.add_argument("--json", help="also write both tables here as JSON")
+    parser.add_argument("--json", help="also write the tables here as JSON")
+    parser.add_argument("--plot", help="also draw each arm's hit rate and NDCG with their intervals here (PNG)")
     args = parser.parse_args(argv)
     impressions = read_events(args.events, IMPRESSIONS).to_pandas()
     feedback = read_events(args.events, FEEDBACK).to_pandas()
@@ -192,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     for check in checks.itertuples():
         if check.sample_ratio_mismatch:
             print(f"\n{check.experiment}: sample ratio mismatch (p = {check.sample_ratio_p:.2g}): do not trust it")
+    if args.plot:
+        plot(arms, args.plot)
+        print(f"\nplot: {args.plot}")
     if args.json:
         with open(args.json, "w") as out:
             tables = {"arms": arms, "checks": checks, "interleaving": interleaving, "shadows": shadows}

@@ -24,7 +24,7 @@ from features.events import FEEDBACK, IMPRESSIONS, read_events
 from features.schema import DAY
 
 WINDOW_DAYS = 7
-ARM_COLUMNS = ("experiment", "arm", "arm_share", "arm_forced", "shadow")
+ARM_COLUMNS = ("experiment", "arm", "arm_share", "arm_forced", "shadow", "session_id")
 
 
 def taken_per_list(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days: float) -> pd.Series:
@@ -70,6 +70,7 @@ def served_lists(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days:
         arm=("arm", "first"),
         arm_share=("arm_share", "first"),
         arm_forced=("arm_forced", "first"),
+        session_id=("session_id", "first"),
         hits=("taken", "sum"),
         length=("taken", "size"),
         dcg=("gain", "sum"),

@@ -122,6 +122,22 @@ def test_users_split_by_weight_the_same_way_every_time_and_forced_arms_are_serve
     assert not any(r.experiment.forced for r in first)
 
 
+def test_a_visitor_without_an_account_is_assigned_by_session(served, tmp_path):
+    """Anonymous visitors share a user_id; each session gets its own arm, kept for the visit, and the answer says so."""
+    experiments = Experiments(write(tmp_path / "e.json", TWO_ARMS), served, load=pytest.fail)
+    sessions = [f"s{n}" for n in range(200)]
+    first = experiments.respond([RecommendRequest(user_id="guest", session_id=s, k=3) for s in sessions])
+    again = experiments.respond([RecommendRequest(user_id="guest", session_id=s, k=3) for s in sessions])
+    arms = [r.experiment.arm for r in first]
+    assert arms == [r.experiment.arm for r in again] and set(arms) == {"control", "more"}
+    assert [r.experiment.session_id for r in first] == sessions
+    expected = [experiments.current.arm_for(s).name for s in sessions]
+    assert arms == expected
+    (signed_in,) = experiments.respond([RecommendRequest(user_id="guest", k=3)])
+    assert signed_in.experiment.arm == experiments.current.arm_for("guest").name
+    assert "session_id" not in signed_in.model_dump(mode="json")["experiment"]
+
+
 def test_a_forced_arm_that_is_not_there_is_a_400_at_its_header(served, tmp_path):
     none = Experiments(tmp_path / "absent.json", served, load=pytest.fail)
     with pytest.raises(ValidationError, match="no experiment is running") as error:

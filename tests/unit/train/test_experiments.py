@@ -86,6 +86,15 @@ def test_a_sample_ratio_mismatch_is_flagged_and_a_fair_split_is_not():
     assert bool(checks["sample_ratio_mismatch"].iloc[0])
 
 
+def test_visitors_without_an_account_count_once_per_session():
+    """Anonymous lists share a user_id: the unit is the session that chose the arm, as the service assigned it."""
+    impressions, feedback = logged({"control": 60, "other": 40}, {"control": 0.5, "other": 0.5})
+    anonymous = impressions.assign(session_id=impressions["user_id"], user_id="guest")
+    arms, checks = experiment_report(anonymous, feedback.assign(user_id="guest"))
+    assert arms.set_index("arm")["users"].to_dict() == {"control": 60, "other": 40}
+    assert checks["users"].tolist() == [100]
+
+
 def test_the_interval_is_the_normal_one_over_users():
     treated, control = pd.Series([1.0, 0.0, 1.0, 1.0]), pd.Series([0.0, 0.0, 1.0, 0.0])
     diff, low, high = difference(treated, control)
@@ -103,9 +112,10 @@ def test_logs_without_experiments_give_empty_tables_and_the_cli_reads_a_real_log
     log.append(IMPRESSIONS, impressions.to_dict(orient="records"))
     log.append(FEEDBACK, feedback.assign(weight=1.0, type="click").to_dict(orient="records"))
     log.close()
-    main(["--events", str(tmp_path), "--json", str(tmp_path / "out.json")])
+    main(["--events", str(tmp_path), "--json", str(tmp_path / "out.json"), "--plot", str(tmp_path / "arms.png")])
     out = capsys.readouterr().out
     assert "| exp | control |" in out and "| exp | other |" in out and "sample_ratio_p" in out
+    assert (tmp_path / "arms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"experiment", "arm", "arm_share", "arm_forced"} <= set(SCHEMA.names)
 
 

@@ -196,7 +196,7 @@ class Experiments:
         self.shadows = ShadowScorer(record_shadow) if record_shadow is not None else None
         self.current: Experiment | None = None
         self.error: str | None = None
-        self._read: tuple[float, int] | None = None  # (mtime, size) of the file last read
+        self._read: tuple[int, bytes] | None = None  # _stamp of the file last read
         self._stop = threading.Event()
         self.reload()
 
@@ -447,12 +447,20 @@ def arm_error(message: str, batch: bool) -> ValidationError:
     return ValidationError.from_exception_data("BatchRequest" if batch else "RecommendRequest", [error])
 
 
-def _stamp(path: Path | None) -> tuple[float, int] | None:
-    try:
-        stat = path.stat() if path is not None else None
-    except OSError:
+def _stamp(path: Path | None) -> tuple[int, bytes] | None:
+    """The file's modification time and a digest of what it holds (None: no file).
+
+    The digest sees an edit that keeps the size on a filesystem whose clock is too coarse to change the time;
+    the time sees a ``touch``, which retries a file refused for a model the store lacked. The file is small.
+    """
+    if path is None:
         return None
-    return (stat.st_mtime, stat.st_size) if stat is not None else None
+    try:
+        return path.stat().st_mtime_ns, hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # read_spec says why; a new error is a new stamp
+        return 0, f"unreadable: {exc}".encode()
 
 
 def experiments_from(

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 
 from features.events import FEEDBACK, IMPRESSIONS, read_events
-from tests.support import run_until_exit, serve
+from tests.support import FIGURES, cmdline, process_tree, run_until_exit, serve
 from train.experiments import experiment_report, shadow_report
 
 pytestmark = pytest.mark.slow
@@ -104,6 +107,67 @@ def test_a_broken_file_keeps_the_experiment_and_a_new_one_takes_over_within_a_re
     assert until(lambda: http.post("/recommend", json={"user_id": "1"}).json()["experiment"]["name"] == "exp2")
     assert http.post("/model_info").json()["experiment"]["error"] is None
     write(spec, arms_spec(run.ranker_tag))  # as the module started, for the next test
+    assert until(lambda: http.post("/recommend", json={"user_id": "1"}).json()["experiment"]["name"] == "exp")
+
+
+class Load:
+    """A few connections of their own sending /recommend for varied users back to back, counting outcomes."""
+
+    def __init__(self, url: str, connections: int = 4) -> None:
+        self.url, self.stop = url, threading.Event()
+        self.outcomes: Counter[str] = Counter()
+        self.threads = [threading.Thread(target=self.run, args=(n,)) for n in range(connections)]
+
+    def run(self, n: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            while not self.stop.is_set():
+                try:
+                    response = http.post("/recommend", json={"user_id": USERS[n % len(USERS)], "k": 5})
+                    outcome = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__  # sent, and no answer came back
+                self.outcomes[outcome] += 1
+                n += len(self.threads)
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def test_changing_weights_under_load_fails_no_request(experiment_server):
+    """A file swapped under traffic takes over between requests: none of them fails while it does."""
+    http, spec, _, run = experiment_server
+
+    def arms() -> dict[str, str | None]:
+        """Each user's arm in the experiment "exp" ("exp:control"); None outside an experiment."""
+        batch = http.post("/recommend_batch", json={"requests": [{"user_id": u, "k": 3} for u in USERS]}).json()
+        said = {r["user_id"]: r.get("experiment") for r in batch["results"]}
+        return {u: f"{e['name']}:{e['arm']}" if e else None for u, e in said.items()}
+
+    # The test before wrote this file back without waiting for it to be read.
+    assert until(lambda: set(arms().values()) == {"exp:control", "exp:other"})
+    before = arms()
+    everyone_other = arms_spec(run.ranker_tag)
+    everyone_other["arms"][0]["weight"] = 0
+    try:
+        with Load(http.base_url) as load:
+            write(spec, everyone_other)
+            assert until(lambda: set(arms().values()) == {"exp:other"})
+            spec.unlink()  # no file: no experiment, answers without the key
+            assert until(lambda: set(arms().values()) == {None})
+            write(spec, arms_spec(run.ranker_tag))  # as the module started, for the tests after this one
+            assert until(lambda: arms() == before)  # the same weights and salt: every user back in their arm
+    except BaseException:
+        write(spec, arms_spec(run.ranker_tag))  # a failure here must not leave the other tests without the file
+        raise
+    FIGURES.append(f"experiments file changed three times under load: {dict(load.outcomes)}")
+    assert set(load.outcomes) == {"200"} and load.outcomes["200"] > 0, dict(load.outcomes)
 
 
 def test_an_interleaving_arm_says_which_model_placed_each_item(experiment_server):
@@ -171,3 +235,68 @@ def test_an_experiments_file_that_cannot_be_served_stops_the_start(movielens_run
         "service:Recommender", {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_EXPERIMENTS": str(spec)}
     )
     assert code != 0 and "experiments file: arm 'other': ranker recsys-ranker:nope cannot be served" in output
+
+
+def worker_pids(root: int) -> set[int]:
+    """BentoML worker processes under a `bentoml serve` process."""
+    return {pid for pid in process_tree(root) if "_bentoml_impl.worker" in (cmdline(pid) or "")}
+
+
+def answered_by(events: Path) -> dict[str, int]:
+    """Which worker logged each request's impressions: a worker writes its own files, named by its pid first."""
+    found = {}
+    for path in (events / IMPRESSIONS).glob("date=*/[!_]*.parquet"):
+        pid = int(path.name.split("-")[0])
+        found.update(dict.fromkeys(pq.read_table(path, columns=["request_id"])["request_id"].to_pylist(), pid))
+    return found
+
+
+def test_a_user_keeps_the_arm_across_two_workers_and_a_restart(movielens_run, tmp_path):
+    """Nothing is shared between workers or kept across a restart: the hash alone must give each user one arm."""
+    run, _ = movielens_run
+    spec, events = tmp_path / "experiments.json", tmp_path / "events"
+    write(spec, {k: v for k, v in arms_spec(run.ranker_tag, name="sticky").items() if k != "shadow"})
+    env = {
+        "RECSYS_RANKER_TAG": run.ranker_tag,
+        "RECSYS_EXPERIMENTS": str(spec),
+        "RECSYS_WORKERS": "2",
+        "RECSYS_REFRESH_SECONDS": "0",
+        "RECSYS_EVENT_LOG": str(events),
+        "RECSYS_EVENT_FLUSH_SECONDS": "0.5",
+    }
+
+    def ask(url: str, users: list[str]) -> list[dict]:
+        """Each user asked on a connection of its own, four at a time, so that either worker may take it."""
+
+        def one(user: str) -> dict:
+            body = {"user_id": user, "k": 3}
+            response = httpx.post(f"{url}/recommend", json=body, headers={"Connection": "close"}, timeout=30)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        with ThreadPoolExecutor(4) as pool:
+            return list(pool.map(one, users))
+
+    with serve("service:Recommender", env) as live:
+        workers = worker_pids(live.process.pid)
+        answers = ask(live.url, USERS * 4)
+        served = {a["request_id"]: a for a in answers}
+        assert until(lambda: set(answered_by(events)) >= set(served))
+        assert worker_pids(live.process.pid) == workers  # the same two all along: no worker restarted
+    by = answered_by(events)
+    assert len(workers) == 2 and {by[r] for r in served} == workers  # both workers answered
+    seen: dict[str, set[str]] = {}
+    pids: dict[str, set[int]] = {}
+    for request_id, answer in served.items():
+        seen.setdefault(answer["user_id"], set()).add(answer["experiment"]["arm"])
+        pids.setdefault(answer["user_id"], set()).add(by[request_id])
+    assert all(len(arms) == 1 for arms in seen.values()), {u: a for u, a in seen.items() if len(a) > 1}
+    both = sum(len(p) == 2 for p in pids.values())
+    split = sorted(Counter(by[r] for r in served).values())
+    FIGURES.append(f"one arm per user over two workers: requests per worker {split}, users answered by both {both}")
+    assert both >= 10  # and many users were answered by both
+    arms = {user: arms.pop() for user, arms in seen.items()}
+    assert 28 <= Counter(arms.values())["control"] <= 72  # both arms have users: keeping one is not trivial
+
+    with serve("service:Recommender", env) as again:
+        assert {a["user_id"]: a["experiment"]["arm"] for a in ask(again.url, USERS)} == arms

@@ -173,6 +173,20 @@ def test_a_broken_file_keeps_the_experiment_a_changed_one_replaces_it_and_no_fil
     assert answer.experiment is None
 
 
+def test_an_edit_that_keeps_the_size_and_the_clock_is_seen(served, tmp_path):
+    """A filesystem with a coarse clock, or a tool that keeps times: the content decides, not the time alone."""
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps(TWO_ARMS))
+    before = path.stat()
+    experiments = Experiments(path, served, load=pytest.fail)
+    path.write_text(json.dumps({**TWO_ARMS, "arms": [{"name": "control", "weight": 3}, {"name": "more", "weight": 1}]}))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    assert experiments.reload() is True
+    assert [arm.share for arm in experiments.current.arms] == [0.75, 0.25]
+    assert experiments.reload() is False
+
+
 @pytest.mark.slow
 def test_each_arm_is_answered_by_its_own_model_pair_loaded_once(served, second_ranker, tmp_path):
     loads: list[str] = []

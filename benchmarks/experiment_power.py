@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -95,15 +96,20 @@ def interleaving_detected(users: int, qa: float, qb: float, k: int, runs: int, s
     return share - Z95 * np.sqrt(share * (1 - share) / decided) > 0.5
 
 
-def users_needed(detected, qa: float, qb: float, k: int, runs: int, power: float, shape: float, seed: int):
-    """The fewest users (to 5%) whose runs detect B with at least ``power``: doubling, then bisection."""
+def users_needed(
+    detected: Callable[[int, np.random.Generator], np.ndarray], power: float, seed: int
+) -> tuple[int, float]:
+    """The fewest users (to 5%) whose runs detect B with at least ``power``: doubling, then bisection.
+
+    ``detected(users, rng)`` simulates runs of that many users and says, per run, whether B was found.
+    """
     rng = np.random.default_rng(seed)
     low, high = 0, 64
-    while (found := detected(high, qa, qb, k, runs, shape, rng).mean()) < power:
+    while (found := detected(high, rng).mean()) < power:
         low, high = high, high * 2
     while high - low > max(high // 20, 2):
         middle = (low + high) // 2
-        found_middle = detected(middle, qa, qb, k, runs, shape, rng).mean()
+        found_middle = detected(middle, rng).mean()
         low, high, found = (middle, high, found) if found_middle < power else (low, middle, found_middle)
     return high, float(found)
 
@@ -159,9 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     qa = quality_for(args.hit_rate, args.k, args.shape)
     qb = quality_for(args.hit_rate * (1 + args.lift), args.k, args.shape)
     false_positives = aa_false_positives(args.aa_users, qa, args.k, args.runs, args.shape, args.seed)
-    common = (qa, qb, args.k, args.runs, args.power, args.shape, args.seed)
-    split_users, split_power = users_needed(split_detected, *common)
-    mixed_users, mixed_power = users_needed(interleaving_detected, *common)
+    common = (qa, qb, args.k, args.runs, args.shape)
+    split_users, split_power = users_needed(lambda n, rng: split_detected(n, *common, rng), args.power, args.seed)
+    mixed_users, mixed_power = users_needed(
+        lambda n, rng: interleaving_detected(n, *common, rng), args.power, args.seed
+    )
     result = {
         "hit_rate_a": args.hit_rate, "lift": args.lift, "k": args.k, "runs": args.runs, "shape": args.shape,
         "item_quality_a": round(qa, 5), "item_quality_b": round(qb, 5),

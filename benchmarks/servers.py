@@ -16,7 +16,9 @@ import socket
 
 # B404 (bandit): starts the servers under test, fixed argv
 import subprocess  # nosec B404
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,3 +162,23 @@ def running(
         yield process
     finally:
         stop(process)
+
+
+@contextmanager
+def recommender(env: dict[str, str], log: Path, cwd: Path, timeout: float = 120) -> Iterator[tuple[str, int]]:
+    """``bentoml serve service:Recommender`` on a free port with ``env``, until the block ends: its URL and pid."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(Path(sys.executable).parent / "bentoml"), "serve", "service:Recommender", "--host", "127.0.0.1"]
+    command += ["--port", str(port)]
+
+    def ready() -> bool:
+        try:
+            # B310 (bandit): a fixed http URL on 127.0.0.1
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # nosec B310
+                return response.status == 200
+        except OSError:
+            return False
+
+    with running(command, ready, cwd, env, log, timeout) as process:
+        yield url, process.pid

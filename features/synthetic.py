@@ -39,6 +39,11 @@ class SyntheticConfig:
     seed: int = 42
 
 
+def clusters(config: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The planted cluster of every user and every item, by index (``u12`` is users[12]): the ground truth."""
+    return _user_clusters(config), _item_clusters(config)
+
+
 def user_cluster(user_id: str, config: SyntheticConfig) -> int:
     """The planted cluster of a generated user (tests use it as ground truth)."""
     return _user_clusters(config)[int(user_id[1:])]

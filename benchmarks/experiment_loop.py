@@ -17,17 +17,20 @@ planted cluster or not) x the position's weight 1 / log2(position + 1); each
 taken item is posted to ``/feedback`` with the answer's ``request_id``. The
 server's event log is read back and reported by ``train.experiments``.
 
-Checked against the truth (the chances of the lists actually served):
+After the loop, every user is asked once more through every arm, forced
+(``X-Recsys-Arm``: the report leaves those lists out): a model's truth is
+its lists for the whole population, since an arm's own users differ from
+another's by chance. Checked against that truth:
 
-- each arm's true hit rate (1 - prod(1 - chance) over its lists) and whether
-  the report's 95% interval of its difference from control covers the true one;
-- A/A: the users of ``control`` and ``same`` (the same pair) split in two
-  at random again and their takes drawn again from the truth,
-  ``--redraws`` times, each through ``experiment_report``: how often the two
-  halves differ (5% expected);
-- users for 80% power: served users resampled with their lists, takes drawn
-  again: the A/B split of control and weaker, and the interleaving of the
-  two; the ratio is interleaving's gain on this data.
+- each arm's true hit rate (1 - prod(1 - chance) over the population's
+  lists) and whether the report's 95% interval of its difference from
+  control covers the true one;
+- A/A: every user's control list, split into two arms at random and its
+  takes drawn again from the truth, ``--redraws`` times, each through
+  ``experiment_report``: how often the halves differ (5% expected);
+- users for 80% power: users resampled with their lists, takes drawn again:
+  the A/B split of control and weaker, and the interleaving of the two;
+  the ratio is interleaving's gain on this data.
 
     python -m benchmarks.experiment_loop --users 3000 --out docs/bench/experiment_loop/result.json
 """
@@ -167,12 +170,26 @@ def closed_loop(url: str, users: list[str], truth: Truth, seed: int, threads: in
     }
 
 
-def shown_lists(impressions: pd.DataFrame, truth: Truth) -> pd.DataFrame:
-    """The lists users saw (not the shadow's, not forced), one row per item, with the truth's chance."""
-    shown = impressions[~impressions["shadow"].fillna(False).astype(bool) & impressions["experiment"].notna()]
-    shown = shown.reset_index(drop=True)
-    return shown.assign(chance=truth.chance(shown["user_id"].to_numpy(), shown["item_id"].to_numpy(),
-                                            shown["position"].to_numpy()))  # fmt: skip
+def every_arm_for_everyone(url: str, users: list[str], arms: list[str], truth: Truth) -> pd.DataFrame:
+    """Every user's list from every arm, forced (``X-Recsys-Arm``), one row per item with the truth's chance.
+
+    The truth of a model is its lists for the whole population: an arm's own users differ from another arm's by
+    chance, and that difference is not the models'. Forced lists are left out of the report, so this does not
+    touch the experiment it checks.
+    """
+    rows = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for arm in arms:
+            for start in range(0, len(users), 100):  # a batch holds at most 100
+                batch = {"requests": [{"user_id": user, "k": K} for user in users[start : start + 100]]}
+                response = client.post("/recommend_batch", json=batch, headers={"X-Recsys-Arm": arm})
+                for answer in response.raise_for_status().json()["results"]:
+                    rows += [{"arm": arm, "request_id": answer["request_id"], "user_id": answer["user_id"],
+                              "item_id": item["item_id"], "position": position, "team": item.get("team")}
+                             for position, item in enumerate(answer["recommendations"], start=1)]  # fmt: skip
+    lists = pd.DataFrame(rows)
+    chance = truth.chance(lists["user_id"].to_numpy(), lists["item_id"].to_numpy(), lists["position"].to_numpy())
+    return lists.assign(chance=chance)
 
 
 def true_hit_rates(shown: pd.DataFrame) -> pd.Series:
@@ -187,15 +204,16 @@ def redrawn(shown: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return taken[["request_id", "user_id", "item_id"]].assign(timestamp=int(time.time()))
 
 
-def aa_false_positives(shown: pd.DataFrame, redraws: int, seed: int) -> float:
+def aa_false_positives(population: pd.DataFrame, redraws: int, seed: int) -> float:
     """Share of A/A experiments whose report finds a difference (95%): 5% expected.
 
-    Each redraw splits the users of the two arms that served the same pair (``control`` and ``same``) into two
-    arms again at random, draws their takes again from the truth, and runs ``experiment_report``: the true
-    difference is exactly 0.
+    Each redraw splits every user's ``control`` list into two arms at random, draws the takes again from the
+    truth, and runs ``experiment_report`` on them as logged: the true difference is exactly 0.
     """
     rng = np.random.default_rng([seed, 3])
-    pool = shown[shown["arm"].isin(["control", "same"])]
+    control = population[population["arm"] == "control"]
+    pool = control.assign(logged_at=0.0, score=0.0, strategy="two_stage", model="strong", experiment="aa",
+                          arm_forced=False, shadow=False)  # fmt: skip
     users = pool["user_id"].unique()
     wrong = 0
     for _ in range(redraws):
@@ -244,7 +262,8 @@ def interleaving_detector(chances: np.ndarray, team_b: np.ndarray, sign: float, 
         b_wins, a_wins = (credit_b > credit_a).sum(axis=1), (credit_a > credit_b).sum(axis=1)
         decided = np.maximum(b_wins + a_wins, 1)
         share = b_wins / decided
-        return (share - 0.5) * sign - Z95 * np.sqrt(share * (1 - share) / decided) > 0
+        found = (share - 0.5) * sign - Z95 * np.sqrt(share * (1 - share) / decided) > 0
+        return found & (b_wins + a_wins > 0)  # no list decided: nothing found
 
     return detected
 
@@ -272,15 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     spec.write_text(json.dumps(experiment(strong, weaker)))
     env = {**env_of(args.work), "RECSYS_RANKER_TAG": strong, "RECSYS_FEATURE_STORE": str(args.work / "features-strong"),
            "RECSYS_EXPERIMENTS": str(spec), "RECSYS_EVENT_LOG": str(events), "RECSYS_REFRESH_SECONDS": "0"}  # fmt: skip
+    users = [f"u{n}" for n in range(config.n_users)]
     with recommender(env, args.work / "serve.log", REPO) as (url, _):
-        loop = closed_loop(url, [f"u{n}" for n in range(config.n_users)], truth, args.seed)
+        loop = closed_loop(url, users, truth, args.seed)
+        population = every_arm_for_everyone(url, users, ["control", "same", "weaker", "popular", "mixed"], truth)
     print(f"closed loop: {loop}", flush=True)  # the server has stopped: its event log is flushed
 
     impressions = read_events(str(events), IMPRESSIONS).to_pandas()
     feedback = read_events(str(events), FEEDBACK).to_pandas()
     arms, checks = experiment_report(impressions, feedback)
-    shown = shown_lists(impressions, truth)
-    true = true_hit_rates(shown)
+    true = true_hit_rates(population)
     by_arm = arms.set_index("arm")
     by_arm["true_hit_rate"] = true
     by_arm["true_diff"] = true - true["control"]
@@ -290,17 +310,20 @@ def main(argv: list[str] | None = None) -> int:
     table = by_arm.reset_index()[["arm", "users", "hit_rate", "true_hit_rate", "hit_rate_diff", "hit_rate_low",
                                   "hit_rate_high", "true_diff", "covered"]]  # fmt: skip
     interleaving = interleaving_report(impressions, feedback)
-    shadows = shadow_report(impressions, feedback)
+    # The shadow (the weaker pair) against the lists the control arm showed: the other arms' lists are other models.
+    is_control = (impressions["arm"] == "control") & ~impressions["arm_forced"].fillna(False).astype(bool)
+    control_requests = impressions.loc[is_control, "request_id"]
+    shadows = shadow_report(impressions[impressions["request_id"].isin(control_requests)], feedback)
     print(table.round(4).to_string(index=False))
     print(checks.to_string(index=False))
     print(interleaving.round(4).to_string(index=False))
     print(shadows.round(4).to_string(index=False), flush=True)
 
-    aa_rate = aa_false_positives(shown, args.redraws, args.seed)
+    aa_rate = aa_false_positives(population, args.redraws, args.seed)
     print(f"A/A: {aa_rate:.1%} of {args.redraws} redraws found 'same' different from 'control' (5% expected)")
-    control_lists, _ = list_chances(shown, "control")
-    weaker_lists, _ = list_chances(shown, "weaker")
-    mixed_lists, mixed_team_b = list_chances(shown, "mixed")
+    control_lists, _ = list_chances(population, "control")
+    weaker_lists, _ = list_chances(population, "weaker")
+    mixed_lists, mixed_team_b = list_chances(population, "mixed")
     sign = float(np.sign(true["weaker"] - true["control"])) or 1.0
     split_users, split_power = users_needed(
         split_detector(control_lists, weaker_lists, sign, args.redraws), args.power, args.seed
@@ -315,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "users": args.users, "shape": args.shape, "redraws": args.redraws, "seed": args.seed,
         "in_cluster": IN_CLUSTER, "out_of_cluster": OUT_OF_CLUSTER, "rankers": {"strong": strong, "weaker": weaker},
-        "closed_loop": loop, "arms": table.to_dict(orient="records"), "checks": checks.to_dict(orient="records"),
+        "closed_loop": loop, "population_lists": int(population["request_id"].nunique()),
+        "arms": table.to_dict(orient="records"), "checks": checks.to_dict(orient="records"),
         "interleaving": interleaving.to_dict(orient="records"), "shadows": shadows.to_dict(orient="records"),
         "aa_false_positive_rate": aa_rate, "split_users_for_power": split_users, "split_power": split_power,
         "interleaving_users_for_power": mixed_users, "interleaving_power": mixed_power,

@@ -93,7 +93,7 @@ def interleaving_detected(users: int, qa: float, qb: float, k: int, runs: int, s
     b_wins, a_wins = (credit_b > credit_a).sum(axis=1), (credit_a > credit_b).sum(axis=1)
     decided = np.maximum(b_wins + a_wins, 1)
     share = b_wins / decided
-    return share - Z95 * np.sqrt(share * (1 - share) / decided) > 0.5
+    return (share - Z95 * np.sqrt(share * (1 - share) / decided) > 0.5) & (b_wins + a_wins > 0)
 
 
 def users_needed(

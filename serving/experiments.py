@@ -13,7 +13,8 @@ is that ranker and the candidates model its card names, loaded once per
 worker; one with ``interleave`` merges two pairs' lists by team draft; one
 with ``"strategy": "popular"`` gives every user the popularity list. A
 user's arm is a hash of the experiment's salt (its name unless given) and
-the user id: the same on every worker and replica, with no state to share.
+the user id (a visitor's ``session_id`` when the request has one): the same
+on every worker and replica, with no state to share.
 A request may force an arm by name (the ``X-Recsys-Arm`` header, for QA);
 such answers say so and the report counts them apart. A file that cannot be read or whose
 arms cannot be loaded keeps the experiment served before it, and
@@ -29,6 +30,7 @@ import math
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,10 +121,10 @@ class ExperimentSpec(BaseModel):
         return self
 
 
-def read_spec(path: Path) -> ExperimentSpec | None:
-    """The experiment a file declares; ``None`` when there is no file (no experiment)."""
+def read_spec(path: Path, content: bytes | None = None) -> ExperimentSpec | None:
+    """The experiment a file declares (``content``: its bytes, when already read); ``None`` when there is no file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = (path.read_bytes() if content is None else content).decode("utf-8")
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
@@ -196,18 +198,18 @@ class Experiments:
         self.shadows = ShadowScorer(record_shadow) if record_shadow is not None else None
         self.current: Experiment | None = None
         self.error: str | None = None
-        self._read: tuple[int, bytes] | None = None  # _stamp of the file last read
+        self._read: tuple[int, bytes] | None = None  # the stamp of the file last read (_read_file)
         self._stop = threading.Event()
         self.reload()
 
     def reload(self) -> bool:
         """Read the file again if it changed; True when the experiment served changed."""
-        stamp = _stamp(self.path)
+        stamp, content = _read_file(self.path)
         if stamp == self._read:
             return False
         self._read = stamp
         try:
-            spec = read_spec(self.path) if self.path is not None else None
+            spec = read_spec(self.path, content) if self.path is not None and stamp is not None else None
             experiment = self._build(spec) if spec is not None else None
         except ExperimentError as exc:
             self.error = str(exc)
@@ -339,12 +341,22 @@ class ShadowScorer:
     The request path only puts the requests on a bounded queue; when the queue
     is full (the shadow cannot keep up, the worker is loaded) they are dropped
     and counted (``recsys_shadow_dropped_total``): the shadow goes first.
+    Nobody waits for a shadow, so it gathers what arrives within
+    ``gather_seconds`` of a request (up to ``batch`` requests) into one pipeline
+    call: 16 requests together cost a third of what 16 calls of one do.
     Shadow lists carry the request_id of the list shown, so the report compares
     them with it and with the feedback that followed.
     """
 
-    def __init__(self, record: Callable[[list[RecommendResponse]], None], capacity: int = 64) -> None:
+    def __init__(
+        self,
+        record: Callable[[list[RecommendResponse]], None],
+        capacity: int = 64,
+        batch: int = 16,
+        gather_seconds: float = 0.2,
+    ) -> None:
         self.record = record
+        self.batch, self.gather_seconds = batch, gather_seconds
         self.queue: queue.Queue[tuple[Experiment, list[RecommendRequest], list[RecommendResponse]] | None]
         self.queue = queue.Queue(maxsize=capacity)
         self.dropped = 0
@@ -368,7 +380,31 @@ class ShadowScorer:
 
     def _loop(self) -> None:
         while (work := self.queue.get()) is not None:
-            experiment, requests, shown = work
+            time.sleep(self.gather_seconds)  # the queue stays bounded meanwhile: what does not fit is dropped
+            gathered, stop = [work], False
+            while sum(len(requests) for _, requests, _ in gathered) < self.batch:
+                try:
+                    more = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:  # closing: score what was gathered, then stop
+                    stop = True
+                    break
+                gathered.append(more)
+            self._score_gathered(gathered)
+            if stop:
+                return
+
+    def _score_gathered(
+        self, gathered: list[tuple[Experiment, list[RecommendRequest], list[RecommendResponse]]]
+    ) -> None:
+        """One pipeline call per experiment among the gathered (a file re-read may have replaced it meanwhile)."""
+        by_experiment: dict[int, tuple[Experiment, list[RecommendRequest], list[RecommendResponse]]] = {}
+        for experiment, requests, shown in gathered:
+            _, all_requests, all_shown = by_experiment.setdefault(id(experiment), (experiment, [], []))
+            all_requests += requests
+            all_shown += shown
+        for experiment, requests, shown in by_experiment.values():
             try:
                 self.record(self.score(experiment, requests, shown))
             except Exception:  # a shadow must never take the worker down; the shown answers are long gone
@@ -447,20 +483,22 @@ def arm_error(message: str, batch: bool) -> ValidationError:
     return ValidationError.from_exception_data("BatchRequest" if batch else "RecommendRequest", [error])
 
 
-def _stamp(path: Path | None) -> tuple[int, bytes] | None:
-    """The file's modification time and a digest of what it holds (None: no file).
+def _read_file(path: Path | None) -> tuple[tuple[int, bytes] | None, bytes | None]:
+    """The file's stamp, its modification time and a digest of what it holds, and those bytes (None: no file).
 
     The digest sees an edit that keeps the size on a filesystem whose clock is too coarse to change the time;
-    the time sees a ``touch``, which retries a file refused for a model the store lacked. The file is small.
+    the time sees a ``touch``, which retries a file refused for a model the store lacked. The file is small, and
+    read once: the stamp and the experiment come from the same bytes.
     """
     if path is None:
-        return None
+        return None, None
     try:
-        return path.stat().st_mtime_ns, hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+        mtime, content = path.stat().st_mtime_ns, path.read_bytes()
     except FileNotFoundError:
-        return None
+        return None, None
     except OSError as exc:  # read_spec says why; a new error is a new stamp
-        return 0, f"unreadable: {exc}".encode()
+        return (0, f"unreadable: {exc}".encode()), None
+    return (mtime, hashlib.blake2b(content, digest_size=16).digest()), content
 
 
 def experiments_from(

@@ -2,9 +2,9 @@
 
 The service logs every answer of a running experiment with its arm
 (serving/experiments.py); feedback joins the lists as in
-``train.online_report``. A user, not a request, is what the service assigns
-to an arm, so each metric is a mean over users of that user's mean over
-their lists, and each difference with the control arm has a 95% interval
+``train.online_report``. A user (or a visitor's session), not a request, is
+what the service assigns to an arm, so each metric is a mean over users of
+that user's mean over their lists, and each difference with the control arm has a 95% interval
 from the spread between users (Welch's normal approximation). A
 sample-ratio-mismatch check compares the users per arm with the arms'
 shares (chi-square): a mismatch (p < 0.001) means the assignment or the
@@ -33,7 +33,7 @@ SRM_ALPHA = 0.001  # the usual threshold: a real mismatch is glaring, and many e
 CONTROL = "control"
 
 
-def per_user(lists: pd.DataFrame) -> pd.DataFrame:
+def per_unit(lists: pd.DataFrame) -> pd.DataFrame:
     """Each (experiment, arm, unit): lists, share of lists with an item taken, mean NDCG; forced lists left out.
 
     The unit is what the service assigned: the visitor's session when the request named one, else the user.
@@ -74,7 +74,7 @@ def experiment_report(
     if impressions.empty or impressions["experiment"].isna().all():
         return pd.DataFrame(columns=arms_columns), pd.DataFrame(columns=checks_columns)
     lists = served_lists(impressions, feedback, window_days)
-    users = per_user(lists)
+    users = per_unit(lists)
     arms, checks = [], []
     for experiment, rows in users.groupby(level="experiment"):
         by_arm = {arm: group for arm, group in rows.groupby(level="arm")}

@@ -28,12 +28,17 @@ ARM_COLUMNS = ("experiment", "arm", "arm_share", "arm_forced", "shadow", "sessio
 
 
 def taken_per_list(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days: float) -> pd.Series:
-    """Per shown row, whether the user took that item after the list was shown (see the module doc)."""
+    """Per shown row, whether the user took that item after the list was shown (see the module doc).
+
+    A list shown to a visitor's session (``session_id``) joins feedback by ``request_id`` only: visitors share a
+    ``user_id``, so one visitor's take would otherwise credit every visitor's list that showed the item.
+    """
     shown = impressions.reset_index(drop=True)
     by_request = feedback.dropna(subset=["request_id"])[["request_id", "item_id"]].drop_duplicates()
     named = shown.merge(by_request.assign(named=True), on=["request_id", "item_id"], how="left")["named"]
+    signed_in = shown["session_id"].isna() if "session_id" in shown else pd.Series(True, index=shown.index)
     later = (
-        shown[["user_id", "item_id", "logged_at"]]
+        shown.loc[signed_in, ["user_id", "item_id", "logged_at"]]
         .reset_index()
         .merge(feedback[feedback["request_id"].isna()][["user_id", "item_id", "timestamp"]], on=["user_id", "item_id"])
     )

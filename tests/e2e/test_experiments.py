@@ -29,9 +29,10 @@ USERS = [str(u) for u in range(1, 101)]  # one batch holds at most 100
 
 
 def write(path: Path, spec: dict | str) -> None:
-    path.write_text(spec if isinstance(spec, str) else json.dumps(spec))
-    stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    """Replace the file whole, as docs/experiments.md says to; the server sees new content whatever the clock."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(spec if isinstance(spec, str) else json.dumps(spec))
+    os.replace(partial, path)
 
 
 def arms_spec(ranker: str, name: str = "exp") -> dict:
@@ -116,6 +117,7 @@ class Load:
     def __init__(self, url: str, connections: int = 4) -> None:
         self.url, self.stop = url, threading.Event()
         self.outcomes: Counter[str] = Counter()
+        self.lock = threading.Lock()  # Counter's += is not atomic across threads
         self.threads = [threading.Thread(target=self.run, args=(n,)) for n in range(connections)]
 
     def run(self, n: int) -> None:
@@ -126,7 +128,8 @@ class Load:
                     outcome = str(response.status_code)
                 except httpx.HTTPError as exc:
                     outcome = type(exc).__name__  # sent, and no answer came back
-                self.outcomes[outcome] += 1
+                with self.lock:
+                    self.outcomes[outcome] += 1
                 n += len(self.threads)
 
     def __enter__(self) -> Load:
@@ -168,6 +171,46 @@ def test_changing_weights_under_load_fails_no_request(experiment_server):
         raise
     FIGURES.append(f"experiments file changed three times under load: {dict(load.outcomes)}")
     assert set(load.outcomes) == {"200"} and load.outcomes["200"] > 0, dict(load.outcomes)
+
+
+def test_a_visitor_is_assigned_by_session_and_the_log_keeps_it(experiment_server):
+    """Visitors sharing one user_id get arms by session, kept over a visit, echoed, and logged for the report."""
+    http, _, events, _ = experiment_server
+    sessions = [f"visit-{n}" for n in range(40)]
+
+    def arms() -> dict[str, str]:
+        batch = {"requests": [{"user_id": "guest", "session_id": s, "k": 3} for s in sessions]}
+        answers = http.post("/recommend_batch", json=batch).json()["results"]
+        assert [a["experiment"]["session_id"] for a in answers] == sessions
+        return {s: a["experiment"]["arm"] for s, a in zip(sessions, answers, strict=True)}
+
+    first = arms()
+    assert first == arms() and set(first.values()) == {"control", "other"}
+    assert "session_id" not in http.post("/recommend", json={"user_id": "1"}).json()["experiment"]
+
+    def logged() -> bool:
+        shown = read_events(str(events), IMPRESSIONS).to_pandas()
+        return set(sessions) <= set(shown["session_id"].dropna())
+
+    assert until(logged)
+
+
+def test_a_shadow_never_changes_the_answer_shown(experiment_server):
+    """The same users answered with the shadow scoring every request, then without it: the same lists."""
+    http, spec, _, run = experiment_server
+    batch = {"requests": [{"user_id": u, "k": 5} for u in USERS]}
+
+    def lists() -> dict[str, list[str]]:
+        answers = http.post("/recommend_batch", json=batch).json()["results"]
+        return {a["user_id"]: [(i["item_id"], i["score"]) for i in a["recommendations"]] for a in answers}
+
+    with_shadow = lists()
+    plain = {k: v for k, v in arms_spec(run.ranker_tag, name="plain").items() if k != "shadow"}
+    write(spec, {**plain, "salt": "exp"})  # the users keep their arms
+    assert until(lambda: http.post("/recommend", json={"user_id": "1"}).json()["experiment"]["name"] == "plain")
+    assert lists() == with_shadow
+    write(spec, arms_spec(run.ranker_tag))
+    assert until(lambda: http.post("/recommend", json={"user_id": "1"}).json()["experiment"]["name"] == "exp")
 
 
 def test_an_interleaving_arm_says_which_model_placed_each_item(experiment_server):

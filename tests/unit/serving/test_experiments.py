@@ -295,3 +295,20 @@ def test_a_shadow_that_cannot_keep_up_is_dropped_and_counted(served, tmp_path):
     assert scorer.dropped >= 3
     release.set()
     scorer.close()
+
+
+def test_a_shadow_scores_what_arrives_together_in_one_pipeline_call(served, tmp_path):
+    """Nobody waits for a shadow: requests offered within its gathering window share one call, in their order."""
+    calls: list[list[str]] = []
+    scorer = ShadowScorer(lambda answers: calls.append([a.request_id for a in answers]), gather_seconds=0.5, batch=4)
+    spec = {**TWO_ARMS, "shadow": {"name": "pop", "strategy": "popular", "share": 1.0}}
+    experiment = Experiments(write(tmp_path / "e.json", spec), served, load=pytest.fail).current
+    plain = Experiments(None, served, load=pytest.fail)
+    offered = []
+    for user in ["1", "2", "3", "4", "5", "6"]:  # six requests, one at a time: at most four a call
+        request = [RecommendRequest(user_id=user, k=2)]
+        shown = plain.respond(request)
+        offered.append(shown[0].request_id)
+        scorer.offer(experiment, request, shown)
+    scorer.close()
+    assert calls == [offered[:4], offered[4:]]

@@ -95,6 +95,32 @@ def test_visitors_without_an_account_count_once_per_session():
     assert checks["users"].tolist() == [100]
 
 
+def test_a_session_and_a_user_of_the_same_id_are_two_units_and_a_session_is_one_over_its_lists():
+    """Units as the service assigned them: two lists of one session are one unit; session "7" is not user "7"."""
+    rows = [  # (request, user, session, arm)
+        ("r1", "guest", "7", "control"), ("r2", "guest", "7", "control"),  # one visit, two lists
+        ("r3", "7", None, "control"),  # a signed-in user whose id is that session's
+        ("r4", "guest", "8", "other"), ("r5", "9", None, "other"),
+    ]  # fmt: skip
+    shown = [{"logged_at": float(T0), "request_id": r, "user_id": u, "session_id": s, "item_id": "a", "position": 1,
+              "score": 0.0, "strategy": "two_stage", "model": "m", "experiment": "exp", "arm": arm, "arm_share": 0.5,
+              "arm_forced": False} for r, u, s, arm in rows]  # fmt: skip
+    # Taken from r1 only, named by request_id; and "a" taken by "guest" with no request_id: it names no visit.
+    taken = [{"request_id": "r1", "user_id": "guest", "item_id": "a", "timestamp": T0 + 60},
+             {"request_id": None, "user_id": "guest", "item_id": "a", "timestamp": T0 + 120}]  # fmt: skip
+    impressions, feedback = pd.DataFrame(shown), pd.DataFrame(taken)
+    arms, checks = experiment_report(impressions, feedback)
+    by_arm = arms.set_index("arm")
+    assert by_arm["users"].to_dict() == {"control": 2, "other": 2} and by_arm["lists"].to_dict() == {
+        "control": 3,
+        "other": 2,
+    }
+    # control: session 7 took in one of two lists (0.5), user 7 took nothing (0.0); the visitor of session 8
+    # is not credited with the anonymous take.
+    assert by_arm.loc["control", "hit_rate"] == pytest.approx(0.25) and by_arm.loc["other", "hit_rate"] == 0.0
+    assert checks["users"].tolist() == [4]
+
+
 def test_the_interval_is_the_normal_one_over_users():
     treated, control = pd.Series([1.0, 0.0, 1.0, 1.0]), pd.Series([0.0, 0.0, 1.0, 0.0])
     diff, low, high = difference(treated, control)

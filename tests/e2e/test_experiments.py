@@ -153,7 +153,7 @@ def test_changing_weights_under_load_fails_no_request(experiment_server):
         said = {r["user_id"]: r.get("experiment") for r in batch["results"]}
         return {u: f"{e['name']}:{e['arm']}" if e else None for u, e in said.items()}
 
-    # The test before wrote this file back without waiting for it to be read.
+    # The module's file served, whatever test ran before.
     assert until(lambda: set(arms().values()) == {"exp:control", "exp:other"})
     before = arms()
     everyone_other = arms_spec(run.ranker_tag)

@@ -33,6 +33,7 @@ from serving.health import start_probes
 from serving.responses import check_requests, similar_response, similar_to
 from serving.runtime import paired_candidates_tag
 from serving.settings import get_settings
+from serving.shadow_process import ShadowProcess
 from serving.shared import (
     batch_or_shed,
     query_cost,
@@ -84,7 +85,9 @@ class Recommender:
         self.runtime = start_runtime(settings, str(self.ranker_model.tag), str(self.candidates_model.tag))
         self.tags = self.runtime.tags
         self.recorder = recorder_from(settings)
-        self.experiments = experiments_from(settings, self.runtime, record_shadow=self._record_shadow)
+        # A shadow is scored in a process of its own, and only where its lists are logged (serving/shadow_process.py)
+        shadows = ShadowProcess() if self.recorder.enabled else None
+        self.experiments = experiments_from(settings, self.runtime, shadows=shadows)
         # The pipeline off the event loop, requests queued meanwhile answered together (serving/batcher.py).
         self.batcher = MicroBatcher(
             self._answer,
@@ -116,10 +119,6 @@ class Recommender:
         self.experiments.stop()
         self.batcher.close()
         self.recorder.close()
-
-    def _record_shadow(self, shadow: list[RecommendResponse]) -> None:
-        """An experiment's shadow lists, scored in their own thread, to the event log (never shown)."""
-        record_impressions(self.recorder, shadow)
 
     def _answer(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
         """One pipeline call for every queued request (in the batcher's thread, or inline for a lone one)."""

@@ -11,12 +11,14 @@ other, ``strong`` and ``peer``, trained there once), event log on:
 Measured, the servers taking turns round by round so a drift in the
 machine's speed hits them alike:
 
-- CPU per ``/recommend`` (all the worker's threads, the shadow's included;
-  one connection, back to back, many users: ``benchmarks.request_cost``);
+- CPU per ``/recommend`` of the worker and its children (the shadow's
+  process included, started and loaded before the first round); one
+  connection, back to back, many users;
 - p50/p99 at a fixed rate on ``one arm`` and ``shadow 10%``, the rate that
   keeps one-arm's worker ``--load`` busy (from its CPU per request): is the
   shown answer's p99 within run-to-run noise;
-- each worker's PSS and private memory after the load: what an extra arm holds;
+- PSS and private memory of each worker and its children after the load:
+  what an extra arm holds, and what a shadow's process does;
 - under load (``--concurrency`` connections) on ``two arms``, the file
   rewritten every few seconds (weights 1:1, 1:3, 0:1, the file removed,
   1:1 again): requests that failed (none allowed) and the seconds until
@@ -43,8 +45,8 @@ import httpx
 
 from benchmarks.experiment_loop import data_config, env_of, trained
 from benchmarks.loadgen import fixed_rate, recommend_bodies
-from benchmarks.request_cost import route_cost, worker_pid
-from benchmarks.servers import recommender
+from benchmarks.request_cost import TICK_MS, send_for, worker_pid
+from benchmarks.servers import PROC, process_tree, recommender
 from benchmarks.serving import REPO
 from benchmarks.serving_memory import smaps
 
@@ -125,6 +127,32 @@ def changes_under_load(url: str, spec: Path, peer: str, users: list[str], connec
             "seconds_to_take_effect": took, "refresh_seconds": REFRESH}  # fmt: skip
 
 
+def tree_ticks(pid: int) -> int:
+    """CPU clock ticks (user + system) of a process and its children: a worker and its shadow process."""
+    total = 0
+    for p in [pid, *process_tree(pid)]:
+        try:
+            fields = (PROC / str(p) / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def cpu_per_request(port: int, worker: int, bodies: list[dict], seconds: float) -> float:
+    """CPU ms per ``/recommend`` of a worker and its children, one connection back to back for ``seconds``."""
+    before = tree_ticks(worker)
+    sent, _ = send_for(port, "POST", "/recommend", bodies, seconds)
+    time.sleep(0.5)  # the shadow's last gathered requests scored
+    return round((tree_ticks(worker) - before) * TICK_MS / sent, 3)
+
+
+def tree_memory(worker: int) -> dict[str, float]:
+    """PSS and private MB of a worker and its children (the shadow's process, when one runs)."""
+    parts = [smaps(p) for p in [worker, *process_tree(worker)]]
+    return {key: round(sum(part.get(key, 0.0) for part in parts), 1) for key in ("rss_mb", "pss_mb", "private_mb")}
+
+
 def main(argv: list[str] | None = None) -> int:
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_argument("--users", type=int, default=3000, help="the synthetic data's users (as experiment_loop)")
@@ -158,12 +186,18 @@ def main(argv: list[str] | None = None) -> int:
             port = int(url.rsplit(":", 1)[1])
             servers[name] = {"url": url, "port": port, "worker": worker_pid(pid), "spec": env.get("RECSYS_EXPERIMENTS")}
         print(f"servers up: {', '.join(servers)}", flush=True)
+        for s in servers.values():  # every worker warm, and the shadow's process started and loaded
+            send_for(s["port"], "POST", "/recommend", bodies, 3.0)
+        shadow_worker = servers["shadow 10%"]["worker"]
+        deadline = time.monotonic() + 120
+        while not process_tree(shadow_worker) and time.monotonic() < deadline:
+            send_for(servers["shadow 10%"]["port"], "POST", "/recommend", bodies, 1.0)
+        time.sleep(20)  # the shadow process loads its ranker once
 
         cpu: dict[str, list[float]] = {name: [] for name in servers}
         for round_ in range(args.rounds):
             for name, s in servers.items():
-                row = route_cost(s["port"], s["worker"], name, "POST", "/recommend", bodies, args.seconds)
-                cpu[name].append(row["cpu_ms"])
+                cpu[name].append(cpu_per_request(s["port"], s["worker"], bodies, args.seconds))
             print(f"round {round_ + 1}: " + ", ".join(f"{n} {v[-1]:.3f} ms" for n, v in cpu.items()), flush=True)
         median = {name: statistics.median(values) for name, values in cpu.items()}
 
@@ -176,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} at {rate} req/s: {latency[-1]}", flush=True)
         dropped = _metric(servers["shadow 10%"]["url"], "recsys_shadow_dropped_total")
 
-        memory = {name: {k: round(v, 1) for k, v in smaps(s["worker"]).items()} for name, s in servers.items()}
+        memory = {name: tree_memory(s["worker"]) for name, s in servers.items()}
         two = servers["two arms"]
         file = Path(two["spec"])
         under_load = changes_under_load(two["url"], file, tags["peer"], users, args.concurrency, 4 * REFRESH)

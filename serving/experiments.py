@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -190,12 +190,14 @@ class Experiments:
         served: Runtime,
         load: Callable[[str], Runtime],
         record_shadow: Callable[[list[RecommendResponse]], None] | None = None,
+        shadows: ShadowSink | None = None,
     ) -> None:
         self.path = path
         self.served = served
         self.load = load
-        # Shadow lists go to ``record_shadow`` from a thread of their own; without it, no shadow is scored.
-        self.shadows = ShadowScorer(record_shadow) if record_shadow is not None else None
+        # Where a shadow's requests go: ``shadows`` (the service's: a process of its own), else a thread of this
+        # one that gives the lists to ``record_shadow``; with neither, no shadow is scored.
+        self.shadows = shadows or (ShadowScorer(record_shadow) if record_shadow is not None else None)
         self.current: Experiment | None = None
         self.error: str | None = None
         self._read: tuple[int, bytes] | None = None  # the stamp of the file last read (_read_file)
@@ -335,6 +337,16 @@ class Experiments:
             self.shadows.close()
 
 
+class ShadowSink(Protocol):
+    """Where the request path puts a shadow's requests: it must not block, and drops what it cannot take."""
+
+    def offer(
+        self, experiment: Experiment, requests: list[RecommendRequest], shown: list[RecommendResponse]
+    ) -> None: ...
+
+    def close(self, timeout: float = 5.0) -> None: ...
+
+
 class ShadowScorer:
     """Scores sampled requests with an experiment's shadow in a thread of its own: never shown, never waited for.
 
@@ -345,7 +357,9 @@ class ShadowScorer:
     ``gather_seconds`` of a request (up to ``batch`` requests) into one pipeline
     call: 16 requests together cost a third of what 16 calls of one do.
     Shadow lists carry the request_id of the list shown, so the report compares
-    them with it and with the feedback that followed.
+    them with it and with the feedback that followed. The service runs it in a
+    process of its own (:mod:`serving.shadow_process`); in a worker's thread it
+    would share the GIL with the answers it overlaps.
     """
 
     def __init__(
@@ -357,15 +371,26 @@ class ShadowScorer:
     ) -> None:
         self.record = record
         self.batch, self.gather_seconds = batch, gather_seconds
-        self.queue: queue.Queue[tuple[Experiment, list[RecommendRequest], list[RecommendResponse]] | None]
+        self.queue: queue.Queue[tuple[Experiment, list[RecommendRequest], list[str | None]] | None]
         self.queue = queue.Queue(maxsize=capacity)
         self.dropped = 0
         self._thread = threading.Thread(target=self._loop, name="shadow-scoring", daemon=True)
         self._thread.start()
 
     def offer(self, experiment: Experiment, requests: list[RecommendRequest], shown: list[RecommendResponse]) -> None:
+        """Queue the requests just answered by ``shown``; dropped and counted when the queue is full."""
+        self.offer_ids(experiment, requests, [answer.request_id for answer in shown])
+
+    def offer_ids(
+        self,
+        experiment: Experiment,
+        requests: list[RecommendRequest],
+        request_ids: list[str | None],
+        wait: bool = False,
+    ) -> None:
+        """Queue requests under the request_ids of the lists shown; ``wait`` for room rather than drop."""
         try:
-            self.queue.put_nowait((experiment, requests, shown))
+            self.queue.put((experiment, requests, request_ids), block=wait)
         except queue.Full:
             self.dropped += len(requests)
             SHADOW_DROPPED.inc(len(requests))
@@ -395,29 +420,30 @@ class ShadowScorer:
             if stop:
                 return
 
-    def _score_gathered(
-        self, gathered: list[tuple[Experiment, list[RecommendRequest], list[RecommendResponse]]]
-    ) -> None:
-        """One pipeline call per experiment among the gathered (a file re-read may have replaced it meanwhile)."""
-        by_experiment: dict[int, tuple[Experiment, list[RecommendRequest], list[RecommendResponse]]] = {}
-        for experiment, requests, shown in gathered:
-            _, all_requests, all_shown = by_experiment.setdefault(id(experiment), (experiment, [], []))
+    def _score_gathered(self, gathered: list[tuple[Experiment, list[RecommendRequest], list[str | None]]]) -> None:
+        """One pipeline call per shadow among the gathered (a file re-read may have replaced it meanwhile)."""
+        by_shadow: dict[tuple, tuple[Experiment, list[RecommendRequest], list[str | None]]] = {}
+        for experiment, requests, request_ids in gathered:
+            shadow = experiment.shadow
+            assert shadow is not None  # offered only for an experiment with a shadow
+            key = (experiment.name, shadow.name, id(shadow.runtime), shadow.popular)
+            _, all_requests, all_ids = by_shadow.setdefault(key, (experiment, [], []))
             all_requests += requests
-            all_shown += shown
-        for experiment, requests, shown in by_experiment.values():
+            all_ids += request_ids
+        for experiment, requests, request_ids in by_shadow.values():
             try:
-                self.record(self.score(experiment, requests, shown))
+                self.record(self.score(experiment, requests, request_ids))
             except Exception:  # a shadow must never take the worker down; the shown answers are long gone
                 logger.exception("shadow scoring of %d requests failed", len(requests))
 
     @staticmethod
-    def score(experiment: Experiment, requests: list[RecommendRequest], shown: list[RecommendResponse]):
+    def score(experiment: Experiment, requests: list[RecommendRequest], request_ids: list[str | None]):
         """The shadow's answers to requests already answered, under their request_ids; no metric counts them."""
         shadow = experiment.shadow
         assert shadow is not None  # offered only for an experiment with a shadow
         answers = uncounted_answers(shadow.runtime, requests, shadow.popular)
-        for listed, seen in zip(answers, shown, strict=True):
-            listed.request_id = seen.request_id
+        for listed, request_id in zip(answers, request_ids, strict=True):
+            listed.request_id = request_id
             listed.experiment = ExperimentArm(name=experiment.name, arm=shadow.name, share=0.0, shadow=True)
         return answers
 
@@ -505,13 +531,13 @@ def experiments_from(
     settings: ServiceSettings,
     served: Runtime,
     refresh: bool = True,
-    record_shadow: Callable[[list[RecommendResponse]], None] | None = None,
+    shadows: ShadowSink | None = None,
 ) -> Experiments:
     """The experiment a worker serves, its arms loaded as the served pair was.
 
     A file that cannot be served at start-up is :class:`IncompatibleModels`: the server refuses to start, as for
     a mismatched model pair. With ``refresh``, the file is re-read and each arm's features refreshed every
-    ``refresh_seconds``. Shadow lists go to ``record_shadow`` (none: no shadow is scored).
+    ``refresh_seconds``. A shadow's requests go to ``shadows`` (none: no shadow is scored).
     """
 
     def load(tag: str) -> Runtime:
@@ -522,7 +548,7 @@ def experiments_from(
         return runtime
 
     path = experiments_path(settings.experiments, served.feature_source)
-    experiments = Experiments(path, served, load, record_shadow)
+    experiments = Experiments(path, served, load, shadows=shadows)
     if experiments.error is not None:
         raise IncompatibleModels(f"experiments file: {experiments.error}")
     if refresh:

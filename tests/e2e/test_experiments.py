@@ -254,8 +254,9 @@ def test_impressions_carry_their_arm_and_feedback_joins_them_in_the_report(exper
     is_shadow = logged["shadow"].fillna(False).astype(bool)
     shown = logged[~is_shadow]
     assert set(shown["arm"]) == {"control", "other"} and set(shown["experiment"]) == {"exp"}
-    until(
-        lambda: served <= set(read_events(str(events), IMPRESSIONS).to_pandas().query("shadow == True")["request_id"])
+    until(  # the shadow's own process may still be starting
+        lambda: served <= set(read_events(str(events), IMPRESSIONS).to_pandas().query("shadow == True")["request_id"]),
+        seconds=90,
     )
     logged = read_events(str(events), IMPRESSIONS).to_pandas()
     logged = logged[logged["request_id"].isin(served)]

@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pydantic import ValidationError
 
-from serving.api_models import RecommendRequest
+from features.events import IMPRESSIONS, read_events
+from serving.api_models import RecommendRequest, RecommendResponse
 from serving.experiments import (
+    Experiment,
     ExperimentError,
     Experiments,
+    Shadow,
     ShadowScorer,
     bucket,
     experiments_path,
@@ -23,6 +29,7 @@ from serving.experiments import (
     team_draft,
 )
 from serving.runtime import Runtime
+from serving.shadow_process import ShadowProcess
 from tests.support import quick_config
 from train.run import train
 
@@ -312,3 +319,32 @@ def test_a_shadow_scores_what_arrives_together_in_one_pipeline_call(served, tmp_
         scorer.offer(experiment, request, shown)
     scorer.close()
     assert calls == [offered[:4], offered[4:]]
+
+
+def test_a_shadow_process_scores_and_logs_what_it_is_given_and_flushes_when_closed(served, tmp_path, monkeypatch):
+    """The service's shadow: a child process of its own, which logs the lists under the shown request_ids."""
+    monkeypatch.setenv("RECSYS_EVENT_LOG", str(tmp_path / "events"))  # the child reads the worker's settings
+    spec = {**TWO_ARMS, "shadow": {"name": "pop", "strategy": "popular", "share": 1.0}}
+    experiment = Experiments(write(tmp_path / "e.json", spec), served, load=pytest.fail).current
+    requests = [RecommendRequest(user_id=str(u), k=3) for u in served.candidates.user_ids[:10]]
+    shown = Experiments(None, served, load=pytest.fail).respond(requests)
+    shadows = ShadowProcess()
+    shadows.offer(experiment, requests[:4], shown[:4])
+    shadows.offer(experiment, requests[4:], shown[4:])
+    shadows.close(timeout=120)
+    logged = read_events(str(tmp_path / "events"), IMPRESSIONS).to_pandas()
+    assert set(logged["request_id"]) == {answer.request_id for answer in shown}
+    assert logged["shadow"].all() and set(logged["arm"]) == {"pop"} and set(logged["strategy"]) == {"popular"}
+    assert shadows.started == 1 and shadows.dropped == 0
+
+
+def test_a_shadow_process_that_dies_costs_its_requests_and_is_not_restarted_at_once():
+    """A child that exits is not started again for every request: its requests are dropped and counted."""
+    shadows = ShadowProcess(command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+    runtime = SimpleNamespace(tags=SimpleNamespace(ranker="recsys-ranker:any"))  # the message names its ranker
+    spec = Experiment("exp", "exp", (), Shadow("pop", 1.0, runtime, popular=True))  # type: ignore[arg-type]
+    for n in range(6):
+        shadows.offer(spec, [RecommendRequest(user_id=str(n))], [RecommendResponse(user_id=str(n), recommendations=[])])
+        time.sleep(0.3)
+    shadows.close(timeout=5)
+    assert shadows.started == 1 and shadows.dropped >= 4

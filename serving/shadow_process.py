@@ -105,8 +105,10 @@ class ShadowProcess:
         if self._child is None:
             if time.monotonic() < self._not_before:
                 raise _Resting("the shadow process is resting after it exited")
-            # B603 (bandit): this interpreter and this module, no shell
-            self._child = subprocess.Popen(self.command, stdin=subprocess.PIPE, env=_importable())  # nosec B603
+            # B603 (bandit): this interpreter and this module (or a test's command), no shell
+            self._child = subprocess.Popen(  # nosec B603
+                self.command, stdin=subprocess.PIPE, env=_importable()
+            )
             self.started += 1
         assert self._child.stdin is not None
         return self._child.stdin

@@ -45,7 +45,7 @@ import httpx
 
 from benchmarks.experiment_loop import data_config, env_of, trained
 from benchmarks.loadgen import fixed_rate, recommend_bodies
-from benchmarks.request_cost import TICK_MS, send_for, worker_pid
+from benchmarks.request_cost import TICK_MS, send_for, thread_ticks, worker_pid
 from benchmarks.servers import PROC, process_tree, recommender
 from benchmarks.serving import REPO
 from benchmarks.serving_memory import smaps
@@ -129,14 +129,7 @@ def changes_under_load(url: str, spec: Path, peer: str, users: list[str], connec
 
 def tree_ticks(pid: int) -> int:
     """CPU clock ticks (user + system) of a process and its children: a worker and its shadow process."""
-    total = 0
-    for p in [pid, *process_tree(pid)]:
-        try:
-            fields = (PROC / str(p) / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # it ended
-        total += int(fields[11]) + int(fields[12])
-    return total
+    return sum(sum(thread_ticks(p).values()) for p in [pid, *process_tree(pid)] if (PROC / str(p)).exists())
 
 
 def cpu_per_request(port: int, worker: int, bodies: list[dict], seconds: float) -> float:

@@ -38,7 +38,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from benchmarks.loadgen import markdown
-from benchmarks.servers import cmdline, free_port, process_tree
+from benchmarks.servers import free_port, worker_pids
 from benchmarks.serving import BIN, fastapi_reference, server
 from serving import heap
 from serving.api_models import RecommendRequest
@@ -63,7 +63,7 @@ def thread_ticks(pid: int) -> dict[int, int]:
 
 def worker_pid(server_pid: int) -> int:
     """The process that serves: BentoML's worker, or the server itself (uvicorn with one worker)."""
-    workers = [p for p in process_tree(server_pid) if "_bentoml_impl.worker" in (cmdline(p) or "")]
+    workers = worker_pids(server_pid)
     return workers[0] if workers else server_pid
 
 

@@ -101,6 +101,11 @@ def cmdline(pid: int) -> str | None:
         return None
 
 
+def worker_pids(root: int) -> list[int]:
+    """BentoML worker processes under a `bentoml serve` process."""
+    return [pid for pid in process_tree(root) if "_bentoml_impl.worker" in (cmdline(pid) or "")]
+
+
 def status_field(pid: int, name: str) -> str | None:
     """The value of one ``/proc/<pid>/status`` line (``VmRSS``, ``Uid``, ...), or None."""
     try:

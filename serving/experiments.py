@@ -189,15 +189,12 @@ class Experiments:
         path: Path | None,
         served: Runtime,
         load: Callable[[str], Runtime],
-        record_shadow: Callable[[list[RecommendResponse]], None] | None = None,
         shadows: ShadowSink | None = None,
     ) -> None:
         self.path = path
         self.served = served
         self.load = load
-        # Where a shadow's requests go: ``shadows`` (the service's: a process of its own), else a thread of this
-        # one that gives the lists to ``record_shadow``; with neither, no shadow is scored.
-        self.shadows = shadows or (ShadowScorer(record_shadow) if record_shadow is not None else None)
+        self.shadows = shadows  # where a shadow's requests go (the service's: a process of its own); none: unscored
         self.current: Experiment | None = None
         self.error: str | None = None
         self._read: tuple[int, bytes] | None = None  # the stamp of the file last read (_read_file)

@@ -12,8 +12,10 @@ import os
 import ssl
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +23,16 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from benchmarks.servers import cmdline, free_port, parent_pid, process_tree, running, status_field, stop
+from benchmarks.servers import (
+    cmdline,
+    free_port,
+    parent_pid,
+    process_tree,
+    running,
+    status_field,
+    stop,
+    worker_pids,
+)
 from features.schema import DAY, Columns, Dataset
 from features.synthetic import SyntheticConfig
 from train.config import TrainConfig
@@ -32,6 +43,7 @@ __all__ = [
     "KNOWN_USER",
     "REPO",
     "SMALL",
+    "Load",
     "Server",
     "cmdline",
     "free_port",
@@ -46,6 +58,7 @@ __all__ = [
     "store_state",
     "tree_digest",
     "wait_for",
+    "worker_pids",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,6 +133,48 @@ class Server:
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+
+class Load:
+    """A few connections sending /recommend back to back until the block ends, counting outcomes.
+
+    Each connection takes the ``users`` in turn (``n``, ``n + connections``, ...). A refused connection
+    (nobody listening) counts as "refused"; a request sent and never answered by the name of its error.
+    """
+
+    def __init__(self, url: str, users: Sequence[str] = ("196",), connections: int = 4) -> None:
+        self.url, self.users, self.stop = url, users, threading.Event()
+        self.outcomes: Counter[str] = Counter()
+        self.log: list[tuple[float, str]] = []  # (start time, outcome) of every request
+        self.lock = threading.Lock()  # Counter's += is not atomic across threads
+        self.threads = [threading.Thread(target=self.run, args=(n,)) for n in range(connections)]
+
+    def run(self, n: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as http:
+            while not self.stop.is_set():
+                start = time.monotonic()
+                try:
+                    body = {"user_id": self.users[n % len(self.users)], "k": 10}
+                    outcome = str(http.post("/recommend", json=body).status_code)
+                except httpx.ConnectError:
+                    outcome = "refused"  # nobody listening: nothing was in flight
+                    time.sleep(0.05)
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__  # accepted, then lost
+                with self.lock:
+                    self.outcomes[outcome] += 1
+                    self.log.append((start, outcome))
+                n += len(self.threads)
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
 
 
 def _ready(url: str, verify: ssl.SSLContext | bool) -> bool:

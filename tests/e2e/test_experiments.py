@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.events import FEEDBACK, IMPRESSIONS, read_events
-from tests.support import FIGURES, cmdline, process_tree, run_until_exit, serve
+from tests.support import FIGURES, Load, run_until_exit, serve, worker_pids
 from train.experiments import experiment_report, shadow_report
 
 pytestmark = pytest.mark.slow
@@ -111,38 +110,6 @@ def test_a_broken_file_keeps_the_experiment_and_a_new_one_takes_over_within_a_re
     assert until(lambda: http.post("/recommend", json={"user_id": "1"}).json()["experiment"]["name"] == "exp")
 
 
-class Load:
-    """A few connections of their own sending /recommend for varied users back to back, counting outcomes."""
-
-    def __init__(self, url: str, connections: int = 4) -> None:
-        self.url, self.stop = url, threading.Event()
-        self.outcomes: Counter[str] = Counter()
-        self.lock = threading.Lock()  # Counter's += is not atomic across threads
-        self.threads = [threading.Thread(target=self.run, args=(n,)) for n in range(connections)]
-
-    def run(self, n: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as http:
-            while not self.stop.is_set():
-                try:
-                    response = http.post("/recommend", json={"user_id": USERS[n % len(USERS)], "k": 5})
-                    outcome = str(response.status_code)
-                except httpx.HTTPError as exc:
-                    outcome = type(exc).__name__  # sent, and no answer came back
-                with self.lock:
-                    self.outcomes[outcome] += 1
-                n += len(self.threads)
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
-
-
 def test_changing_weights_under_load_fails_no_request(experiment_server):
     """A file swapped under traffic takes over between requests: none of them fails while it does."""
     http, spec, _, run = experiment_server
@@ -159,7 +126,7 @@ def test_changing_weights_under_load_fails_no_request(experiment_server):
     everyone_other = arms_spec(run.ranker_tag)
     everyone_other["arms"][0]["weight"] = 0
     try:
-        with Load(http.base_url) as load:
+        with Load(str(http.base_url), users=USERS) as load:
             write(spec, everyone_other)
             assert until(lambda: set(arms().values()) == {"exp:other"})
             spec.unlink()  # no file: no experiment, answers without the key
@@ -281,11 +248,6 @@ def test_an_experiments_file_that_cannot_be_served_stops_the_start(movielens_run
     assert code != 0 and "experiments file: arm 'other': ranker recsys-ranker:nope cannot be served" in output
 
 
-def worker_pids(root: int) -> set[int]:
-    """BentoML worker processes under a `bentoml serve` process."""
-    return {pid for pid in process_tree(root) if "_bentoml_impl.worker" in (cmdline(pid) or "")}
-
-
 def answered_by(events: Path) -> dict[str, int]:
     """Which worker logged each request's impressions: a worker writes its own files, named by its pid first."""
     found = {}
@@ -322,11 +284,11 @@ def test_a_user_keeps_the_arm_across_two_workers_and_a_restart(movielens_run, tm
             return list(pool.map(one, users))
 
     with serve("service:Recommender", env) as live:
-        workers = worker_pids(live.process.pid)
+        workers = set(worker_pids(live.process.pid))
         answers = ask(live.url, USERS * 4)
         served = {a["request_id"]: a for a in answers}
         assert until(lambda: set(answered_by(events)) >= set(served))
-        assert worker_pids(live.process.pid) == workers  # the same two all along: no worker restarted
+        assert set(worker_pids(live.process.pid)) == workers  # the same two all along: no worker restarted
     by = answered_by(events)
     assert len(workers) == 2 and {by[r] for r in served} == workers  # both workers answered
     seen: dict[str, set[str]] = {}

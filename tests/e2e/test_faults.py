@@ -6,56 +6,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 
 import httpx
 import pytest
 
-from tests.support import FIGURES, REPO, cmdline, process_tree, serve, store_state
+from tests.support import FIGURES, REPO, Load, serve, store_state, worker_pids
 
 pytestmark = pytest.mark.slow
 CONNECTIONS = 4
-
-
-def worker_pids(root: int) -> list[int]:
-    """BentoML worker processes under a `bentoml serve` process."""
-    return [pid for pid in process_tree(root) if "_bentoml_impl.worker" in (cmdline(pid) or "")]
-
-
-class Load:
-    """A few connections sending /recommend back to back, counting outcomes."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.stop = url, threading.Event()
-        self.outcomes: Counter[str] = Counter()
-        self.log: list[tuple[float, str]] = []  # (start time, outcome) of every request
-        self.threads = [threading.Thread(target=self.run) for _ in range(CONNECTIONS)]
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as http:
-            while not self.stop.is_set():
-                start = time.monotonic()
-                try:
-                    outcome = str(http.post("/recommend", json={"user_id": "196", "k": 10}).status_code)
-                except httpx.ConnectError:
-                    outcome = "refused"  # nobody listening: nothing was in flight
-                    time.sleep(0.05)
-                except httpx.HTTPError as exc:
-                    outcome = type(exc).__name__  # accepted, then lost
-                self.outcomes[outcome] += 1
-                self.log.append((start, outcome))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
 
 
 def test_killed_worker_is_restarted_and_loses_at_most_the_requests_in_flight(movielens_run):
@@ -63,7 +23,7 @@ def test_killed_worker_is_restarted_and_loses_at_most_the_requests_in_flight(mov
     with serve("service:Recommender", env) as live:
         before = worker_pids(live.process.pid)
         assert len(before) == 2
-        with Load(live.url) as load:
+        with Load(live.url, connections=CONNECTIONS) as load:
             time.sleep(2)
             os.kill(before[0], signal.SIGKILL)
             deadline = time.monotonic() + 60
@@ -127,7 +87,7 @@ def _alive(pid: int) -> bool:
 
 def test_sigterm_under_load_finishes_in_flight_requests(movielens_run):
     env = {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_REFRESH_SECONDS": "0"}
-    with serve("service:Recommender", env) as live, Load(live.url) as load:
+    with serve("service:Recommender", env) as live, Load(live.url, connections=CONNECTIONS) as load:
         time.sleep(2)
         signalled = time.monotonic()
         live.process.send_signal(signal.SIGTERM)

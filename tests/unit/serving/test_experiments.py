@@ -280,7 +280,7 @@ def test_a_shadow_scores_sampled_requests_off_the_request_path_under_their_reque
         done.set()
 
     spec = {**TWO_ARMS, "shadow": {"name": "pop", "strategy": "popular", "share": 1.0}}
-    experiments = Experiments(write(tmp_path / "e.json", spec), served, load=pytest.fail, record_shadow=record)
+    experiments = Experiments(write(tmp_path / "e.json", spec), served, load=pytest.fail, shadows=ShadowScorer(record))
     shown = experiments.respond([RecommendRequest(user_id=str(u), k=4) for u in served.candidates.user_ids[:30]])
     assert done.wait(30)
     experiments.stop()  # scores what is queued first

@@ -268,11 +268,20 @@ def _rounded(values: np.ndarray) -> list[float]:
 
 
 def _cold_start_lists(stage: Stage, share: np.ndarray, weight: float, users: list[str]) -> dict[str, list[str]]:
-    """What the served cold start would answer with this window and segment weight."""
+    """What the served cold start would answer with this window and segment weight.
+
+    Users with the same segment attributes get the same list, so each list is ranked once per set of
+    attributes (without segment weight: once), not once per user.
+    """
     out = {}
+    by_attributes: dict[tuple, list[str]] = {}
     for user in users:
-        scores, _ = cold_start_scores(stage.view, share, weight, stage.view.stored_attributes(user) if weight else {})
-        out[user] = [str(i) for i in stage.candidates.item_ids[ranking(scores)[:K]]]
+        attributes = stage.view.stored_attributes(user) if weight else {}
+        key = tuple(sorted(attributes.items()))
+        if key not in by_attributes:
+            scores, _ = cold_start_scores(stage.view, share, weight, attributes)
+            by_attributes[key] = [str(i) for i in stage.candidates.item_ids[ranking(scores)[:K]]]
+        out[user] = by_attributes[key]
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -73,8 +74,16 @@ def ndcg_per_user(recommended: dict, relevant: dict[object, set[str]], k: int = 
 
 def _ndcg(hits: np.ndarray, n_relevant: int, k: int) -> float:
     """DCG of a list's hits over the best possible list of length ``min(k, n_relevant)``."""
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    discounts = _discounts(k)
     return float((hits * discounts[: len(hits)]).sum() / discounts[: min(k, n_relevant)].sum())
+
+
+@functools.cache
+def _discounts(k: int) -> np.ndarray:
+    """1 / log2(rank + 1) for ranks 1..k, made once per k (a backtest asks for it about 200,000 times)."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    discounts.flags.writeable = False
+    return discounts
 
 
 def popularity_lists(

@@ -21,14 +21,17 @@ import gc
 import logging
 import time
 
+from stages.memory import give_back_memory
+
 logger = logging.getLogger(__name__)
 
 
 def settle() -> None:
-    """Collect the garbage, then freeze every surviving object (see the module docstring)."""
+    """Collect the garbage, freeze every surviving object (see the module docstring), and give what loading
+    freed back to the system (:func:`stages.memory.give_back_memory`)."""
     start = time.perf_counter()
     gc.unfreeze()
-    gc.collect()
+    give_back_memory()
     gc.freeze()
     logger.info(
         "heap settled: %d objects frozen in %.0f ms", gc.get_freeze_count(), (time.perf_counter() - start) * 1000

@@ -61,6 +61,7 @@ class FeatureView:
         self.families = [family(context) for family in FAMILIES]
         self.segments: Segments = next(f for f in self.families if isinstance(f, Segments))
         self.columns: dict[str, Column] = {c.name: c for f in self.families for c in f.columns()}
+        context.release_build_inputs()
         self._plans: dict[FeatureNames, _RowPlan] = {}
 
     def available(self) -> FeatureNames:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import resource
 import sys
 import time
@@ -24,6 +21,7 @@ from features.schema import Columns, Dataset, load_dataset
 from features.store import MODEL_SNAPSHOT_DIR, fingerprint, write_snapshot
 from stages.candidates import CandidateModel, CandidateParams, popularity_share
 from stages.card import CANDIDATES_MODEL, RANKER_MODEL, CandidatesCard, RankerCard
+from stages.memory import give_back_memory
 from stages.pipeline import TwoStageRecommender
 from stages.ranker import RANKER_FILE, RECENT_RANKER_FILE, VISITOR_RANKER_FILE
 from train.backtest import TWO_STAGE_MODEL, WorseThanBaseline, beaten_by, popularity_name, run_backtest
@@ -51,20 +49,6 @@ from train.ranker_training import (
     fresh_items,
     sample_users,
 )
-
-
-def give_back_memory() -> None:
-    """Return freed heap memory to the system (glibc's ``malloc_trim``; nothing elsewhere).
-
-    What the final rankers' fits freed stayed in the process's heap: at 20M interactions the per-user split,
-    which alone peaks at 5.9 GB on top of the data and the stage of all of it, peaked at 8.5 GB after them.
-    """
-    gc.collect()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: its allocator keeps what it keeps
-        pass
 
 
 @dataclass

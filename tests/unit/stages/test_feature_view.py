@@ -110,3 +110,18 @@ def test_recent_similarity_tells_fresh_users_apart(tiny):
     for row, (item, mine) in enumerate(zip(items, latest, strict=True)):
         expected = max(float(unit[item] @ unit[other]) for other in mine)
         assert numeric[row, names.numeric.index("recent_sim_max")] == pytest.approx(expected, abs=1e-6), row
+
+
+def test_a_built_view_keeps_arrays_not_the_per_user_lists_and_long_tables_it_was_built_from(tiny):
+    """Every worker holds its view: the users' latest-item tuples and the long tables stay only until the
+    columns are built (at 138k users the tuples alone are over 100 MB a worker)."""
+    tables = compute_features(tiny)
+    assert {"recent_items", "recent_days_ago"} <= set(tables.users.columns) and len(tables.affinity)
+    view = FeatureView(tables, np.array(["a", "b", "c"], dtype=object), np.eye(3, dtype=np.float32))
+    context = view.families[0].view
+    assert not {"recent_items", "recent_days_ago"} & set(context.users.columns)
+    assert context.tables.affinity.empty and context.tables.segments.empty
+    assert "recent_items" in tables.users.columns  # the tables given are left as they were (training saves them)
+    assert context.item_values("genres")[0] == ["comedy", "drama"]  # built before, kept
+    with pytest.raises(RuntimeError, match="let its tables go"):
+        context.item_values("title")

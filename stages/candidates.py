@@ -24,6 +24,7 @@ items are loaded memory-mapped.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -239,13 +240,14 @@ class CandidateModel:
     def save(self, directory: Path) -> None:
         """Write the model's files into ``directory`` (a BentoML model folder)."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.als.save(str(directory / "als.npz"))
+        _save_als(self.als, directory)
         np.savez(directory / "ids.npz", users=self.user_ids.astype(str), items=self.item_ids.astype(str))
         # Plain .npy files, not npz: loaded memory-mapped, so every worker of a pod shares one copy of the
         # largest arrays (at 20M interactions the seen matrix alone is 160 MB) through the page cache.
         for part in SEEN_PARTS:
             np.save(directory / f"seen_{part}.npy", getattr(self.seen, part), allow_pickle=False)
-        np.savez(directory / "cooc.npz", items=self.cooc.items, weights=self.cooc.weights)
+        np.save(directory / "cooc_items.npy", self.cooc.items, allow_pickle=False)
+        np.save(directory / "cooc_weights.npy", self.cooc.weights, allow_pickle=False)
         np.save(directory / "popular.npy", self.popular, allow_pickle=False)
         np.save(directory / "cold_share.npy", self.cold_share, allow_pickle=False)
         np.save(directory / "latest.npy", self.latest, allow_pickle=False)
@@ -253,8 +255,7 @@ class CandidateModel:
     @classmethod
     def load(cls, directory: Path, params: CandidateParams) -> CandidateModel:
         """Read what :meth:`save` wrote, without pickle."""
-        with threadpool_limits(1, "blas"):
-            als = AlternatingLeastSquares.load(str(directory / "als.npz"))
+        als = _load_als(directory)
         with np.load(directory / "ids.npz", allow_pickle=False) as ids:
             users, items = ids["users"].astype(object), ids["items"].astype(object)
         return cls(
@@ -265,7 +266,7 @@ class CandidateModel:
             np.load(directory / "popular.npy", allow_pickle=False),
             np.load(directory / "cold_share.npy", allow_pickle=False),
             np.load(directory / "latest.npy", allow_pickle=False, mmap_mode="r"),
-            Neighbours.load(directory / "cooc.npz"),
+            Neighbours.load(directory),
             params,
         )
 
@@ -432,6 +433,30 @@ class CandidateModel:
 
 
 SEEN_PARTS = ("data", "indices", "indptr")  # the seen matrix's CSR arrays, a file each
+COOC_PARTS = ("items", "weights")  # the co-consumption neighbours, a file each
+ALS_FACTORS = ("user_factors", "item_factors")  # beside implicit's als.npz, which keeps the settings
+
+
+def _save_als(als: AlternatingLeastSquares, directory: Path) -> None:
+    """implicit's file without the factors, and the factors as .npy files (memory-mapped by :func:`_load_als`)."""
+    saved = io.BytesIO()
+    als.save(saved)
+    saved.seek(0)
+    with np.load(saved, allow_pickle=False) as arrays:
+        np.savez(directory / "als.npz", **{k: arrays[k] for k in arrays.files if k not in ALS_FACTORS})
+    for name in ALS_FACTORS:
+        np.save(directory / f"als_{name}.npy", getattr(als, name), allow_pickle=False)
+
+
+def _load_als(directory: Path) -> AlternatingLeastSquares:
+    """implicit's model with read-only, memory-mapped factors: a pod's workers share one copy (at 138k users
+    and 26k items, 21 MB a worker). A model saved before the .npy files: its factors, read from als.npz."""
+    with threadpool_limits(1, "blas"):
+        als = AlternatingLeastSquares.load(str(directory / "als.npz"))
+    if (directory / "als_item_factors.npy").exists():
+        for name in ALS_FACTORS:
+            setattr(als, name, np.load(directory / f"als_{name}.npy", allow_pickle=False, mmap_mode="r"))
+    return als
 
 
 def _load_seen(directory: Path, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -502,9 +527,12 @@ class Neighbours:
     weights: np.ndarray  # (n_items, width) float32
 
     @classmethod
-    def load(cls, path: Path) -> Neighbours:
-        with np.load(path, allow_pickle=False) as arrays:
-            return cls(arrays["items"], arrays["weights"])
+    def load(cls, directory: Path) -> Neighbours:
+        """Memory-mapped (a model saved before these files: its cooc.npz, read)."""
+        if not (directory / "cooc_items.npy").exists():
+            with np.load(directory / "cooc.npz", allow_pickle=False) as arrays:
+                return cls(arrays["items"], arrays["weights"])
+        return cls(*(np.load(directory / f"cooc_{part}.npy", allow_pickle=False, mmap_mode="r") for part in COOC_PARTS))
 
 
 def _co_consumption(latest: np.ndarray, n_items: int, neighbours: int) -> Neighbours:

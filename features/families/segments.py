@@ -19,6 +19,7 @@ from features.families.base import (
     PairCompute,
     Pairs,
     ViewContext,
+    one_object_per_value,
     user_state,
     with_unknown,
 )
@@ -109,7 +110,7 @@ class Segments(FeatureFamily):
             ].to_numpy(dtype=np.float32)[known]
             user_codes = values_of_users.map(lambda v, c=code: c.get(str(v), -1) if v is not None else -1)
             self.tables[attribute] = (code, matrix, with_unknown(user_codes.to_numpy(dtype=np.int64), -1))
-            self.stored[attribute] = view.users[attribute].to_numpy(dtype=object)
+            self.stored[attribute] = one_object_per_value(view.users[attribute].to_numpy(dtype=object))
 
     def columns(self) -> list[Column]:
         return [Column(f"seg_{a}", "pair", compute=_segment_share(*self.tables[a][1:], _key(a))) for a in self.tables]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from stages.candidates import CandidateModel, CandidateParams, popularity_share
+from stages.candidates import CandidateModel, CandidateParams, Recent, popularity_share
 
 
 def checkerboard(n_users: int = 40, n_items: int = 20) -> pd.DataFrame:
@@ -71,10 +71,16 @@ def test_the_largest_arrays_load_memory_mapped_and_answer_the_same(tmp_path):
     model = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=5, seed=3))
     model.save(tmp_path)
     loaded = CandidateModel.load(tmp_path, model.params)
-    assert all(memory_mapped(a) for a in (loaded.seen.data, loaded.seen.indices, loaded.seen.indptr, loaded.latest))
+    mapped = (loaded.seen.data, loaded.seen.indices, loaded.seen.indptr, loaded.latest)
+    mapped += (loaded.als.user_factors, loaded.als.item_factors, loaded.cooc.items, loaded.cooc.weights)
+    assert all(memory_mapped(a) for a in mapped)
     users = np.arange(len(model.user_ids))
     for mine, theirs in zip(model.top_n(users, 10).items, loaded.top_n(users, 10).items, strict=True):
         np.testing.assert_array_equal(mine, theirs)
+    recent = [Recent(np.array([0, 5]), np.array([1.0, 2.0], np.float32))] + [None] * (len(users) - 1)
+    np.testing.assert_array_equal(model.user_vectors(users, recent), loaded.user_vectors(users, recent))
+    for item in range(len(model.item_ids)):
+        np.testing.assert_array_equal(model.similar_items(item, 3)[0], loaded.similar_items(item, 3)[0])
 
 
 def test_a_model_saved_before_the_mapped_files_still_loads(tmp_path):
@@ -83,7 +89,16 @@ def test_a_model_saved_before_the_mapped_files_still_loads(tmp_path):
     for part in ("data", "indices", "indptr"):
         (tmp_path / f"seen_{part}.npy").unlink()
     sp.save_npz(tmp_path / "seen.npz", model.seen)  # what save() wrote before
-    assert (CandidateModel.load(tmp_path, model.params).seen != model.seen).nnz == 0
+    for name in ("user_factors", "item_factors"):
+        (tmp_path / f"als_{name}.npy").unlink()
+    model.als.save(str(tmp_path / "als.npz"))  # implicit's file, factors inside
+    for part in ("items", "weights"):
+        (tmp_path / f"cooc_{part}.npy").unlink()
+    np.savez(tmp_path / "cooc.npz", items=model.cooc.items, weights=model.cooc.weights)
+    loaded = CandidateModel.load(tmp_path, model.params)
+    assert (loaded.seen != model.seen).nnz == 0
+    np.testing.assert_array_equal(loaded.als.user_factors, model.als.user_factors)
+    np.testing.assert_array_equal(loaded.cooc.weights, model.cooc.weights)
 
 
 def test_same_seed_same_factors():

@@ -7,6 +7,7 @@ import pytest
 
 from features.compute import compute_features
 from features.families import Pairs
+from features.families.base import one_object_per_value
 from stages.feature_view import FeatureView
 
 
@@ -125,3 +126,12 @@ def test_a_built_view_keeps_arrays_not_the_per_user_lists_and_long_tables_it_was
     assert context.item_values("genres")[0] == ["comedy", "drama"]  # built before, kept
     with pytest.raises(RuntimeError, match="let its tables go"):
         context.item_values("title")
+
+
+def test_equal_values_of_a_users_column_are_one_object():
+    values = np.array(["abc", "y", None, None, float("nan"), float("23"), float("23"), ("a",)], dtype=object)
+    values[2] = "".join(["ab", "c"])
+    assert values[0] == values[2] and values[0] is not values[2] and values[5] is not values[6]
+    shared = one_object_per_value(values)
+    assert shared.tolist()[:4] == ["abc", "y", "abc", None] and shared[0] is shared[2] and shared[5] is shared[6]
+    assert shared[4] != shared[4] and shared[7] == ("a",)

@@ -74,7 +74,9 @@ def check_coverage(version: str, tables: FeatureTables, candidates: CandidateMod
         ("items", tables.items.index, candidates.item_ids),
         ("users", tables.users.index, candidates.user_ids),
     ):
-        covered = int(pd.Index(wanted).isin(known).sum())
+        # As object indexes: pandas 3 turns each of an Arrow-backed index's values into an Arrow scalar in
+        # isin, 1.9 s for 138k users at every start and refresh (0.04 s this way).
+        covered = int(pd.Index(wanted, dtype=object).isin(pd.Index(known, dtype=object)).sum())
         if len(wanted) and covered < MIN_COVERAGE * len(wanted):
             raise SnapshotError(
                 f"snapshot {version} describes {covered:,} of the model's {len(wanted):,} {what}: "

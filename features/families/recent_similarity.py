@@ -58,11 +58,23 @@ class RecentSimilarity(FeatureFamily):
         ages = [a if isinstance(a, tuple) else () for a in users.get("recent_days_ago", pd.Series([()] * len(users)))]
         latest = np.full((view.n_users + 1, RECENT_ITEMS), -1, dtype=np.int64)
         days_ago = np.full((view.n_users + 1, RECENT_ITEMS), np.nan, dtype=np.float32)
-        for row, (items, item_ages) in enumerate(zip(recent, ages, strict=True)):
-            looked_up = [(view.item_position.get(i), a) for i, a in zip(items, item_ages, strict=True)]
-            found = [(i, a) for i, a in looked_up if i is not None][:RECENT_ITEMS]
-            latest[row, : len(found)] = [i for i, _ in found]
-            days_ago[row, : len(found)] = [a for _, a in found]
+        # Flattened, in one pass (a loop per user took 1.5 s of a worker's start at 138k users): items the
+        # catalogue lacks are skipped, the first RECENT_ITEMS found of each user kept, in order.
+        lengths = np.fromiter(map(len, recent), dtype=np.int64, count=len(recent))
+        if lengths.tolist() != [len(a) for a in ages]:
+            raise ValueError("recent_items and recent_days_ago differ in length for some user")
+        positions = pd.Index(view.item_ids, dtype=object).get_indexer(
+            pd.Index(list(itertools.chain.from_iterable(recent)), dtype=object)
+        )
+        flat_ages = np.fromiter(itertools.chain.from_iterable(ages), dtype=np.float64, count=len(positions))
+        rows = np.repeat(np.arange(len(recent)), lengths)
+        found = positions >= 0
+        found_so_far = np.cumsum(found)
+        found_before_row = np.concatenate([[0], found_so_far])[np.cumsum(lengths) - lengths]
+        slot = found_so_far - 1 - found_before_row[rows]
+        keep = found & (slot < RECENT_ITEMS)
+        latest[rows[keep], slot[keep]] = positions[keep]
+        days_ago[rows[keep], slot[keep]] = flat_ages[keep]
         return latest, days_ago
 
     def fresh(self, users: FreshUsers) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from features.compute import compute_features
 from features.families import Pairs
 from features.families.base import one_object_per_value
+from features.families.recent_similarity import RecentSimilarity
+from features.families.segments import bucket_label, bucket_labels
 from stages.feature_view import FeatureView
 
 
@@ -135,3 +138,25 @@ def test_equal_values_of_a_users_column_are_one_object():
     shared = one_object_per_value(values)
     assert shared.tolist()[:4] == ["abc", "y", "abc", None] and shared[0] is shared[2] and shared[5] is shared[6]
     assert shared[4] != shared[4] and shared[7] == ("a",)
+
+
+def test_latest_items_skip_what_the_catalogue_lacks_and_keep_the_first_ten_found(tiny):
+    tables = compute_features(tiny)
+    many = tuple(["gone", *"abcabcabcab", "c"])  # 13 items, one the catalogue lacks: the first 10 found are kept
+    tables.users.loc["u1", "recent_items"] = many
+    tables.users.loc["u1", "recent_days_ago"] = tuple(float(d) for d in range(len(many)))
+    tables.users.loc["u2", "recent_items"], tables.users.loc["u2", "recent_days_ago"] = ("gone",), (1.0,)
+    view = FeatureView(tables, np.array(["a", "b", "c"], dtype=object), np.eye(3, dtype=np.float32))
+    latest, days_ago = next(f for f in view.families if isinstance(f, RecentSimilarity)).latest
+    row1, row2 = view.user_row["u1"], view.user_row["u2"]
+    assert latest[row1].tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+    assert days_ago[row1].tolist() == [float(d) for d in range(1, 11)]
+    assert latest[row2].tolist() == [-1] * 10 and np.isnan(days_ago[row2]).all()
+    assert latest[-1].tolist() == [-1] * 10  # the unknown-user row
+
+
+def test_numeric_attributes_fall_in_quantile_buckets_missing_in_none():
+    values = pd.Series([np.nan, 1.0, 2.0, 2.5, 3.0, None], index=list("uvwxyz"), dtype="Float64")
+    labels = bucket_labels(values, [2.0, 3.0])
+    assert labels.tolist() == [None, "q0", "q1", "q1", "q2", None] and labels.index.tolist() == list("uvwxyz")
+    assert labels.tolist() == [bucket_label(v, [2.0, 3.0]) for v in [None, 1.0, 2.0, 2.5, 3.0, None]]

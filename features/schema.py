@@ -474,10 +474,19 @@ def load_dataset(
     return finalize(Dataset(inter, tables.get("users"), tables.get("items"), notes))
 
 
+def is_in(values: Iterable[object], among: Iterable[object]) -> np.ndarray:
+    """Which ``values`` are ``among`` the others, as booleans: for sets of ids of about the same size.
+
+    Through object indexes: pandas 3's ``isin`` on Arrow-backed strings turns each value of ``among``
+    into an Arrow scalar, one by one (2.2 s for 106k users against 106k; 0.07 s this way).
+    """
+    return np.asarray(pd.Index(values, dtype=object).isin(pd.Index(among, dtype=object)), dtype=bool)
+
+
 def _check_join(table: pd.DataFrame, ids: pd.Series, path: Path, column: str, label: str) -> None:
     """An attribute file that matches almost none of the interactions is the wrong file or another id format."""
     unique = pd.unique(ids)
-    joined = int(pd.Index(unique).isin(table.index).sum())
+    joined = int(is_in(unique, table.index).sum())
     if joined < MIN_JOINED * len(unique):
         raise DataError(
             path,
@@ -509,7 +518,7 @@ def finalize(dataset: Dataset) -> Dataset:
         if table is None:
             continue
         ids = pd.unique(dataset.interactions[column])
-        missing = int((~pd.Index(ids).isin(table.index)).sum())
+        missing = int((~is_in(ids, table.index)).sum())
         if missing:
             notes.append(f"{missing} of {len(ids)} {label} have no attributes (treated as unknown)")
     dataset.notes = notes

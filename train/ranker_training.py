@@ -21,7 +21,7 @@ from catboost import CatBoost, Pool
 from tqdm import tqdm
 
 from features.compute import FeatureTables, compute_features
-from features.schema import DAY, Columns, Dataset
+from features.schema import DAY, Columns, Dataset, is_in
 from stages.candidates import CandidateBatch, CandidateModel, CandidateParams
 from stages.feature_view import FeatureNames, FeatureView
 from stages.pipeline import Query, RecentEvent, TwoStageRecommender
@@ -536,7 +536,7 @@ def request_examples(
     before = interactions.loc[times < cut]
     counts = window.groupby(Columns.user, sort=True).size()
     users = counts.index[counts.to_numpy() > params.visitor_recent]
-    known_at_cut = users.isin(before[Columns.user].unique())
+    known_at_cut = is_in(users, before[Columns.user].unique())
     users = sample_users(np.asarray(users[known_at_cut if known else ~known_at_cut]), params.users_per_cut, params.seed)
     window = window[window[Columns.user].isin(users)].sort_values([Columns.timestamp, Columns.item], kind="stable")
     before = before[before[Columns.user].isin(users)]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from features import schema
-from features.schema import DataError, ReadOptions, id_text, load_dataset, validate_interactions
+from features.schema import DataError, ReadOptions, id_text, is_in, load_dataset, validate_interactions
 
 T0 = 1_700_000_000  # 2023-11-14
 
@@ -263,3 +263,11 @@ def test_far_dates_allowed_are_still_described(tmp_path):
     write(inter, f"user_id,item_id,timestamp\nu,a,1e40\nu,b,{T0}\nu,c,{T0}\n")
     with pytest.raises(DataError, match=r"row 2 \(header = row 1\): timestamp 1e\+40 is out of range$"):
         load_dataset(inter, options=ReadOptions(allow_any_dates=True))
+
+
+def test_is_in_answers_as_pandas_isin_for_arrow_strings_and_objects():
+    values = pd.Series(["u1", "u2", "u3", "u10"], dtype="str")
+    among = pd.Series(["u3", "u1", "u9"], dtype="str").unique()
+    assert is_in(values, among).tolist() == [True, False, True, False] == values.isin(among).tolist()
+    assert is_in(np.array(["u2"], dtype=object), pd.Index(["u2"], dtype="str")).tolist() == [True]
+    assert is_in([], among).tolist() == []

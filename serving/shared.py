@@ -103,7 +103,7 @@ def settle_and_refresh(loaded: Refreshing, settings: ServiceSettings) -> None:
 
     See serving/heap.py for why settling matters to p99.
     """
-    heap.settle()
+    heap.settle(give_back=True)  # nothing is served yet
     loaded.start_refresh(settings.refresh_seconds, after_swap=heap.settle)
 
 

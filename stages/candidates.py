@@ -25,6 +25,7 @@ items are loaded memory-mapped.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -245,12 +246,12 @@ class CandidateModel:
         # Plain .npy files, not npz: loaded memory-mapped, so every worker of a pod shares one copy of the
         # largest arrays (at 20M interactions the seen matrix alone is 160 MB) through the page cache.
         for part in SEEN_PARTS:
-            np.save(directory / f"seen_{part}.npy", getattr(self.seen, part), allow_pickle=False)
-        np.save(directory / "cooc_items.npy", self.cooc.items, allow_pickle=False)
-        np.save(directory / "cooc_weights.npy", self.cooc.weights, allow_pickle=False)
-        np.save(directory / "popular.npy", self.popular, allow_pickle=False)
-        np.save(directory / "cold_share.npy", self.cold_share, allow_pickle=False)
-        np.save(directory / "latest.npy", self.latest, allow_pickle=False)
+            _save_array(directory / f"seen_{part}.npy", getattr(self.seen, part))
+        _save_array(directory / "cooc_items.npy", self.cooc.items)
+        _save_array(directory / "cooc_weights.npy", self.cooc.weights)
+        _save_array(directory / "popular.npy", self.popular)
+        _save_array(directory / "cold_share.npy", self.cold_share)
+        _save_array(directory / "latest.npy", self.latest)
 
     @classmethod
     def load(cls, directory: Path, params: CandidateParams) -> CandidateModel:
@@ -445,7 +446,16 @@ def _save_als(als: AlternatingLeastSquares, directory: Path) -> None:
     with np.load(saved, allow_pickle=False) as arrays:
         np.savez(directory / "als.npz", **{k: arrays[k] for k in arrays.files if k not in ALS_FACTORS})
     for name in ALS_FACTORS:
-        np.save(directory / f"als_{name}.npy", getattr(als, name), allow_pickle=False)
+        _save_array(directory / f"als_{name}.npy", getattr(als, name))
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    """Written beside, then moved over: a process that maps the file being replaced keeps reading the old one
+    (``np.save`` over it truncated the file under the map)."""
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("wb") as out:
+        np.save(out, array, allow_pickle=False)
+    os.replace(partial, path)
 
 
 def _load_als(directory: Path) -> AlternatingLeastSquares:
@@ -453,9 +463,12 @@ def _load_als(directory: Path) -> AlternatingLeastSquares:
     and 26k items, 21 MB a worker). A model saved before the .npy files: its factors, read from als.npz."""
     with threadpool_limits(1, "blas"):
         als = AlternatingLeastSquares.load(str(directory / "als.npz"))
-    if (directory / "als_item_factors.npy").exists():
-        for name in ALS_FACTORS:
-            setattr(als, name, np.load(directory / f"als_{name}.npy", allow_pickle=False, mmap_mode="r"))
+    mapped = [directory / f"als_{name}.npy" for name in ALS_FACTORS]
+    if all(path.exists() for path in mapped):
+        for name, path in zip(ALS_FACTORS, mapped, strict=True):
+            setattr(als, name, np.load(path, allow_pickle=False, mmap_mode="r"))
+    if any(getattr(als, name, None) is None for name in ALS_FACTORS):
+        raise FileNotFoundError(f"{directory}: ALS factors missing (als_user_factors.npy, als_item_factors.npy)")
     return als
 
 

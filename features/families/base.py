@@ -284,7 +284,7 @@ def one_object_per_value(values: np.ndarray) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     for i, value in enumerate(values):
         try:
-            out[i] = shared.setdefault(value, value)
+            out[i] = shared.setdefault((type(value), value), value)  # 1 and 1.0 stay apart: str() tells them apart
         except TypeError:  # unhashable: kept as it is
             out[i] = value
     return out

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 
 from stages.candidates import CandidateModel, CandidateParams, Recent, popularity_share
@@ -179,3 +180,25 @@ def test_the_popular_source_ranks_by_damped_shares():
     damped = CandidateModel.fit(data, params)  # "cult" 2 / sqrt(30), "solo" 1, the rest 1 / sqrt(30)
     assert params.popular_user_damping == 0.5
     assert damped.item_ids[damped.popular[:2]].tolist() == ["solo", "cult"]
+
+
+def test_saving_over_a_mapped_model_leaves_the_loaded_one_as_it_was(tmp_path):
+    # A process keeps reading the files it mapped; np.save over them used to truncate them under the map.
+    model = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=5, seed=3))
+    model.save(tmp_path)
+    loaded = CandidateModel.load(tmp_path, model.params)
+    factors, neighbours = np.array(loaded.als.item_factors), np.array(loaded.cooc.weights)
+    other = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=5, seed=4))
+    other.save(tmp_path)
+    np.testing.assert_array_equal(loaded.als.item_factors, factors)
+    np.testing.assert_array_equal(loaded.cooc.weights, neighbours)
+    np.testing.assert_array_equal(CandidateModel.load(tmp_path, model.params).als.item_factors, other.als.item_factors)
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_model_without_its_factors_is_refused_at_load(tmp_path):
+    model = CandidateModel.fit(checkerboard(), CandidateParams(factors=4, iterations=5, seed=3))
+    model.save(tmp_path)
+    (tmp_path / "als_user_factors.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="ALS factors missing"):
+        CandidateModel.load(tmp_path, model.params)

@@ -537,20 +537,23 @@ def experiments_from(
     ``refresh_seconds``. A shadow's requests go to ``shadows`` (none: no shadow is scored).
     """
 
-    def load(tag: str) -> Runtime:
-        runtime = Runtime.from_store(tag, feature_store=settings.feature_store, n_candidates=settings.n_candidates)
-        if refresh:
-            heap.settle()  # the arm's models out of full collections' way, as the served pair's (serving/heap.py)
-            runtime.start_refresh(settings.refresh_seconds, after_swap=heap.settle)
-        return runtime
-
     path = experiments_path(settings.experiments, served.feature_source)
-    experiments = Experiments(path, served, load, shadows=shadows)
+    experiments = Experiments(path, served, lambda tag: load_arm(tag, settings, refresh), shadows=shadows)
     if experiments.error is not None:
         raise IncompatibleModels(f"experiments file: {experiments.error}")
     if refresh:
         experiments.start_refresh(settings.refresh_seconds)
     return experiments
+
+
+def load_arm(tag: str, settings: ServiceSettings, refresh: bool = True) -> Runtime:
+    """Another ranker's runtime (an arm, a shadow), loaded as the served pair is; with ``refresh``, settled and
+    its features refreshed as the served pair's (serving/heap.py)."""
+    runtime = Runtime.from_store(tag, feature_store=settings.feature_store, n_candidates=settings.n_candidates)
+    if refresh:
+        heap.settle()
+        runtime.start_refresh(settings.refresh_seconds, after_swap=heap.settle)
+    return runtime
 
 
 def experiments_path(setting: str | None, feature_source: str) -> Path | None:

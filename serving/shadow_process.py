@@ -138,8 +138,7 @@ def _line(experiment: Experiment, requests: list[RecommendRequest], request_ids:
 
 def serve_shadows(lines: IO[str]) -> None:
     """The child: score every shadow line read, logging the lists, until the input ends."""
-    from serving import heap
-    from serving.experiments import Experiment, Shadow, ShadowScorer
+    from serving.experiments import Experiment, Shadow, ShadowScorer, load_arm
     from serving.runtime import Runtime
     from serving.settings import get_settings
     from serving.shared import record_impressions, recorder_from, worker_threads
@@ -156,11 +155,7 @@ def serve_shadows(lines: IO[str]) -> None:
                 work = json.loads(line)
                 tag = work["ranker"]
                 if tag not in runtimes:
-                    runtimes[tag] = Runtime.from_store(
-                        tag, feature_store=settings.feature_store, n_candidates=settings.n_candidates
-                    )
-                    heap.settle()
-                    runtimes[tag].start_refresh(settings.refresh_seconds, after_swap=heap.settle)
+                    runtimes[tag] = load_arm(tag, settings)
                 shadow = Shadow(work["shadow"], 0.0, runtimes[tag], work["popular"])
                 experiment = Experiment(work["experiment"], "", (), shadow)
                 requests = [RecommendRequest.model_validate(request) for request in work["requests"]]

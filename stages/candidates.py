@@ -266,7 +266,7 @@ class CandidateModel:
             _load_seen(directory, (len(users), len(items))),
             np.load(directory / "popular.npy", allow_pickle=False),
             np.load(directory / "cold_share.npy", allow_pickle=False),
-            np.load(directory / "latest.npy", allow_pickle=False, mmap_mode="r"),
+            _mapped(directory / "latest.npy"),
             Neighbours.load(directory),
             params,
         )
@@ -458,6 +458,11 @@ def _save_array(path: Path, array: np.ndarray) -> None:
     os.replace(partial, path)
 
 
+def _mapped(path: Path) -> np.ndarray:
+    """A saved array as a read-only memory map: every process that maps it shares one copy in the page cache."""
+    return np.load(path, allow_pickle=False, mmap_mode="r")
+
+
 def _load_als(directory: Path) -> AlternatingLeastSquares:
     """implicit's model with read-only, memory-mapped factors: a pod's workers share one copy (at 138k users
     and 26k items, 21 MB a worker). A model saved before the .npy files: its factors, read from als.npz."""
@@ -466,7 +471,7 @@ def _load_als(directory: Path) -> AlternatingLeastSquares:
     mapped = [directory / f"als_{name}.npy" for name in ALS_FACTORS]
     if all(path.exists() for path in mapped):
         for name, path in zip(ALS_FACTORS, mapped, strict=True):
-            setattr(als, name, np.load(path, allow_pickle=False, mmap_mode="r"))
+            setattr(als, name, _mapped(path))
     if any(getattr(als, name, None) is None for name in ALS_FACTORS):
         raise FileNotFoundError(f"{directory}: ALS factors missing (als_user_factors.npy, als_item_factors.npy)")
     return als
@@ -476,9 +481,7 @@ def _load_seen(directory: Path, shape: tuple[int, int]) -> sp.csr_matrix:
     """The seen matrix over read-only memory maps of its files (a model saved before them: its seen.npz, read)."""
     if not (directory / "seen_indptr.npy").exists():
         return sp.load_npz(directory / "seen.npz").tocsr()
-    data, indices, indptr = (
-        np.load(directory / f"seen_{part}.npy", allow_pickle=False, mmap_mode="r") for part in SEEN_PARTS
-    )
+    data, indices, indptr = (_mapped(directory / f"seen_{part}.npy") for part in SEEN_PARTS)
     return sp.csr_matrix((data, indices, indptr), shape=shape, copy=False)
 
 
@@ -545,7 +548,7 @@ class Neighbours:
         if not (directory / "cooc_items.npy").exists():
             with np.load(directory / "cooc.npz", allow_pickle=False) as arrays:
                 return cls(arrays["items"], arrays["weights"])
-        return cls(*(np.load(directory / f"cooc_{part}.npy", allow_pickle=False, mmap_mode="r") for part in COOC_PARTS))
+        return cls(*(_mapped(directory / f"cooc_{part}.npy") for part in COOC_PARTS))
 
 
 def _co_consumption(latest: np.ndarray, n_items: int, neighbours: int) -> Neighbours:

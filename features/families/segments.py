@@ -46,7 +46,8 @@ def bucket_label(value: float | None, edges: list[float]) -> str | None:
 
 
 def bucket_labels(values: pd.Series, edges: list[float]) -> pd.Series:
-    """:func:`bucket_label` of every value at once (per value, it took 1.2 s of a worker's start at 138k users)."""
+    """:func:`bucket_label` of every value at once (value by value, among the largest parts of a worker's start
+    at 138k users, profiled)."""
     numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
     labels = np.array([f"q{i}" for i in range(len(edges) + 1)], dtype=object)[
         np.searchsorted(np.asarray(edges, dtype=np.float64), numbers, side="right")

@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -159,11 +159,14 @@ def tiny() -> Dataset:
 
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory, synthetic_files) -> tuple[RunResult, Path]:
-    """One quick training run on the small synthetic data, saved to the session's store."""
-    tmp = tmp_path_factory.mktemp("small-run")
-    files = synthetic_files["parquet"]
-    config = quick_config(tmp, interactions=files["interactions"], users=files["users"], items=files["items"])
-    return train(config, echo=False), tmp
+    """One quick training run on the small synthetic data, saved to the session's store (once per session)."""
+    files = synthetic_files["parquet"]  # the same files in every worker: generated from one seed
+
+    def quick(root: Path) -> RunResult:
+        config = quick_config(root, interactions=files["interactions"], users=files["users"], items=files["items"])
+        return train(config, echo=False)
+
+    return _trained_once(tmp_path_factory, "small-run", quick)
 
 
 def _train_movielens(root: Path) -> RunResult:
@@ -184,20 +187,25 @@ def _exclusive(lock: Path) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def movielens_run(tmp_path_factory) -> tuple[RunResult, Path]:
-    """One real training run on MovieLens-100K, saved to the session's store.
+    """One real training run on MovieLens-100K, saved to the session's store."""
+    return _trained_once(tmp_path_factory, "movielens", _train_movielens)
+
+
+def _trained_once(tmp_path_factory, name: str, training: Callable[[Path], RunResult]) -> tuple[RunResult, Path]:
+    """A training run made once per session, in the directory it returns, its models in this worker's store.
 
     Under xdist the first worker to get here trains and exports both models;
     the others import them into their own stores. The feature store and the
     reports are shared: tests that change a feature store copy it first.
     """
     if WORKER is None:
-        root = tmp_path_factory.mktemp("movielens")
-        return _train_movielens(root), root
-    root = tmp_path_factory.getbasetemp().parent / "movielens"  # one directory for all of this session's workers
+        root = tmp_path_factory.mktemp(name)
+        return training(root), root
+    root = tmp_path_factory.getbasetemp().parent / name  # one directory for all of this session's workers
     with _exclusive(root.with_suffix(".lock")):
         if not (root / "run.pickle").exists():
             root.mkdir(exist_ok=True)  # a worker whose training failed may have left it
-            run = _train_movielens(root)
+            run = training(root)
             for tag in (run.candidates_tag, run.ranker_tag):
                 bentoml.models.export_model(tag, str(root / f"{tag.split(':')[0]}.bentomodel"))
             (root / "run.pickle").write_bytes(pickle.dumps(run))

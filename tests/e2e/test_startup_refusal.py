@@ -6,28 +6,25 @@ import shutil
 
 import pytest
 
-from tests.support import quick_config, run_until_exit
-from train.run import train
+from tests.support import run_until_exit
 
 pytestmark = pytest.mark.slow
 
 
-def test_refuses_mismatched_candidates_model(movielens_run, tmp_path, synthetic_files):
-    other = train(quick_config(tmp_path, interactions=synthetic_files["csv"]["interactions"]), echo=False)
+def test_refuses_mismatched_candidates_model(movielens_run, small_run):
     code, output = run_until_exit(
         "service:Recommender",
-        {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_CANDIDATES_TAG": other.candidates_tag},
+        {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_CANDIDATES_TAG": small_run[0].candidates_tag},
     )
     assert code != 0
     assert f"was trained against candidates model {movielens_run[0].candidates_tag}" in output
 
 
-def test_refuses_feature_store_without_needed_features(movielens_run, tmp_path, synthetic_files):
-    config = quick_config(tmp_path, interactions=synthetic_files["csv"]["interactions"])
-    train(config, echo=False)
+def test_refuses_feature_store_without_needed_features(movielens_run, small_run):
+    synthetic_store = small_run[1] / "feature_store"  # no gender, occupation or zip code: MovieLens users have them
     code, output = run_until_exit(
         "service:Recommender",
-        {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_FEATURE_STORE": config.feature_store},
+        {"RECSYS_RANKER_TAG": movielens_run[0].ranker_tag, "RECSYS_FEATURE_STORE": str(synthetic_store)},
     )
     assert code != 0
     assert "lacks features the ranker needs" in output

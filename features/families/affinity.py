@@ -78,10 +78,10 @@ class Affinity(FeatureFamily):
         if not self.shares:
             return
         total = self._total_weight[users.rows]
-        recent_weight = np.where(users.valid, users.weights, 0.0)
+        recent_weight = users.weights  # 0 on pads
         new_total = np.maximum(total + recent_weight.sum(axis=1), 1e-9)
         for attribute, (user_share, onehot) in self.shares.items():
-            added = np.einsum("sw,swv->sv", recent_weight, onehot[np.where(users.valid, users.items, 0)])
+            added = np.einsum("sw,swv->sv", recent_weight, onehot[users.item_indices])
             share = (user_share[users.rows] * total[:, None] + added) / new_total[:, None]
             users.state[_key(attribute)] = share.astype(np.float32)
 

@@ -115,6 +115,11 @@ class FreshUsers:
         """Which of ``items`` are real (not pads); every family reads it, so it is worked out once."""
         return self.items >= 0
 
+    @cached_property
+    def item_indices(self) -> np.ndarray:
+        """``items`` with pads at 0, to index per-item arrays with: a pad then weighs 0 (or is masked by ``valid``)."""
+        return np.maximum(self.items, 0)
+
 
 @dataclass(frozen=True)
 class Pairs:

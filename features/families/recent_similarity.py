@@ -83,8 +83,9 @@ class RecentSimilarity(FeatureFamily):
         if self.view.item_vectors is None:
             return
         latest, days_ago = self.latest
-        merged_items = np.concatenate([np.where(users.valid, users.items, -1), latest[users.rows]], axis=1)
-        merged_days = np.concatenate([np.where(users.valid, users.days_ago, np.nan), days_ago[users.rows]], axis=1)
+        # Pads as the snapshot's own: -1 items, NaN ages.
+        merged_items = np.concatenate([users.items, latest[users.rows]], axis=1)
+        merged_days = np.concatenate([users.days_ago, days_ago[users.rows]], axis=1)
         # Pads to the back, order otherwise kept (a stable sort on "is a pad").
         order = np.argsort(merged_items < 0, axis=1, kind="stable")[:, :RECENT_ITEMS]
         users.state[LATEST] = np.take_along_axis(merged_items, order, axis=1)

@@ -76,7 +76,7 @@ class Taste(FeatureFamily):
         """The weighted mean with the recent items' values added to the snapshot's sum."""
         for attribute, every_taste, every_weight, item_values in self._fresh_inputs:
             taste, weight = every_taste[users.rows], every_weight[users.rows]
-            values = item_values[np.where(users.valid, users.items, 0)]
+            values = item_values[users.item_indices]
             known = users.valid & ~np.isnan(values)
             added_weight = np.where(known, users.weights, 0.0)
             total = weight + added_weight.sum(axis=1)

@@ -53,8 +53,8 @@ class UserActivity(FeatureFamily):
         count = users.valid.sum(axis=1)
         activity = before + count
         total_weight = before * zero_nan(base["user_mean_weight"]) + users.weights.sum(axis=1)
-        newest = np.where(users.valid, users.days_ago, np.nan)
-        newest = np.fmin.reduce(newest, axis=1) if newest.shape[1] else np.full(len(newest), np.nan)
+        ages = users.days_ago  # NaN pads, which fmin passes over
+        newest = np.fmin.reduce(ages, axis=1) if ages.shape[1] else np.full(len(ages), np.nan)
         users.state.update(
             {
                 REQUEST_ITEMS: count.astype(np.float32),

@@ -44,10 +44,13 @@ def feature_rows(pipeline: TwoStageRecommender, users: list[str]) -> tuple[np.nd
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_synthetic_clusters_are_recovered(tmp_path, synthetic_files, fmt):
-    files = synthetic_files[fmt]
-    config = quick_config(tmp_path, interactions=files["interactions"], users=files["users"], items=files["items"])
-    result = train(config, echo=False)
+def test_synthetic_clusters_are_recovered(tmp_path, synthetic_files, fmt, request):
+    if fmt == "parquet":  # the session's small run is this very training
+        result = request.getfixturevalue("small_run")[0]
+    else:
+        files = synthetic_files[fmt]
+        config = quick_config(tmp_path, interactions=files["interactions"], users=files["users"], items=files["items"])
+        result = train(config, echo=False)
     models = result.evaluation["per_user_split"]["models"]
     assert models["two-stage (ALS + CatBoost)"]["ndcg@10"] > 1.5 * models["popular (all time)"]["ndcg@10"]
 
@@ -61,15 +64,11 @@ def test_synthetic_clusters_are_recovered(tmp_path, synthetic_files, fmt):
     assert all(a.strategy == "two_stage" and len(a.item_ids) == 10 for a in answers)
 
 
-def test_same_data_and_seed_give_same_models_and_recommendations(tmp_path, synthetic_files):
+def test_same_data_and_seed_give_same_models_and_recommendations(tmp_path, synthetic_files, small_run):
+    """This process trains again what the session's small run trained (under xdist, maybe in another worker)."""
     files = synthetic_files["parquet"]
-    runs = [
-        train(
-            quick_config(tmp_path / str(n), interactions=files["interactions"], items=files["items"]),
-            echo=False,
-        )
-        for n in range(2)
-    ]
+    config = quick_config(tmp_path, interactions=files["interactions"], users=files["users"], items=files["items"])
+    runs = [small_run[0], train(config, echo=False)]
     a, b = (runtime_for(r) for r in runs)
     np.testing.assert_array_equal(a.candidates.als.item_factors, b.candidates.als.item_factors)
     # Same trees: the same saved model (but for its id and finish time), the same scores on the same rows.

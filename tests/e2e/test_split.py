@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+from contextlib import ExitStack
 
 import httpx
 import pytest
@@ -170,23 +171,13 @@ def _stage(name: str, env: dict[str, str], log, port: int | None = None):
     return url, running_process(command, lambda: _ready(url), REPO, env, log, timeout=120)
 
 
-def test_stages_served_apart_and_found_by_url_answer_the_same(env, offline, tmp_path):
-    candidates_url, candidates = _stage("recsys-candidates", env, tmp_path / "candidates.log")
-    ranker_url, ranker = _stage("recsys-ranker", env, tmp_path / "ranker.log")
-    urls = {"RECSYS_SPLIT_CANDIDATES_URL": candidates_url, "RECSYS_SPLIT_RANKER_URL": ranker_url}
-    entry = serve("split_service:Entry", {**env, **urls}, log=tmp_path / "entry.log")
-    with candidates, ranker, entry as live, live.client() as http:
-        for body, want in zip(CASES, single_process(offline, CASES), strict=True):
-            status, got = post(http, "/recommend", body)
-            assert status == 200 and _items(got) == want.item_ids
-    # The entry served alone: nothing but its own service in its process tree.
-    assert "Service recsys-candidates initialized" not in (tmp_path / "entry.log").read_text()
-
-
-def test_stages_down_then_redeployed_on_another_model_behind_a_running_entry(env, movielens_run, small_run, tmp_path):
-    """While the stages are down every route answers 503 with Retry-After (it was a 500 with a traceback per
-    request for the whole outage); redeployed on another model, answers name the model that made them (the
-    entry kept the first model's tags forever)."""
+def test_stages_served_apart_answer_as_one_process_then_503_while_down_then_name_the_model_redeployed(
+    env, movielens_run, small_run, offline, tmp_path
+):
+    """Each stage served on its own and found by URL, as the pods of deploy/kubernetes/split.yaml run them: the
+    one-process answers. While the stages are down every route answers 503 with Retry-After (it was a 500 with a
+    traceback per request for the whole outage); redeployed on another model, answers name the model that made
+    them (the entry kept the first model's tags forever). One entry all along: five server starts, not eight."""
     ports = {"recsys-candidates": free_port(), "recsys-ranker": free_port()}
     urls = {
         "RECSYS_SPLIT_CANDIDATES_URL": f"http://127.0.0.1:{ports['recsys-candidates']}",
@@ -199,13 +190,14 @@ def test_stages_down_then_redeployed_on_another_model_behind_a_running_entry(env
 
     log = tmp_path / "entry.log"
     first, second = stages(movielens_run[0], 0), stages(small_run[0], 1)
-    with first[0], first[1]:
-        entry = serve("split_service:Entry", {**env, **urls}, log=log)
-        live = entry.__enter__()
-        http = live.client().__enter__()
-        status, body = post(http, "/recommend", {"user_id": KNOWN_USER, "k": 3})
-        assert status == 200 and body["model"]["ranker"] == movielens_run[0].ranker_tag
-    try:
+    with ExitStack() as entry:
+        with first[0], first[1]:
+            live = entry.enter_context(serve("split_service:Entry", {**env, **urls}, log=log))
+            http = entry.enter_context(live.client())
+            for body, want in zip(CASES, single_process(offline, CASES), strict=True):
+                status, got = post(http, "/recommend", body)
+                assert status == 200 and _items(got) == want.item_ids
+                assert got["model"]["ranker"] == movielens_run[0].ranker_tag
         for _ in range(30):
             response = http.post("/recommend", json={"user_id": KNOWN_USER, "k": 5})
             assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
@@ -214,11 +206,9 @@ def test_stages_down_then_redeployed_on_another_model_behind_a_running_entry(env
             response = http.post(path, json=body)
             assert response.status_code == 503 and "retry-after" in response.headers, path
         with second[0], second[1]:
-            status, body = post(http, "/recommend", {"user_id": KNOWN_USER, "k": 3})
-            assert status == 200 and body["model"]["ranker"] == small_run[0].ranker_tag
-    finally:
-        http.close()
-        entry.__exit__(None, None, None)
+            status, got = post(http, "/recommend", {"user_id": KNOWN_USER, "k": 3})
+            assert status == 200 and got["model"]["ranker"] == small_run[0].ranker_tag
     output = log.read_text()
+    assert "Service recsys-candidates initialized" not in output  # the entry served alone: only its own service
     assert "Traceback" not in output
     assert output.count("a stage service cannot be reached") <= 12  # one kind of line: rate-limited

@@ -11,6 +11,7 @@ and a version of ``None``. The edge answers ``/`` with :data:`PAGE` instead
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 VERSION = "0.4.2"  # pyproject.toml's; tests/unit/serving/test_api_page.py keeps the two equal
@@ -60,6 +61,10 @@ PAGE = b"""<!DOCTYPE html>
   </body>
 </html>
 """
+
+# The files of BentoML's ``/static_content/`` the page loads: the only ones the edge lets through (any other path
+# there went to BentoML, whose metrics took each distinct path as a label: a flood of paths grew ``/metrics``).
+STATIC_FILES = frozenset(re.findall(r'"\./static_content/([^"/]+)"', PAGE.decode()))
 
 # Only this server: Swagger UI styles elements inline and draws its icons from data: URIs.
 CONTENT_SECURITY_POLICY = (

@@ -34,7 +34,7 @@ from http import HTTPStatus
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from serving.api_page import send_page
+from serving.api_page import STATIC_FILES, send_page
 from serving.batcher import release_reservation
 
 if TYPE_CHECKING:
@@ -195,7 +195,11 @@ def check_route(scope: Scope, limits: EdgeLimits) -> None:
     path, method = scope["path"], scope["method"]
     if path in limits.api_routes:
         allowed = ("POST",)
-    elif path in PROBES or path in PAGES or (path.startswith(STATIC_PREFIX) and ".." not in path):
+    elif (
+        path in PROBES
+        or path in PAGES
+        or (path.startswith(STATIC_PREFIX) and path[len(STATIC_PREFIX) :] in STATIC_FILES)
+    ):
         allowed = ("GET", "HEAD")
     else:
         raise EdgeError(404, f"no such route: {shown(path)}")

@@ -130,17 +130,19 @@ def test_unknown_path_flood_leaves_metrics_and_memory_flat(edge_server, http):
     before_lines = http.get("/metrics", headers={}).text.splitlines()
     before_rss = worker_rss_kb(edge_server)
     for i in range(3000):
-        response = http.get(f"/x{i}")
+        response = http.get(f"/x{i}" if i % 2 else f"/static_content/x{i}.js")  # BentoML's static folder too
         assert response.status_code == 404
     is_envelope(http.post("/x-post", json={}), 404)
     after = http.get("/metrics", headers={}).text
-    assert "/x" not in after
+    assert "/x" not in after and "/static_content/x" not in after
     assert len(after.splitlines()) == len(before_lines)
     growth_mb = (worker_rss_kb(edge_server) - before_rss) / 1024
     assert growth_mb < 10, growth_mb
 
 
-@pytest.mark.parametrize("path", ["/x1", "/recommend/", "/docs.json/", "/static_content/../../service.py"])
+@pytest.mark.parametrize(
+    "path", ["/x1", "/recommend/", "/docs.json/", "/static_content/../../service.py", "/static_content/favicon.ico"]
+)
 def test_unknown_routes_get_a_json_404(http, path):
     response = http.get(path)
     body = is_envelope(response, 404)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from serving.api_page import STATIC_FILES
 from serving.batcher import Pressure
 from serving.edge import Edge, EdgeLimits, presented_keys, rewrite_error
 
@@ -114,11 +115,21 @@ def test_stalled_body_is_408():
     assert body["message"].startswith("request body not received within 0.2 s")
 
 
-@pytest.mark.parametrize("path", ["/x1", "/recommend/", "/RECOMMEND", "/static_content/../service.py"])
+@pytest.mark.parametrize(
+    "path",
+    ["/x1", "/recommend/", "/RECOMMEND", "/static_content/../service.py", "/static_content/", "/static_content/a.js"],
+)
 def test_unknown_paths_are_404_before_the_app(path):
     app = FakeApp()
     status, body, _ = call(edge(app), path=path, method="GET")
     assert status == 404 and not app.called and body["status"] == "error"
+
+
+@pytest.mark.parametrize("name", sorted(STATIC_FILES))
+def test_the_files_the_api_page_loads_reach_the_app(name):
+    app = FakeApp()
+    status, _, _ = call(edge(app), path=f"/static_content/{name}", method="GET")
+    assert status == 200 and app.called
 
 
 def test_wrong_method_is_405():

@@ -54,6 +54,8 @@ def _api_id(value: object) -> str:
         raise ValueError("an id must be a string or an integer, not a boolean")
     if not isinstance(value, str | int):
         raise ValueError("an id must be a string or an integer")
+    if isinstance(value, int) and abs(value) > MAX_NUMBER:  # the documented range (a fuzzer keeps to it)
+        raise ValueError(f"an integer id must be within ±{MAX_NUMBER:.0e}")
     text = id_text(value)
     if not text:
         raise ValueError("an id must not be empty")
@@ -175,7 +177,17 @@ def _recent_item(value: object) -> object:
 Recent = Annotated[RecentItem, BeforeValidator(_recent_item)]
 
 
-Value = Annotated[str, BeforeValidator(lambda v: id_text(v) if isinstance(v, int) and not isinstance(v, bool) else v)]
+def _filter_value(value: object) -> object:
+    """An integer as the data's text; a string bounded like an id (a 400 echoes what it refuses, so an unbounded
+    value made an error answer four times its request). Anything else goes on to the strict string check."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return id_text(value)
+    if isinstance(value, str) and len(value) > MAX_ID_CHARS:
+        raise ValueError(f"a filter value must be at most {MAX_ID_CHARS} characters")
+    return value
+
+
+Value = Annotated[str, BeforeValidator(_filter_value), WithJsonSchema({"type": "string", "maxLength": MAX_ID_CHARS})]
 # Bounded, not just finite: pydantic's finiteness check raises OverflowError (a 500) on a 400-digit integer.
 Bound = Annotated[
     StrictFloat | StrictInt,
@@ -200,7 +212,7 @@ class AttributeFilter(_Strict):
 
 
 Filters = Annotated[
-    dict[str, AttributeFilter],
+    dict[Annotated[str, Field(max_length=MAX_ATTRIBUTE_CHARS)], AttributeFilter],
     Field(
         default_factory=dict,
         max_length=MAX_FILTERS,
@@ -278,7 +290,7 @@ def _is_none(value: object) -> bool:
 class RecommendedItem(BaseModel):
     item_id: str
     score: float
-    rank: int
+    rank: int = Field(description="place in the whole ranking, from 1: a page at offset 10 starts at 11")
     title: str | None = None
     # Without ``explain`` an item is what it always was: no ``because``/``reasons`` keys.
     because: list[BecauseItem] | None = Field(

@@ -14,7 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from serving.edge import INTERNAL_NAME, field_messages
+from serving.edge import INTERNAL_NAME, field_messages, shown
+
+LOGGED_ACCOUNT_CHARS = 500  # of a client error's one line: it quotes what the client sent
 
 # The logger of BentoML's API wrapper (``log_exception`` in bentoml/_internal/server/http_app.py).
 BENTOML_API_LOGGER = "bentoml._internal.server.http_app"  # private: serving/internals.py
@@ -43,7 +45,9 @@ class ClientErrorsAsWarnings(logging.Filter):
             return True  # a real fault keeps its traceback
         status, account = found
         where = record.getMessage().removeprefix("Exception on ")
-        record.msg, record.args = "%d %s: %s", (status, where, account)
+        # Escaped: field names are the client's (filter attributes, user attribute keys), and a newline in one
+        # would end this line and start a forged one.
+        record.msg, record.args = "%d %s: %s", (status, shown(where), shown(account, LOGGED_ACCOUNT_CHARS))
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info, record.exc_text = None, None
         return True

@@ -26,11 +26,16 @@ def ranked(
     scores: list[float],
     titles: list[str | None],
     explanations: list[Explanation] | None = None,
+    first_rank: int = 1,
 ) -> list[RecommendedItem]:
-    """Items with 1-based ranks in the order given (with their explanations when there are some)."""
+    """Items ranked in the order given from ``first_rank`` (with their explanations when there are some).
+
+    A later page's ranks go on from the pages before it (offset 10: ranks 11-20), so pages join into one
+    ranking and the event log's positions are places in it, as online metrics read them.
+    """
     items = [
         RecommendedItem(item_id=i, score=s, rank=r, title=t)
-        for r, (i, s, t) in enumerate(zip(item_ids, scores, titles, strict=True), start=1)
+        for r, (i, s, t) in enumerate(zip(item_ids, scores, titles, strict=True), start=first_rank)
     ]
     for item, why in zip(items, explanations or [], strict=False):
         item.because = [BecauseItem(item_id=i, title=t) for i, t in why.because]
@@ -172,7 +177,11 @@ def to_responses(
             RecommendResponse(
                 user_id=recommendation.user_id,
                 recommendations=ranked(
-                    recommendation.item_ids, recommendation.scores, recommendation.titles, recommendation.explanations
+                    recommendation.item_ids,
+                    recommendation.scores,
+                    recommendation.titles,
+                    recommendation.explanations,
+                    recommendation.first_rank,
                 ),
                 message=recommendation.message,
                 strategy=recommendation.strategy,

@@ -32,16 +32,19 @@ def recent_note(recent: RecentUse) -> str:
     return note
 
 
-def rule_notes(allowed: np.ndarray | None, found: int, k: int, offset: int, ruled: bool) -> list[str]:
+def rule_notes(
+    allowed: np.ndarray | None, found: int, k: int, offset: int, ruled: bool, pool: int | None = None
+) -> list[str]:
     """What the filters left (``allowed``: their mask, None without filters) and why a page is short.
 
-    ``ruled``: filters or hidden items took items out. Nothing for a plain full answer: never silent otherwise.
+    ``ruled``: filters or hidden items took items out. ``pool``: how many candidates the ranking holds when its
+    depth, not the catalogue, ended it (None otherwise). Nothing for a plain full answer: never silent otherwise.
     """
     notes = []
     if allowed is not None:
         notes.append(f"filters allow {int(allowed.sum())} of {len(allowed)} items")
     if found < k:
-        notes.append(shortfall(found) if not (ruled or offset) else short_page(found, offset, ruled))
+        notes.append(shortfall(found) if not (ruled or offset) else short_page(found, offset, ruled, pool))
     return notes
 
 
@@ -52,10 +55,15 @@ def shortfall(found: int) -> str:
     return f"only {found} items left to recommend: the rest are seen or excluded"
 
 
-def short_page(found: int, offset: int, ruled: bool) -> str:
-    """Why a page with rules or an offset is short: what is left is all the rules allow."""
+def short_page(found: int, offset: int, ruled: bool, pool: int | None = None) -> str:
+    """Why a page with rules or an offset is short: the candidate pool's depth (``pool``) or the rules left no more."""
     removed = "seen, excluded, filtered out or hidden" if ruled else "seen or excluded"
     where = f" from position {offset + 1}" if offset else ""
+    if pool is not None:
+        return (
+            f"only {found} items left to recommend{where}: the ranking ends with its {pool} candidates "
+            f"({removed} items are never candidates; RECSYS_N_CANDIDATES sets the pool)"
+        )
     return f"only {found} items left to recommend{where}: the rest are {removed}"
 
 

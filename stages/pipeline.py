@@ -117,6 +117,7 @@ class Recommendation:
     strategy: str
     message: str | None = None
     explanations: list[Explanation] | None = None  # one per item when the query asked to explain
+    first_rank: int = 1  # the first item's place in the whole ranking: offset + 1 on a later page
 
 
 class TwoStageRecommender:
@@ -351,7 +352,9 @@ class TwoStageRecommender:
         for slot, (query, user, cand, score) in enumerate(zip(queries, users, batch.items, final, strict=True)):
             order = self._page(query, cand, score)
             notes = [messages.recent_note(user.recent_use)] if user.recent is not None or user.ignored else []
-            notes += self._rule_notes(query, len(order))
+            # A pool as deep as ALS was asked for ended the page, not the catalogue (most of it is unseen).
+            deep = len(cand) >= max(self.n_candidates, query.k)
+            notes += self._rule_notes(query, len(order), pool=len(cand) if deep else None)
             answer = self._answer(query, cand[order], score[order], TWO_STAGE, "; ".join(notes) or None)
             if query.explain:
                 rows = starts[slot] + order
@@ -371,10 +374,10 @@ class TwoStageRecommender:
             order = mmr(order, score[order], self.unit_vectors[cand[order]], query.diversity, query.depth)
         return order[query.offset : query.depth]
 
-    def _rule_notes(self, query: Query, found: int) -> list[str]:
+    def _rule_notes(self, query: Query, found: int, pool: int | None = None) -> list[str]:
         """What the filters left and why a page is short (never silent); nothing for a plain full answer."""
         ruled = bool(query.filters) or self._any_hidden
-        return messages.rule_notes(self.view.catalogue.mask(query.rules), found, query.k, query.offset, ruled)
+        return messages.rule_notes(self.view.catalogue.mask(query.rules), found, query.k, query.offset, ruled, pool)
 
     def _history(self, user: _User) -> np.ndarray:
         """The user's items, ascending: stored and recent, each once."""
@@ -539,6 +542,7 @@ class TwoStageRecommender:
             titles=list(self.view.titles[items]),
             strategy=strategy,
             message=message,
+            first_rank=query.offset + 1,
         )
 
 

@@ -169,6 +169,19 @@ def test_python_client(server):
             ["recent_items", 0, "timestamp"],
             "less_than_equal",
         ),
+        # The documented range of an integer id (19 digits passed the edge and were served).
+        ({"user_id": -(10**19) + 1}, ["user_id"], "value_error"),
+        # Bounded like ids and attributes: a 400 echoes them (a 1 MB name made a 4 MB answer).
+        (
+            {"user_id": "196", "filters": {"g" * 65: {"include": ["a"]}}},
+            ["filters", "g" * 65, "[key]"],
+            "string_too_long",
+        ),
+        (
+            {"user_id": "196", "filters": {"genres": {"include": ["a" * 257]}}},
+            ["filters", "genres", "include", 0],
+            "value_error",
+        ),
     ],
 )
 def test_recommend_rejects_bad_fields(client, body, loc, kind):

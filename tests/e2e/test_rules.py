@@ -124,9 +124,12 @@ def test_a_request_with_a_bad_filter_fails_alone_however_requests_are_batched(ht
 
 def test_pages_are_disjoint_and_slices_of_one_ranking(http):
     for user in (KNOWN_USER, "never-seen-visitor"):
-        pages = [ids(post(http, "/recommend", {"user_id": user, "k": 10, "offset": o})[1]) for o in (0, 10, 20)]
+        answers = [post(http, "/recommend", {"user_id": user, "k": 10, "offset": o})[1] for o in (0, 10, 20)]
+        pages = [ids(answer) for answer in answers]
         whole = ids(post(http, "/recommend", {"user_id": user, "k": 30})[1])
         assert pages[0] + pages[1] + pages[2] == whole and len(set(whole)) == 30
+        # Ranks are places in the whole ranking: the pages' ranks join into 1..30 too.
+        assert [r["rank"] for answer in answers for r in answer["recommendations"]] == list(range(1, 31))
         assert pages[0] == ids(post(http, "/recommend", {"user_id": user, "k": 10})[1])
 
 
@@ -140,6 +143,7 @@ def test_pages_partition_one_ranking_down_to_the_end_of_the_pool(http):
     assert 100 < len(flat) < 300  # the pool: 100 ALS candidates plus the other sources' own, seen items removed
     status, past = post(http, "/recommend", {"user_id": KNOWN_USER, "k": 10, "offset": 290})
     assert status == 200 and past["recommendations"] == [] and "only 0 items left" in past["message"]
+    assert f"the ranking ends with its {len(flat)} candidates" in past["message"]
 
 
 def test_diversity(http, offline):

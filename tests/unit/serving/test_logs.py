@@ -14,6 +14,10 @@ class Body(BaseModel):
     k: int
 
 
+class Attributes(BaseModel):
+    values: dict[str, list[str]]
+
+
 def record_for(exc: BaseException) -> logging.LogRecord:
     try:
         raise exc
@@ -34,6 +38,25 @@ def test_validation_error_becomes_one_warning_line():
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert record.getMessage().startswith("400 /recommend [POST]: invalid request: k: Input should be a valid integer")
     assert "\n" not in record.getMessage()
+
+
+def test_a_field_name_with_a_newline_cannot_start_a_line_of_its_own():
+    """Filter attributes and user attribute keys are the client's text: a probe forged an [ERROR] line with one."""
+    forged = "x\n2026-12-06T13:59:59+0000 [ERROR] [entry_service:recsys:1] FORGED"
+    with pytest.raises(ValidationError) as caught:
+        Attributes.model_validate({"values": {forged: [1]}})
+    record = record_for(caught.value)
+    assert ClientErrorsAsWarnings().filter(record)
+    line = record.getMessage()
+    assert "\n" not in line and "values.x\\n2026" in line
+
+
+def test_a_long_account_is_cut_short():
+    with pytest.raises(ValidationError) as caught:
+        Attributes.model_validate({"values": {"z" * 200_000: [1]}})
+    record = record_for(caught.value)
+    assert ClientErrorsAsWarnings().filter(record)
+    assert len(record.getMessage()) < 600
 
 
 def test_server_fault_keeps_its_traceback():

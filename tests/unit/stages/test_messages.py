@@ -36,6 +36,11 @@ def test_a_full_plain_page_says_nothing_and_a_short_one_says_why():
         "filters allow 2 of 4 items",
         "only 1 items left to recommend from position 21: the rest are seen, excluded, filtered out or hidden",
     ]
+    # Past the end of a known user's candidate pool: the pool is why, not what was seen (a probe's finding).
+    assert rule_notes(None, found=20, k=100, offset=200, ruled=False, pool=220) == [
+        "only 20 items left to recommend from position 201: the ranking ends with its 220 candidates "
+        "(seen or excluded items are never candidates; RECSYS_N_CANDIDATES sets the pool)"
+    ]
 
 
 def test_segments_are_named_by_their_range():

@@ -130,14 +130,14 @@ class Recommender:
     async def recommend(self, request: RecommendRequest, /, ctx: bentoml.Context) -> RecommendResponse:
         """Top-k items for one user (popular items for a user the model has not seen)."""
         check_requests(self.runtime.pipeline, [request], batch=False)
-        self.experiments.force([request], ctx.request.headers.get(ARM_HEADER), batch=False)
+        self.experiments.force([request], ctx.request.headers.getlist(ARM_HEADER), batch=False)
         return await recommend_or_shed(ctx, request, self.batcher.submit)
 
     @bentoml.api
     async def recommend_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchResponse:
         """Several recommendation requests, answered in order and scored together."""
         check_requests(self.runtime.pipeline, batch.requests, batch=True)
-        self.experiments.force(batch.requests, ctx.request.headers.get(ARM_HEADER), batch=True)
+        self.experiments.force(batch.requests, ctx.request.headers.getlist(ARM_HEADER), batch=True)
         return await batch_or_shed(ctx, batch, self.batcher.submit)
 
     @bentoml.api

@@ -277,10 +277,18 @@ class Experiments:
             error=self.error,
         )
 
-    def force(self, requests: list[RecommendRequest], arm: str | None, batch: bool) -> None:
-        """Mark requests to be answered from ``arm`` (the ``X-Recsys-Arm`` header); a 400 if there is no such arm."""
-        if arm is None:
+    def force(self, requests: list[RecommendRequest], arms: list[str], batch: bool) -> None:
+        """Mark requests to be answered from the arm the ``X-Recsys-Arm`` header names (``arms``: its values).
+
+        No header forces nothing. A 400 if there is no such arm, or if two headers name different arms (the
+        first one had won silently; two different API keys are a 401 too).
+        """
+        if not arms:
             return
+        if len(set(arms)) > 1:
+            named = ", ".join(repr(a[:64]) for a in sorted(set(arms))[:3])
+            raise arm_error(f"one arm per request: the {ARM_HEADER} headers name {named}", batch)
+        arm = arms[0]
         if self.current is None:
             raise arm_error("no experiment is running", batch)
         if self.current.arm_named(arm) is None:

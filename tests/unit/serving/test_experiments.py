@@ -123,7 +123,7 @@ def test_users_split_by_weight_the_same_way_every_time_and_forced_arms_are_serve
     assert Counter(arms.values())["more"] / len(users) == pytest.approx(0.75, abs=0.06)  # 300 users
     assert {r.experiment.share for r in first if r.experiment.arm == "more"} == {0.75}
     request = RecommendRequest(user_id=users[0], k=3)
-    experiments.force([request], "more", batch=False)
+    experiments.force([request], ["more"], batch=False)
     (forced,) = experiments.respond([request])
     assert forced.experiment.arm == "more" and forced.experiment.forced
     assert not any(r.experiment.forced for r in first)
@@ -148,17 +148,22 @@ def test_a_visitor_without_an_account_is_assigned_by_session(served, tmp_path):
 def test_a_forced_arm_that_is_not_there_is_a_400_at_its_header(served, tmp_path):
     none = Experiments(tmp_path / "absent.json", served, load=pytest.fail)
     with pytest.raises(ValidationError, match="no experiment is running") as error:
-        none.force([RecommendRequest(user_id="1")], "more", batch=False)
+        none.force([RecommendRequest(user_id="1")], ["more"], batch=False)
     assert error.value.errors()[0]["loc"] == ("headers", "x-recsys-arm")
     running = Experiments(write(tmp_path / "e.json", TWO_ARMS), served, load=pytest.fail)
     requests = [RecommendRequest(user_id="1"), RecommendRequest(user_id="2")]
     with pytest.raises(ValidationError, match="'less' is not an arm of exp") as error:
-        running.force(requests, "less", batch=True)
+        running.force(requests, ["less"], batch=True)
     assert error.value.errors()[0]["loc"] == ("headers", "x-recsys-arm")
     assert [r.forced_arm for r in requests] == [None, None]  # nothing marked when refused
-    running.force(requests, "control", batch=True)
+    running.force(requests, ["control"], batch=True)
     assert [r.forced_arm for r in requests] == ["control", "control"]
-    running.force(requests[:1], None, batch=False)  # no header: nothing changes
+    running.force(requests[:1], [], batch=False)  # no header: nothing changes
+    running.force(requests[:1], ["control", "control"], batch=False)  # the same arm twice is one arm
+    fresh = [RecommendRequest(user_id="3")]
+    with pytest.raises(ValidationError, match="one arm per request: the x-recsys-arm headers name 'control', 'more'"):
+        running.force(fresh, ["control", "more"], batch=False)  # the first one had won, silently
+    assert fresh[0].forced_arm is None
     assert "arm" not in RecommendRequest.model_json_schema()["properties"]  # not a body field
 
 

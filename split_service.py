@@ -110,7 +110,7 @@ CONNECTION = (
 
 def refuse_forced_arm(ctx: bentoml.Context, batch: bool) -> None:
     """A 400 for a request that forces an experiment arm: the split topology serves no experiment."""
-    if ctx.request.headers.get(ARM_HEADER):
+    if ctx.request.headers.getlist(ARM_HEADER):  # every one of them, even empty, as service:Recommender reads them
         raise arm_error("the split topology serves no experiment", batch)
 
 
@@ -240,7 +240,8 @@ class Entry:
             raise filter_error(wrong["field"], wrong["message"], title, slot)
         ranked = await self._call(self.ranker_stage.to_async.rank, requests=body, candidates=found)
         _, tags = self._learn(ranked)  # the tags of the model that answered: stages may have been redeployed
-        responses = to_responses([recommendation_of(a) for a in ranked["answers"]], tags)
+        answers = [recommendation_of(a, r) for a, r in zip(ranked["answers"], requests, strict=True)]
+        responses = to_responses(answers, tags)
         record_impressions(self.recorder, responses)
         return responses
 

@@ -32,7 +32,7 @@ SCHEMA = pa.schema(
         ("request_id", pa.string()),  # the response's request_id (feedback: when the client sent it)
         ("user_id", pa.string()),
         ("item_id", pa.string()),
-        ("position", pa.int32()),  # impressions: 1-based rank in the list; feedback: null
+        ("position", pa.int32()),  # impressions: the item's rank, its place in the whole ranking; feedback: null
         ("score", pa.float64()),  # impressions: the served score; feedback: null
         ("strategy", pa.string()),  # impressions: two_stage or popular; feedback: null
         ("model", pa.string()),  # impressions: the ranker tag that answered; feedback: null

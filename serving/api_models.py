@@ -82,7 +82,7 @@ Id = Annotated[
         {
             "anyOf": [
                 {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": ID_PATTERN},
-                {"type": "integer", "minimum": -(10**18), "maximum": 10**18},
+                {"type": "integer", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER},
             ]
         }
     ),
@@ -111,7 +111,7 @@ LoggedId = Annotated[
                     "pattern": ID_PATTERN,
                     "description": "not null, none, nan, n/a or <na> (any case): training reads those as missing",
                 },
-                {"type": "integer", "minimum": -(10**18), "maximum": 10**18},
+                {"type": "integer", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER},
             ]
         }
     ),
@@ -178,16 +178,33 @@ Recent = Annotated[RecentItem, BeforeValidator(_recent_item)]
 
 
 def _filter_value(value: object) -> object:
-    """An integer as the data's text; a string bounded like an id (a 400 echoes what it refuses, so an unbounded
-    value made an error answer four times its request). Anything else goes on to the strict string check."""
+    """An integer as the data's text; both bounded as ids are (a 400 echoes what it refuses, so an unbounded value
+    made an error answer four times its request). Anything else goes on to the strict string check."""
     if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > MAX_NUMBER:
+            raise ValueError(f"an integer filter value must be within ±{MAX_NUMBER:.0e}")
         return id_text(value)
     if isinstance(value, str) and len(value) > MAX_ID_CHARS:
-        raise ValueError(f"a filter value must be at most {MAX_ID_CHARS} characters")
+        raise PydanticCustomError(
+            "string_too_long",
+            "String should have at most {max_length} characters",
+            {"max_length": MAX_ID_CHARS},
+        )
     return value
 
 
-Value = Annotated[str, BeforeValidator(_filter_value), WithJsonSchema({"type": "string", "maxLength": MAX_ID_CHARS})]
+Value = Annotated[
+    str,
+    BeforeValidator(_filter_value),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "maxLength": MAX_ID_CHARS},
+                {"type": "integer", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER},
+            ]
+        }
+    ),
+]
 # Bounded, not just finite: pydantic's finiteness check raises OverflowError (a 500) on a 400-digit integer.
 Bound = Annotated[
     StrictFloat | StrictInt,

@@ -127,7 +127,7 @@ async def send_json(send: Send, status: int, body: dict, headers: list | None = 
 
 
 def shown(path: str, limit: int = 80) -> str:
-    """A client-chosen path as it may appear in a log line: escaped and cut short."""
+    """Client-chosen text (a path, a field name) as it may appear in a log line: escaped and cut short."""
     text = path.encode("unicode_escape").decode("ascii")
     return text if len(text) <= limit else f"{text[:limit]}..."
 

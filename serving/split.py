@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import bentoml
@@ -42,7 +42,7 @@ from stages import rules
 from stages.candidates import CandidateBatch, CandidateModel
 from stages.card import CandidatesCard, CardError
 from stages.feature_view import FeatureView
-from stages.pipeline import Query, RecentEvent, Recommendation, TwoStageRecommender
+from stages.pipeline import Explanation, Query, RecentEvent, Recommendation, TwoStageRecommender
 
 logger = logging.getLogger("recsys")
 
@@ -56,8 +56,22 @@ def queries_of(requests: list[dict]) -> list[Query]:
     return to_queries([RecommendRequest.model_validate(r) for r in requests])
 
 
-def recommendation_of(data: dict) -> Recommendation:
-    return Recommendation(**data)
+def recommendation_of(data: dict, request: RecommendRequest) -> Recommendation:
+    """A ranker stage's answer to ``request`` as the entry's pipeline would have made it.
+
+    Its explanations are rebuilt from JSON (they arrived as dicts: ``explain`` was a 500 here); where the page
+    starts comes from the request the entry holds, and fields the entry does not know are dropped, so a stage
+    of another version during a rolling update answers instead of failing every request.
+    """
+    known = {f.name for f in fields(Recommendation)} - {"explanations", "first_rank"}
+    explanations = data.get("explanations")
+    return Recommendation(
+        **{key: value for key, value in data.items() if key in known},
+        explanations=None
+        if explanations is None
+        else [Explanation([tuple(b) for b in e["because"]], list(e["reasons"])) for e in explanations],
+        first_rank=request.offset + 1,
+    )
 
 
 Row = dict[str, list]  # one request's candidates: a row of each batch_to_json() list

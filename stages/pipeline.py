@@ -352,9 +352,7 @@ class TwoStageRecommender:
         for slot, (query, user, cand, score) in enumerate(zip(queries, users, batch.items, final, strict=True)):
             order = self._page(query, cand, score)
             notes = [messages.recent_note(user.recent_use)] if user.recent is not None or user.ignored else []
-            # A pool as deep as ALS was asked for ended the page, not the catalogue (most of it is unseen).
-            deep = len(cand) >= max(self.n_candidates, query.k)
-            notes += self._rule_notes(query, len(order), pool=len(cand) if deep else None)
+            notes += self._rule_notes(query, len(order), pool=self._pool_if_it_ended(query, len(order), len(cand)))
             answer = self._answer(query, cand[order], score[order], TWO_STAGE, "; ".join(notes) or None)
             if query.explain:
                 rows = starts[slot] + order
@@ -373,6 +371,16 @@ class TwoStageRecommender:
         if query.diversity > 0:
             order = mmr(order, score[order], self.unit_vectors[cand[order]], query.diversity, query.depth)
         return order[query.offset : query.depth]
+
+    def _pool_if_it_ended(self, query: Query, found: int, pool: int) -> int | None:
+        """The candidate pool's size when its depth, not the catalogue, cut a page short (None otherwise).
+
+        Candidates are items the query may get, so items it may get outside the pool mean the pool ended first.
+        Counted only for a short page: a full one says nothing.
+        """
+        if found >= query.k:
+            return None
+        return pool if pool < self.candidates.n_items - self.filtered_count(query) else None
 
     def _rule_notes(self, query: Query, found: int, pool: int | None = None) -> list[str]:
         """What the filters left and why a page is short (never silent); nothing for a plain full answer."""

@@ -2,8 +2,9 @@
 
 `make test` runs the suite on two pytest-xdist workers, a file at a time. Each
 worker has a model store of its own (tests compare a store before and after),
-and the MovieLens model is trained once per session: by the first worker that
-needs it, while the others wait or start on files that do not need it.
+and the MovieLens model and the small synthetic one are each trained once per
+session: by the first worker that needs it, while the others wait or start on
+files that do not need it.
 """
 
 from __future__ import annotations

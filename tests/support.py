@@ -145,9 +145,9 @@ class Load:
     def __init__(self, url: str, users: Sequence[str] = ("196",), connections: int = 4) -> None:
         self.url, self.users, self.stop = url, users, threading.Event()
         self.outcomes: Counter[str] = Counter()
-        # (when the request was fully written, None: never; outcome) of every request. Written, not started:
-        # on busy cores a thread can take its start time and write tens of milliseconds later.
-        self.log: list[tuple[float | None, str]] = []
+        # (start, when the request was fully written or None: never, outcome) of every request. A start time is
+        # taken before the thread writes, which on busy cores can be tens of milliseconds later.
+        self.log: list[tuple[float, float | None, str]] = []
         self.lock = threading.Lock()  # Counter's += is not atomic across threads
         self.threads = [threading.Thread(target=self.run, args=(n,)) for n in range(connections)]
 
@@ -161,6 +161,7 @@ class Load:
         with httpx.Client(base_url=self.url, timeout=10) as http:
             while not self.stop.is_set():
                 written.clear()
+                start = time.monotonic()
                 try:
                     body = {"user_id": self.users[n % len(self.users)], "k": 10}
                     outcome = str(http.post("/recommend", json=body, extensions={"trace": trace}).status_code)
@@ -171,7 +172,7 @@ class Load:
                     outcome = type(exc).__name__  # accepted, then lost
                 with self.lock:
                     self.outcomes[outcome] += 1
-                    self.log.append((written[-1] if written else None, outcome))
+                    self.log.append((start, written[-1] if written else None, outcome))
                 n += len(self.threads)
 
     def __enter__(self) -> Load:

@@ -66,7 +66,10 @@ def served_lists(impressions: pd.DataFrame, feedback: pd.DataFrame, window_days:
     """One row per served list: who, which model and experiment arm, items taken, NDCG@k of the shown order."""
     impressions = shown_only(impressions)
     shown = impressions.reset_index(drop=True).assign(taken=taken_per_list(impressions, feedback, window_days))
-    shown["gain"] = shown["taken"] / np.log2(shown["position"] + 1)
+    # The list's own order: positions are places in the whole ranking (a page at offset 10 starts at 11), and
+    # the ideal below starts at the list's top, so a later page is scored as the list the user saw.
+    place = shown["position"] - shown.groupby("request_id")["position"].transform("min") + 1
+    shown["gain"] = shown["taken"] / np.log2(place + 1)
     lists = shown.groupby("request_id").agg(
         model=("model", "first"),
         strategy=("strategy", "first"),

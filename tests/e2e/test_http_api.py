@@ -180,7 +180,7 @@ def test_python_client(server):
         (
             {"user_id": "196", "filters": {"genres": {"include": ["a" * 257]}}},
             ["filters", "genres", "include", 0],
-            "value_error",
+            "string_too_long",
         ),
     ],
 )

@@ -60,6 +60,8 @@ CASES = [
     {"user_id": "stranger", "k": 10, "user_attributes": {"age": 30}},
     {"user_id": "visitor", "k": 10, "recent_items": [{"item_id": "50", "timestamp": 893_286_638, "weight": 5}, 172]},
     {"user_id": KNOWN_USER, "k": 10, "recent_items": ["100", "not-an-item"]},
+    {"user_id": KNOWN_USER, "k": 5, "offset": 5, "explain": True},  # explained, from place 6 (explain was a 500)
+    {"user_id": "stranger", "k": 3, "offset": 3, "explain": True},
 ]
 
 
@@ -77,6 +79,14 @@ def test_split_answers_equal_the_single_process_pipeline(split_client, offline, 
     assert [r["score"] for r in got["recommendations"]] == [pytest.approx(s, abs=1e-6) for s in want.scores]
     assert (got["strategy"], got["message"]) == (want.strategy, want.message)
     assert got["model"] == offline.tags.model_dump() and got["request_id"]
+    first = body.get("offset", 0) + 1
+    assert [r["rank"] for r in got["recommendations"]] == list(range(first, first + len(want.item_ids)))
+    if body.get("explain"):
+        assert want.explanations is not None
+        assert [r.get("reasons", []) for r in got["recommendations"]] == [e.reasons for e in want.explanations]
+        assert [[b["item_id"] for b in r.get("because", [])] for r in got["recommendations"]] == [
+            [i for i, _ in e.because] for e in want.explanations
+        ]
 
 
 def test_a_batch_is_answered_as_one_process_answers_it(split_client, offline):

@@ -43,6 +43,16 @@ def feedback(rows: list[tuple[str, str, int, str | None]]) -> pd.DataFrame:
     )
 
 
+def test_a_later_page_is_scored_as_the_list_the_user_saw():
+    """Positions are places in the whole ranking: a page at offset 10 is logged 11-13, and taking its first item
+    is that list's best outcome, as taking the first item of page one is."""
+    paged = impressions()
+    paged.loc[paged["request_id"] == "r3", "position"] += 10
+    events = feedback([("u1", "d", T0 + 60, "r3"), ("u1", "e", T0 + 60, "r3")])
+    both = report(impressions(), events).set_index("model").loc["ranker:v2", "ndcg"]
+    assert report(paged, events).set_index("model").loc["ranker:v2", "ndcg"] == pytest.approx(both) == 1.0
+
+
 def test_taken_items_are_joined_by_request_id_or_by_time_window():
     events = feedback(
         [

@@ -62,8 +62,7 @@ PAGE = b"""<!DOCTYPE html>
 </html>
 """
 
-# The files of BentoML's ``/static_content/`` the page loads: the only ones the edge lets through (any other path
-# there went to BentoML, whose metrics took each distinct path as a label: a flood of paths grew ``/metrics``).
+# The files of BentoML's ``/static_content/`` the page loads: the only ones the edge lets through (edge.PAGES).
 STATIC_FILES = frozenset(re.findall(r'"\./static_content/([^"/]+)"', PAGE.decode()))
 
 # Only this server: Swagger UI styles elements inline and draws its icons from data: URIs.

@@ -49,9 +49,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 logger = logging.getLogger("recsys.edge")
 
 PROBES = frozenset({"/livez", "/readyz", "/healthz"})
-# GET routes BentoML serves besides the probes: metrics, the OpenAPI document, Swagger UI.
-PAGES = frozenset({"/metrics", "/docs.json", "/schema.json", "/"})
 STATIC_PREFIX = "/static_content/"
+# GET routes BentoML serves besides the probes (metrics, the OpenAPI document, the API page), and the files of its
+# static folder the API page loads: no other path there (BentoML's metrics took each distinct path as a label, and
+# a flood of them grew ``/metrics``).
+PAGES = frozenset({"/metrics", "/docs.json", "/schema.json", "/"}) | {STATIC_PREFIX + name for name in STATIC_FILES}
 JSON_TYPE = "application/json"
 # BentoML's validation errors name its generated IO classes ("RecommendRequestIODescriptor").
 INTERNAL_NAME = re.compile(r"\s*\bfor \w+IODescriptor\b|\b\w+IODescriptor\b")
@@ -195,11 +197,7 @@ def check_route(scope: Scope, limits: EdgeLimits) -> None:
     path, method = scope["path"], scope["method"]
     if path in limits.api_routes:
         allowed = ("POST",)
-    elif (
-        path in PROBES
-        or path in PAGES
-        or (path.startswith(STATIC_PREFIX) and path[len(STATIC_PREFIX) :] in STATIC_FILES)
-    ):
+    elif path in PROBES or path in PAGES:
         allowed = ("GET", "HEAD")
     else:
         raise EdgeError(404, f"no such route: {shown(path)}")

@@ -5,28 +5,36 @@ depends on nothing but the data and the cut, and the rankers need only the
 rows built from it; so cuts are independent tasks, and only rows travel back.
 ``--engine local:N`` starts N worker processes on this machine; a scheduler's
 address (``tcp://host:8786``) uses a cluster whose workers run this same code
-(the same image or environment). Without ``--engine`` everything runs in this
-process, one stage at a time. Either way the rows, so the models, are the same
-(tests/unit/train/test_engine.py).
+(the same image or environment, started with ``python -m train.worker``).
+Without ``--engine`` everything runs in this process, one stage at a time.
+Either way the rows, so the models, are the same
+(tests/unit/train/test_engine.py): every task first checks that its worker runs
+this code with these kernels, and fails with an :class:`EngineError` otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import logging
 import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from features.schema import Dataset
 from stages.candidates import CandidateParams
 from stages.feature_view import FeatureNames
+from train.kernels import kernels_in_use
 from train.ranker_training import RankerParams, RowBlock, cut_rows
 
 LOCAL = re.compile(r"^local(?::(\d+))?$")
 ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://\S+$")
-CONNECT_TIMEOUT = "20s"  # how long a scheduler's address is tried before training gives up
+CONNECT_TIMEOUT = "20s"  # how long a scheduler's address is tried, and a first worker awaited, before giving up
+CODE_PACKAGES = ("features", "stages", "train")  # what a worker's tasks run
 
 
 class EngineError(ValueError):
@@ -44,6 +52,38 @@ def check_spec(spec: str) -> str:
         f"--engine {spec!r}: expected 'local' (a worker per core), 'local:N' (N workers on this machine) "
         "or a Dask scheduler's address such as tcp://scheduler:8786"
     )
+
+
+@cache
+def identity() -> dict[str, Any]:
+    """What a worker must share with this process to build the same rows: the code its tasks run (a digest of
+    the packages' sources) and the kernels its float sums use (train/kernels.py)."""
+    digest = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        root = Path(str(importlib.import_module(package).__file__)).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root.parent).as_posix().encode())
+            digest.update(path.read_bytes())
+    return {"code": digest.hexdigest()[:16], **kernels_in_use()}
+
+
+def check_identity(expected: dict[str, Any], found: dict[str, Any], where: str) -> None:
+    """An :class:`EngineError` naming what differs when a worker's :func:`identity` is not this process's."""
+    differs = sorted(key for key in expected.keys() | found.keys() if expected.get(key) != found.get(key))
+    if differs:
+        detail = "; ".join(f"{key} {expected.get(key)} here, {found.get(key)} there" for key in differs)
+        raise EngineError(
+            f"worker {where} runs other code or kernels than this process ({detail}): its rows would train another "
+            "model. Start workers from this checkout's environment or image with `python -m train.worker`"
+        )
+
+
+def _checked(expected: dict[str, Any], task: Callable[..., Any], *args: Any) -> Any:
+    """``task(*args)`` on a worker, once the worker is known to be like the process that sent it."""
+    from dask.distributed import get_worker
+
+    check_identity(expected, identity(), get_worker().address)
+    return task(*args)
 
 
 class DaskEngine:
@@ -67,8 +107,12 @@ class DaskEngine:
             yield cut, names, rows
 
     def submit(self, task: Callable[..., Any], dataset: Dataset, *args: Any) -> Any:
-        """``task(dataset, *args)`` on a worker (a Dask future); the dataset is sent to every worker once."""
-        return self.client.submit(task, self._scattered(dataset), *args, pure=False)
+        """``task(dataset, *args)`` on a worker (a Dask future); the dataset is sent to every worker once.
+
+        Checked there first (:func:`_checked`): a worker that joined later, from another image, fails the task
+        with an :class:`EngineError` rather than training another model.
+        """
+        return self.client.submit(_checked, identity(), task, self._scattered(dataset), *args, pure=False)
 
     def _scattered(self, dataset: Dataset) -> Any:
         """The dataset on every worker, sent once (``hash=False``: hashing 20M rows costs more than sending)."""
@@ -110,8 +154,22 @@ def connect(spec: str | None) -> Iterator[DaskEngine | None]:
             cluster.close()
         raise EngineError(f"--engine {spec}: cannot reach the cluster: {exc}") from exc
     try:
+        _await_a_worker(client, spec)
         yield DaskEngine(client)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _await_a_worker(client: Any, spec: str) -> None:
+    """A scheduler with no workers would hold every task forever: give it :data:`CONNECT_TIMEOUT` to get one."""
+    from dask.utils import parse_timedelta
+
+    try:
+        client.wait_for_workers(1, timeout=parse_timedelta(CONNECT_TIMEOUT))
+    except TimeoutError as exc:
+        raise EngineError(
+            f"--engine {spec}: no worker joined the cluster within {CONNECT_TIMEOUT} "
+            "(start some with `python -m train.worker <scheduler address>`)"
+        ) from exc

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,13 +19,16 @@ from tests.support import quick_config
 from train import engine as engine_module
 from train.__main__ import EXIT_BAD_DATA, main
 from train.backtest import BacktestParams, run_backtest
-from train.engine import connect
+from train.engine import CODE_PACKAGES, connect
 from train.ranker_training import RankerParams, Stages, fit_rankers
 from train.run import train
 
 pytestmark = pytest.mark.slow  # starts worker processes
 CANDIDATES = CandidateParams(factors=8, iterations=2)
 RANKER = RankerParams(n_candidates=20, iterations=20, train_cuts=3, max_users=300)
+
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +85,76 @@ def test_an_engine_that_is_not_one_or_cannot_be_reached_exits_2(tmp_path, capsys
         EXIT_BAD_DATA
     )
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture()
+def scheduler() -> Iterator[str]:
+    """A scheduler with no workers of its own, as a cluster's is: its address, as ``--engine`` takes it."""
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+@contextmanager
+def worker(address: str, code: Path, log: Path) -> Iterator[None]:
+    """``python -m train.worker`` as a cluster's pod runs it, importing the packages found in ``code``."""
+    # The test process's kernels (it does not pin them): only the code may differ, on any machine.
+    env = {**os.environ, "RECSYS_NATIVE_KERNELS": "1", "PYTHONPATH": str(code)}
+    command = [sys.executable, "-m", "train.worker", address, "--nthreads", "1", "--no-dashboard"]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=code, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_worker_started_with_train_worker_builds_the_rows_this_process_does(small_dataset, scheduler, tmp_path):
+    params = RankerParams(n_candidates=20, iterations=20, train_cuts=1, max_users=300)
+    until = int(small_dataset.interactions[Columns.timestamp].max()) + 1
+    here = Stages(small_dataset, CANDIDATES)
+    fit_rankers(here, until, params, serve_at=None, show_progress=False)
+    with worker(scheduler, REPO, tmp_path / "worker.log"), connect(scheduler) as engine:
+        there = Stages(small_dataset, CANDIDATES, engine=engine)
+        fit_rankers(there, until, params, serve_at=None, show_progress=False)
+    assert here._rows.keys() == there._rows.keys() and len(here._rows) == 3
+    for key, rows in here._rows.items():
+        other = there._rows[key]
+        assert (rows is None) == (other is None), key
+        if rows is not None and other is not None:
+            assert np.array_equal(rows.numeric, other.numeric, equal_nan=True), key
+
+
+def test_a_worker_running_other_code_fails_training_with_exit_2(tmp_path, capsys, scheduler, synthetic_files):
+    code = tmp_path / "other"
+    for package in CODE_PACKAGES:
+        shutil.copytree(REPO / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
+    with (code / "train" / "engine.py").open("a") as source:
+        source.write("# a worker one commit behind\n")
+    files = synthetic_files["parquet"]
+    data = [
+        "--interactions",
+        str(files["interactions"]),
+        "--users",
+        str(files["users"]),
+        "--items",
+        str(files["items"]),
+    ]
+    with worker(scheduler, code, tmp_path / "worker.log"):
+        status = main(
+            ["--engine", scheduler, *data, "--feature-store", str(tmp_path / "fs"), "--report-dir", str(tmp_path)]
+        )
+    assert status == EXIT_BAD_DATA
+    error = capsys.readouterr().err
+    assert "runs other code or kernels than this process (code " in error, error
+    assert "python -m train.worker" in error
+
+
+def test_a_cluster_without_workers_exits_2(tmp_path, capsys, monkeypatch, scheduler):
+    monkeypatch.setattr(engine_module, "CONNECT_TIMEOUT", "1s")
+    assert main(["--engine", scheduler, "--feature-store", str(tmp_path / "fs"), "--report-dir", str(tmp_path)]) == (
+        EXIT_BAD_DATA
+    )
+    assert f"--engine {scheduler}: no worker joined the cluster within 1s" in capsys.readouterr().err

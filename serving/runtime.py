@@ -28,7 +28,7 @@ from serving.api_models import ModelInfo, ModelTags
 from serving.settings import ServiceSettings
 from stages.candidates import CandidateModel
 from stages.card import RANKER_MODEL, CandidatesCard, CardError, RankerCard
-from stages.feature_view import FeatureView
+from stages.feature_view import FeatureNames, FeatureView
 from stages.pipeline import TwoStageRecommender
 from stages.ranker import RANKER_FILE, RECENT_RANKER_FILE, VISITOR_RANKER_FILE, Ranker
 from stages.rules import HiddenItemsError, hidden_items_file, read_hidden
@@ -137,12 +137,89 @@ def paired_candidates_tag(ranker_tag: str, override: str | None = None) -> str:
     return override or ranker_card(stored_model(ranker_tag, "ranker")).candidates_tag
 
 
-class Runtime:
-    """Both models, the live feature view and the pipeline over them.
+class SnapshotFollower:
+    """The feature snapshot a process serves, and each new one the store's ``CURRENT`` names, checked alike.
 
-    Build it with :meth:`from_store`; the constructor takes models already
-    resolved (the service's class-scope models).
+    Both the one-process service (:class:`Runtime`) and the split topology's
+    candidate stage follow the store through this, so a snapshot one of them
+    refuses (features the ranker lacks, too few of the model's items or users)
+    the other refuses too. At start-up a bad snapshot raises
+    :class:`SnapshotError`; afterwards it is kept out and recorded in
+    ``error`` (``/model_info``), once per distinct failure in the log.
     """
+
+    def __init__(
+        self, feature_source: str, candidates: CandidateModel, names: FeatureNames | None, who: str = "feature refresh"
+    ) -> None:
+        self.source = feature_source
+        self.candidates = candidates
+        self.names = names  # None: no ranker reads this snapshot (the candidate stage), so none is checked for
+        self.who = who
+        self.view, self._served_identity = self.load()
+        self.error: str | None = None
+        self._served_pointer: str | None = None
+        self._failed: tuple | None = None
+
+    def load(self, version: str | None = None) -> tuple[FeatureView, tuple]:
+        """Read a snapshot and check it serves this model (and ranker); the view and the snapshot's identity."""
+        snapshot = read_snapshot(self.source, version)
+        view = FeatureView(
+            snapshot.tables, self.candidates.item_ids, self.candidates.als.item_factors, snapshot.version
+        )
+        if self.names is not None and (missing := view.missing(self.names)):
+            raise SnapshotError(f"snapshot {snapshot.version} lacks features the ranker needs: {missing}")
+        check_coverage(snapshot.version, snapshot.tables, self.candidates)
+        if self.names is not None:
+            view.prepare(self.names)
+        return view, manifest_identity(snapshot.manifest)
+
+    def poll(self) -> FeatureView | None:
+        """The view of the snapshot ``CURRENT`` names if it is new and good (then it is served); ``None`` otherwise.
+
+        A snapshot is known by its manifest, not its folder name: a copy of the
+        served one under another name is not reloaded, and a bad one is not
+        read again until ``CURRENT`` changes. Every failure, expected or not,
+        is recorded; it clears once a good snapshot is served.
+        """
+        pointer = identity = None
+        try:
+            pointer = current_version(self.source)
+            if pointer == self._served_pointer:
+                self.error = None
+                return None
+            identity = manifest_identity(read_manifest(self.source, pointer))
+            if identity == self._served_identity:
+                self._served_pointer, self.error = pointer, None
+                return None
+            if (pointer, identity) == self._failed:
+                return None  # the same bad snapshot: not read (nor logged) again
+            view, identity = self.load(pointer)
+        except SnapshotError as exc:
+            self._record_failure(str(exc), (pointer, identity))
+            return None
+        except Exception as exc:  # a snapshot that breaks the loader must not break the refresh loop
+            what = f"snapshot {pointer}" if pointer is not None else "the CURRENT pointer"
+            message = (
+                f"{what} could not be loaded: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}"
+            )
+            self._record_failure(message, (pointer, identity), unexpected=True)
+            return None
+        self.view, self._served_pointer, self._served_identity, self._failed = view, pointer, identity, None
+        self.error = None
+        return view
+
+    def _record_failure(self, message: str, snapshot: tuple, unexpected: bool = False) -> None:
+        if snapshot[1] is not None:
+            self._failed = snapshot
+        public = public_message(message, self.source)
+        if public != self.error:
+            # Logged once per distinct failure; a traceback only when the loader itself broke.
+            logger.error("%s failed, still serving %s: %s", self.who, self.view.version, message, exc_info=unexpected)
+        self.error = public
+
+
+class Runtime:
+    """Both models, the live feature view and the pipeline over them (built by :meth:`from_store`)."""
 
     def __init__(
         self,
@@ -184,22 +261,16 @@ class Runtime:
         self.feature_source = feature_store or str(Path(candidates_model.path) / MODEL_SNAPSHOT_DIR)
         self._packed = feature_store is None
         self.hidden = HiddenItems(self.feature_source)
-        try:
-            view, self._served_identity = self.load_view()
-        except SnapshotError as exc:
-            raise IncompatibleModels(f"feature store {self.feature_source}: {exc}") from exc
+        self.snapshots = follow_snapshots(self.feature_source, self.candidates, self.names)
         self.pipeline = TwoStageRecommender(
             self.candidates,
             self.ranker,
-            view,
+            self.snapshots.view,
             n_candidates or self.card.n_candidates,
             self.hidden.items,
             self.visitor_ranker,
             self.recent_ranker,
         )
-        self.refresh_error: str | None = None
-        self._served_pointer: str | None = None
-        self._failed: tuple | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -247,18 +318,10 @@ class Runtime:
     def view(self) -> FeatureView:
         return self.pipeline.view
 
-    def load_view(self, version: str | None = None) -> tuple[FeatureView, tuple]:
-        """Read a snapshot, check it can produce every feature the ranker needs; the view and its identity."""
-        snapshot = read_snapshot(self.feature_source, version)
-        view = FeatureView(
-            snapshot.tables, self.candidates.item_ids, self.candidates.als.item_factors, snapshot.version
-        )
-        missing = view.missing(self.names)
-        if missing:
-            raise SnapshotError(f"snapshot {snapshot.version} lacks features the ranker needs: {missing}")
-        check_coverage(snapshot.version, snapshot.tables, self.candidates)
-        view.prepare(self.names)
-        return view, manifest_identity(snapshot.manifest)
+    @property
+    def refresh_error(self) -> str | None:
+        """Why the snapshot ``CURRENT`` names is not served (``None``: it is)."""
+        return self.snapshots.error
 
     def refresh_hidden(self) -> bool:
         """Swap in the hidden list if the file changed (the refresh poll does this along with snapshots).
@@ -273,54 +336,17 @@ class Runtime:
         return True
 
     def refresh_once(self) -> bool:
-        """Swap in the snapshot ``CURRENT`` names if it is new; keep the old one if it is bad.
-
-        A snapshot is known by its manifest, not its folder name: a copy of the
-        served one under another name is not reloaded. Every failure, expected or
-        not, is recorded for ``/model_info``; it clears once a good snapshot is served.
-        """
+        """Swap in the hidden list if it changed, and the snapshot ``CURRENT`` names if it is new and good (a bad one
+        is kept out: :meth:`SnapshotFollower.poll`); whether a snapshot was swapped in."""
         self.refresh_hidden()
-        pointer = identity = None
-        try:
-            pointer = current_version(self.feature_source)
-            if pointer == self._served_pointer:
-                self.refresh_error = None
-                return False
-            identity = manifest_identity(read_manifest(self.feature_source, pointer))
-            if identity == self._served_identity:
-                self._served_pointer, self.refresh_error = pointer, None
-                return False
-            if (pointer, identity) == self._failed:
-                return False  # the same bad snapshot: not read (nor logged) again
-            view, identity = self.load_view(pointer)
-        except SnapshotError as exc:
-            self._record_failure(str(exc), (pointer, identity))
-            return False
-        except Exception as exc:  # a snapshot that breaks the loader must not break the refresh loop
-            what = f"snapshot {pointer}" if pointer is not None else "the CURRENT pointer"
-            message = (
-                f"{what} could not be loaded: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}"
-            )
-            self._record_failure(message, (pointer, identity), unexpected=True)
+        view = self.snapshots.poll()
+        if view is None:
             return False
         old = self.view.version
         # One reference assignment: requests in flight keep the pipeline they started with.
         self.pipeline = self.pipeline.with_view(view)
-        self._served_pointer, self._served_identity, self._failed = pointer, identity, None
-        self.refresh_error = None
         logger.info("feature snapshot swapped: %s -> %s", old, view.version)
         return True
-
-    def _record_failure(self, message: str, snapshot: tuple, unexpected: bool = False) -> None:
-        if snapshot[1] is not None:
-            self._failed = snapshot
-        public = public_message(message, self.feature_source)
-        if public != self.refresh_error:
-            # Logged once per distinct failure; a traceback only when the loader itself broke.
-            logger.error(
-                "feature refresh failed, still serving %s: %s", self.view.version, message, exc_info=unexpected
-            )
-        self.refresh_error = public
 
     def start_refresh(self, every_seconds: float, after_swap: Callable[[], None] | None = None) -> None:
         """Poll the feature store in a daemon thread (0 turns it off); ``after_swap`` runs after each new snapshot."""
@@ -330,6 +356,16 @@ class Runtime:
 
     def stop_refresh(self) -> None:
         self._stop.set()
+
+
+def follow_snapshots(
+    feature_source: str, candidates: CandidateModel, names: FeatureNames | None, who: str = "feature refresh"
+) -> SnapshotFollower:
+    """A :class:`SnapshotFollower` from the snapshot ``CURRENT`` names now; one that cannot serve refuses the start."""
+    try:
+        return SnapshotFollower(feature_source, candidates, names, who)
+    except SnapshotError as exc:
+        raise IncompatibleModels(f"feature store {feature_source}: {exc}") from exc
 
 
 def poll_in_thread(

@@ -32,12 +32,12 @@ import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 
 from features.families.candidate_pair import SOURCES
-from features.store import MODEL_SNAPSHOT_DIR, SnapshotError, current_version, read_snapshot
+from features.store import MODEL_SNAPSHOT_DIR
 from serving.api_models import ModelTags, RecommendRequest, SimilarItemsRequest
 from serving.batcher import MicroBatcher, Overloaded
 from serving.metrics import FILTERED_ITEMS
 from serving.responses import invalid_filters, to_filters, to_queries
-from serving.runtime import HiddenItems, IncompatibleModels, Runtime, poll_in_thread
+from serving.runtime import HiddenItems, IncompatibleModels, Runtime, follow_snapshots, poll_in_thread
 from stages import rules
 from stages.candidates import CandidateBatch, CandidateModel
 from stages.card import CandidatesCard, CardError
@@ -155,7 +155,9 @@ class CandidateStage:
         self.candidates = candidates
         self.tag = tag
         self.feature_source = feature_source
-        self.view = self._load_view()
+        # Checked as the ranker stage's Runtime checks it (coverage of the model's items and users), and followed
+        # the same way: a snapshot one stage refuses, the other refuses too.
+        self.snapshots = follow_snapshots(feature_source, candidates, None, "candidates stage: feature refresh")
         # The operators' hidden items: blocked here, where candidates are made (the ranker only orders them).
         self.hidden_items = HiddenItems(feature_source)
         self.hidden = self.hidden_items.items
@@ -171,14 +173,9 @@ class CandidateStage:
         candidates = CandidateModel.load(Path(model.path), card.params)
         return cls(candidates, str(model.tag), feature_store or str(Path(model.path) / MODEL_SNAPSHOT_DIR))
 
-    def _load_view(self, version: str | None = None) -> FeatureView:
-        try:
-            snapshot = read_snapshot(self.feature_source, version)
-        except SnapshotError as exc:
-            raise IncompatibleModels(f"feature store {self.feature_source}: {exc}") from exc
-        return FeatureView(
-            snapshot.tables, self.candidates.item_ids, self.candidates.als.item_factors, snapshot.version
-        )
+    @property
+    def view(self) -> FeatureView:
+        return self.snapshots.view
 
     def pipeline(self, n_candidates: int) -> TwoStageRecommender:
         """The pipeline without a ranker, over the current snapshot, cut at ``n_candidates``."""
@@ -249,11 +246,10 @@ class CandidateStage:
         if changed:
             self.hidden = hidden
             logger.info("candidates stage: hidden items now %d", len(hidden))
-        version = current_version(self.feature_source)
-        if version == self.view.version:
+        view = self.snapshots.poll()  # a bad snapshot is kept out and recorded, as the ranker stage's is
+        if view is None:
             return changed
-        self.view = self._load_view(version)
-        logger.info("candidates stage: feature snapshot %s now serving", version)
+        logger.info("candidates stage: feature snapshot %s now serving", view.version)
         return True
 
     def start_refresh(self, every_seconds: float, after_swap: Callable[[], None] | None = None) -> None:
@@ -310,7 +306,7 @@ class RankerStage:
     def rank_rows(self, parts: list[tuple[dict, Row | None]]) -> list[dict]:
         """:meth:`rank` over the requests of many calls, ``(request, its candidate row)`` each, in one go.
 
-        One CatBoost call for all of them: its per-call cost is what batching saves (DESIGN.md).
+        One CatBoost call for all of them: its per-call cost is what batching saves (BENCHMARKS.md).
         Each call's model tag was checked when it queued (:meth:`check_model`).
         """
         found = join_found([row for _, row in parts], self.runtime.tags.candidates, "")

@@ -120,7 +120,7 @@ def test_copy_under_another_name_is_not_reloaded(runtime, store, monkeypatch):
     shutil.copytree(store / "snapshots" / served, store / "snapshots" / "copy-of-served")
     (store / "CURRENT").write_text("copy-of-served")
     calls = []
-    monkeypatch.setattr(runtime, "load_view", lambda *a: calls.append(a))
+    monkeypatch.setattr(runtime.snapshots, "load", lambda *a: calls.append(a))
     for _ in range(3):
         assert runtime.refresh_once() is False
     assert calls == [] and runtime.refresh_error is None
@@ -173,3 +173,25 @@ def test_a_snapshot_describing_half_the_catalogue_is_kept_out(runtime, store):
     write_snapshot(snapshot.tables, str(store), snapshot.manifest["fingerprint"])
     assert runtime.refresh_once() is False and runtime.view.version == served
     assert f"of the model's {len(runtime.candidates.item_ids):,} items" in runtime.refresh_error
+
+
+def test_the_split_topology_s_candidate_stage_keeps_out_what_the_ranker_keeps_out(runtime, store, caplog):
+    """It swapped in any snapshot CURRENT named: half the catalogue lost its attributes there, where filters apply."""
+    import bentoml
+
+    from serving.split import CandidateStage
+
+    stage = CandidateStage.from_model(bentoml.models.get(runtime.tags.candidates), str(store))
+    served = stage.view.version
+    snapshot = read_snapshot(str(store))
+    half = snapshot.tables.items.iloc[: len(snapshot.tables.items) // 2]
+    snapshot.tables.items = half
+    bad = write_snapshot(snapshot.tables, str(store), snapshot.manifest["fingerprint"])
+    with caplog.at_level("ERROR", logger="recsys"):
+        for _ in range(3):
+            assert stage.refresh_once() is False and stage.view.version == served
+    assert f"snapshot {bad} describes {len(half):,} of the model's" in stage.snapshots.error
+    assert caplog.text.count("candidates stage: feature refresh failed") == 1  # once, not every poll
+    assert runtime.refresh_once() is False and runtime.refresh_error == stage.snapshots.error  # the same verdict
+    good = write_snapshot(read_snapshot(str(store), served).tables, str(store), "e" * 64)
+    assert stage.refresh_once() is True and stage.view.version == good and stage.snapshots.error is None

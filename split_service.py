@@ -11,7 +11,7 @@ stage boundary::
 
 On Kubernetes each stage is its own Deployment (``deploy/kubernetes/split.yaml``)
 and the entry finds them through ``RECSYS_SPLIT_CANDIDATES_URL`` / ``RECSYS_SPLIT_RANKER_URL``
-(``http://recsys-candidates:3000``...): see README "Split topology".
+(``http://recsys-candidates:3000``...): see docs/serving.md, "Split topology".
 
 Answers are the single-process service's, request for request: the candidates
 service runs :meth:`TwoStageRecommender.candidate_lists` over the queries with a
@@ -98,10 +98,11 @@ if not startup.in_worker():
     startup.own_metrics_dir()  # the entry and each stage apart: three servers, often one BENTOML_HOME
 
 QUIET = {"logging": {"access": {"enabled": False}}, "traffic": {"timeout": settings.timeout_seconds}}
-# No OpenTelemetry span per request (see BENCHMARKS.md: ~10% of a request); probes and metrics stay.
-NO_SPANS = {
-    "excluded_urls": ["/candidates", "/rank", "/plan", "/similar", "/recommend", "/recommend_batch", "/feedback"]
-}
+# No OpenTelemetry span per request unless RECSYS_TRACE_REQUESTS asks for them (see BENCHMARKS.md: ~10% of a
+# request), as service.py: every route of the entry and of both stages; probes and metrics stay.
+ROUTES = ["/recommend", "/recommend_batch", "/similar_items", "/feedback", "/model_info"]
+STAGE_ROUTES = ["/candidates", "/rank", "/plan", "/similar"]
+TRACING = {"excluded_urls": [] if settings.trace_requests else ROUTES + STAGE_ROUTES}
 # The sessions bentoml.depends opens to a stage: see serving/split_client.py (BentoML #4971, PR #5698).
 CONNECTION = (
     {"runner_connection": {"max_requests": split.max_requests, "max_age": split.max_age}} if split.hardened else {}
@@ -119,7 +120,7 @@ def stage_batcher(run: Callable[[list], list]) -> MicroBatcher:
     return MicroBatcher(run, settings.max_batch_queries, settings.max_pending_queries, settings.queue_timeout_seconds)
 
 
-@bentoml.service(name="recsys-candidates", workers=split.candidates_workers, tracing=NO_SPANS, **CONNECTION, **QUIET)
+@bentoml.service(name="recsys-candidates", workers=split.candidates_workers, tracing=TRACING, **CONNECTION, **QUIET)
 class CandidateService:
     """Stage one: every source's candidates for the requests with a history. Loads the candidates model only."""
 
@@ -156,7 +157,7 @@ class CandidateService:
         return await self.batcher.call(self.stage.similar, item_id, k, filters)
 
 
-@bentoml.service(name="recsys-ranker", workers=split.ranker_workers, tracing=NO_SPANS, **CONNECTION, **QUIET)
+@bentoml.service(name="recsys-ranker", workers=split.ranker_workers, tracing=TRACING, **CONNECTION, **QUIET)
 class RankerService:
     """Stage two: feature rows, CatBoost, the rules, and popular items for users without a history."""
 
@@ -199,7 +200,7 @@ class RankerService:
         return self.runtime.info()
 
 
-@bentoml.service(name="recsys-split", workers=settings.workers, tracing=NO_SPANS, **QUIET)
+@bentoml.service(name="recsys-split", workers=settings.workers, tracing=TRACING, **QUIET)
 class Entry:
     """The public API of the split form: validates, calls stage one, then stage two. Loads no model."""
 

@@ -12,14 +12,18 @@ every source as a ranker feature:
 - ``cooc``: items most often taken together with the user's latest items.
 
 Saved as plain files (``.npz``/``.npy``, no pickle) so the serving image
-needs no training code: ``als.npz`` is the CPU ALS class, ``ids.npz`` the id
-maps, ``seen_{data,indices,indptr}.npy`` each user's interacted items (CSR),
-``popular.npy`` the recent-popularity ranking, ``cold_share.npy`` the
-popularity cold start starts from, ``latest.npy`` each user's latest items,
-``cooc.npz`` each item's co-consumption neighbours and their weights (padded
-arrays, so a request gathers rows instead of building sparse matrices). The
-seen matrix (by far the largest: 160 MB at 20M interactions) and the latest
-items are loaded memory-mapped.
+needs no training code (:meth:`CandidateModel.save`): ``als.npz`` is the CPU
+ALS class's settings and ``als_{user,item}_factors.npy`` its factors,
+``ids.npz`` the id maps, ``seen_{data,indices,indptr}.npy`` each user's
+interacted items (CSR), ``popular.npy`` the recent-popularity ranking,
+``cold_share.npy`` the popularity cold start starts from, ``latest.npy`` each
+user's latest items, ``cooc_{items,weights}.npy`` each item's co-consumption
+neighbours and their weights (padded arrays, so a request gathers rows
+instead of building sparse matrices). Every ``.npy`` file but the two small
+rankings is loaded memory-mapped, so a pod's workers share one copy (the seen
+matrix alone is 160 MB at 20M interactions). Models saved before these files
+kept the factors inside ``als.npz`` and wrote ``seen.npz`` and ``cooc.npz``:
+:meth:`CandidateModel.load` still reads them.
 """
 
 from __future__ import annotations

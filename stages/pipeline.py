@@ -1,7 +1,8 @@
 """The two-stage pipeline: candidates from several sources, features joined, CatBoost re-ranks.
 
-The service, the offline batch CLI, the evaluation and the parity test all
-call :meth:`TwoStageRecommender.recommend`; there is no second copy. A request
+The service, the split topology's stages, the offline batch CLI and the
+evaluation all call :meth:`TwoStageRecommender.recommend` (or its steps);
+there is no second copy. A request
 goes down these steps, each a method below, in this order:
 
 1. resolve users (:meth:`~TwoStageRecommender._user`): stored index, snapshot row, recent items;

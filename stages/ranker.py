@@ -149,20 +149,15 @@ class Ranker:
         """The prior's score per row (0 without a prior): what the trees were boosted from."""
         return 0.0 if self.prior is None else self.prior.score(numeric, self.names)
 
-    def score_with_leaves(self, numeric: np.ndarray, categorical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The scores :meth:`score` gives, and each row's leaf in every tree (for :meth:`path_contributions`).
-
-        One CatBoost pass: the leaves, and the scores summed from their values
-        (the same numbers as ``predict``, to 1e-14), where asking CatBoost for
-        both walks every tree twice.
-        """
+    def leaves(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
+        """Each row's leaf in every tree (for :meth:`path_contributions`): one more pass over the trees, for the
+        rows of a page that asks for ``explain`` only (their scores come from :meth:`score`)."""
         if len(numeric) == 0:
-            return np.empty(0, dtype=np.float32), np.empty((0, self.model.tree_count_), dtype=np.int64)
+            return np.empty((0, self.model.tree_count_), dtype=np.int64)
         # FeaturesData, not a Pool: CatBoost then builds the pool with the call's one thread, as ``predict`` does
         # (a Pool built here would default to a thread pool over every core: a 1 ms tail on explain).
         data = self.data(self.names, numeric, categorical)
-        leaves = np.asarray(self.model.calc_leaf_indexes(data, thread_count=1), dtype=np.int64)
-        return (self.paths.scores(leaves) + self.baseline(numeric)).astype(np.float32), leaves
+        return np.asarray(self.model.calc_leaf_indexes(data, thread_count=1), dtype=np.int64)
 
     def path_contributions(self, leaves: np.ndarray) -> np.ndarray:
         """Per-row feature contributions (rows x features): what each feature added to each row's score.
@@ -182,7 +177,7 @@ class Ranker:
 
     def contributions(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
         """:meth:`path_contributions` for rows given as features, plus the prior's per column."""
-        return self.with_prior(self.path_contributions(self.score_with_leaves(numeric, categorical)[1]), numeric)
+        return self.with_prior(self.path_contributions(self.leaves(numeric, categorical)), numeric)
 
     def with_prior(self, contributions: np.ndarray, numeric: np.ndarray) -> np.ndarray:
         """Tree contributions with the prior's added to its columns, so "popular this week" can be a reason."""

@@ -23,7 +23,7 @@ from train.ranker_training import LOSSES, NotEnoughHistory
 EXIT_BAD_DATA = 2
 
 EPILOG = """\
-Input schema: README.md, "Your own data" (features/schema.py enforces it): ids
+Input schema: docs/training.md, "Your own data" (features/schema.py enforces it): ids
 are matched as text (160.0 = 160, spaces stripped); timestamps are unix
 seconds, milliseconds, microseconds or nanoseconds (told by magnitude), ISO
 8601 text or parquet timestamps; row numbers in messages count the header as

@@ -36,9 +36,11 @@ def test_path_contributions_add_up_to_the_score():
 
 @pytest.mark.parametrize("depth", [1, 3, 6])
 def test_scores_from_leaves_equal_catboost_predict(depth: int):
-    """``explain`` takes its scores from the leaves (one CatBoost pass): they must be ``predict``'s, CTRs included."""
+    """The leaf values ``explain`` reads, summed along each row's leaves, give ``predict``'s scores, CTRs included:
+    the contributions it reports add up to the score the row was ranked by."""
     ranker, numeric, categorical = trained(depth=depth)
-    scores, leaves = ranker.score_with_leaves(numeric, categorical)
+    leaves = ranker.leaves(numeric, categorical)
+    scores = (ranker.paths.scores(leaves) + ranker.baseline(numeric)).astype(np.float32)
     assert leaves.shape == (len(numeric), ranker.model.tree_count_)
     predicted = ranker.score(numeric, categorical)
     np.testing.assert_allclose(scores, predicted, rtol=1e-6, atol=1e-6)

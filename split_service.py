@@ -220,7 +220,7 @@ class Entry:
     def stop(self) -> None:
         self.recorder.close()
 
-    async def _tags_and_n(self) -> tuple[int, ModelTags]:
+    async def _n_and_tags(self) -> tuple[int, ModelTags]:
         """The candidate count and tags of the last answer (asked of the ranker before the first one)."""
         if self._plan is None:
             self._learn(await self._call(self.ranker_stage.to_async.plan))
@@ -233,15 +233,15 @@ class Entry:
     async def _answer(
         self, requests: list[RecommendRequest], title: str = "RecommendRequest"
     ) -> list[RecommendResponse]:
-        n, tags = await self._tags_and_n()
+        n, tags = await self._n_and_tags()
         body = requests_json(requests)
         found = await self._call(self.candidate_stage.to_async.candidates, requests=body, n=n)
         if "invalid" in found:  # filters the catalogue cannot apply: the 400 the single process gives
             slot, wrong = next((i, w) for i, w in enumerate(found["invalid"]) if w)
             raise filter_error(wrong["field"], wrong["message"], title, slot)
-        ranked = await self._call(self.ranker_stage.to_async.rank, requests=body, candidates=found)
-        _, tags = self._learn(ranked)  # the tags of the model that answered: stages may have been redeployed
-        answers = [recommendation_of(a, r) for a, r in zip(ranked["answers"], requests, strict=True)]
+        rank_reply = await self._call(self.ranker_stage.to_async.rank, requests=body, candidates=found)
+        _, tags = self._learn(rank_reply)  # the tags of the model that answered: stages may have been redeployed
+        answers = [recommendation_of(a, r) for a, r in zip(rank_reply["answers"], requests, strict=True)]
         responses = to_responses(answers, tags)
         record_impressions(self.recorder, responses)
         return responses
@@ -263,7 +263,7 @@ class Entry:
         """Items whose ALS factors are closest (from the candidates service)."""
         filters = request.model_dump(mode="json")["filters"]
         try:
-            _, tags = await self._tags_and_n()
+            _, tags = await self._n_and_tags()
             found = await self._call(
                 self.candidate_stage.to_async.similar, item_id=request.item_id, k=request.k, filters=filters
             )

@@ -85,7 +85,7 @@ def query_cost(query: RecommendRequest) -> float:
 
 
 def start_runtime(settings: ServiceSettings, ranker_tag: str, candidates_tag: str) -> Runtime:
-    """The pipeline a worker serves, with its feature refresh running (after :func:`worker_threads`)."""
+    """The pipeline a worker serves: its threads set first (:func:`worker_threads`), then loaded, then refreshed."""
     worker_threads(settings)
     runtime = Runtime.from_store(ranker_tag, candidates_tag, settings.feature_store, settings.n_candidates)
     settle_and_refresh(runtime, settings)

@@ -63,10 +63,11 @@ class RankerParams:
     train_cuts: int = 8  # cuts stacked for training, the latest at T - label_days ...
     cut_step_days: float = 7.0  # ... and each earlier one this many days before the next
     # The rankers for requests with recent_items (visitors', and known users'): a user passes their first this many
-    # interactions after a cut and is labelled by the new items they took later (0: neither ranker). Those rows
+    # interactions after a cut as recent_items and is labelled by the new items they took later (0: neither ranker;
+    # train.freshness evaluates such requests the same way, with its own n_recent). Those rows
     # have rankers of their own: mixed into the main ranker's rows, visitors' cost known users' answers a tenth of
     # their NDCG@10 in the rolling backtest, known users' requests a tenth too (docs/quality.md).
-    visitor_recent: int = 3
+    recent_items_passed: int = 3
     exclude_features: tuple[str, ...] = ()  # columns left out of the ranker (the ablation study's knob)
     # Boost from a popularity prior fitted on the same rows (stages/ranker.py): the trees learn what improves on
     # popularity instead of relearning it at every fit.
@@ -214,16 +215,9 @@ class Stages:
         """The rows a ranker learns from at one training cut, labelled by the ``label_days`` after it (cached)."""
         return self.rows(KNOWN, cut, names, params)
 
-    def visitor_rows(self, cut: int, names: FeatureNames | None, params: RankerParams) -> RowBlock | None:
-        """The visitor ranker's rows at one training cut: requests with recent items from users unknown at it."""
-        return self.request_rows(cut, names, params, known=False)
-
-    def known_request_rows(self, cut: int, names: FeatureNames | None, params: RankerParams) -> RowBlock | None:
-        """The recent-items ranker's rows at one training cut: requests with recent items from users known at it."""
-        return self.request_rows(cut, names, params, known=True)
-
     def request_rows(self, cut: int, names: FeatureNames | None, params: RankerParams, known: bool) -> RowBlock | None:
-        """Rows of requests with recent items at one training cut, from users unknown or known at it (cached)."""
+        """Rows of requests with recent items at one training cut (cached): from users unknown at it (the visitor
+        ranker's) or known at it (the recent-items ranker's)."""
         return self.rows(KNOWN_REQUESTS if known else VISITORS, cut, names, params)
 
 
@@ -280,7 +274,7 @@ def _row_key(kind: str, cut: int, params: RankerParams) -> tuple:
     if kind not in ROW_KINDS:
         raise ValueError(f"unknown kind of rows {kind!r}: one of {ROW_KINDS}")
     key = (kind, cut, params.label_days, params.n_candidates, params.users_per_cut, params.seed)
-    return key if kind == KNOWN else (*key, params.visitor_recent)
+    return key if kind == KNOWN else (*key, params.recent_items_passed)
 
 
 def training_cuts(until: int, params: RankerParams) -> list[int]:
@@ -341,7 +335,7 @@ def fit_rankers(
 
     Every kind of row is built at a cut while its stage is held, so the three fits build each stage once.
     """
-    kinds = ROW_KINDS if params.visitor_recent else (KNOWN,)
+    kinds = ROW_KINDS if params.recent_items_passed else (KNOWN,)
     stages.prepare_rows(cuts_with_history(stages, until, params), params, kinds)
     ranker, stats = fit_ranker(stages, until, params, serve_at=serve_at, show_progress=show_progress)
     visitor_ranker, visitor_stats = fit_visitor_ranker(stages, until, params, ranker.names)
@@ -378,7 +372,7 @@ def fit_recent_ranker(
 def _fit_request_ranker(
     stages: Stages, until: int, params: RankerParams, names: FeatureNames, known: bool
 ) -> tuple[Ranker | None, dict]:
-    if not params.visitor_recent:
+    if not params.recent_items_passed:
         return None, {"rows": 0}
     cuts = cuts_with_history(stages, until, params)
     blocks = [stages.request_rows(t, names, params, known) for t in cuts]
@@ -524,9 +518,9 @@ def request_examples(
 ) -> list[tuple[Query, set[str]]]:
     """Requests as a client sends them with recent items, and what each user took next.
 
-    Each user with more than ``visitor_recent`` interactions in the label
+    Each user with more than ``recent_items_passed`` interactions in the label
     window, among those unknown before the cut (visitors) or those known
-    (``known``), passes the first ``visitor_recent`` (time order, ties by
+    (``known``), passes the first ``recent_items_passed`` (time order, ties by
     item) as recent items; the label is the new items they took after those
     (for a known user, none they had taken before the cut). At most
     ``users_per_cut`` users, sampled.
@@ -535,18 +529,18 @@ def request_examples(
     window = interactions[(times >= cut) & (times < cut + params.label_days * DAY)]
     before = interactions.loc[times < cut]
     counts = window.groupby(Columns.user, sort=True).size()
-    users = counts.index[counts.to_numpy() > params.visitor_recent]
+    users = counts.index[counts.to_numpy() > params.recent_items_passed]
     known_at_cut = is_in(users, before[Columns.user].unique())
     users = sample_users(np.asarray(users[known_at_cut if known else ~known_at_cut]), params.users_per_cut, params.seed)
     window = window[window[Columns.user].isin(users)].sort_values([Columns.timestamp, Columns.item], kind="stable")
-    before = before[before[Columns.user].isin(users)]
-    taken_before = before.groupby(Columns.user, sort=False)[Columns.item].agg(set).to_dict() if known else {}
-    known_at_cut = set() if known else set(before[Columns.user])  # the visitors' case: who is not a visitor
+    taken_before = (
+        before[before[Columns.user].isin(users)].groupby(Columns.user, sort=False)[Columns.item].agg(set).to_dict()
+        if known
+        else {}  # visitors took nothing before the cut
+    )
     out = []
-    for user, rows in window.groupby(Columns.user, sort=True):
-        if len(rows) <= params.visitor_recent or (user not in taken_before if known else user in known_at_cut):
-            continue
-        told, later = rows.iloc[: params.visitor_recent], rows.iloc[params.visitor_recent :]
+    for user, rows in window.groupby(Columns.user, sort=True):  # each has more than recent_items_passed rows
+        told, later = rows.iloc[: params.recent_items_passed], rows.iloc[params.recent_items_passed :]
         label = set(later[Columns.item]) - set(told[Columns.item]) - taken_before.get(user, set())
         if label:
             events = [

@@ -12,6 +12,7 @@ two differ.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -152,9 +153,14 @@ def test_every_training_block_reads_only_its_own_label_window(history, cut):
     window_end = train_cut + RANKER.label_days * DAY
     a, b = Stages(cut_at(history, window_end), CANDIDATES), Stages(with_future(history, window_end), CANDIDATES)
     names = a.at(train_cut).view.available()
-    for rows in (Stages.training_rows, Stages.visitor_rows, Stages.known_request_rows):
+    kinds = {
+        "known users": Stages.training_rows,
+        "visitors' requests": partial(Stages.request_rows, known=False),
+        "known users' requests": partial(Stages.request_rows, known=True),
+    }
+    for kind, rows in kinds.items():
         block_a, block_b = rows(a, train_cut, names, RANKER), rows(b, train_cut, names, RANKER)
-        assert block_a is not None and len(block_a.labels) > 0, rows.__name__
+        assert block_a is not None and len(block_a.labels) > 0, kind
         np.testing.assert_array_equal(block_a.numeric, block_b.numeric)
         np.testing.assert_array_equal(block_a.labels, block_b.labels)
         np.testing.assert_array_equal(block_a.queries, block_b.queries)

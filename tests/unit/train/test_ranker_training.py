@@ -20,7 +20,7 @@ from train.ranker_training import (
 )
 
 CUT = 1_000 * DAY
-PARAMS = RankerParams(label_days=7, visitor_recent=2)
+PARAMS = RankerParams(label_days=7, recent_items_passed=2)
 
 
 def interactions(rows: list[tuple[str, str, int]]) -> pd.DataFrame:

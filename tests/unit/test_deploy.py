@@ -10,6 +10,7 @@ from tests.support import REPO
 
 MANIFESTS = REPO / "deploy" / "kubernetes" / "recsys.yaml"
 SPLIT = REPO / "deploy" / "kubernetes" / "split.yaml"
+DASK = REPO / "deploy" / "kubernetes" / "dask.yaml"
 KUBERNETES = "1.30.0"
 
 
@@ -17,7 +18,9 @@ def documents(path=MANIFESTS) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-@pytest.mark.parametrize("doc", documents() + documents(SPLIT), ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
+@pytest.mark.parametrize(
+    "doc", documents() + documents(SPLIT) + documents(DASK), ids=lambda d: f"{d['kind']}-{d['metadata']['name']}"
+)
 def test_manifest_is_valid(doc):
     kubernetes_validate.validate(doc, KUBERNETES, strict=True)
 
@@ -79,3 +82,18 @@ def test_split_form_one_deployment_and_autoscaler_per_stage_and_the_entry_finds_
     ):
         port = by_kind["Service"][stage]["spec"]["ports"][0]["port"]
         assert env[variable] == f"http://{stage}:{port}"
+
+
+def test_training_on_kubernetes_workers_and_job_run_one_image_and_find_the_scheduler_by_its_service():
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in documents(DASK)}
+    service = docs["Service", "recsys-dask-scheduler"]
+    address = f"tcp://recsys-dask-scheduler:{service['spec']['ports'][0]['port']}"
+    pods = {name: d["spec"]["template"]["spec"] for (kind, name), d in docs.items() if kind in ("Deployment", "Job")}
+    assert service["spec"]["selector"] == docs["Deployment", "recsys-dask-scheduler"]["spec"]["selector"]["matchLabels"]
+    assert len({pod["containers"][0]["image"] for pod in pods.values()}) == 1  # the trainer's code on every worker
+    assert all(pod["securityContext"]["runAsNonRoot"] for pod in pods.values())
+    worker = pods["recsys-dask-worker"]["containers"][0]["command"]
+    assert worker[:4] == ["python", "-m", "train.worker", address]  # pinned kernels, not `dask worker`
+    job = docs["Job", "recsys-train"]
+    assert f"--engine={address}" in job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert job["spec"]["backoffLimit"] == 0 and pods["recsys-train"]["restartPolicy"] == "Never"

@@ -101,7 +101,7 @@ def worker(address: str, code: Path, log: Path) -> Iterator[None]:
     """``python -m train.worker`` as a cluster's pod runs it, importing the packages found in ``code``."""
     # The test process's kernels (it does not pin them): only the code may differ, on any machine.
     env = {**os.environ, "RECSYS_NATIVE_KERNELS": "1", "PYTHONPATH": str(code)}
-    command = [sys.executable, "-m", "train.worker", address, "--nthreads", "1", "--no-dashboard"]
+    command = [sys.executable, "-m", "train.worker", address]
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=code, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:

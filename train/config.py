@@ -18,7 +18,11 @@ from train.ranker_training import LOSSES, RankerParams
 
 
 class TrainConfig(BaseModel):
-    """Every knob of a training run; unknown keys are rejected."""
+    """The knobs a training run exposes (each a flag and a config key; unknown keys are rejected).
+
+    Knobs only the studies turn (the ranker's popularity prior, how many request items train the request
+    rankers, co-consumption's seeds) stay on :class:`RankerParams` and :class:`CandidateParams` at their defaults.
+    """
 
     model_config = ConfigDict(extra="forbid")
 

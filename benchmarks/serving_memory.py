@@ -8,6 +8,7 @@ as the service reads them, requests until every worker has answered, then
 ``/proc/<pid>/smaps_rollup`` of the supervising process and each worker::
 
     python -m benchmarks.serving_memory --workers 1,4
+    python -m benchmarks.serving_memory --steps   # what a worker's own memory is made of, loaded step by step
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,6 +65,67 @@ def measure(workers: int, users: list[str], seconds: float) -> dict:
     }
 
 
+def private_mb() -> float:
+    """This process's private memory (what a worker does not share with the others), in MB."""
+    return smaps(os.getpid())["private_mb"]
+
+
+def python_object_mb() -> float:
+    """Bytes in live blocks of Python's small-object allocator (``sys._debugmallocstats``), in MB."""
+    read, write = os.pipe()
+    saved = os.dup(2)
+    os.dup2(write, 2)  # the stats go to the C stderr
+    try:
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(write)
+        os.close(saved)
+    with os.fdopen(read) as stats:
+        line = next(line for line in stats.read().splitlines() if line.startswith("# bytes in allocated blocks"))
+    return int(line.split("=")[1].replace(",", "")) / 2**20
+
+
+def load_steps() -> list[tuple[str, float]]:
+    """A worker's load, one part at a time in this process: the private memory after each."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # as a worker
+    import pyarrow as pa
+
+    from features.store import MODEL_SNAPSHOT_DIR, read_snapshot
+    from serving.runtime import ranker_card, stored_model
+    from stages.candidates import CandidateModel
+    from stages.card import CandidatesCard
+    from stages.feature_view import FeatureView
+    from stages.memory import give_back_memory
+    from stages.ranker import RANKER_FILE, Ranker
+
+    settings = get_settings()
+    steps = [("imports (numpy, pandas, Arrow, CatBoost, implicit, BentoML, this code)", private_mb())]
+    ranker_model = stored_model(settings.ranker_tag, "ranker")
+    card = ranker_card(ranker_model)
+    model = stored_model(settings.candidates_tag or card.candidates_tag, "candidates")
+    params = CandidatesCard.from_metadata(model.info.metadata, str(model.tag)).params
+    candidates = CandidateModel.load(Path(model.path), params)
+    steps.append(("+ candidate model (id maps; factors, seen matrix, neighbours mapped)", private_mb()))
+    ranker = Ranker.load(Path(ranker_model.path) / RANKER_FILE, card.features, card.prior)
+    ranker.paths  # noqa: B018 (built at load, as the service does)
+    steps.append(("+ the main ranker", private_mb()))
+    snapshot = read_snapshot(settings.feature_store or str(Path(model.path) / MODEL_SNAPSHOT_DIR))
+    steps.append(("+ feature snapshot read (parquet to pandas)", private_mb()))
+    view = FeatureView(snapshot.tables, candidates.item_ids, candidates.als.item_factors, snapshot.version)
+    view.prepare(card.features)
+    steps.append(("+ feature view and row plan built", private_mb()))
+    del snapshot
+    give_back_memory()
+    steps.append(("snapshot tables let go, freed memory given back", private_mb()))
+    steps.append(("  of which Python objects (small-object allocator, live blocks)", python_object_mb()))
+    steps.append(("  of which Arrow buffers", pa.total_allocated_bytes() / 2**20))
+    assert view is not None and ranker is not None  # held until here
+    return steps
+
+
 def _role(pid: int) -> str:
     line = cmdline(pid) or ""
     return "worker" if "worker" in line or "_bentoml_impl" in line else line[:60]
@@ -73,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--workers", default="1,4", help="comma-separated worker counts")
     cli.add_argument("--seconds", type=float, default=5, help="requests before measuring")
     cli.add_argument("--out", type=Path, help="also write the results here (JSON)")
+    cli.add_argument("--steps", action="store_true", help="a worker's private memory, loaded step by step here")
     args = cli.parse_args(argv)
+    if args.steps:
+        print("| step | private MB |\n|---|---:|")
+        for step, mb in load_steps():
+            print(f"| {step} | {mb:.0f} |")
+        return 0
     runtime = Runtime.from_settings(get_settings())
     users = [str(u) for u in runtime.candidates.user_ids[:: max(1, len(runtime.candidates.user_ids) // 5000)]]
     del runtime

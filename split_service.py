@@ -60,7 +60,7 @@ from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.experiments import ARM_HEADER, arm_error
 from serving.responses import filter_error, ranked, similar_response, to_responses
-from serving.runtime import IncompatibleModels, paired_candidates_tag
+from serving.runtime import IncompatibleModels, paired_candidates_tag, ranker_card, stored_model
 from serving.settings import get_settings
 from serving.shared import (
     batch_or_shed,
@@ -128,7 +128,10 @@ class CandidateService:
 
     def __init__(self) -> None:
         worker_threads(settings)
-        self.stage = CandidateStage.from_model(self.candidates_model, settings.feature_store)
+        # The ranker's features, so that this stage refuses the snapshots the ranker stage refuses (the ranker
+        # model is in this Bento too: its card named the candidates model above).
+        names = ranker_card(stored_model(settings.ranker_tag, "ranker")).features
+        self.stage = CandidateStage.from_model(self.candidates_model, settings.feature_store, names)
         self.stage.warm(settings.n_candidates or 100)
         settle_and_refresh(self.stage, settings)
         self.batcher = stage_batcher(self.stage.candidate_rows)

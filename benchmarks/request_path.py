@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.loadgen import fixed_concurrency, fixed_rate, markdown, process_tree_rss_mb, recommend_bodies
+from benchmarks.loadgen import fixed_concurrency, fixed_rate, hey, markdown, process_tree_rss_mb, recommend_bodies
 from benchmarks.servers import free_port
 from benchmarks.serving import BIN, fastapi_reference, in_process_limit, server
 from serving.runtime import Runtime
@@ -90,12 +90,26 @@ def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict[str, 
 
 
 def phase(
-    name: str, url: str, pid: int, bodies: list[dict], levels: list[int], seconds: float, rate: float, probes: dict
+    name: str,
+    url: str,
+    pid: int,
+    bodies: list[dict],
+    levels: list[int],
+    seconds: float,
+    rate: float,
+    probes: dict,
+    hey_levels: list[int],
 ) -> dict:
-    """Open loop at ``rate``, then each closed-loop level with probes; rows for the report."""
+    """Open loop at ``rate``, then each closed-loop level with probes, then ``hey`` on one user; report rows."""
     fixed = asyncio.run(fixed_rate(f"{url}/recommend", bodies, rate, min(seconds * 2, 30)))
     rows = [{"server": name, **fixed.summary()}]
     print(markdown(rows), flush=True)
+    known = next(body for body in bodies if not body["user_id"].startswith("new-"))  # recommend_bodies' strangers
+    for level in hey_levels:
+        # One known user, every request alike: what the issue's hey figures measured.
+        row = {"server": name, **hey(f"{url}/recommend", known, level, seconds)}
+        rows.append(row)
+        print(markdown([rows[0], row]).splitlines()[-1], flush=True)  # in the header's columns
     for level in levels:
         before = batch_histogram(url)
         summary, probed = asyncio.run(loaded(url, "/recommend", bodies, level, seconds, probes))
@@ -123,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--overload-connections", type=int, default=200)
     cli.add_argument("--overload-seconds", type=float, default=20)
     cli.add_argument("--out", type=Path, default=Path("var/bench"))
+    cli.add_argument("--hey", default="", help="connection levels to run hey at too, on one user (e.g. 1,32)")
     cli.add_argument(
         "--servers",
         default="batched,handed-off,unbatched,fastapi",
@@ -131,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = cli.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    hey_levels = [int(c) for c in args.hey.split(",") if c]
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "RECSYS_WORKERS": "1"})
     report: dict = {"machine": f"{os.cpu_count()} cores", "workers": 1, "limit": in_process_limit()}
@@ -154,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         with server([*bento, "--port", str(port)], port, env, log) as (url, pid):
             print(f"\n{name}", flush=True)
             probes = probe_urls(url, health_port)
-            report[name] = phase(name, url, pid, bodies, levels, args.seconds, args.rate, probes)
+            report[name] = phase(name, url, pid, bodies, levels, args.seconds, args.rate, probes, hey_levels)
             if not extra:
                 print(f"\n{name}: overload", flush=True)
                 report["overload"] = overload(url, pid, users, args.overload_seconds, args.overload_connections, probes)
@@ -166,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         with server(uvicorn, port, log=args.out / "fastapi.log") as (url, pid):
             print("\nfastapi (unbatched reference)", flush=True)
             probes = probe_urls(url, None)
-            report["fastapi"] = phase("fastapi", url, pid, bodies, levels, args.seconds, args.rate, probes)
+            report["fastapi"] = phase("fastapi", url, pid, bodies, levels, args.seconds, args.rate, probes, hey_levels)
     rows = [
         row
         for name in ("bentoml batched", "bentoml handed-off", "bentoml unbatched", "bentoml logged", "fastapi")

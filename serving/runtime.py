@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,17 +149,26 @@ class SnapshotFollower:
     ``error`` (``/model_info``), once per distinct failure in the log.
     """
 
+    RETRY_UNEXPECTED_SECONDS = 300.0  # a loader that broke may have met a passing I/O error: read it again then
+
     def __init__(
-        self, feature_source: str, candidates: CandidateModel, names: FeatureNames | None, who: str = "feature refresh"
+        self,
+        feature_source: str,
+        candidates: CandidateModel,
+        names: FeatureNames | None,
+        who: str = "feature refresh",
+        prepare: bool = True,
     ) -> None:
         self.source = feature_source
         self.candidates = candidates
-        self.names = names  # None: no ranker reads this snapshot (the candidate stage), so none is checked for
+        self.names = names  # the ranker's features, every snapshot must have them (None: none is checked for)
         self.who = who
+        self.prepare = prepare  # build the ranker's row plan (the candidate stage checks the names, builds no rows)
         self.view, self._served_identity = self.load()
         self.error: str | None = None
         self._served_pointer: str | None = None
         self._failed: tuple | None = None
+        self._retry_at = float("inf")  # when a snapshot that broke the loader is read again
 
     def load(self, version: str | None = None) -> tuple[FeatureView, tuple]:
         """Read a snapshot and check it serves this model (and ranker); the view and the snapshot's identity."""
@@ -169,7 +179,7 @@ class SnapshotFollower:
         if self.names is not None and (missing := view.missing(self.names)):
             raise SnapshotError(f"snapshot {snapshot.version} lacks features the ranker needs: {missing}")
         check_coverage(snapshot.version, snapshot.tables, self.candidates)
-        if self.names is not None:
+        if self.names is not None and self.prepare:
             view.prepare(self.names)
         return view, manifest_identity(snapshot.manifest)
 
@@ -191,7 +201,7 @@ class SnapshotFollower:
             if identity == self._served_identity:
                 self._served_pointer, self.error = pointer, None
                 return None
-            if (pointer, identity) == self._failed:
+            if (pointer, identity) == self._failed and time.monotonic() < self._retry_at:
                 return None  # the same bad snapshot: not read (nor logged) again
             view, identity = self.load(pointer)
         except SnapshotError as exc:
@@ -211,6 +221,8 @@ class SnapshotFollower:
     def _record_failure(self, message: str, snapshot: tuple, unexpected: bool = False) -> None:
         if snapshot[1] is not None:
             self._failed = snapshot
+            # A SnapshotError is the snapshot's own: final until CURRENT changes. Anything else is read again later.
+            self._retry_at = time.monotonic() + self.RETRY_UNEXPECTED_SECONDS if unexpected else float("inf")
         public = public_message(message, self.source)
         if public != self.error:
             # Logged once per distinct failure; a traceback only when the loader itself broke.
@@ -359,11 +371,15 @@ class Runtime:
 
 
 def follow_snapshots(
-    feature_source: str, candidates: CandidateModel, names: FeatureNames | None, who: str = "feature refresh"
+    feature_source: str,
+    candidates: CandidateModel,
+    names: FeatureNames | None,
+    who: str = "feature refresh",
+    prepare: bool = True,
 ) -> SnapshotFollower:
     """A :class:`SnapshotFollower` from the snapshot ``CURRENT`` names now; one that cannot serve refuses the start."""
     try:
-        return SnapshotFollower(feature_source, candidates, names, who)
+        return SnapshotFollower(feature_source, candidates, names, who, prepare)
     except SnapshotError as exc:
         raise IncompatibleModels(f"feature store {feature_source}: {exc}") from exc
 

@@ -41,7 +41,7 @@ from serving.runtime import HiddenItems, IncompatibleModels, Runtime, follow_sna
 from stages import rules
 from stages.candidates import CandidateBatch, CandidateModel
 from stages.card import CandidatesCard, CardError
-from stages.feature_view import FeatureView
+from stages.feature_view import FeatureNames, FeatureView
 from stages.pipeline import Explanation, Query, RecentEvent, Recommendation, TwoStageRecommender
 
 logger = logging.getLogger("recsys")
@@ -151,13 +151,17 @@ def out_of_step(error: IncompatibleModels) -> ServiceUnavailable:
 class CandidateStage:
     """Stage one: the candidates model and a feature snapshot (users' rows, the data's end for recent items)."""
 
-    def __init__(self, candidates: CandidateModel, tag: str, feature_source: str) -> None:
+    def __init__(
+        self, candidates: CandidateModel, tag: str, feature_source: str, names: FeatureNames | None = None
+    ) -> None:
         self.candidates = candidates
         self.tag = tag
         self.feature_source = feature_source
-        # Checked as the ranker stage's Runtime checks it (coverage of the model's items and users), and followed
-        # the same way: a snapshot one stage refuses, the other refuses too.
-        self.snapshots = follow_snapshots(feature_source, candidates, None, "candidates stage: feature refresh")
+        # Checked as the ranker stage's Runtime checks it (the ranker's features ``names``, coverage of the model's
+        # items and users) and followed the same way: a snapshot one stage refuses, the other refuses too.
+        self.snapshots = follow_snapshots(
+            feature_source, candidates, names, "candidates stage: feature refresh", prepare=False
+        )
         # The operators' hidden items: blocked here, where candidates are made (the ranker only orders them).
         self.hidden_items = HiddenItems(feature_source)
         self.hidden = self.hidden_items.items
@@ -165,13 +169,16 @@ class CandidateStage:
         self._stop = threading.Event()
 
     @classmethod
-    def from_model(cls, model: bentoml.Model, feature_store: str | None = None) -> CandidateStage:
+    def from_model(
+        cls, model: bentoml.Model, feature_store: str | None = None, names: FeatureNames | None = None
+    ) -> CandidateStage:
+        """The stage for a candidates model; ``names``: the ranker's features, which every snapshot must have."""
         try:
             card = CandidatesCard.from_metadata(model.info.metadata, str(model.tag))
         except CardError as exc:
             raise IncompatibleModels(str(exc)) from exc
         candidates = CandidateModel.load(Path(model.path), card.params)
-        return cls(candidates, str(model.tag), feature_store or str(Path(model.path) / MODEL_SNAPSHOT_DIR))
+        return cls(candidates, str(model.tag), feature_store or str(Path(model.path) / MODEL_SNAPSHOT_DIR), names)
 
     @property
     def view(self) -> FeatureView:

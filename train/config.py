@@ -97,6 +97,12 @@ class TrainConfig(BaseModel):
         description="build the training cuts on a Dask cluster: 'local' (a worker per core), 'local:N', or a "
         "scheduler's address such as tcp://scheduler:8786 (default: in this process, one cut at a time)",
     )
+    engine_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="seconds --engine's scheduler is tried, and then its first worker awaited, before exit 2 "
+        "(minutes when the cluster starts with the training)",
+    )
     fail_if_worse_than_baseline: bool = Field(
         False,
         description="exit 2 without saving when the two-stage model loses to a baseline in the backtest "

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.metadata
 import logging
 import os
+import platform
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,8 +35,9 @@ from train.ranker_training import RankerParams, RowBlock, cut_rows
 
 LOCAL = re.compile(r"^local(?::(\d+))?$")
 ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://\S+$")
-CONNECT_TIMEOUT = "20s"  # how long a scheduler's address is tried, and a first worker awaited, before giving up
+CONNECT_TIMEOUT = 20.0  # seconds a scheduler's address is tried, and a first worker awaited (--engine-timeout)
 CODE_PACKAGES = ("features", "stages", "train")  # what a worker's tasks run
+LIBRARIES = ("numpy", "scipy", "pandas", "pyarrow", "implicit", "catboost")  # what they run it with
 
 
 class EngineError(ValueError):
@@ -57,14 +60,16 @@ def check_spec(spec: str) -> str:
 @cache
 def identity() -> dict[str, Any]:
     """What a worker must share with this process to build the same rows: the code its tasks run (a digest of
-    the packages' sources) and the kernels its float sums use (train/kernels.py)."""
+    the packages' sources), the Python and libraries it runs it with, and the kernels its float sums use
+    (train/kernels.py)."""
     digest = hashlib.sha256()
     for package in CODE_PACKAGES:
         root = Path(str(importlib.import_module(package).__file__)).parent
         for path in sorted(root.rglob("*.py")):
             digest.update(path.relative_to(root.parent).as_posix().encode())
             digest.update(path.read_bytes())
-    return {"code": digest.hexdigest()[:16], **kernels_in_use()}
+    versions = {name: importlib.metadata.version(name) for name in LIBRARIES}
+    return {"code": digest.hexdigest()[:16], "python": platform.python_version(), **versions, **kernels_in_use()}
 
 
 def check_identity(expected: dict[str, Any], found: dict[str, Any], where: str) -> None:
@@ -122,12 +127,16 @@ class DaskEngine:
 
 
 @contextmanager
-def connect(spec: str | None) -> Iterator[DaskEngine | None]:
-    """The engine ``spec`` names, closed on exit (``None``: no engine, everything in this process)."""
+def connect(spec: str | None, timeout: float = CONNECT_TIMEOUT) -> Iterator[DaskEngine | None]:
+    """The engine ``spec`` names, closed on exit (``None``: no engine, everything in this process).
+
+    A scheduler's address is tried for ``timeout`` seconds, then its first worker awaited as long.
+    """
     if not spec:
         yield None
         return
     check_spec(spec)
+    identity()  # what workers must match, taken now: not from files edited while training runs
     from dask.distributed import Client, LocalCluster
 
     local = LOCAL.match(spec)
@@ -148,13 +157,13 @@ def connect(spec: str | None) -> Iterator[DaskEngine | None]:
             )
             client = Client(cluster)
         else:
-            client = Client(spec, timeout=CONNECT_TIMEOUT)
+            client = Client(spec, timeout=f"{timeout:g}s")
     except OSError as exc:  # TimeoutError is one: no scheduler at that address
         if cluster is not None:
             cluster.close()
         raise EngineError(f"--engine {spec}: cannot reach the cluster: {exc}") from exc
     try:
-        _await_a_worker(client, spec)
+        _await_a_worker(client, spec, timeout)
         yield DaskEngine(client)
     finally:
         client.close()
@@ -162,14 +171,12 @@ def connect(spec: str | None) -> Iterator[DaskEngine | None]:
             cluster.close()
 
 
-def _await_a_worker(client: Any, spec: str) -> None:
-    """A scheduler with no workers would hold every task forever: give it :data:`CONNECT_TIMEOUT` to get one."""
-    from dask.utils import parse_timedelta
-
+def _await_a_worker(client: Any, spec: str, timeout: float) -> None:
+    """A scheduler with no workers would hold every task forever: give it ``timeout`` seconds to get one."""
     try:
-        client.wait_for_workers(1, timeout=parse_timedelta(CONNECT_TIMEOUT))
+        client.wait_for_workers(1, timeout=timeout)
     except TimeoutError as exc:
         raise EngineError(
-            f"--engine {spec}: no worker joined the cluster within {CONNECT_TIMEOUT} "
-            "(start some with `python -m train.worker <scheduler address>`)"
+            f"--engine {spec}: no worker joined the cluster within {timeout:g} s "
+            "(start some with `python -m train.worker <scheduler address>`, or give them longer: --engine-timeout)"
         ) from exc

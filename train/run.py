@@ -156,7 +156,8 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
 
 def train(config: TrainConfig, echo: bool = True) -> RunResult:
     """Run everything; save to the stores only once all of it has worked."""
-    with connect(config.engine) as engine:  # first: a cluster that cannot be reached is said before any work
+    # First: a cluster that cannot be reached is said before any work.
+    with connect(config.engine, config.engine_timeout) as engine:
         return _train(config, echo, engine)
 
 

@@ -8,8 +8,10 @@ other sums; started as::
     python -m train.worker tcp://scheduler:8786
 
 they restart with the kernels ``python -m train`` pins (train/kernels.py),
-then run Dask's worker (one task at a time by default: a stage's ALS fit
-uses every core itself).
+then run Dask's worker, one task at a time by default. Dask starts the
+worker with ``OMP_NUM_THREADS=1`` unless the environment sets it: set it to
+the cores a worker has, or a stage's ALS fit uses one of them (the rows are
+the same either way: each user's solve is its own).
 """
 
 from __future__ import annotations

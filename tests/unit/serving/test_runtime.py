@@ -181,7 +181,7 @@ def test_the_split_topology_s_candidate_stage_keeps_out_what_the_ranker_keeps_ou
 
     from serving.split import CandidateStage
 
-    stage = CandidateStage.from_model(bentoml.models.get(runtime.tags.candidates), str(store))
+    stage = CandidateStage.from_model(bentoml.models.get(runtime.tags.candidates), str(store), runtime.names)
     served = stage.view.version
     snapshot = read_snapshot(str(store))
     half = snapshot.tables.items.iloc[: len(snapshot.tables.items) // 2]
@@ -195,3 +195,40 @@ def test_the_split_topology_s_candidate_stage_keeps_out_what_the_ranker_keeps_ou
     assert runtime.refresh_once() is False and runtime.refresh_error == stage.snapshots.error  # the same verdict
     good = write_snapshot(read_snapshot(str(store), served).tables, str(store), "e" * 64)
     assert stage.refresh_once() is True and stage.view.version == good and stage.snapshots.error is None
+
+
+def test_the_candidate_stage_refuses_a_snapshot_without_the_ranker_s_features(runtime, store):
+    """Else it would serve a snapshot the ranker stage refuses, and the two stages would serve different ones."""
+    import bentoml
+
+    from serving.runtime import IncompatibleModels
+    from serving.split import CandidateStage
+    from stages.feature_view import FeatureNames
+
+    names = FeatureNames((*runtime.names.numeric, "a_feature_no_family_makes"), runtime.names.categorical)
+    with pytest.raises(IncompatibleModels, match=r"lacks features the ranker needs: \['a_feature_no_family_makes'\]"):
+        CandidateStage.from_model(bentoml.models.get(runtime.tags.candidates), str(store), names)
+
+
+def test_a_snapshot_that_broke_the_loader_is_read_again_later_one_that_failed_its_checks_is_not(runtime, store):
+    """A loader error may be a passing I/O error: retried after a while; a failed check is the snapshot's own."""
+    served = current_version(str(store))
+    snapshot = read_snapshot(str(store))
+    ghost = snapshot.tables.affinity.head(1).copy()
+    ghost[ghost.columns[0]] = "ghost-user-not-in-users"
+    snapshot.tables.affinity = pd.concat([snapshot.tables.affinity, ghost], ignore_index=True)
+    write_snapshot(snapshot.tables, str(store), "e" * 64)
+    follower = runtime.snapshots
+    reads = []
+    load = follower.load
+    follower.load = lambda *a: reads.append(a) or load(*a)
+    assert runtime.refresh_once() is False and runtime.refresh_once() is False
+    assert len(reads) == 1  # not read again at once
+    follower._retry_at = 0.0  # the retry time has come
+    assert runtime.refresh_once() is False and len(reads) == 2
+    half = read_snapshot(str(store), served)
+    half.tables.items = half.tables.items.iloc[: len(half.tables.items) // 2]
+    write_snapshot(half.tables, str(store), "f" * 64)
+    for _ in range(3):
+        assert runtime.refresh_once() is False
+    assert len(reads) == 3 and follower._retry_at == float("inf")  # a failed check: final until CURRENT changes

@@ -16,7 +16,6 @@ import pytest
 from features.schema import Columns
 from stages.candidates import CandidateParams
 from tests.support import quick_config
-from train import engine as engine_module
 from train.__main__ import EXIT_BAD_DATA, main
 from train.backtest import BacktestParams, run_backtest
 from train.engine import CODE_PACKAGES, connect
@@ -79,11 +78,9 @@ def test_training_with_an_engine_evaluates_as_training_without(tmp_path, synthet
         ("tcp://127.0.0.1:9", "--engine tcp://127.0.0.1:9: cannot reach the cluster"),
     ],
 )
-def test_an_engine_that_is_not_one_or_cannot_be_reached_exits_2(tmp_path, capsys, monkeypatch, spec, message):
-    monkeypatch.setattr(engine_module, "CONNECT_TIMEOUT", "1s")
-    assert main(["--engine", spec, "--feature-store", str(tmp_path / "fs"), "--report-dir", str(tmp_path)]) == (
-        EXIT_BAD_DATA
-    )
+def test_an_engine_that_is_not_one_or_cannot_be_reached_exits_2(tmp_path, capsys, spec, message):
+    where = ["--feature-store", str(tmp_path / "fs"), "--report-dir", str(tmp_path)]
+    assert main(["--engine", spec, "--engine-timeout", "1", *where]) == EXIT_BAD_DATA
     assert message in capsys.readouterr().err
 
 
@@ -116,7 +113,7 @@ def test_a_worker_started_with_train_worker_builds_the_rows_this_process_does(sm
     until = int(small_dataset.interactions[Columns.timestamp].max()) + 1
     here = Stages(small_dataset, CANDIDATES)
     fit_rankers(here, until, params, serve_at=None, show_progress=False)
-    with worker(scheduler, REPO, tmp_path / "worker.log"), connect(scheduler) as engine:
+    with worker(scheduler, REPO, tmp_path / "worker.log"), connect(scheduler, timeout=120) as engine:
         there = Stages(small_dataset, CANDIDATES, engine=engine)
         fit_rankers(there, until, params, serve_at=None, show_progress=False)
     assert here._rows.keys() == there._rows.keys() and len(here._rows) == 3
@@ -125,6 +122,8 @@ def test_a_worker_started_with_train_worker_builds_the_rows_this_process_does(sm
         assert (rows is None) == (other is None), key
         if rows is not None and other is not None:
             assert np.array_equal(rows.numeric, other.numeric, equal_nan=True), key
+            assert (rows.categorical == other.categorical).all() and (rows.labels == other.labels).all(), key
+            assert (rows.queries == other.queries).all(), key
 
 
 def test_a_worker_running_other_code_fails_training_with_exit_2(tmp_path, capsys, scheduler, synthetic_files):
@@ -143,18 +142,15 @@ def test_a_worker_running_other_code_fails_training_with_exit_2(tmp_path, capsys
         str(files["items"]),
     ]
     with worker(scheduler, code, tmp_path / "worker.log"):
-        status = main(
-            ["--engine", scheduler, *data, "--feature-store", str(tmp_path / "fs"), "--report-dir", str(tmp_path)]
-        )
+        where = ["--feature-store", str(tmp_path / "fs"), "--report-dir", str(tmp_path)]
+        status = main(["--engine", scheduler, "--engine-timeout", "120", *data, *where])
     assert status == EXIT_BAD_DATA
     error = capsys.readouterr().err
     assert "runs other code or kernels than this process (code " in error, error
     assert "python -m train.worker" in error
 
 
-def test_a_cluster_without_workers_exits_2(tmp_path, capsys, monkeypatch, scheduler):
-    monkeypatch.setattr(engine_module, "CONNECT_TIMEOUT", "1s")
-    assert main(["--engine", scheduler, "--feature-store", str(tmp_path / "fs"), "--report-dir", str(tmp_path)]) == (
-        EXIT_BAD_DATA
-    )
-    assert f"--engine {scheduler}: no worker joined the cluster within 1s" in capsys.readouterr().err
+def test_a_cluster_without_workers_exits_2(tmp_path, capsys, scheduler):
+    where = ["--feature-store", str(tmp_path / "fs"), "--report-dir", str(tmp_path)]
+    assert main(["--engine", scheduler, "--engine-timeout", "1", *where]) == EXIT_BAD_DATA
+    assert f"--engine {scheduler}: no worker joined the cluster within 1 s" in capsys.readouterr().err

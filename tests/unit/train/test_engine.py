@@ -36,6 +36,17 @@ def local_engine():
         yield engine
 
 
+def assert_same_rows(here: Stages, there: Stages) -> None:
+    """Every training block built in this process equals the cluster's, field for field."""
+    for key, rows in here._rows.items():
+        other = there._rows[key]
+        assert (rows is None) == (other is None), key
+        if rows is not None and other is not None:
+            assert np.array_equal(rows.numeric, other.numeric, equal_nan=True), key
+            assert (rows.categorical == other.categorical).all() and (rows.labels == other.labels).all(), key
+            assert (rows.queries == other.queries).all(), key
+
+
 def test_a_local_cluster_builds_every_cut_s_rows_and_the_same_rankers(small_dataset, local_engine):
     until = int(small_dataset.interactions[Columns.timestamp].max()) + 1
     here, there = Stages(small_dataset, CANDIDATES), Stages(small_dataset, CANDIDATES, engine=local_engine)
@@ -43,12 +54,7 @@ def test_a_local_cluster_builds_every_cut_s_rows_and_the_same_rankers(small_data
     built_there, _ = fit_rankers(there, until, RANKER, serve_at=None, show_progress=False)
     assert here._rows.keys() == there._rows.keys() and len(here._rows) == 3 * RANKER.train_cuts
     assert [t for t in there.held_stages() if t is not None] == []  # the cuts' stages stayed on the workers
-    for key, rows in here._rows.items():
-        other = there._rows[key]
-        assert (rows is None) == (other is None), key
-        if rows is not None and other is not None:
-            assert np.array_equal(rows.numeric, other.numeric, equal_nan=True), key
-            assert (rows.categorical == other.categorical).all() and (rows.labels == other.labels).all(), key
+    assert_same_rows(here, there)
     rows = next(r for r in here._rows.values() if r is not None)
     for mine, theirs in [(built_here.main, built_there.main), (built_here.recent, built_there.recent)]:
         assert mine is not None and theirs is not None
@@ -117,13 +123,7 @@ def test_a_worker_started_with_train_worker_builds_the_rows_this_process_does(sm
         there = Stages(small_dataset, CANDIDATES, engine=engine)
         fit_rankers(there, until, params, serve_at=None, show_progress=False)
     assert here._rows.keys() == there._rows.keys() and len(here._rows) == 3
-    for key, rows in here._rows.items():
-        other = there._rows[key]
-        assert (rows is None) == (other is None), key
-        if rows is not None and other is not None:
-            assert np.array_equal(rows.numeric, other.numeric, equal_nan=True), key
-            assert (rows.categorical == other.categorical).all() and (rows.labels == other.labels).all(), key
-            assert (rows.queries == other.queries).all(), key
+    assert_same_rows(here, there)
 
 
 def test_a_worker_running_other_code_fails_training_with_exit_2(tmp_path, capsys, scheduler, synthetic_files):

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from features.schema import DAY, SEPARATORS, ReadOptions
 from stages.candidates import CandidateParams
 from train.backtest import BacktestParams
-from train.engine import check_spec
+from train.engine import CONNECT_TIMEOUT, check_spec
 from train.ranker_training import LOSSES, RankerParams
 
 
@@ -98,7 +98,7 @@ class TrainConfig(BaseModel):
         "scheduler's address such as tcp://scheduler:8786 (default: in this process, one cut at a time)",
     )
     engine_timeout: float = Field(
-        20.0,
+        CONNECT_TIMEOUT,
         gt=0,
         description="seconds --engine's scheduler is tried, and then its first worker awaited, before exit 2 "
         "(minutes when the cluster starts with the training)",

@@ -232,7 +232,8 @@ def per_user_table(split: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{row[m]:.4f}" for m in metrics) + " |")
     lines.append("")
     lines.append(
-        f"Candidate recall (merged): {split['candidate_recall']['merged']:.4f}; users evaluated: {split['users']}."
+        f"Candidate recall (merged): {split['candidate_recall']['merged']:.4f}; users evaluated: {split['users']}; "
+        f"its ranker learnt from {split['ranker_users']} users."
     )
     if split["users"] < FEW_USERS:
         lines.append(too_few_users(split["users"]))

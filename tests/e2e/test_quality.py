@@ -51,10 +51,12 @@ def test_candidate_sources_reach_more_than_als_alone(backtest):
 
 
 def test_per_user_split_still_holds(movielens_run):
-    models = movielens_run[0].evaluation["per_user_split"]["models"]
-    ndcg = {name: row["ndcg@10"] for name, row in models.items()}
-    # A floor against collapse (0.2595 now; 0.2618 before the popular source took this week's shares,
-    # which the primary, time-ordered backtest gains from); the guarantees are the relative bars below.
+    split = movielens_run[0].evaluation["per_user_split"]
+    # Its ranker learns from every user with a label (939 of 943), as the served one would, not from a sample of
+    # 300: that stand-in underfit and lost to ALS at 20M interactions.
+    assert split["ranker_users"] > 900
+    ndcg = {name: row["ndcg@10"] for name, row in split["models"].items()}
+    # A floor against collapse (0.2638 now; 0.2576 with the sample of 300); the guarantees are the relative bars.
     assert ndcg[TWO_STAGE_MODEL] >= 0.25
     assert ndcg[TWO_STAGE_MODEL] >= 1.2 * ndcg["ALS"]
     assert ndcg["ALS"] > ndcg["popular (all time)"]

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stages.candidates import CandidateParams
 from stages.feature_view import FeatureNames
-from stages.ranker import PopularityPrior
+from stages.ranker import Prior
 
 CANDIDATES_MODEL = "recsys-candidates"
 RANKER_MODEL = "recsys-ranker"
@@ -78,12 +78,12 @@ class RankerCard(_Card):
     candidates_tag: str
     feature_version: str
     features: FeatureNames
-    prior: PopularityPrior | None = None  # the score the trees were boosted from; serving adds it back
-    visitor_prior: PopularityPrior | None = None  # the same, for the visitor ranker
+    prior: Prior | None = None  # the score the trees were boosted from; serving adds it back
+    visitor_prior: Prior | None = None  # the same, for the visitor ranker
     visitor_ranker: bool = False  # whether the folder holds a ranker for visitors with recent items
     # The same for known users' requests with recent items (cards written before it had none: the main ranker
     # ranks those requests, as it did then).
-    recent_prior: PopularityPrior | None = None
+    recent_prior: Prior | None = None
     recent_ranker: bool = False
     n_candidates: int
     evaluation: dict[str, Any]

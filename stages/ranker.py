@@ -1,4 +1,5 @@
-"""The re-ranking stage: a popularity prior, and CatBoost over (user, candidate) feature rows on top of it."""
+"""The re-ranking stage: a prior (popularity and the candidate score), and CatBoost over (user, candidate) feature
+rows on top of it."""
 
 from __future__ import annotations
 
@@ -12,23 +13,30 @@ from scipy.optimize import minimize
 
 from stages.feature_view import FeatureNames
 
-# The item popularity columns the prior reads (features/families/item_activity.py: each window's share of its
-# interactions), and what is added to each before its log: shares of 0 are common, and the gap between none and
+# The item popularity columns the prior reads as logs (features/families/item_activity.py: each window's share of
+# its interactions), and what is added to each before its log: shares of 0 are common, and the gap between none and
 # a few takes in a window is what tells the prior most.
-PRIOR_COLUMNS = ("pop_1d", "pop_7d", "pop_30d", "pop_all")
+LOGGED_PRIOR_COLUMNS = ("pop_1d", "pop_7d", "pop_30d", "pop_all")
+# ... and the candidate model's score, read as it is (a dot product, negative as often as not).
+RAW_PRIOR_COLUMNS = ("als_score",)
+PRIOR_COLUMNS = LOGGED_PRIOR_COLUMNS + RAW_PRIOR_COLUMNS
 PRIOR_OFFSET = 1e-6
 PRIOR_L2 = 1e-3  # a touch of ridge: the windows are collinear, and a tie must not swing the weights apart
 
 
-class PopularityPrior(BaseModel):
-    """The ranker's starting score: a logistic model of "taken next" on the log of the item's popularity windows.
+class Prior(BaseModel):
+    """The ranker's starting score: a logistic model of "taken next" on the item's popularity windows (logged) and
+    the candidate model's score.
 
-    Popularity is the baseline a recommender must beat, and on a few hundred
-    users per cut a tree model that learns it from scratch each time wins at
-    some cuts and loses at others. Fitted first, on the same rows, it is the
-    score CatBoost boosts from (``baseline`` in its pool), so the trees learn
-    only what improves on it. Serving adds it back: the ranker's score is the
-    prior plus the trees.
+    Popularity and the candidate source are the baselines a recommender must
+    beat, and on a few hundred users per cut a tree model that learns them from
+    scratch each time wins at some cuts and loses at others. Fitted first, on
+    the same rows, the prior is the score CatBoost boosts from (``baseline`` in
+    its pool), so the trees learn only what improves on both. Serving adds it
+    back: the ranker's score is the prior plus the trees. On popularity alone
+    it held back the trees where taste, not popularity, decides: at 20M
+    synthetic interactions the two-stage model ranked below its own ALS
+    (docs/quality.md, "The prior reads the candidate score").
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -39,12 +47,12 @@ class PopularityPrior(BaseModel):
     centers: tuple[float, ...]  # each input's training mean, for explanations (a contribution is w * (x - mean))
 
     @classmethod
-    def fit(cls, numeric: np.ndarray, names: FeatureNames, labels: np.ndarray) -> PopularityPrior | None:
-        """Logistic regression of the labels on the log popularity columns (None: the rows lack them)."""
+    def fit(cls, numeric: np.ndarray, names: FeatureNames, labels: np.ndarray) -> Prior | None:
+        """Logistic regression of the labels on the prior's columns the rows have (None: they have none)."""
         columns = tuple(c for c in PRIOR_COLUMNS if c in names.numeric)
         if not columns or len(np.unique(labels)) < 2:
             return None
-        inputs = _log_inputs(numeric, [names.numeric.index(c) for c in columns])
+        inputs = _prior_inputs(numeric, [names.numeric.index(c) for c in columns], _logged(columns))
         design = np.column_stack([inputs, np.ones(len(inputs))])
         labels = np.asarray(labels, dtype=np.float64)
 
@@ -80,7 +88,11 @@ class PopularityPrior(BaseModel):
         columns = self._columns.get(names)
         if columns is None:
             columns = self._columns[names] = [names.numeric.index(c) for c in self.columns]
-        return _log_inputs(numeric, columns)
+        return _prior_inputs(numeric, columns, self._logged)
+
+    @cached_property
+    def _logged(self) -> int:
+        return _logged(self.columns)
 
     @cached_property
     def _columns(self) -> dict[FeatureNames, list[int]]:
@@ -88,11 +100,25 @@ class PopularityPrior(BaseModel):
         return {}
 
 
-def _log_inputs(numeric: np.ndarray, columns: list[int]) -> np.ndarray:
-    """log(x + offset) of the given columns; a missing (NaN) or negative value counts as 0."""
-    values = np.fmax(numeric[:, columns], np.float32(0.0))  # fmax: NaN gives the other operand
-    values += np.float32(PRIOR_OFFSET)
-    return np.log(values, out=values)
+def _logged(columns: tuple[str, ...]) -> int:
+    """How many of the prior's columns, from the first, are read as logs (the popularity windows come first)."""
+    logged = sum(c in LOGGED_PRIOR_COLUMNS for c in columns)
+    if columns[:logged] != tuple(c for c in columns if c in LOGGED_PRIOR_COLUMNS):
+        raise ValueError(f"the prior's popularity columns must come first: {columns}")
+    return logged
+
+
+def _prior_inputs(numeric: np.ndarray, columns: list[int], logged: int) -> np.ndarray:
+    """The prior's inputs: log(x + offset) of the first ``logged`` columns (a missing or negative value counts as
+    0), the rest as they are (missing: 0)."""
+    values = numeric[:, columns]
+    head = values[:, :logged]
+    np.fmax(head, np.float32(0.0), out=head)  # fmax: NaN gives the other operand
+    head += np.float32(PRIOR_OFFSET)
+    np.log(head, out=head)
+    if logged < len(columns):
+        np.nan_to_num(values[:, logged:], copy=False)
+    return values
 
 
 RANKER_FILE = "ranker.cbm"  # in the ranker's model folder: the main ranker ...
@@ -103,7 +129,7 @@ RECENT_RANKER_FILE = "recent_ranker.cbm"  # ... and the one for known users' req
 class Ranker:
     """A trained CatBoost model, the feature columns it was trained on, and the prior it boosts from."""
 
-    def __init__(self, model: CatBoost, names: FeatureNames, prior: PopularityPrior | None = None) -> None:
+    def __init__(self, model: CatBoost, names: FeatureNames, prior: Prior | None = None) -> None:
         self.model = model
         self.names = names
         self.prior = prior
@@ -113,7 +139,7 @@ class Ranker:
         self.model.save_model(str(path), format="cbm")
 
     @classmethod
-    def load(cls, path: Path, names: FeatureNames, prior: PopularityPrior | None) -> Ranker:
+    def load(cls, path: Path, names: FeatureNames, prior: Prior | None) -> Ranker:
         model = CatBoost()
         model.load_model(str(path), format="cbm")
         return cls(model, names, prior)

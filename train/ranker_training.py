@@ -25,7 +25,7 @@ from features.schema import DAY, Columns, Dataset, is_in
 from stages.candidates import CandidateBatch, CandidateModel, CandidateParams
 from stages.feature_view import FeatureNames, FeatureView
 from stages.pipeline import Query, RecentEvent, TwoStageRecommender
-from stages.ranker import PopularityPrior, Ranker
+from stages.ranker import Prior, Ranker
 
 LOSSES = ("YetiRank", "PairLogit", "Logloss")
 
@@ -456,7 +456,7 @@ def fit_on_blocks(
     labels = np.concatenate([b.labels for b in blocks])
     # Query ids unique across blocks: the same user at two cuts is two queries.
     groups = np.concatenate([b.queries + (position << 32) for position, b in enumerate(blocks)])
-    prior = PopularityPrior.fit(numeric, names, labels) if params.prior else None
+    prior = Prior.fit(numeric, names, labels) if params.prior else None
     baseline = prior.score(numeric, names) if prior is not None else None
     pool = Pool(Ranker.data(names, numeric, categorical), label=labels, group_id=groups, baseline=baseline)
     model = CatBoost(catboost_params(params))

@@ -1,4 +1,4 @@
-"""The ranker's per-row path contributions, pinned against references computed another way."""
+"""The ranker's prior, and its per-row path contributions pinned against references computed another way."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from catboost import CatBoost, Pool
 
 from stages.feature_view import FeatureNames
-from stages.ranker import Ranker, TreePaths
+from stages.ranker import PRIOR_OFFSET, Prior, Ranker, TreePaths
 
 
 def trained(depth: int, categorical: bool = True, rows: int = 200) -> tuple[Ranker, np.ndarray, np.ndarray]:
@@ -121,3 +121,38 @@ def test_trees_of_different_depths_worked_by_hand():
     np.testing.assert_allclose(contributions, [[0.5, 4.0, 0.0], [-0.5, 0.0, 0.0]])
     # Scores: the bias plus the leaf each row lands in, tree by tree (padding leaves never reached).
     np.testing.assert_allclose(paths.scores(np.array([[3, 1, 0], [2, 0, 0]])), [0.5 + 3 + 4 + 5, 0.5 + 2 + 0 + 5])
+
+
+def test_the_prior_reads_popularity_as_logs_and_the_candidate_score_as_it_is():
+    names = FeatureNames(("pop_7d", "pop_all", "als_score", "other"), ())
+    rows = np.array([[0.01, 0.02, -0.5, 9.0], [np.nan, -1.0, np.nan, 9.0]], dtype=np.float32)
+    prior = Prior(columns=("pop_7d", "pop_all", "als_score"), weights=(1.0, 2.0, 3.0), intercept=0.5, centers=(0, 0, 0))
+    expected = [
+        np.log(0.01 + PRIOR_OFFSET) + 2 * np.log(0.02 + PRIOR_OFFSET) + 3 * -0.5 + 0.5,
+        # a missing or negative share counts as none taken; a missing score as 0
+        3 * np.log(PRIOR_OFFSET) + 0.5,
+    ]
+    np.testing.assert_allclose(prior.score(rows, names), expected, rtol=1e-5)
+    assert rows[0, 2] == np.float32(-0.5) and np.isnan(rows[1, 0])  # the rows themselves are left as they were
+
+
+def test_a_prior_on_popularity_alone_scores_as_it_did():
+    """A model card written before the prior read the candidate score still serves the same scores."""
+    names = FeatureNames(("als_score", "pop_30d", "pop_all"), ())
+    rows = np.array([[4.0, 0.1, 0.2]], dtype=np.float32)
+    prior = Prior(columns=("pop_30d", "pop_all"), weights=(1.0, -1.0), intercept=0.0, centers=(0, 0))
+    np.testing.assert_allclose(prior.score(rows, names), [np.log(0.1 + PRIOR_OFFSET) - np.log(0.2 + PRIOR_OFFSET)])
+
+
+def test_the_prior_weighs_the_candidate_score_where_it_tells_what_is_taken_next():
+    """Where taste, not popularity, decides what is taken, the fitted prior leans on the candidate score."""
+    rng = np.random.default_rng(0)
+    rows = 4000
+    popularity = rng.uniform(0.0, 0.01, rows)
+    score = rng.normal(size=rows)
+    taken = (rng.uniform(size=rows) < 1 / (1 + np.exp(-(3 * score - 2)))).astype(np.float32)
+    numeric = np.column_stack([popularity, score]).astype(np.float32)
+    prior = Prior.fit(numeric, FeatureNames(("pop_all", "als_score"), ()), taken)
+    assert prior is not None and prior.columns == ("pop_all", "als_score")
+    assert prior.weights[1] == pytest.approx(3.0, rel=0.15)
+    assert abs(prior.weights[0]) < 0.2

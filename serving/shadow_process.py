@@ -25,10 +25,10 @@ import subprocess  # nosec B404  # starts this module's child, fixed argv
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from serving.api_models import RecommendRequest
+from serving.children import child_environment
 from serving.metrics import SHADOW_DROPPED
 
 if TYPE_CHECKING:
@@ -107,18 +107,11 @@ class ShadowProcess:
                 raise _Resting("the shadow process is resting after it exited")
             # B603 (bandit): this interpreter and this module (or a test's command), no shell
             self._child = subprocess.Popen(  # nosec B603
-                self.command, stdin=subprocess.PIPE, env=_importable()
+                self.command, stdin=subprocess.PIPE, env=child_environment()
             )
             self.started += 1
         assert self._child.stdin is not None
         return self._child.stdin
-
-
-def _importable() -> dict[str, str]:
-    """The worker's environment, with this project first on the path whatever the directory it runs in."""
-    root = str(Path(__file__).resolve().parent.parent)
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
 
 
 def _line(experiment: Experiment, requests: list[RecommendRequest], request_ids: list[str]) -> bytes:

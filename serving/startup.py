@@ -19,6 +19,7 @@ from pathlib import Path
 import bentoml
 from bentoml._internal.configuration.containers import BentoMLContainer  # private: serving/internals.py
 
+from serving.children import child_environment
 from serving.events import EventLogUnusable, check_writable
 from serving.experiments import experiments_from
 from serving.runtime import IncompatibleModels, Runtime
@@ -89,10 +90,7 @@ def check_in_child() -> None:
     environment, so it checks exactly what the workers will load.
     """
     # Served from a Bento, BentoML points this process at the Bento's own model store: the child must look there.
-    env = {**os.environ, MODEL_STORE_ENV: str(BentoMLContainer.model_store.get()._path)}
-    # The child imports this project from where this process found it, whatever its working directory.
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = child_environment(**{MODEL_STORE_ENV: str(BentoMLContainer.model_store.get()._path)})
     # A fixed command, this interpreter, no shell, no user input.
     child = subprocess.run(  # nosec B603
         [sys.executable, "-m", "serving.startup"], capture_output=True, text=True, check=False, env=env

@@ -22,8 +22,11 @@ CANDIDATES_MODEL = "recsys-candidates"
 RANKER_MODEL = "recsys-ranker"
 # 2: several candidate sources, cold-start window. 3: the card as one JSON document (BentoML metadata refuses
 # None, which "all time" and other unset values are). 4: the popular source's user damping (a card without it
-# would read as damped, 0.5, though its list was made from plain counts). Older models need retraining.
-CARD_VERSION = 4
+# would read as damped, 0.5, though its list was made from plain counts). 5: a ranker's prior may read the ALS
+# score, raw (code before it would take its log: wrong scores, no error); a version-4 card's prior reads
+# popularity alone and is still served as it was. Older models need retraining.
+CARD_VERSION = 5
+READABLE_CARD_VERSIONS = (4, 5)
 CARD_KEY = "card"  # the JSON document's key in the metadata
 
 
@@ -52,9 +55,10 @@ class _Card(BaseModel):
     def from_metadata(cls, metadata: Mapping[str, Any], tag: str = "the model") -> Self:
         """Read a card back; an unknown or missing version is a :class:`CardError`."""
         version = metadata.get("card_version")
-        if version != CARD_VERSION:
+        if version not in READABLE_CARD_VERSIONS:
             raise CardError(
-                f"{tag} carries model card version {version!r}, this code reads version {CARD_VERSION}; "
+                f"{tag} carries model card version {version!r}, this code reads versions "
+                f"{', '.join(map(str, READABLE_CARD_VERSIONS))}; "
                 "retrain with `python -m train`"
             )
         try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from catboost import CatBoost, FeaturesData, Pool
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from scipy.optimize import minimize
 
 from stages.feature_view import FeatureNames
@@ -36,7 +36,7 @@ class Prior(BaseModel):
     back: the ranker's score is the prior plus the trees. On popularity alone
     it held back the trees where taste, not popularity, decides: at 20M
     synthetic interactions the two-stage model ranked below its own ALS
-    (docs/quality.md, "The prior reads the candidate score").
+    (docs/quality.md, "The prior reads the ALS score too").
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,6 +45,14 @@ class Prior(BaseModel):
     weights: tuple[float, ...]
     intercept: float
     centers: tuple[float, ...]  # each input's training mean, for explanations (a contribution is w * (x - mean))
+
+    @model_validator(mode="after")
+    def _readable(self) -> Prior:
+        """A card whose prior could not score is refused when it is read, not at the first request."""
+        if not len(self.columns) == len(self.weights) == len(self.centers):
+            raise ValueError("the prior's columns, weights and centers differ in length")
+        _logged(self.columns)
+        return self
 
     @classmethod
     def fit(cls, numeric: np.ndarray, names: FeatureNames, labels: np.ndarray) -> Prior | None:
@@ -206,7 +214,8 @@ class Ranker:
         return self.with_prior(self.path_contributions(self.leaves(numeric, categorical)), numeric)
 
     def with_prior(self, contributions: np.ndarray, numeric: np.ndarray) -> np.ndarray:
-        """Tree contributions with the prior's added to its columns, so "popular this week" can be a reason."""
+        """Tree contributions with the prior's added to its columns, so "popular this week" or "fits your taste" can be
+        a reason."""
         if self.prior is None:
             return contributions
         columns = [self.names.all.index(c) for c in self.prior.columns]

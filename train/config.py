@@ -20,7 +20,7 @@ from train.ranker_training import LOSSES, RankerParams
 class TrainConfig(BaseModel):
     """The knobs a training run exposes (each a flag and a config key; unknown keys are rejected).
 
-    Knobs only the studies turn (the ranker's popularity prior, how many request items train the request
+    Knobs only the studies turn (the ranker's prior, how many request items train the request
     rankers, co-consumption's seeds) stay on :class:`RankerParams` and :class:`CandidateParams` at their defaults.
     """
 

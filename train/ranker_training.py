@@ -69,8 +69,8 @@ class RankerParams:
     # their NDCG@10 in the rolling backtest, known users' requests a tenth too (docs/quality.md).
     recent_items_passed: int = 3
     exclude_features: tuple[str, ...] = ()  # columns left out of the ranker (the ablation study's knob)
-    # Boost from a popularity prior fitted on the same rows (stages/ranker.py): the trees learn what improves on
-    # popularity instead of relearning it at every fit.
+    # Boost from a prior on popularity and the ALS score fitted on the same rows (stages/ranker.py): the trees
+    # learn what improves on both instead of relearning them at every fit.
     prior: bool = True
 
     @property
@@ -446,7 +446,7 @@ def fit_on_examples(
 def fit_on_blocks(
     blocks: Sequence[RowBlock], names: FeatureNames, params: RankerParams, show_progress: bool = True
 ) -> tuple[Ranker | None, dict]:
-    """The popularity prior, then CatBoost boosted from it, on the rows of every block (``rows`` 0: nothing to fit)."""
+    """The prior, then CatBoost boosted from it, on the rows of every block (``rows`` 0: nothing to fit)."""
     if not blocks:
         return None, {"rows": 0}
     # Column-major from the start: Ranker.data would otherwise copy the whole block to make it so.

@@ -56,7 +56,8 @@ def test_per_user_split_still_holds(movielens_run):
     # 300: that stand-in underfit and lost to ALS at 20M interactions.
     assert split["ranker_users"] > 900
     ndcg = {name: row["ndcg@10"] for name, row in split["models"].items()}
-    # A floor against collapse (0.2638 now; 0.2576 with the sample of 300); the guarantees are the relative bars.
+    # A floor against collapse (0.2683 now; 0.2638 with the prior on popularity alone, 0.2576 with the sample of
+    # 300); the guarantees are the relative bars.
     assert ndcg[TWO_STAGE_MODEL] >= 0.25
     assert ndcg[TWO_STAGE_MODEL] >= 1.2 * ndcg["ALS"]
     assert ndcg["ALS"] > ndcg["popular (all time)"]

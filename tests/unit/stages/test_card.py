@@ -43,3 +43,11 @@ def test_every_cold_start_option_the_backtest_can_choose_is_saved(tmp_path, days
 def test_an_older_card_says_to_retrain(version):
     with pytest.raises(CardError, match="retrain"):
         CandidatesCard.from_metadata({"card_version": version, "card": "{}"}, "old:1")
+
+
+def test_a_version_4_card_is_still_read():
+    """Version 5 only lets a prior read the ALS score: a version-4 card, its prior on popularity alone, serves."""
+    old = CandidatesCard(**COMMON, card_version=4, params=CandidateParams(), n_users=1, n_items=2, n_interactions=3)
+    assert old.to_metadata()["card_version"] == 4
+    assert CandidatesCard.from_metadata(old.to_metadata(), "v4:1") == old
+    assert CandidatesCard(**COMMON, params=CandidateParams(), n_users=1, n_items=2, n_interactions=3).card_version == 5

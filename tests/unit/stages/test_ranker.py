@@ -141,7 +141,9 @@ def test_a_prior_on_popularity_alone_scores_as_it_did():
     names = FeatureNames(("als_score", "pop_30d", "pop_all"), ())
     rows = np.array([[4.0, 0.1, 0.2]], dtype=np.float32)
     prior = Prior(columns=("pop_30d", "pop_all"), weights=(1.0, -1.0), intercept=0.0, centers=(0, 0))
-    np.testing.assert_allclose(prior.score(rows, names), [np.log(0.1 + PRIOR_OFFSET) - np.log(0.2 + PRIOR_OFFSET)])
+    np.testing.assert_allclose(
+        prior.score(rows, names), [np.log(0.1 + PRIOR_OFFSET) - np.log(0.2 + PRIOR_OFFSET)], rtol=1e-5
+    )
 
 
 def test_the_prior_weighs_the_candidate_score_where_it_tells_what_is_taken_next():
@@ -156,3 +158,11 @@ def test_the_prior_weighs_the_candidate_score_where_it_tells_what_is_taken_next(
     assert prior is not None and prior.columns == ("pop_all", "als_score")
     assert prior.weights[1] == pytest.approx(3.0, rel=0.15)
     assert abs(prior.weights[0]) < 0.2
+
+
+@pytest.mark.parametrize(
+    "columns, weights", [(("als_score", "pop_all"), (1.0, 1.0)), (("pop_all", "als_score"), (1.0,))]
+)
+def test_a_prior_that_could_not_score_is_refused_when_read(columns, weights):
+    with pytest.raises(ValueError):
+        Prior(columns=columns, weights=weights, intercept=0.0, centers=(0.0,) * len(columns))

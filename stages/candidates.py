@@ -45,7 +45,7 @@ from threadpoolctl import threadpool_limits
 from features.families.candidate_pair import SOURCES
 from features.schema import DAY, Columns
 
-SCORE_CHUNK = 1024  # users scored at once: a few 1024 x catalogue arrays (27k items: several hundred MB)
+SCORE_CHUNK = 512  # users scored at once: a few 512 x catalogue float64 arrays (27k items: several hundred MB)
 COOC_HISTORY = 50  # a user's latest items that count towards co-consumption (bounds the work on heavy users)
 
 
@@ -344,8 +344,13 @@ class CandidateModel:
     @cached_property
     def _gram(self) -> np.ndarray:
         """YtY + regularization x I, shared by every re-solved user."""
-        factors = self.als.item_factors.astype(np.float64)
-        return factors.T @ factors + self.params.regularization * np.eye(factors.shape[1])
+        factors_t = self._item_factors_t64
+        return factors_t @ factors_t.T + self.params.regularization * np.eye(factors_t.shape[0])
+
+    @cached_property
+    def _item_factors_t64(self) -> np.ndarray:
+        """The item factors, transposed and in float64 (the scores' and the re-solve's), made once per model."""
+        return np.ascontiguousarray(self.als.item_factors.T, dtype=np.float64)
 
     def seen_items(self, user: int) -> np.ndarray:
         """The items a user has taken in the training data (none for -1)."""
@@ -379,8 +384,10 @@ class CandidateModel:
         recent: list[Recent | None],
     ) -> CandidateBatch:
         # A plain dot product rather than implicit's recommend(): it takes a
-        # different exclusion list per user in one batched call.
-        scores = self.user_vectors(users, recent) @ self.als.item_factors.T
+        # different exclusion list per user in one batched call. In float64: in float32 BLAS sums a lone row and
+        # a batch in other orders, so a user's scores moved by a few 1e-7 with the requests batched alongside,
+        # and the ranker's prior reads them linearly.
+        scores = self.user_vectors(users, recent).astype(np.float64) @ self._item_factors_t64
         cooc = self._cooc_scores(self._seeds(users, recent))
         blocked = np.zeros(scores.shape, dtype=bool)
         if exclude_seen:

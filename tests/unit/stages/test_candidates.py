@@ -130,11 +130,23 @@ def test_sources_are_merged_once_each_with_their_ranks():
     assert (~np.isnan(ranks["cooc"])).sum() <= 3
     seen = set(model.item_ids[model.seen[model.user_index["u0"]].indices])
     assert not seen & set(items)  # no source proposes what the user has
+    # The scores are the dot products summed in float64 (in float32 they depended on the batch: below).
+    user = model.als.user_factors[model.user_index["u0"]].astype(np.float64)
     np.testing.assert_allclose(
-        batch.scores[0],
-        model.als.user_factors[model.user_index["u0"]] @ model.als.item_factors[batch.items[0]].T,
-        rtol=1e-5,
+        batch.scores[0], user @ model.als.item_factors[batch.items[0]].T.astype(np.float64), rtol=1e-6
     )
+
+
+def test_a_users_scores_do_not_depend_on_who_is_scored_alongside():
+    """A lone request and the same user in a batch get the same candidates and scores, bit for bit: the ranker's
+    prior reads the scores linearly, and served answers must not move with the traffic around them."""
+    model = CandidateModel.fit(checkerboard(), CandidateParams(factors=8, iterations=10, seed=1))
+    users = np.arange(len(model.user_ids))
+    together = model.top_n(users, n=5)
+    for user in users:
+        alone = model.top_n(np.array([user]), n=5)
+        np.testing.assert_array_equal(alone.items[0], together.items[user])
+        np.testing.assert_array_equal(alone.scores[0], together.scores[user])
 
 
 def test_co_consumption_proposes_what_was_taken_with_the_latest_items():

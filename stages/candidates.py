@@ -45,7 +45,7 @@ from threadpoolctl import threadpool_limits
 from features.families.candidate_pair import SOURCES
 from features.schema import DAY, Columns
 
-SCORE_CHUNK = 512  # users scored at once: a few 512 x catalogue float64 arrays (27k items: several hundred MB)
+SCORE_CHUNK = 1024  # users scored at once: a few 1024 x catalogue arrays (27k items: several hundred MB)
 COOC_HISTORY = 50  # a user's latest items that count towards co-consumption (bounds the work on heavy users)
 
 
@@ -344,13 +344,24 @@ class CandidateModel:
     @cached_property
     def _gram(self) -> np.ndarray:
         """YtY + regularization x I, shared by every re-solved user."""
-        factors_t = self._item_factors_t64
-        return factors_t @ factors_t.T + self.params.regularization * np.eye(factors_t.shape[0])
+        factors = self._item_factors64
+        return factors.T @ factors + self.params.regularization * np.eye(factors.shape[1])
 
     @cached_property
-    def _item_factors_t64(self) -> np.ndarray:
-        """The item factors, transposed and in float64 (the scores' and the re-solve's), made once per model."""
-        return np.ascontiguousarray(self.als.item_factors.T, dtype=np.float64)
+    def _item_factors64(self) -> np.ndarray:
+        """The item factors in float64 (the re-solve's and the candidates' scores), made once per model."""
+        return self.als.item_factors.astype(np.float64)
+
+    def _exact_scores(self, vector: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """A user's ALS scores of their candidates, the same whoever else is scored in the batch.
+
+        The batch's float32 product picks the candidates; its sums run in
+        another order for a lone row than for a batch, so a score moved by a
+        few 1e-7 with the requests batched alongside, and the ranker's prior
+        reads it linearly. One float64 product per user, over the candidates
+        only (about 190 rows), gives the same float32 score either way.
+        """
+        return (self._item_factors64[items] @ vector.astype(np.float64)).astype(np.float32)
 
     def seen_items(self, user: int) -> np.ndarray:
         """The items a user has taken in the training data (none for -1)."""
@@ -384,10 +395,9 @@ class CandidateModel:
         recent: list[Recent | None],
     ) -> CandidateBatch:
         # A plain dot product rather than implicit's recommend(): it takes a
-        # different exclusion list per user in one batched call. In float64: in float32 BLAS sums a lone row and
-        # a batch in other orders, so a user's scores moved by a few 1e-7 with the requests batched alongside,
-        # and the ranker's prior reads them linearly.
-        scores = self.user_vectors(users, recent).astype(np.float64) @ self._item_factors_t64
+        # different exclusion list per user in one batched call.
+        vectors = self.user_vectors(users, recent)
+        scores = vectors @ self.als.item_factors.T
         cooc = self._cooc_scores(self._seeds(users, recent))
         blocked = np.zeros(scores.shape, dtype=bool)
         if exclude_seen:
@@ -406,7 +416,7 @@ class CandidateModel:
             }
             merged = _merge(proposals.values())
             batch.items.append(merged)
-            batch.scores.append(scores[row, merged].astype(np.float32))
+            batch.scores.append(self._exact_scores(vectors[row], merged))
             batch.cooc_scores.append(cooc[row, merged].astype(np.float32))
             for source, proposed in proposals.items():
                 batch.source_ranks[source].append(_ranks_in(merged, proposed))

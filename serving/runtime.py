@@ -183,8 +183,13 @@ class SnapshotFollower:
             view.prepare(self.names)
         return view, manifest_identity(snapshot.manifest)
 
-    def poll(self) -> FeatureView | None:
+    def poll(self, swap: Callable[[FeatureView], None] | None = None) -> FeatureView | None:
         """The view of the snapshot ``CURRENT`` names if it is new and good (then it is served); ``None`` otherwise.
+
+        ``swap`` puts the view in service (a new pipeline over it); only once it
+        returns is the snapshot counted as served, so a swap that fails is
+        recorded like a bad snapshot and neither ``/model_info`` nor the next
+        poll takes it for the one in service.
 
         A snapshot is known by its manifest, not its folder name: a copy of the
         served one under another name is not reloaded, and a bad one is not
@@ -204,6 +209,8 @@ class SnapshotFollower:
             if (pointer, identity) == self._failed and time.monotonic() < self._retry_at:
                 return None  # the same bad snapshot: not read (nor logged) again
             view, identity = self.load(pointer)
+            if swap is not None:
+                swap(view)
         except SnapshotError as exc:
             self._record_failure(str(exc), (pointer, identity))
             return None
@@ -351,12 +358,15 @@ class Runtime:
         """Swap in the hidden list if it changed, and the snapshot ``CURRENT`` names if it is new and good (a bad one
         is kept out: :meth:`SnapshotFollower.poll`); whether a snapshot was swapped in."""
         self.refresh_hidden()
-        view = self.snapshots.poll()
+        old = self.view.version
+
+        def swap(view: FeatureView) -> None:
+            # One reference assignment: requests in flight keep the pipeline they started with.
+            self.pipeline = self.pipeline.with_view(view)
+
+        view = self.snapshots.poll(swap)
         if view is None:
             return False
-        old = self.view.version
-        # One reference assignment: requests in flight keep the pipeline they started with.
-        self.pipeline = self.pipeline.with_view(view)
         logger.info("feature snapshot swapped: %s -> %s", old, view.version)
         return True
 

@@ -135,6 +135,24 @@ def test_swap_logged_at_info_with_old_and_new_version(runtime, store, caplog):
     assert f"feature snapshot swapped: {old} -> {new}" in caplog.text
 
 
+def test_a_swap_that_fails_is_recorded_and_the_snapshot_not_counted_as_served(runtime, store, monkeypatch):
+    old = runtime.view.version
+    snapshot = read_snapshot(str(store))
+    new = write_snapshot(snapshot.tables, str(store), "a" * 64)
+
+    def broken(view):
+        raise MemoryError("no room for the new pipeline")
+
+    monkeypatch.setattr(runtime.pipeline, "with_view", broken)
+    assert runtime.refresh_once() is False
+    assert runtime.view.version == old and runtime.snapshots.view.version == old
+    assert runtime.refresh_error and f"snapshot {new}" in runtime.refresh_error
+    monkeypatch.undo()
+    runtime.snapshots._retry_at = 0.0  # as when RETRY_UNEXPECTED_SECONDS have passed
+    assert runtime.refresh_once() is True  # not taken for the served one: read again, and swapped in this time
+    assert runtime.view.version == new and runtime.refresh_error is None
+
+
 def test_model_info_shows_no_absolute_paths(runtime, store):
     (store / "CURRENT").write_text("no-such-version")
     runtime.refresh_once()

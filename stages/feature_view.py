@@ -9,6 +9,7 @@ features it is served.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +118,7 @@ class FeatureView:
             items=_padded(items, width, -1, np.int64),
             days_ago=_padded(days_ago, width, np.nan, np.float32),
             weights=_padded(weights, width, 0.0, np.float32),
+            counts=np.fromiter(map(len, items), dtype=np.int64, count=len(items)),
             attributes=attributes,
         )
         for family in self.families:
@@ -194,16 +196,26 @@ def _override_user_columns(matrix: np.ndarray, names: tuple[str, ...], pairs: Pa
     # Called only for pairs with fresh users (FeatureView.rows), whose slots come with them.
     assert pairs.fresh is not None and pairs.fresh_slots is not None
     state = pairs.fresh.state
-    columns = [j for j, name in enumerate(names) if name in state]
-    if not columns:
+    columns = _state_columns(names, tuple(state))
+    if not len(columns):
         return
     rows = pairs.fresh_positions
-    # One block assignment, not one masked copy per column.
-    values = np.column_stack([state[names[j]] for j in columns])
-    matrix[rows[:, None], columns] = values[pairs.fresh_slots[rows]]
+    values = np.array([state[names[j]] for j in columns]).T  # (fresh users, columns)
+    if len(values) == 1 and len(rows) == len(matrix):  # a lone request's user: its values on every row
+        matrix[:, columns] = values[0]
+    else:  # one block assignment, not one masked copy per column
+        matrix[rows[:, None], columns] = values[pairs.fresh_slots[rows]]
+
+
+@functools.lru_cache(maxsize=64)
+def _state_columns(names: tuple[str, ...], state_keys: tuple[str, ...]) -> np.ndarray:
+    """Which of a ranker's columns the fresh users' state replaces (a few rankers x one set of families)."""
+    return np.array([j for j, name in enumerate(names) if name in state_keys], dtype=np.intp)
 
 
 def _padded(rows: list[np.ndarray], width: int, fill: object, dtype: type) -> np.ndarray:
+    if all(len(row) == width for row in rows):  # a lone request's user (or rows alike): nothing to pad
+        return np.array(rows, dtype=dtype).reshape(len(rows), width)
     out: np.ndarray = np.full((len(rows), width), fill, dtype=dtype)
     for i, row in enumerate(rows):
         out[i, : len(row)] = row

@@ -51,7 +51,7 @@ class Prior(BaseModel):
         """A card whose prior could not score is refused when it is read, not at the first request."""
         if not len(self.columns) == len(self.weights) == len(self.centers):
             raise ValueError("the prior's columns, weights and centers differ in length")
-        _logged(self.columns)
+        _n_logged(self.columns)
         return self
 
     @classmethod
@@ -60,7 +60,7 @@ class Prior(BaseModel):
         columns = tuple(c for c in PRIOR_COLUMNS if c in names.numeric)
         if not columns or len(np.unique(labels)) < 2:
             return None
-        inputs = _prior_inputs(numeric, [names.numeric.index(c) for c in columns], _logged(columns))
+        inputs = _prior_inputs(numeric, [names.numeric.index(c) for c in columns], _n_logged(columns))
         design = np.column_stack([inputs, np.ones(len(inputs))])
         labels = np.asarray(labels, dtype=np.float64)
 
@@ -96,11 +96,11 @@ class Prior(BaseModel):
         columns = self._columns.get(names)
         if columns is None:
             columns = self._columns[names] = [names.numeric.index(c) for c in self.columns]
-        return _prior_inputs(numeric, columns, self._logged)
+        return _prior_inputs(numeric, columns, self._n_logged)
 
     @cached_property
-    def _logged(self) -> int:
-        return _logged(self.columns)
+    def _n_logged(self) -> int:
+        return _n_logged(self.columns)
 
     @cached_property
     def _columns(self) -> dict[FeatureNames, list[int]]:
@@ -108,7 +108,7 @@ class Prior(BaseModel):
         return {}
 
 
-def _logged(columns: tuple[str, ...]) -> int:
+def _n_logged(columns: tuple[str, ...]) -> int:
     """How many of the prior's columns, from the first, are read as logs (the popularity windows come first)."""
     logged = sum(c in LOGGED_PRIOR_COLUMNS for c in columns)
     if columns[:logged] != tuple(c for c in columns if c in LOGGED_PRIOR_COLUMNS):

@@ -77,13 +77,13 @@ class Affinity(FeatureFamily):
         """Shares re-weighted with the recent items: (share x total weight + recent weight on the value) / new total."""
         if not self.shares:
             return
-        total = self._total_weight[users.rows]
-        recent_weight = users.weights  # 0 on pads
-        new_total = np.maximum(total + recent_weight.sum(axis=1), 1e-9)
         for attribute, (user_share, onehot) in self.shares.items():
-            added = np.einsum("sw,swv->sv", recent_weight, onehot[users.item_indices])
-            share = (user_share[users.rows] * total[:, None] + added) / new_total[:, None]
-            users.state[_key(attribute)] = share.astype(np.float32)
+            shares = np.empty((len(users.rows), onehot.shape[1]), dtype=np.float32)
+            for slot, row, count in users.each():  # per user: see FreshUsers.each
+                weights, total = users.weights[slot, :count], self._total_weight[row]
+                added = weights @ onehot[users.items[slot, :count]]
+                shares[slot] = (user_share[row] * total + added) / max(total + weights.sum(), 1e-9)
+            users.state[_key(attribute)] = shares
 
     @cached_property
     def _total_weight(self) -> np.ndarray:

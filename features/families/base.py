@@ -9,7 +9,7 @@ indexes the arrays they return).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar, Literal
@@ -107,13 +107,19 @@ class FreshUsers:
     items: np.ndarray  # (slots, width) int64
     days_ago: np.ndarray  # (slots, width) float32, NaN pads
     weights: np.ndarray  # (slots, width) float32, 0 pads
+    counts: np.ndarray  # (slots,) int64, how many of ``items`` are real: they come first, the pads after
     attributes: list[dict[str, object]]
     state: dict[str, np.ndarray] = field(default_factory=dict)
 
-    @cached_property
-    def valid(self) -> np.ndarray:
-        """Which of ``items`` are real (not pads); every family reads it, so it is worked out once."""
-        return self.items >= 0
+    def each(self) -> Iterator[tuple[int, int, int]]:
+        """Per user: slot, snapshot row and how many items are real, as Python ints.
+
+        A request brings one fresh user or a few: the families' per-user sums run in plain Python, where
+        a numpy call costs more than one user's whole arithmetic (a lone user's fresh features: about
+        a tenth of the vectorised code's time, measured).
+        """
+        for slot, (row, count) in enumerate(zip(self.rows.tolist(), self.counts.tolist(), strict=True)):
+            yield slot, row, count
 
     @cached_property
     def item_indices(self) -> np.ndarray:

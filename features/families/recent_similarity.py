@@ -84,12 +84,15 @@ class RecentSimilarity(FeatureFamily):
             return
         latest, days_ago = self.latest
         # Pads as the snapshot's own: -1 items, NaN ages.
-        merged_items = np.concatenate([users.items, latest[users.rows]], axis=1)
-        merged_days = np.concatenate([users.days_ago, days_ago[users.rows]], axis=1)
-        # Pads to the back, order otherwise kept (a stable sort on "is a pad").
-        order = np.argsort(merged_items < 0, axis=1, kind="stable")[:, :RECENT_ITEMS]
-        users.state[LATEST] = np.take_along_axis(merged_items, order, axis=1)
-        users.state[DAYS_AGO] = np.take_along_axis(merged_days, order, axis=1)
+        items = np.full((len(users.rows), RECENT_ITEMS), -1, dtype=np.int64)
+        ages = np.full((len(users.rows), RECENT_ITEMS), np.nan, dtype=np.float32)
+        for slot, row, count in users.each():
+            # The request's items (newest first), then the snapshot's latest (its real ones come first).
+            kept = min(count, RECENT_ITEMS)
+            items[slot, :kept], ages[slot, :kept] = users.items[slot, :kept], users.days_ago[slot, :kept]
+            rest = RECENT_ITEMS - kept
+            items[slot, kept:], ages[slot, kept:] = latest[row, :rest], days_ago[row, :rest]
+        users.state[LATEST], users.state[DAYS_AGO] = items, ages
 
 
 LATEST, DAYS_AGO = "recent_latest", "recent_days_ago"

@@ -73,17 +73,19 @@ class Taste(FeatureFamily):
         return out
 
     def fresh(self, users: FreshUsers) -> None:
-        """The weighted mean with the recent items' values added to the snapshot's sum."""
+        """The weighted mean with the recent items' values added to the snapshot's sum (per user: see
+        :meth:`FreshUsers.each`)."""
         for attribute, every_taste, every_weight, item_values in self._fresh_inputs:
-            taste, weight = every_taste[users.rows], every_weight[users.rows]
-            values = item_values[users.item_indices]
-            known = users.valid & ~np.isnan(values)
-            added_weight = np.where(known, users.weights, 0.0)
-            total = weight + added_weight.sum(axis=1)
-            summed = zero_nan(taste) * weight + (added_weight * zero_nan(values)).sum(axis=1)
-            users.state[f"taste_{attribute}"] = np.where(total > 0, summed / np.maximum(total, 1e-9), np.nan).astype(
-                np.float32
-            )
+            out = np.empty(len(users.rows), dtype=np.float32)
+            for slot, row, count in users.each():
+                values, weights = item_values[users.items[slot, :count]].tolist(), users.weights[slot, :count].tolist()
+                # An item without the attribute (NaN) adds nothing.
+                known = [(value, weight) for value, weight in zip(values, weights, strict=True) if value == value]
+                taste, weight = float(every_taste[row]), float(every_weight[row])  # weight is 0 where taste is NaN
+                total = weight + sum(w for _, w in known)
+                summed = (taste if taste == taste else 0.0) * weight + sum(v * w for v, w in known)
+                out[slot] = summed / max(total, 1e-9) if total > 0 else np.nan
+            users.state[f"taste_{attribute}"] = out
 
 
 def _difference(item_values: np.ndarray, user_taste: np.ndarray, key: str) -> PairCompute:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, ViewContext, zero_nan
+from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, ViewContext
 from features.schema import DAY, Columns
 
 COLUMNS = ("activity", "activity_30d", "user_mean_weight", "days_since_last")
 RECENT_DAYS = 30
 REQUEST_ITEMS = "request_items"
+NAN = float("nan")
 
 
 class UserActivity(FeatureFamily):
@@ -37,6 +38,8 @@ class UserActivity(FeatureFamily):
     def __init__(self, view: ViewContext) -> None:
         super().__init__(view)
         self.values = {c: view.user_numbers(c) for c in COLUMNS}
+        # The same columns side by side: a request's users are gathered in one step (see fresh).
+        self._block = np.column_stack([self.values[c] for c in COLUMNS])
 
     def columns(self) -> list[Column]:
         # How many interactions the request itself brought (0 in every snapshot): lets the ranker tell a
@@ -48,21 +51,20 @@ class UserActivity(FeatureFamily):
         ]
 
     def fresh(self, users: FreshUsers) -> None:
-        base = {c: v[users.rows] for c, v in self.values.items()}
-        before = zero_nan(base["activity"])
-        count = users.valid.sum(axis=1)
-        activity = before + count
-        total_weight = before * zero_nan(base["user_mean_weight"]) + users.weights.sum(axis=1)
-        ages = users.days_ago  # NaN pads, which fmin passes over
-        newest = np.fmin.reduce(ages, axis=1) if ages.shape[1] else np.full(len(ages), np.nan)
-        users.state.update(
-            {
-                REQUEST_ITEMS: count.astype(np.float32),
-                "activity": activity.astype(np.float32),
-                "activity_30d": (
-                    zero_nan(base["activity_30d"]) + (users.valid & (users.days_ago <= RECENT_DAYS)).sum(axis=1)
-                ).astype(np.float32),
-                "user_mean_weight": (total_weight / np.maximum(activity, 1)).astype(np.float32),
-                "days_since_last": np.fmin(base["days_since_last"], newest).astype(np.float32),
-            }
-        )
+        state = {key: np.empty(len(users.rows), dtype=np.float32) for key in (REQUEST_ITEMS, *COLUMNS)}
+        for slot, row, count in users.each():
+            before = dict(zip(COLUMNS, self._block[row].tolist(), strict=True))
+            activity = _zero_nan(before["activity"])
+            days = users.days_ago[slot, :count].tolist()
+            total_weight = activity * _zero_nan(before["user_mean_weight"]) + sum(users.weights[slot, :count].tolist())
+            state[REQUEST_ITEMS][slot] = count
+            state["activity"][slot] = activity + count
+            state["activity_30d"][slot] = _zero_nan(before["activity_30d"]) + sum(d <= RECENT_DAYS for d in days)
+            state["user_mean_weight"][slot] = total_weight / max(activity + count, 1)
+            # The newest of the snapshot's last interaction (NaN: it never saw the user) and the request's.
+            state["days_since_last"][slot] = min((d for d in (before["days_since_last"], *days) if d == d), default=NAN)
+        users.state.update(state)
+
+
+def _zero_nan(value: float) -> float:
+    return value if value == value else 0.0

@@ -129,13 +129,24 @@ def test_recent_items_reach_the_answer_and_the_message(history):
     assert pipeline.recommend([Query(str(candidates.user_ids[0]), k=5)])[0].message is None
 
 
-def test_the_re_solved_vector_is_implicits_recalculate_user(history):
-    """Our numpy solve equals implicit's own (``recalculate_user``), repeats and recent weights included."""
+@pytest.mark.parametrize("case", ["repeats", "new and distinct", "one already stored"])
+def test_the_re_solved_vector_is_implicits_recalculate_user(history, case):
+    """Our numpy solve equals implicit's own (``recalculate_user``), repeats and recent weights included.
+
+    Recent items that are new and distinct take a shorter path (no repeats to add up); the others the full one.
+    """
     import scipy.sparse as sp
 
     candidates = CandidateModel.fit(history.interactions, CandidateParams(factors=8, iterations=5, seed=3, alpha=2.0))
     user = 4
-    extra = Recent(items=np.array([3, 3, 10]), weights=np.array([1.0, 2.0, 0.5], np.float32))
+    stored_items = candidates.seen_items(user)
+    new = np.setdiff1d(np.arange(len(candidates.item_ids)), stored_items)
+    items = {
+        "repeats": np.array([3, 3, 10]),
+        "new and distinct": new[[0, 5, 9]],
+        "one already stored": np.array([new[0], stored_items[2], new[4]]),
+    }[case]
+    extra = Recent(items=items, weights=np.array([1.0, 2.0, 0.5], np.float32))
     ours = candidates.user_vectors(np.array([user, -1]), [extra, extra])
     stored = candidates.seen[user]
     row = stored + sp.csr_matrix((extra.weights, ([0, 0, 0], extra.items)), shape=stored.shape)

@@ -197,6 +197,7 @@ class SnapshotFollower:
         is recorded; it clears once a good snapshot is served.
         """
         pointer = identity = None
+        loaded = False
         try:
             pointer = current_version(self.source)
             if pointer == self._served_pointer:
@@ -209,6 +210,7 @@ class SnapshotFollower:
             if (pointer, identity) == self._failed and time.monotonic() < self._retry_at:
                 return None  # the same bad snapshot: not read (nor logged) again
             view, identity = self.load(pointer)
+            loaded = True
             if swap is not None:
                 swap(view)
         except SnapshotError as exc:
@@ -216,9 +218,9 @@ class SnapshotFollower:
             return None
         except Exception as exc:  # a snapshot that breaks the loader must not break the refresh loop
             what = f"snapshot {pointer}" if pointer is not None else "the CURRENT pointer"
-            message = (
-                f"{what} could not be loaded: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}"
-            )
+            failed = "was read but could not be swapped in" if loaded else "could not be loaded"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            message = f"{what} {failed}: {reason}"
             self._record_failure(message, (pointer, identity), unexpected=True)
             return None
         self.view, self._served_pointer, self._served_identity, self._failed = view, pointer, identity, None

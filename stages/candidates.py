@@ -321,10 +321,10 @@ class CandidateModel:
         for row, extra in enumerate(recent):
             if extra is not None:
                 stored_items, stored_weights = self._seen_row(users[row])  # each item once (sum_duplicates)
-                recent = extra.items.tolist()
+                recent_items = extra.items.tolist()
                 # Usually the recent items are new and distinct: known in plain Python for a few us.
-                distinct = len(set(recent)) == len(recent) and (
-                    not len(stored_items) or set(stored_items.tolist()).isdisjoint(recent)
+                distinct = len(set(recent_items)) == len(recent_items) and (
+                    not len(stored_items) or set(stored_items.tolist()).isdisjoint(recent_items)
                 )
                 vectors[row] = self._solve_user(
                     np.concatenate([stored_items, extra.items]),

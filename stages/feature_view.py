@@ -112,15 +112,7 @@ class FeatureView:
         ranker sees such a user as the snapshot would show them had those
         interactions been in it.
         """
-        width = max((len(i) for i in items), default=0)
-        users = FreshUsers(
-            rows=np.asarray(rows, dtype=np.int64),
-            items=_padded(items, width, -1, np.int64),
-            days_ago=_padded(days_ago, width, np.nan, np.float32),
-            weights=_padded(weights, width, 0.0, np.float32),
-            counts=np.fromiter(map(len, items), dtype=np.int64, count=len(items)),
-            attributes=attributes,
-        )
+        users = FreshUsers(np.asarray(rows, dtype=np.int64), items, days_ago, weights, attributes)
         for family in self.families:
             family.fresh(users)
         return users
@@ -211,15 +203,6 @@ def _override_user_columns(matrix: np.ndarray, names: tuple[str, ...], pairs: Pa
 def _state_columns(names: tuple[str, ...], state_keys: tuple[str, ...]) -> np.ndarray:
     """Which of a ranker's columns the fresh users' state replaces (a few rankers x one set of families)."""
     return np.array([j for j, name in enumerate(names) if name in state_keys], dtype=np.intp)
-
-
-def _padded(rows: list[np.ndarray], width: int, fill: object, dtype: type) -> np.ndarray:
-    if all(len(row) == width for row in rows):  # a lone request's user (or rows alike): nothing to pad
-        return np.array(rows, dtype=dtype).reshape(len(rows), width)
-    out: np.ndarray = np.full((len(rows), width), fill, dtype=dtype)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = row
-    return out
 
 
 def _stack(columns: list[np.ndarray], rows: int, dtype: type) -> np.ndarray:

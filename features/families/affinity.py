@@ -79,9 +79,9 @@ class Affinity(FeatureFamily):
             return
         for attribute, (user_share, onehot) in self.shares.items():
             shares = np.empty((len(users.rows), onehot.shape[1]), dtype=np.float32)
-            for slot, row, count in users.each():  # per user: see FreshUsers.each
-                weights, total = users.weights[slot, :count], self._total_weight[row]
-                added = weights @ onehot[users.items[slot, :count]]
+            for slot, row in users.each():  # per user: see FreshUsers.each
+                weights, total = users.weights[slot], self._total_weight[row]
+                added = weights @ onehot[users.items[slot]]
                 shares[slot] = (user_share[row] * total + added) / max(total + weights.sum(), 1e-9)
             users.state[_key(attribute)] = shares
 

@@ -94,9 +94,9 @@ class ComputeContext:
 class FreshUsers:
     """Users as a request sees them: their snapshot row plus interactions the snapshot does not hold yet.
 
-    One slot per such user. ``items`` (candidate model indices, newest first,
-    -1 pads), ``days_ago`` (from the snapshot's as-of time, never negative)
-    and ``weights`` describe the recent interactions; ``attributes`` are the
+    One slot per such user. ``items`` (candidate model indices, newest first),
+    ``days_ago`` (from the snapshot's as-of time, never negative) and
+    ``weights`` describe each slot's recent interactions; ``attributes`` are the
     request's user attributes. Each family fills ``state`` with what its
     per-user arrays would hold for the slot had those interactions been in
     the snapshot (:meth:`FeatureFamily.fresh`); columns read it through
@@ -104,27 +104,21 @@ class FreshUsers:
     """
 
     rows: np.ndarray  # (slots,) snapshot row, -1: not in the snapshot
-    items: np.ndarray  # (slots, width) int64
-    days_ago: np.ndarray  # (slots, width) float32, NaN pads
-    weights: np.ndarray  # (slots, width) float32, 0 pads
-    counts: np.ndarray  # (slots,) int64, how many of ``items`` are real: they come first, the pads after
+    items: list[np.ndarray]  # per slot, int64
+    days_ago: list[np.ndarray]  # per slot, float32
+    weights: list[np.ndarray]  # per slot, float32
     attributes: list[dict[str, object]]
     state: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def each(self) -> Iterator[tuple[int, int, int]]:
-        """Per user: slot, snapshot row and how many items are real, as Python ints.
+    def each(self) -> Iterator[tuple[int, int]]:
+        """Per user: slot and snapshot row, as Python ints.
 
-        A request brings one fresh user or a few: the families' per-user sums run in plain Python, where
-        a numpy call costs more than one user's whole arithmetic (a lone user's fresh features: about
-        a tenth of the vectorised code's time, measured).
+        A request brings one fresh user or a few: the families' per-user sums run in plain Python over
+        the user's own arrays, where a numpy call (2-7 us on these machines) costs more than one user's
+        whole arithmetic; a lone user's fresh features take a third or less of the time vectorised code
+        over padded matrices took (BENCHMARKS.md).
         """
-        for slot, (row, count) in enumerate(zip(self.rows.tolist(), self.counts.tolist(), strict=True)):
-            yield slot, row, count
-
-    @cached_property
-    def item_indices(self) -> np.ndarray:
-        """``items`` with pads at 0, to index per-item arrays with: a pad then weighs 0 (or is masked by ``valid``)."""
-        return np.maximum(self.items, 0)
+        return enumerate(self.rows.tolist())
 
 
 @dataclass(frozen=True)

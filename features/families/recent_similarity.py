@@ -86,10 +86,10 @@ class RecentSimilarity(FeatureFamily):
         # Pads as the snapshot's own: -1 items, NaN ages.
         items = np.full((len(users.rows), RECENT_ITEMS), -1, dtype=np.int64)
         ages = np.full((len(users.rows), RECENT_ITEMS), np.nan, dtype=np.float32)
-        for slot, row, count in users.each():
+        for slot, row in users.each():
             # The request's items (newest first), then the snapshot's latest (its real ones come first).
-            kept = min(count, RECENT_ITEMS)
-            items[slot, :kept], ages[slot, :kept] = users.items[slot, :kept], users.days_ago[slot, :kept]
+            kept = min(len(users.items[slot]), RECENT_ITEMS)
+            items[slot, :kept], ages[slot, :kept] = users.items[slot][:kept], users.days_ago[slot][:kept]
             rest = RECENT_ITEMS - kept
             items[slot, kept:], ages[slot, kept:] = latest[row, :rest], days_ago[row, :rest]
         users.state[LATEST], users.state[DAYS_AGO] = items, ages

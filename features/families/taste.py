@@ -77,8 +77,8 @@ class Taste(FeatureFamily):
         :meth:`FreshUsers.each`)."""
         for attribute, every_taste, every_weight, item_values in self._fresh_inputs:
             out = np.empty(len(users.rows), dtype=np.float32)
-            for slot, row, count in users.each():
-                values, weights = item_values[users.items[slot, :count]].tolist(), users.weights[slot, :count].tolist()
+            for slot, row in users.each():
+                values, weights = item_values[users.items[slot]].tolist(), users.weights[slot].tolist()
                 # An item without the attribute (NaN) adds nothing.
                 known = [(value, weight) for value, weight in zip(values, weights, strict=True) if value == value]
                 taste, weight = float(every_taste[row]), float(every_weight[row])  # weight is 0 where taste is NaN

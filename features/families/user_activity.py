@@ -38,8 +38,6 @@ class UserActivity(FeatureFamily):
     def __init__(self, view: ViewContext) -> None:
         super().__init__(view)
         self.values = {c: view.user_numbers(c) for c in COLUMNS}
-        # The same columns side by side: a request's users are gathered in one step (see fresh).
-        self._block = np.column_stack([self.values[c] for c in COLUMNS])
 
     def columns(self) -> list[Column]:
         # How many interactions the request itself brought (0 in every snapshot): lets the ranker tell a
@@ -52,11 +50,11 @@ class UserActivity(FeatureFamily):
 
     def fresh(self, users: FreshUsers) -> None:
         state = {key: np.empty(len(users.rows), dtype=np.float32) for key in (REQUEST_ITEMS, *COLUMNS)}
-        for slot, row, count in users.each():
-            before = dict(zip(COLUMNS, self._block[row].tolist(), strict=True))
-            activity = _zero_nan(before["activity"])
-            days = users.days_ago[slot, :count].tolist()
-            total_weight = activity * _zero_nan(before["user_mean_weight"]) + sum(users.weights[slot, :count].tolist())
+        for slot, row in users.each():
+            before = {c: float(values[row]) for c, values in self.values.items()}
+            activity, count = _zero_nan(before["activity"]), len(users.items[slot])
+            days = users.days_ago[slot].tolist()
+            total_weight = activity * _zero_nan(before["user_mean_weight"]) + sum(users.weights[slot].tolist())
             state[REQUEST_ITEMS][slot] = count
             state["activity"][slot] = activity + count
             state["activity_30d"][slot] = _zero_nan(before["activity_30d"]) + sum(d <= RECENT_DAYS for d in days)

@@ -146,7 +146,7 @@ def test_a_swap_that_fails_is_recorded_and_the_snapshot_not_counted_as_served(ru
     monkeypatch.setattr(runtime.pipeline, "with_view", broken)
     assert runtime.refresh_once() is False
     assert runtime.view.version == old and runtime.snapshots.view.version == old
-    assert runtime.refresh_error and f"snapshot {new}" in runtime.refresh_error
+    assert runtime.refresh_error and f"snapshot {new} was read but could not be swapped in" in runtime.refresh_error
     monkeypatch.undo()
     runtime.snapshots._retry_at = 0.0  # as when RETRY_UNEXPECTED_SECONDS have passed
     assert runtime.refresh_once() is True  # not taken for the served one: read again, and swapped in this time

@@ -45,8 +45,13 @@ def _user_dependent(view: FeatureView) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("held_out", [3, "all"])
-def test_fresh_features_equal_a_snapshot_that_holds_the_recent_interactions(history, held_out):
+@pytest.mark.parametrize(
+    ("held_out", "unknown_first"),
+    # 3: the snapshot's latest items fill the rest; 12: more than RECENT_ITEMS in the request itself;
+    # "all": a user the snapshot has never seen; an unknown item first: skipped, the rest used.
+    [(3, False), (12, False), ("all", False), (3, True)],
+)
+def test_fresh_features_equal_a_snapshot_that_holds_the_recent_interactions(history, held_out, unknown_first):
     """Snapshot without a user's last interactions + those interactions in the request == snapshot with them."""
     cut = int(history.interactions[Columns.timestamp].quantile(0.7))
     before = history.interactions[history.interactions[Columns.timestamp] < cut]
@@ -63,7 +68,8 @@ def test_fresh_features_equal_a_snapshot_that_holds_the_recent_interactions(hist
     fresh = TwoStageRecommender(
         candidates, None, FeatureView(compute_features(without, as_of=cut), candidates.item_ids, vectors)
     )
-    query = Query(user, recent_items=_events(held))
+    unknown = [RecentEvent("no-such-item", int(held[Columns.timestamp].max()), 1.0)] if unknown_first else []
+    query = Query(user, recent_items=unknown + _events(held))
     users = np.array([candidates.user_index[user]])
     batch = candidates.top_n(users, 40)
     names = full.view.available()

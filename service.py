@@ -24,6 +24,7 @@ from serving.api_models import (
     RecommendResponse,
     SimilarItemsRequest,
     SimilarItemsResponse,
+    query_cost,
 )
 from serving.batcher import PRESSURE, MicroBatcher
 from serving.connection import ConnectionLimits
@@ -36,7 +37,6 @@ from serving.settings import get_settings
 from serving.shadow_process import ShadowProcess
 from serving.shared import (
     batch_or_shed,
-    query_cost,
     recommend_or_shed,
     record_feedback,
     record_impressions,

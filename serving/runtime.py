@@ -144,8 +144,8 @@ class SnapshotFollower:
     Both the one-process service (:class:`Runtime`) and the split topology's
     candidate stage follow the store through this, so a snapshot one of them
     refuses (features the ranker lacks, too few of the model's items or users)
-    the other refuses too. At start-up a bad snapshot raises
-    :class:`SnapshotError`; afterwards it is kept out and recorded in
+    the other refuses too. At start-up a bad snapshot refuses the start
+    (:class:`IncompatibleModels`); afterwards it is kept out and recorded in
     ``error`` (``/model_info``), once per distinct failure in the log.
     """
 
@@ -164,7 +164,10 @@ class SnapshotFollower:
         self.names = names  # the ranker's features, every snapshot must have them (None: none is checked for)
         self.who = who
         self.prepare = prepare  # build the ranker's row plan (the candidate stage checks the names, builds no rows)
-        self.view, self._served_identity = self.load()
+        try:
+            self.view, self._served_identity = self.load()
+        except SnapshotError as exc:  # the snapshot CURRENT names now cannot serve: the start is refused
+            raise IncompatibleModels(f"feature store {feature_source}: {exc}") from exc
         self.error: str | None = None
         self._served_pointer: str | None = None
         self._failed: tuple | None = None
@@ -282,7 +285,7 @@ class Runtime:
         self.feature_source = feature_store or str(Path(candidates_model.path) / MODEL_SNAPSHOT_DIR)
         self._packed = feature_store is None
         self.hidden = HiddenItems(self.feature_source)
-        self.snapshots = follow_snapshots(self.feature_source, self.candidates, self.names)
+        self.snapshots = SnapshotFollower(self.feature_source, self.candidates, self.names)
         self.pipeline = TwoStageRecommender(
             self.candidates,
             self.ranker,
@@ -380,20 +383,6 @@ class Runtime:
 
     def stop_refresh(self) -> None:
         self._stop.set()
-
-
-def follow_snapshots(
-    feature_source: str,
-    candidates: CandidateModel,
-    names: FeatureNames | None,
-    who: str = "feature refresh",
-    prepare: bool = True,
-) -> SnapshotFollower:
-    """A :class:`SnapshotFollower` from the snapshot ``CURRENT`` names now; one that cannot serve refuses the start."""
-    try:
-        return SnapshotFollower(feature_source, candidates, names, who, prepare)
-    except SnapshotError as exc:
-        raise IncompatibleModels(f"feature store {feature_source}: {exc}") from exc
 
 
 def poll_in_thread(

@@ -37,7 +37,7 @@ from serving.api_models import ModelTags, RecommendRequest, SimilarItemsRequest
 from serving.batcher import MicroBatcher, Overloaded
 from serving.metrics import FILTERED_ITEMS
 from serving.responses import invalid_filters, to_filters, to_queries
-from serving.runtime import HiddenItems, IncompatibleModels, Runtime, follow_snapshots, poll_in_thread
+from serving.runtime import HiddenItems, IncompatibleModels, Runtime, SnapshotFollower, poll_in_thread
 from stages import rules
 from stages.candidates import CandidateBatch, CandidateModel
 from stages.card import CandidatesCard, CardError
@@ -156,10 +156,9 @@ class CandidateStage:
     ) -> None:
         self.candidates = candidates
         self.tag = tag
-        self.feature_source = feature_source
         # Checked as the ranker stage's Runtime checks it (the ranker's features ``names``, coverage of the model's
         # items and users) and followed the same way: a snapshot one stage refuses, the other refuses too.
-        self.snapshots = follow_snapshots(
+        self.snapshots = SnapshotFollower(
             feature_source, candidates, names, "candidates stage: feature refresh", prepare=False
         )
         # The operators' hidden items: blocked here, where candidates are made (the ranker only orders them).

@@ -288,8 +288,7 @@ def test_the_edge_refuses_while_more_seconds_of_work_wait_than_allowed():
 
 
 def test_cost_units_follow_recent_items_and_explanations():
-    from serving.api_models import RecommendRequest
-    from serving.shared import query_cost
+    from serving.api_models import RecommendRequest, query_cost
 
     plain = RecommendRequest(user_id="1", k=100)
     heavy = RecommendRequest(user_id="1", k=100, explain=True, recent_items=[{"item_id": str(i)} for i in range(100)])

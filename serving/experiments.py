@@ -24,118 +24,27 @@ arms cannot be loaded keeps the experiment served before it, and
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
-import queue
-import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from serving import heap
 from serving.api_models import ExperimentArm, ExperimentInfo, RecommendRequest, RecommendResponse
-from serving.metrics import EXPERIMENT_ANSWERS, SHADOW_DROPPED
-from serving.responses import answer, to_queries, to_responses
+from serving.experiment_spec import ArmSpec, ExperimentError, ExperimentSpec, experiments_path, file_stamp, read_spec
+from serving.interleaving import interleaved
+from serving.metrics import EXPERIMENT_ANSWERS
+from serving.responses import answer, uncounted_answers
 from serving.runtime import IncompatibleModels, Runtime, poll_in_thread
 from serving.settings import ServiceSettings
+from serving.shadow_scoring import ShadowSink
 
 logger = logging.getLogger("recsys")
-EXPERIMENTS_FILE = "experiments.json"
 ARM_HEADER = "x-recsys-arm"  # QA: answer from this arm (counted apart)
-MAX_ARMS = 8
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-
-
-class ExperimentError(ValueError):
-    """An experiments file that cannot be served: the message says what to fix."""
-
-
-class ArmSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Name
-    weight: float = Field(ge=0, description="relative share of users; 0 keeps the arm for forced requests only")
-    ranker: str | None = Field(None, min_length=1, description="ranker tag; none: the pair the service serves")
-    interleave: list[str | None] | None = Field(
-        None,
-        min_length=2,
-        max_length=2,
-        description="two ranker tags (null: the served pair) whose lists are merged by team draft",
-    )
-
-    strategy: Literal["popular"] | None = Field(
-        None, description="a baseline instead of a model: popular, the cold-start list for every user"
-    )
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> ArmSpec:
-        if sum(x is not None for x in (self.ranker, self.interleave, self.strategy)) > 1:
-            raise ValueError("an arm has one of ranker, interleave and strategy")
-        return self
-
-    @field_validator("weight")
-    @classmethod
-    def _finite(cls, weight: float) -> float:
-        if not math.isfinite(weight):
-            raise ValueError("weight must be a finite number")
-        return weight
-
-
-class ShadowSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Name
-    ranker: str | None = Field(None, min_length=1, description="ranker tag; none: the pair the service serves")
-    strategy: Literal["popular"] | None = Field(None, description="popular: the popularity baseline")
-    share: float = Field(0.1, gt=0, le=1, description="share of requests scored in the shadow")
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> ShadowSpec:
-        if self.ranker is not None and self.strategy is not None:
-            raise ValueError("a shadow has a ranker or a strategy, not both")
-        return self
-
-
-class ExperimentSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Name
-    salt: str | None = Field(None, max_length=128, description="assignment salt; by default the name")
-    arms: list[ArmSpec] = Field(min_length=2, max_length=MAX_ARMS)
-    shadow: ShadowSpec | None = Field(None, description="scored off the request path for a share of requests")
-
-    @model_validator(mode="after")
-    def _arms_apart(self) -> ExperimentSpec:
-        names = [arm.name for arm in self.arms]
-        if len(set(names)) != len(names):
-            raise ValueError(f"arm names must differ: {names}")
-        if sum(arm.weight for arm in self.arms) <= 0:
-            raise ValueError("at least one arm needs a weight above 0")
-        return self
-
-
-def read_spec(path: Path, content: bytes | None = None) -> ExperimentSpec | None:
-    """The experiment a file declares (``content``: its bytes, when already read); ``None`` when there is no file."""
-    try:
-        text = (path.read_bytes() if content is None else content).decode("utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ExperimentError(f"{path.name} cannot be read: {exc}") from None
-    try:
-        return ExperimentSpec.model_validate(json.loads(text))
-    except json.JSONDecodeError as exc:
-        raise ExperimentError(f"{path.name} is not JSON: {exc}") from None
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
-        raise ExperimentError(f"{path.name}: {problems}") from None
 
 
 def bucket(salt: str, unit: str) -> float:
@@ -203,7 +112,7 @@ class Experiments:
 
     def reload(self) -> bool:
         """Read the file again if it changed; True when the experiment served changed."""
-        stamp, content = _read_file(self.path)
+        stamp, content = file_stamp(self.path)
         if stamp == self._read:
             return False
         self._read = stamp
@@ -342,194 +251,12 @@ class Experiments:
             self.shadows.close()
 
 
-class ShadowSink(Protocol):
-    """Where the request path puts a shadow's requests: it must not block, and drops what it cannot take."""
-
-    def offer(
-        self, experiment: Experiment, requests: list[RecommendRequest], shown: list[RecommendResponse]
-    ) -> None: ...
-
-    def close(self, timeout: float = 5.0) -> None: ...
-
-
-class ShadowScorer:
-    """Scores sampled requests with an experiment's shadow in a thread of its own: never shown, never waited for.
-
-    The request path only puts the requests on a bounded queue; when the queue
-    is full (the shadow cannot keep up, the worker is loaded) they are dropped
-    and counted (``recsys_shadow_dropped_total``): the shadow goes first.
-    Nobody waits for a shadow, so it gathers what arrives within
-    ``gather_seconds`` of a request (up to ``batch`` requests) into one pipeline
-    call: 16 requests together cost a third of what 16 calls of one do.
-    Shadow lists carry the request_id of the list shown, so the report compares
-    them with it and with the feedback that followed. The service runs it in a
-    process of its own (:mod:`serving.shadow_process`); in a worker's thread it
-    would share the GIL with the answers it overlaps.
-    """
-
-    def __init__(
-        self,
-        record: Callable[[list[RecommendResponse]], None],
-        capacity: int = 64,
-        batch: int = 16,
-        gather_seconds: float = 0.2,
-    ) -> None:
-        self.record = record
-        self.batch, self.gather_seconds = batch, gather_seconds
-        self.queue: queue.Queue[tuple[Experiment, list[RecommendRequest], list[str | None]] | None]
-        self.queue = queue.Queue(maxsize=capacity)
-        self.dropped = 0
-        self._thread = threading.Thread(target=self._loop, name="shadow-scoring", daemon=True)
-        self._thread.start()
-
-    def offer(self, experiment: Experiment, requests: list[RecommendRequest], shown: list[RecommendResponse]) -> None:
-        """Queue the requests just answered by ``shown``; dropped and counted when the queue is full."""
-        self.offer_ids(experiment, requests, [answer.request_id for answer in shown])
-
-    def offer_ids(
-        self,
-        experiment: Experiment,
-        requests: list[RecommendRequest],
-        request_ids: list[str | None],
-        wait: bool = False,
-    ) -> None:
-        """Queue requests under the request_ids of the lists shown; ``wait`` for room rather than drop."""
-        try:
-            self.queue.put((experiment, requests, request_ids), block=wait)
-        except queue.Full:
-            self.dropped += len(requests)
-            SHADOW_DROPPED.inc(len(requests))
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Score what is queued, then stop (at shutdown; what is still queued after ``timeout`` is lost)."""
-        try:
-            self.queue.put(None, timeout=timeout)
-        except queue.Full:
-            return
-        self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while (work := self.queue.get()) is not None:
-            time.sleep(self.gather_seconds)  # the queue stays bounded meanwhile: what does not fit is dropped
-            gathered, stop = [work], False
-            while sum(len(requests) for _, requests, _ in gathered) < self.batch:
-                try:
-                    more = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:  # closing: score what was gathered, then stop
-                    stop = True
-                    break
-                gathered.append(more)
-            self._score_gathered(gathered)
-            if stop:
-                return
-
-    def _score_gathered(self, gathered: list[tuple[Experiment, list[RecommendRequest], list[str | None]]]) -> None:
-        """One pipeline call per shadow among the gathered (a file re-read may have replaced it meanwhile)."""
-        by_shadow: dict[tuple, tuple[Experiment, list[RecommendRequest], list[str | None]]] = {}
-        for experiment, requests, request_ids in gathered:
-            shadow = experiment.shadow
-            assert shadow is not None  # offered only for an experiment with a shadow
-            key = (experiment.name, shadow.name, id(shadow.runtime), shadow.popular)
-            _, all_requests, all_ids = by_shadow.setdefault(key, (experiment, [], []))
-            all_requests += requests
-            all_ids += request_ids
-        for experiment, requests, request_ids in by_shadow.values():
-            try:
-                self.record(self.score(experiment, requests, request_ids))
-            except Exception:  # a shadow must never take the worker down; the shown answers are long gone
-                logger.exception("shadow scoring of %d requests failed", len(requests))
-
-    @staticmethod
-    def score(experiment: Experiment, requests: list[RecommendRequest], request_ids: list[str | None]):
-        """The shadow's answers to requests already answered, under their request_ids; no metric counts them."""
-        shadow = experiment.shadow
-        assert shadow is not None  # offered only for an experiment with a shadow
-        answers = uncounted_answers(shadow.runtime, requests, shadow.popular)
-        for listed, request_id in zip(answers, request_ids, strict=True):
-            listed.request_id = request_id
-            listed.experiment = ExperimentArm(name=experiment.name, arm=shadow.name, share=0.0, shadow=True)
-        return answers
-
-
-def uncounted_answers(runtime: Runtime, requests: list[RecommendRequest], popular: bool = False):
-    """A pipeline's answers that no metric counts: a shadow's, an interleaving arm's second model's."""
-    queries = to_queries(requests)
-    found = runtime.pipeline.popular_baseline(queries) if popular else runtime.pipeline.recommend(queries)
-    return to_responses(found, runtime.tags, count_cold_starts=False)
-
-
-def team_draft(first: list[str], second: list[str], k: int, coin: random.Random) -> list[tuple[str, str]]:
-    """Two rankings merged by team draft (Radlinski, Kurup and Joachims, 2008): ``(item, team)``, at most ``k``.
-
-    The team with fewer picks picks next (a coin decides a tie) and adds its
-    highest-ranked item not yet in the list, so each model's items keep its
-    order, and a position's team is as likely one as the other. A team whose
-    list runs out leaves the rest to the other.
-    """
-    lists, picks, merged, chosen = {"a": first, "b": second}, {"a": 0, "b": 0}, [], set()
-    places = {"a": 0, "b": 0}
-    while len(merged) < k:
-        left = {t: [i for i in lists[t][places[t] :] if i not in chosen] for t in lists}
-        teams = [t for t in ("a", "b") if left[t]]
-        if not teams:
-            break
-        if len(teams) == 2:
-            team = "a" if picks["a"] < picks["b"] else "b" if picks["b"] < picks["a"] else coin.choice("ab")
-        else:
-            team = teams[0]
-        item = left[team][0]
-        places[team] = lists[team].index(item) + 1
-        picks[team] += 1
-        chosen.add(item)
-        merged.append((item, team))
-    return merged
-
-
-def interleaved(a: RecommendResponse, b: RecommendResponse, k: int) -> RecommendResponse:
-    """``a``'s answer with its items replaced by ``a``'s and ``b``'s merged by team draft, each item's team said.
-
-    The coin is seeded by the answer's ``request_id``: the same list for the same id. Scores stay each
-    model's own (not comparable across teams); ``model`` names team a, ``/model_info`` both.
-    """
-    found = {("a", item.item_id): item for item in a.recommendations} | {
-        ("b", item.item_id): item for item in b.recommendations
-    }
-    coin = random.Random(a.request_id)  # nosec B311: a fair coin, not a secret
-    order = team_draft([i.item_id for i in a.recommendations], [i.item_id for i in b.recommendations], k, coin)
-    first = min((i.rank for i in [*a.recommendations, *b.recommendations]), default=1)  # past an offset's items
-    items = [
-        found[(team, item)].model_copy(update={"rank": rank, "team": team})
-        for rank, (item, team) in enumerate(order, start=first)
-    ]
-    return a.model_copy(update={"recommendations": items})
-
-
 def arm_error(message: str, batch: bool) -> ValidationError:
     """The 400 for a forced arm that cannot be served, at the ``X-Recsys-Arm`` header."""
     loc = ("headers", ARM_HEADER)
     kind = PydanticCustomError("unknown_arm", "{message}", {"message": message})
     error = InitErrorDetails(type=kind, loc=loc, input=None)
     return ValidationError.from_exception_data("BatchRequest" if batch else "RecommendRequest", [error])
-
-
-def _read_file(path: Path | None) -> tuple[tuple[int, bytes] | None, bytes | None]:
-    """The file's stamp, its modification time and a digest of what it holds, and those bytes (None: no file).
-
-    The digest sees an edit that keeps the size on a filesystem whose clock is too coarse to change the time;
-    the time sees a ``touch``, which retries a file refused for a model the store lacked. The file is small, and
-    read once: the stamp and the experiment come from the same bytes.
-    """
-    if path is None:
-        return None, None
-    try:
-        mtime, content = path.stat().st_mtime_ns, path.read_bytes()
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:  # read_spec says why; a new error is a new stamp
-        return (0, f"unreadable: {exc}".encode()), None
-    return (mtime, hashlib.blake2b(content, digest_size=16).digest()), content
 
 
 def experiments_from(
@@ -562,12 +289,3 @@ def load_arm(tag: str, settings: ServiceSettings, refresh: bool = True) -> Runti
         heap.settle()
         runtime.start_refresh(settings.refresh_seconds, after_swap=heap.settle)
     return runtime
-
-
-def experiments_path(setting: str | None, feature_source: str) -> Path | None:
-    """The experiments file: the setting, else ``experiments.json`` at a local feature store's root."""
-    if setting:
-        return Path(setting)
-    if "://" in feature_source:
-        return None
-    return Path(feature_source) / EXPERIMENTS_FILE

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -19,6 +21,9 @@ from serving.events import new_request_id
 from serving.metrics import COLD_STARTS, FILTERED_ITEMS
 from stages import rules
 from stages.pipeline import POPULAR, Explanation, Query, RecentEvent, Recommendation, TwoStageRecommender
+
+if TYPE_CHECKING:
+    from serving.runtime import Runtime
 
 
 def ranked(
@@ -190,3 +195,10 @@ def to_responses(
             )
         )
     return responses
+
+
+def uncounted_answers(runtime: Runtime, requests: list[RecommendRequest], popular: bool = False):
+    """A pipeline's answers that no metric counts: a shadow's, an interleaving arm's second model's."""
+    queries = to_queries(requests)
+    found = runtime.pipeline.popular_baseline(queries) if popular else runtime.pipeline.recommend(queries)
+    return to_responses(found, runtime.tags, count_cold_starts=False)

@@ -8,7 +8,7 @@ as before); a thread of its own writes it as one JSON line to the child's
 stdin. The child (``python -m serving.shadow_process``, started with the
 first shadow and stopped with the worker) runs at ``nice`` 10, loads each
 shadow ranker once from the model store with its features refreshed,
-gathers and scores as :class:`serving.experiments.ShadowScorer` does, and
+gathers and scores as :class:`serving.shadow_scoring.ShadowScorer` does, and
 logs the shadow lists to the event log itself. It costs a second interpreter
 per worker while a shadow runs.
 """
@@ -131,9 +131,10 @@ def _line(experiment: Experiment, requests: list[RecommendRequest], request_ids:
 
 def serve_shadows(lines: IO[str]) -> None:
     """The child: score every shadow line read, logging the lists, until the input ends."""
-    from serving.experiments import Experiment, Shadow, ShadowScorer, load_arm
+    from serving.experiments import Experiment, Shadow, load_arm
     from serving.runtime import Runtime
     from serving.settings import get_settings
+    from serving.shadow_scoring import ShadowScorer
     from serving.shared import record_impressions, recorder_from, worker_threads
 
     settings = get_settings()

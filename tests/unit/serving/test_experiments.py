@@ -17,19 +17,12 @@ from pydantic import ValidationError
 
 from features.events import IMPRESSIONS, read_events
 from serving.api_models import RecommendRequest, RecommendResponse
-from serving.experiments import (
-    Experiment,
-    ExperimentError,
-    Experiments,
-    Shadow,
-    ShadowScorer,
-    bucket,
-    experiments_path,
-    read_spec,
-    team_draft,
-)
+from serving.experiment_spec import ExperimentError, experiments_path, read_spec
+from serving.experiments import Experiment, Experiments, Shadow, bucket
+from serving.interleaving import team_draft
 from serving.runtime import Runtime
 from serving.shadow_process import ShadowProcess
+from serving.shadow_scoring import ShadowScorer
 from tests.support import quick_config
 from train.run import train
 

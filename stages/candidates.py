@@ -395,10 +395,8 @@ class CandidateModel:
         for row, extra in enumerate(recent):
             if extra is None:
                 continue
-            stored = self.latest[users[row]].tolist() if users[row] >= 0 else []
-            # A few dozen items: a dict keeps each once, in order, for a tenth of np.unique's fixed cost.
-            merged = list(dict.fromkeys(itertools.chain(extra.items.tolist(), (i for i in stored if i >= 0))))
-            merged = merged[: seeds.shape[1]]
+            stored = self.latest[users[row]] if users[row] >= 0 else np.empty(0, np.int64)
+            merged = _merge([extra.items, stored[stored >= 0]])[: seeds.shape[1]]
             seeds[row] = -1
             seeds[row, : len(merged)] = merged
         return seeds
@@ -549,9 +547,10 @@ def _top(scores: np.ndarray, n: int) -> list[np.ndarray]:
 
 def _merge(proposals: Iterable[np.ndarray]) -> np.ndarray:
     """The sources' proposals in order (ALS first), each item once."""
-    merged = np.concatenate([np.asarray(p, dtype=np.int64) for p in proposals])
-    _, first = np.unique(merged, return_index=True)
-    return merged[np.sort(first)]
+    # A dict keeps each item once, in order: 2-5 us slower than np.unique for the 200-250 proposals of a
+    # candidate list, 13 us faster for the few dozen seeds of a request's recent items (timeit, one run).
+    merged = dict.fromkeys(itertools.chain.from_iterable(np.asarray(p).tolist() for p in proposals))
+    return np.fromiter(merged, dtype=np.int64, count=len(merged))
 
 
 def _ranks_in(merged: np.ndarray, proposed: np.ndarray) -> np.ndarray:

@@ -278,10 +278,11 @@ class Runtime:
             if self.card.recent_ranker
             else None
         )
-        # The tree tables `explain` reads are built at load (~30 ms), not by the first request that asks for them.
+        # The tree tables scoring and `explain` read are built at load (~30 ms each), not by the first request.
         for ranker in (self.ranker, self.visitor_ranker, self.recent_ranker):
             if ranker is not None:
                 ranker.paths  # noqa: B018
+                ranker.trees  # noqa: B018
         self.feature_source = feature_store or str(Path(candidates_model.path) / MODEL_SNAPSHOT_DIR)
         self._packed = feature_store is None
         self.hidden = HiddenItems(self.feature_source)
@@ -295,6 +296,7 @@ class Runtime:
             self.visitor_ranker,
             self.recent_ranker,
         )
+        self.pipeline.category_hashes  # noqa: B018  (built now, not by the first request)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -366,8 +368,10 @@ class Runtime:
         old = self.view.version
 
         def swap(view: FeatureView) -> None:
+            pipeline = self.pipeline.with_view(view)
+            pipeline.category_hashes  # noqa: B018  (the new values' hashes, before a request needs them)
             # One reference assignment: requests in flight keep the pipeline they started with.
-            self.pipeline = self.pipeline.with_view(view)
+            self.pipeline = pipeline
 
         view = self.snapshots.poll(swap)
         if view is None:

@@ -117,6 +117,12 @@ class FeatureView:
             family.fresh(users)
         return users
 
+    def category_values(self, names: FeatureNames) -> set[str]:
+        """Every value the snapshot's categorical columns among ``names`` hold (what a request's rows can show,
+        except attributes a request brings)."""
+        columns = [self.columns[n].values for n in names.categorical if n in self.columns]
+        return {v for values in columns if values is not None for v in values.tolist() if isinstance(v, str)}
+
     def prepare(self, names: FeatureNames) -> None:
         """Build the row plan for a ranker now, not on the first request."""
         self._plan(names)

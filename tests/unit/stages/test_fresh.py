@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +15,7 @@ from features.synthetic import SyntheticConfig, generate
 from stages.candidates import CandidateModel, CandidateParams, Recent
 from stages.feature_view import FeatureView
 from stages.pipeline import Query, RecentEvent, TwoStageRecommender
+from stages.symmetric_trees import CategoryHashes
 
 PARAMS = CandidateParams(factors=8, iterations=5, seed=3)
 
@@ -194,8 +197,11 @@ class _Constant:
     def __init__(self, value: float, names) -> None:
         self.value, self.names = value, names
 
-    def score(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
+    def score(self, numeric: np.ndarray, categorical: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
         return np.full(len(numeric), self.value, dtype=np.float32)
+
+    def category_hashes(self, values: Iterable[str]) -> CategoryHashes:
+        return CategoryHashes({})
 
 
 def test_each_query_in_a_batch_is_ranked_by_the_model_for_its_kind_of_request(history):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from features.schema import Dataset, validate_interactions
 from stages.candidates import CandidateModel, CandidateParams
 from stages.feature_view import FeatureView
 from stages.pipeline import POPULAR, TWO_STAGE, Query, RecentEvent, TwoStageRecommender
+from stages.symmetric_trees import CategoryHashes
 
 # Who took what. Popularity (distinct users): i0 5, i1 4, i2 3, i3 2, i4 1, i5 1 (ties by id).
 # Job "b" (u3, u4, u5) took i2 three times, i0 twice, i1, i3, i4, i5 once each.
@@ -42,9 +45,12 @@ class ReversingRanker:
         self.names = names
         self.calls = 0
 
-    def score(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
+    def score(self, numeric: np.ndarray, categorical: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
         self.calls += 1
         return np.arange(len(numeric), dtype=np.float32)
+
+    def category_hashes(self, values: Iterable[str]) -> CategoryHashes:
+        return CategoryHashes({})
 
 
 @pytest.fixture(scope="module")

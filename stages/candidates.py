@@ -429,12 +429,12 @@ class CandidateModel:
                 "popular": self.popular[~blocked[row, self.popular]][: self.params.n_popular],
                 "cooc": cooc_top[row],
             }
-            merged = _merge(proposals.values())
+            merged, ranks = _merge_ranked(list(proposals.values()), self.n_items)
             batch.items.append(merged)
             batch.scores.append(self._exact_scores(vectors[row], merged))
             batch.cooc_scores.append(cooc[row, merged].astype(np.float32))
-            for source, proposed in proposals.items():
-                batch.source_ranks[source].append(_ranks_in(merged, proposed))
+            for source, rank in zip(proposals, ranks, strict=True):
+                batch.source_ranks[source].append(rank)
         return batch
 
     def _seen_pairs(self, users: np.ndarray, recent: list[Recent | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -457,8 +457,7 @@ class CandidateModel:
         neighbours = self.cooc.items[np.where(known, seeds, 0)]  # (users, seeds, neighbours), -1 pads
         weights = self.cooc.weights[np.where(known, seeds, 0)] * known[..., None]
         valid = neighbours >= 0
-        rows = np.broadcast_to(np.arange(len(seeds))[:, None, None], neighbours.shape)
-        flat = (rows * self.n_items + neighbours)[valid]
+        flat = (neighbours + (np.arange(len(seeds)) * self.n_items)[:, None, None])[valid]
         totals = np.bincount(flat, weights=weights[valid], minlength=len(seeds) * self.n_items)
         return totals.reshape(len(seeds), self.n_items).astype(np.float32)
 
@@ -553,14 +552,28 @@ def _merge(proposals: Iterable[np.ndarray]) -> np.ndarray:
     return np.fromiter(merged, dtype=np.int64, count=len(merged))
 
 
-def _ranks_in(merged: np.ndarray, proposed: np.ndarray) -> np.ndarray:
-    """1-based rank of each merged candidate in one source's proposals, NaN where it did not propose it."""
-    if len(proposed) == 0:
-        return np.full(len(merged), np.nan, dtype=np.float32)
-    order = np.argsort(proposed, kind="stable")
-    slot = np.minimum(np.searchsorted(proposed[order], merged), len(proposed) - 1)
-    found = proposed[order][slot] == merged
-    return np.where(found, order[slot] + 1, np.nan).astype(np.float32)
+def _merge_ranked(proposals: list[np.ndarray], n_items: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`_merge`, and each source's 1-based rank of every merged candidate (NaN where it did not propose it;
+    an item a source proposed twice keeps its first rank).
+
+    Positions come from two scratch arrays over the catalogue, left unfilled (only the proposed items' slots are
+    written, then read): about half the time of a dict of positions for a few hundred candidates.
+    """
+    proposed = np.concatenate(proposals).astype(np.intp, copy=False)
+    at = np.arange(len(proposed))
+    first = np.empty(n_items, dtype=np.intp)
+    first[proposed[::-1]] = at[::-1]  # the last write wins: each item's first position
+    merged = proposed[first[proposed] == at]
+    position = np.empty(n_items, dtype=np.intp)
+    position[merged] = np.arange(len(merged))
+    positions = position[proposed]
+    ranks, start = [], 0
+    for items in proposals:
+        rank = np.full(len(merged), np.nan, dtype=np.float32)
+        rank[positions[start : start + len(items)][::-1]] = np.arange(len(items), 0, -1, dtype=np.float32)
+        ranks.append(rank)
+        start += len(items)
+    return merged.astype(np.int64, copy=False), ranks
 
 
 def _latest_items(user_codes: np.ndarray, item_codes: np.ndarray, n_users: int, width: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from stages.candidates import CandidateModel, CandidateParams, Recent, popularity_share
+from stages.candidates import CandidateModel, CandidateParams, Recent, _merge_ranked, popularity_share
 
 
 def checkerboard(n_users: int = 40, n_items: int = 20) -> pd.DataFrame:
@@ -214,3 +214,13 @@ def test_a_model_without_its_factors_is_refused_at_load(tmp_path):
     (tmp_path / "als_user_factors.npy").unlink()
     with pytest.raises(FileNotFoundError, match="ALS factors missing"):
         CandidateModel.load(tmp_path, model.params)
+
+
+def test_merged_candidates_keep_the_sources_order_and_each_sources_rank():
+    """ALS first, then each source's new items in its order; a rank per source, NaN where it did not propose, the
+    first rank for an item proposed twice."""
+    merged, (als, popular, cooc) = _merge_ranked([np.array([5, 3, 9]), np.array([3, 7, 3, 5]), np.array([], int)], 10)
+    assert merged.tolist() == [5, 3, 9, 7]
+    np.testing.assert_array_equal(als, [1, 2, 3, np.nan])
+    np.testing.assert_array_equal(popular, [4, 1, np.nan, 2])
+    np.testing.assert_array_equal(cooc, [np.nan] * 4)

@@ -83,14 +83,21 @@ class CategoryHashes:
         few values.
         """
         table = self.table
-        out = np.empty(categorical.shape, dtype=np.int32)
+        rows, width = categorical.shape
+        out = np.empty((rows, width), dtype=np.int32)
+        one = np.empty(width, dtype=np.int32)
+        alike = True
         try:
             for j, column in enumerate(categorical.T.tolist()):
                 distinct = set(column)
-                out[:, j] = table[distinct.pop()] if len(distinct) == 1 else [table[v] for v in column]
+                if len(distinct) == 1:
+                    out[:, j] = one[j] = table[distinct.pop()]
+                else:
+                    out[:, j], alike = [table[v] for v in column], False
         except (KeyError, TypeError):  # a value this snapshot did not have, or not a string
             return None
-        return out
+        # Every row alike: one row seen as many (stride 0), which SymmetricTrees reads as one.
+        return np.ndarray((rows, width), np.int32, buffer=one, strides=(0, 4)) if alike and rows else out
 
 
 class SymmetricTrees:
@@ -153,7 +160,9 @@ class SymmetricTrees:
         for t, tree in enumerate(trees):
             values[t, : len(tree["leaf_values"])] = tree["leaf_values"]
         self.values = values.ravel()
-        self.offsets = (np.arange(self.n_trees, dtype=np.intp) * (1 << depth))[:, None]
+        # Leaf values are read at tree * 2**depth + leaf: 16-bit indices when they fit (half the cost of 64-bit).
+        index = np.uint16 if self.n_trees << depth <= 1 << 16 else np.intp
+        self.offsets = (np.arange(self.n_trees, dtype=index) * (1 << depth))[:, None]
         self.shifts = np.arange(depth, dtype=np.uint64)[:, None, None]
         scale, bias = spec["scale_and_bias"]
         if len(bias) != 1:
@@ -193,21 +202,23 @@ class SymmetricTrees:
 
     def raw(self, leaves: np.ndarray) -> np.ndarray:
         """Each row's raw score (float64) from its (trees, rows) leaves: CatBoost's ``RawFormulaVal``."""
-        index = np.add(leaves, self.offsets, dtype=np.intp)
+        index = np.add(leaves, self.offsets, dtype=self.offsets.dtype)
         # Summed over axis 0 of a (trees, rows) block, numpy adds tree after tree, as CatBoost does.
         total = np.take(self.values, index).sum(axis=0)
         return total * self.scale + self.bias if self.scale != 1.0 or self.bias else total
 
     def _ctr_values(self, by_column: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """(ctrs, rows) float32: each CTR's value for each row.
+        """(ctrs, rows) float32: each CTR's value for each row ((ctrs, 1) when every row has the same).
 
         A table keyed by categories alone is looked up once, in plain Python, when every row has the same
         categories (a lone user's rows, when the categories are the user's): a numpy call costs more than that.
         """
         rows = len(codes)
-        same = rows == 1 or bool((codes == codes[0]).all())
+        same = rows == 1 or codes.strides[0] == 0 or bool((codes == codes[0]).all())
         first = codes[0].tolist()
-        out = np.empty((len(self.ctr_values), rows), dtype=np.float32)
+        # One column for every row when each table's key is the same for all of them.
+        columns = 1 if same and not any(table.borders for table in self.tables) else rows
+        out = np.empty((len(self.ctr_values), columns), dtype=np.float32)
         for table in self.tables:
             slot = table.slot_of(first) if same and not table.borders else table.slots_of(by_column, codes)
             for ctr in table.ctrs:

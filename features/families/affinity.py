@@ -16,6 +16,7 @@ from features.families.base import (
     PairCompute,
     Pairs,
     ViewContext,
+    owner_state,
     user_state,
     zero_nan,
 )
@@ -96,12 +97,12 @@ def _key(attribute: str) -> str:
     return f"affinity_share_{attribute}"
 
 
-def _shares(user_share: np.ndarray, onehot: np.ndarray, key: str, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
+def _shares(user_share: np.ndarray, onehot: np.ndarray, key: str, pairs: Pairs) -> tuple[np.ndarray, ...]:
     """Per pair, the mean and the largest of the user's shares of the candidate's values (computed once)."""
     cached = f"{key}_by_pair"
     if cached not in pairs.scratch:
         values = onehot[pairs.items]
-        product = user_state(user_share, pairs, key) * values
+        product = (owner_state if pairs.one_owner else user_state)(user_share, pairs, key) * values
         mean = product.sum(axis=1) / np.maximum(values.sum(axis=1), 1.0)
         largest = product.max(axis=1) if product.shape[1] else np.zeros(len(pairs.items), np.float32)
         pairs.scratch[cached] = (mean, largest)  # two numbers a pair, not the pairs x values products

@@ -139,7 +139,22 @@ class Pairs:
     fresh: FreshUsers | None = None
     fresh_slots: np.ndarray | None = None
     # Intermediate results several columns share (one set of pairs, one request: no locking needed).
-    scratch: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False)
+    scratch: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict, compare=False)
+
+    @cached_property
+    def owner_changes(self) -> np.ndarray:
+        """Where a pair's user differs from the previous pair's (a user: a snapshot row, or a request's fresh slot);
+        a user's candidates come together, so these start its run of pairs."""
+        changes = self.user_rows[1:] != self.user_rows[:-1]
+        if self.fresh_slots is not None:
+            changes |= self.fresh_slots[1:] != self.fresh_slots[:-1]
+        return np.flatnonzero(changes) + 1
+
+    @cached_property
+    def one_owner(self) -> bool:
+        """Whether every pair belongs to one user (a lone request): columns can read that user's row once
+        (:func:`owner_state`) rather than a copy of it per pair."""
+        return len(self.items) > 0 and not len(self.owner_changes)
 
     @cached_property
     def fresh_positions(self) -> np.ndarray:
@@ -161,6 +176,15 @@ def user_state(values: np.ndarray, pairs: Pairs, key: str) -> np.ndarray:
     out = values[pairs.user_rows]
     out[where] = fresh[pairs.fresh_slots[where]]
     return out
+
+
+def owner_state(values: np.ndarray, pairs: Pairs, key: str) -> np.ndarray:
+    """:func:`user_state` for pairs with :attr:`Pairs.one_owner`: that user's one row."""
+    if pairs.fresh is not None and key in pairs.fresh.state and pairs.fresh_slots is not None:
+        slot = int(pairs.fresh_slots[0])
+        if slot >= 0:
+            return pairs.fresh.state[key][slot].astype(values.dtype, copy=False)
+    return values[pairs.user_rows[0]]
 
 
 PairCompute = Callable[[Pairs], np.ndarray]  # one column for every (user, candidate) pair of a request

@@ -8,7 +8,16 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, PairCompute, Pairs, user_state
+from features.families.base import (
+    Column,
+    ComputeContext,
+    FeatureFamily,
+    FreshUsers,
+    PairCompute,
+    Pairs,
+    owner_state,
+    user_state,
+)
 from features.schema import DAY, Columns
 
 RECENT_ITEMS = 10  # a user's latest items, for "similar to what they just watched"
@@ -43,9 +52,8 @@ class RecentSimilarity(FeatureFamily):
         vectors = (view.item_vectors / np.maximum(norms, 1e-9)).astype(np.float32)
         latest, days_ago = self.latest
         return [
-            Column("recent_sim_max", "pair", compute=_similarity(vectors, latest, "max")),
-            Column("recent_sim_mean", "pair", compute=_similarity(vectors, latest, "mean")),
-            Column("days_since_similar", "pair", compute=_days_since_similar(vectors, latest, days_ago)),
+            Column(name, "pair", compute=_column(vectors, latest, days_ago, position))
+            for position, name in enumerate(("recent_sim_max", "recent_sim_mean", "days_since_similar"))
         ]
 
     @cached_property
@@ -98,53 +106,49 @@ class RecentSimilarity(FeatureFamily):
 LATEST, DAYS_AGO = "recent_latest", "recent_days_ago"
 
 
-def _similarities(vectors: np.ndarray, latest: np.ndarray, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine of each candidate to each of its user's latest items, computed once per set of pairs.
+def _column(vectors: np.ndarray, latest: np.ndarray, days_ago: np.ndarray, position: int) -> PairCompute:
+    def compute(pairs: Pairs) -> np.ndarray:
+        return _similarity_columns(vectors, latest, days_ago, pairs)[position]
 
-    One matrix product per run of pairs with the same latest items (a user's
-    candidates come together): gathering the latest items' vectors for every
-    pair and multiplying pair by pair moved ~200 KB per user and cost most of
-    the ranker's feature rows.
+    return compute
+
+
+def _similarity_columns(
+    vectors: np.ndarray, latest: np.ndarray, days_ago: np.ndarray, pairs: Pairs
+) -> tuple[np.ndarray, ...]:
+    """``recent_sim_max``, ``recent_sim_mean`` and ``days_since_similar`` of every pair, computed together once per
+    set of pairs (the three columns read one matrix of cosines).
+
+    The cosines take one matrix product per run of pairs with the same latest items (a user's candidates come
+    together). A lone request is one run: its latest items are one row, read as that row rather than copied out
+    for every pair (about a third of the numpy work). Both ways give the same values, bit for bit.
     """
-    if "recent_similarities" not in pairs.scratch:
-        recent = user_state(latest, pairs, LATEST)  # (pairs, width), newest first
-        valid = recent >= 0
-        sims = np.empty(recent.shape, dtype=np.float32)
-        if len(recent):
-            candidates = vectors[pairs.items]
-            changes = np.flatnonzero(_owner_changes(pairs)) + 1
-            bounds = [0, *changes.tolist(), len(recent)]
-            for start, end in itertools.pairwise(bounds):
-                sims[start:end] = candidates[start:end] @ vectors[np.where(valid[start], recent[start], 0)].T
-        pairs.scratch["recent_similarities"] = (sims, valid)
-    return pairs.scratch["recent_similarities"]
+    key = "recent_similarity"
+    if key not in pairs.scratch:
+        state = owner_state if pairs.one_owner else user_state
+        recent, ages = state(latest, pairs, LATEST), state(days_ago, pairs, DAYS_AGO)
+        pairs.scratch[key] = _columns_of(vectors, recent, ages, pairs.items, pairs.owner_changes)
+    return pairs.scratch[key]
 
 
-def _owner_changes(pairs: Pairs) -> np.ndarray:
-    """Where a pair's user differs from the previous pair's (a user: a snapshot row, or a request's fresh slot)."""
-    changes = pairs.user_rows[1:] != pairs.user_rows[:-1]
-    if pairs.fresh_slots is not None:
-        changes |= pairs.fresh_slots[1:] != pairs.fresh_slots[:-1]
-    return changes
-
-
-def _days_since_similar(vectors: np.ndarray, latest: np.ndarray, days_ago: np.ndarray) -> PairCompute:
-    def compute(pairs: Pairs) -> np.ndarray:
-        sims, valid = _similarities(vectors, latest, pairs)
-        similar = valid & (sims >= SIMILAR)
-        first = similar.argmax(axis=1)  # the newest similar item (columns are newest first)
-        ages = np.take_along_axis(user_state(days_ago, pairs, DAYS_AGO), first[:, None], axis=1)[:, 0]
-        return np.where(similar.any(axis=1), ages, np.nan).astype(np.float32)
-
-    return compute
-
-
-def _similarity(vectors: np.ndarray, latest: np.ndarray, how: str) -> PairCompute:
-    def compute(pairs: Pairs) -> np.ndarray:
-        sims, valid = _similarities(vectors, latest, pairs)
-        if how == "max":
-            return np.where(valid, sims, -1.0).max(axis=1).astype(np.float32)
-        count = np.maximum(valid.sum(axis=1), 1)
-        return (np.where(valid, sims, 0.0).sum(axis=1) / count).astype(np.float32)
-
-    return compute
+def _columns_of(
+    vectors: np.ndarray, recent: np.ndarray, ages: np.ndarray, items: np.ndarray, changes: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """The three columns from each pair's latest items and their ages ((pairs, width), newest first), or from one
+    owner's ((width,)), ``changes`` where a new run of pairs starts."""
+    valid = recent >= 0
+    sims = np.empty((len(items), RECENT_ITEMS), dtype=np.float32)
+    if len(items):
+        candidates = vectors[items]
+        bounds = [0, *changes.tolist(), len(items)]
+        for start, end in itertools.pairwise(bounds):
+            owner = slice(None) if recent.ndim == 1 else start
+            sims[start:end] = candidates[start:end] @ vectors[np.where(valid[owner], recent[owner], 0)].T
+    largest = np.where(valid, sims, -1.0).max(axis=1).astype(np.float32)
+    count = np.maximum(valid.sum(axis=-1), 1)  # an int64 array, or one int64: the division runs in float64 either way
+    mean = (np.where(valid, sims, 0.0).sum(axis=1) / count).astype(np.float32)
+    similar = valid & (sims >= SIMILAR)
+    first = similar.argmax(axis=1)  # the newest similar item (columns are newest first)
+    newest = ages[first] if ages.ndim == 1 else np.take_along_axis(ages, first[:, None], axis=1)[:, 0]
+    days = np.where(similar.any(axis=1), newest, np.nan).astype(np.float32)
+    return largest, mean, days

@@ -9,7 +9,7 @@ import pytest
 from features.compute import compute_features
 from features.families import Pairs
 from features.families.base import one_object_per_value
-from features.families.recent_similarity import RecentSimilarity
+from features.families.recent_similarity import RECENT_ITEMS, RecentSimilarity, _columns_of
 from features.families.segments import bucket_label, bucket_labels
 from stages.feature_view import FeatureView
 
@@ -164,3 +164,24 @@ def test_numeric_attributes_fall_in_quantile_buckets_missing_in_none():
     labels = bucket_labels(values, [2.0, 3.0])
     assert labels.tolist() == [None, "q0", "q1", "q1", "q2", None] and labels.index.tolist() == list("uvwxyz")
     assert labels.tolist() == [bucket_label(v, [2.0, 3.0]) for v in [None, 1.0, 2.0, 2.5, 3.0, None]]
+
+
+@pytest.mark.parametrize("n_latest", [0, 3, RECENT_ITEMS])
+def test_recent_similarity_of_one_owner_equals_the_columns_copied_out_per_pair(n_latest: int):
+    """A lone request reads its user's latest items as one row; a batch copies them out per pair: the same values,
+    bit for bit (a mean over fewer valid items, no similar item, no latest item at all)."""
+    rng = np.random.default_rng(n_latest)
+    vectors = rng.normal(size=(60, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[1] = vectors[0]  # item 1 is item 0: a cosine of 1, so some candidate has a similar latest item
+    recent = np.full(RECENT_ITEMS, -1, dtype=np.int64)
+    recent[:n_latest] = rng.choice(np.arange(1, 60), n_latest, replace=False)
+    ages = np.where(recent >= 0, rng.uniform(0, 90, RECENT_ITEMS), np.nan).astype(np.float32)
+    items = rng.choice(60, 40, replace=False)
+    items[0] = 0
+    one = _columns_of(vectors, recent, ages, items, np.empty(0, np.int64))
+    each = _columns_of(vectors, np.tile(recent, (40, 1)), np.tile(ages, (40, 1)), items, np.empty(0, np.int64))
+    for got, expected in zip(one, each, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert one[0].dtype == one[1].dtype == one[2].dtype == np.float32
+    assert np.isnan(one[2]).all() == (n_latest == 0)

@@ -78,14 +78,18 @@ def test_the_default_model_is_read_with_ctrs_and_one_hot_splits():
     assert len(trees.onehot_columns) and len(trees.ctr_of_split)
 
 
-def test_rows_that_share_their_categories_give_what_each_gives_alone():
-    """A lone user's rows share the user's categories: looked up once, the same leaves as row by row."""
-    model = _model()
+@pytest.mark.parametrize("params", [{}, {"max_ctr_complexity": 3, "depth": 4}])
+def test_rows_that_share_their_categories_give_what_each_gives_alone(params: dict[str, object]):
+    """A lone user's rows share the user's categories: looked up once (CTRs keyed by categories alone; those with
+    numeric borders in their key row by row), the same leaves as row by row."""
+    model = _model(**params)
     trees = SymmetricTrees.of(model, NAMES)
     numeric, categorical = _unseen_rows()
     categorical[:] = categorical[3]
     hashes = CategoryHashes.of(model, NAMES, categorical.ravel().tolist())
-    together = trees.leaves(numeric, hashes.codes(categorical))
+    codes = hashes.codes(categorical)
+    assert codes is not None and codes.strides[0] == 0  # one row, seen as many
+    together = trees.leaves(numeric, codes)
     alone = np.concatenate(
         [trees.leaves(numeric[i : i + 1], hashes.codes(categorical[i : i + 1])) for i in range(40)], 1
     )

@@ -439,6 +439,11 @@ class CandidateModel:
 
     def _seen_pairs(self, users: np.ndarray, recent: list[Recent | None]) -> tuple[np.ndarray, np.ndarray]:
         """(row, item) of every item each user has taken, stored or recent."""
+        if len(users) == 1:  # a lone request: its user's row as it is
+            seen = self._seen_row(int(users[0]))[0]
+            if recent[0] is not None:
+                seen = np.concatenate([seen, recent[0].items])
+            return np.zeros(len(seen), dtype=np.intp), seen
         # Slices of the CSR arrays: a sparse row selection costs more than the rest of a request.
         known = np.maximum(users, 0)
         starts = self.seen.indptr[known]
@@ -454,8 +459,9 @@ class CandidateModel:
     def _cooc_scores(self, seeds: np.ndarray) -> np.ndarray:
         """Per user, the summed co-consumption weight of every item with the user's latest items (``seeds``)."""
         known = seeds >= 0
-        neighbours = self.cooc.items[np.where(known, seeds, 0)]  # (users, seeds, neighbours), -1 pads
-        weights = self.cooc.weights[np.where(known, seeds, 0)] * known[..., None]
+        rows = np.where(known, seeds, 0)
+        neighbours = self.cooc.items[rows]  # (users, seeds, neighbours), -1 pads
+        weights = self.cooc.weights[rows] * known[..., None]
         valid = neighbours >= 0
         flat = (neighbours + (np.arange(len(seeds)) * self.n_items)[:, None, None])[valid]
         totals = np.bincount(flat, weights=weights[valid], minlength=len(seeds) * self.n_items)
@@ -567,13 +573,12 @@ def _merge_ranked(proposals: list[np.ndarray], n_items: int) -> tuple[np.ndarray
     position = np.empty(n_items, dtype=np.intp)
     position[merged] = np.arange(len(merged))
     positions = position[proposed]
-    ranks, start = [], 0
-    for items in proposals:
-        rank = np.full(len(merged), np.nan, dtype=np.float32)
+    ranks = np.full((len(proposals), len(merged)), np.nan, dtype=np.float32)
+    start = 0
+    for rank, items in zip(ranks, proposals, strict=True):
         rank[positions[start : start + len(items)][::-1]] = np.arange(len(items), 0, -1, dtype=np.float32)
-        ranks.append(rank)
         start += len(items)
-    return merged.astype(np.int64, copy=False), ranks
+    return merged.astype(np.int64, copy=False), list(ranks)
 
 
 def _latest_items(user_codes: np.ndarray, item_codes: np.ndarray, n_users: int, width: int) -> np.ndarray:

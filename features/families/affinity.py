@@ -70,8 +70,9 @@ class Affinity(FeatureFamily):
         out = []
         for attribute, (user_share, onehot) in self.shares.items():
             key = _key(attribute)
-            out.append(Column(f"aff_{attribute}", "pair", compute=_mean_share(user_share, onehot, key)))
-            out.append(Column(f"aff_{attribute}_max", "pair", compute=_max_share(user_share, onehot, key)))
+            counts = np.maximum(onehot.sum(axis=1), 1.0)  # each item's number of values (at least 1), summed once
+            out.append(Column(f"aff_{attribute}", "pair", compute=_mean_share(user_share, onehot, counts, key)))
+            out.append(Column(f"aff_{attribute}_max", "pair", compute=_max_share(user_share, onehot, counts, key)))
         return out
 
     def fresh(self, users: FreshUsers) -> None:
@@ -97,28 +98,30 @@ def _key(attribute: str) -> str:
     return f"affinity_share_{attribute}"
 
 
-def _shares(user_share: np.ndarray, onehot: np.ndarray, key: str, pairs: Pairs) -> tuple[np.ndarray, ...]:
+def _shares(
+    user_share: np.ndarray, onehot: np.ndarray, counts: np.ndarray, key: str, pairs: Pairs
+) -> tuple[np.ndarray, ...]:
     """Per pair, the mean and the largest of the user's shares of the candidate's values (computed once)."""
     cached = f"{key}_by_pair"
     if cached not in pairs.scratch:
         values = onehot[pairs.items]
         product = (owner_state if pairs.one_owner else user_state)(user_share, pairs, key) * values
-        mean = product.sum(axis=1) / np.maximum(values.sum(axis=1), 1.0)
+        mean = product.sum(axis=1) / counts[pairs.items]
         largest = product.max(axis=1) if product.shape[1] else np.zeros(len(pairs.items), np.float32)
         pairs.scratch[cached] = (mean, largest)  # two numbers a pair, not the pairs x values products
     return pairs.scratch[cached]
 
 
-def _mean_share(user_share: np.ndarray, onehot: np.ndarray, key: str) -> PairCompute:
+def _mean_share(user_share: np.ndarray, onehot: np.ndarray, counts: np.ndarray, key: str) -> PairCompute:
     def compute(pairs: Pairs) -> np.ndarray:
-        return _shares(user_share, onehot, key, pairs)[0]
+        return _shares(user_share, onehot, counts, key, pairs)[0]
 
     return compute
 
 
-def _max_share(user_share: np.ndarray, onehot: np.ndarray, key: str) -> PairCompute:
+def _max_share(user_share: np.ndarray, onehot: np.ndarray, counts: np.ndarray, key: str) -> PairCompute:
     def compute(pairs: Pairs) -> np.ndarray:
-        return _shares(user_share, onehot, key, pairs)[1]
+        return _shares(user_share, onehot, counts, key, pairs)[1]
 
     return compute
 

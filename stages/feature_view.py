@@ -153,14 +153,14 @@ class FeatureView:
 class _RowPlan:
     """Where each block of a ranker row comes from (see :meth:`FeatureView._plan`)."""
 
-    item_cols: list[int]
+    item_cols: list[int] | slice  # a slice when the columns are adjacent: a plain copy, not a scatter
     item_block: np.ndarray
-    user_cols: list[int]
+    user_cols: list[int] | slice  # a slice when the columns are adjacent: a plain copy, not a scatter
     user_block: np.ndarray
     pair_cols: list[tuple[int, Column]]
-    item_cat_cols: list[int]
+    item_cat_cols: list[int] | slice  # a slice when the columns are adjacent: a plain copy, not a scatter
     item_cat_block: np.ndarray
-    user_cat_cols: list[int]
+    user_cat_cols: list[int] | slice  # a slice when the columns are adjacent: a plain copy, not a scatter
     user_cat_block: np.ndarray
 
     @classmethod
@@ -171,14 +171,14 @@ class _RowPlan:
         item_cols, user_cols = where(numeric, "item"), where(numeric, "user")
         item_cat_cols, user_cat_cols = where(categorical, "item"), where(categorical, "user")
         return cls(
-            item_cols=item_cols,
+            item_cols=_adjacent(item_cols),
             item_block=_stack([_values(numeric[j]) for j in item_cols], n_items, np.float32),
-            user_cols=user_cols,
+            user_cols=_adjacent(user_cols),
             user_block=_stack([_values(numeric[j]) for j in user_cols], n_users, np.float32),
             pair_cols=[(j, numeric[j]) for j in where(numeric, "pair")],
-            item_cat_cols=item_cat_cols,
+            item_cat_cols=_adjacent(item_cat_cols),
             item_cat_block=_stack([_values(categorical[j]) for j in item_cat_cols], n_items, object),
-            user_cat_cols=user_cat_cols,
+            user_cat_cols=_adjacent(user_cat_cols),
             user_cat_block=_stack([_values(categorical[j]) for j in user_cat_cols], n_users, object),
         )
 
@@ -209,6 +209,13 @@ def _override_user_columns(matrix: np.ndarray, names: tuple[str, ...], pairs: Pa
 def _state_columns(names: tuple[str, ...], state_keys: tuple[str, ...]) -> np.ndarray:
     """Which of a ranker's columns the fresh users' state replaces (a few rankers x one set of families)."""
     return np.array([j for j, name in enumerate(names) if name in state_keys], dtype=np.intp)
+
+
+def _adjacent(columns: list[int]) -> list[int] | slice:
+    """The columns as a slice when they are adjacent (each family's columns usually are)."""
+    if columns and columns == list(range(columns[0], columns[-1] + 1)):
+        return slice(columns[0], columns[-1] + 1)
+    return columns
 
 
 def _stack(columns: list[np.ndarray], rows: int, dtype: type) -> np.ndarray:

@@ -568,9 +568,9 @@ class TwoStageRecommender:
         items = items.astype(np.int64)
         return Recommendation(
             user_id=query.user_id,
-            item_ids=[str(i) for i in self.candidates.item_ids[items]],
-            scores=[round(float(s), 6) for s in scores],
-            titles=list(self.view.titles[items]),
+            item_ids=[str(i) for i in self.candidates.item_ids[items].tolist()],
+            scores=[round(s, 6) for s in scores.astype(np.float64).tolist()],  # float(s) of each, in one call
+            titles=self.view.titles[items].tolist(),
             strategy=strategy,
             message=message,
             first_rank=query.offset + 1,

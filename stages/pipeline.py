@@ -578,4 +578,7 @@ class TwoStageRecommender:
 
 
 def _flat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+    """One array of a batch's per-query arrays (a lone query's as it is: no concatenation)."""
+    if len(arrays) == 1:
+        return np.asarray(arrays[0]).astype(dtype, copy=False)
     return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype)

@@ -103,7 +103,7 @@ def popularity_share(
 
 def ranking(scores: np.ndarray) -> np.ndarray:
     """Indices by descending score, ties by index (a stable, seedless order)."""
-    return np.lexsort((np.arange(len(scores)), -scores)).astype(np.int64)
+    return np.argsort(-scores, kind="stable").astype(np.int64)  # stable: ties by index
 
 
 @dataclass

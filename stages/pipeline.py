@@ -388,7 +388,7 @@ class TwoStageRecommender:
 
     def _page(self, query: Query, cand: np.ndarray, score: np.ndarray) -> np.ndarray:
         """Positions of a query's page among its candidates: ranked once to its depth, re-ranked for diversity."""
-        order = np.lexsort((np.arange(len(cand)), -score))
+        order = np.argsort(-score, kind="stable")  # ties by candidate order, as a lexsort on (order, -score) would
         if query.diversity > 0:
             order = mmr(order, score[order], self.unit_vectors[cand[order]], query.diversity, query.depth)
         return order[query.offset : query.depth]

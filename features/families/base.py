@@ -300,6 +300,11 @@ def zero_nan(values: np.ndarray) -> np.ndarray:
     return np.where(values == values, values, 0.0)
 
 
+def zero_nan_value(value: float) -> float:
+    """:func:`zero_nan` of one number, in plain Python (a request's per-user loops: a numpy call costs more)."""
+    return value if value == value else 0.0
+
+
 def categories(column: pd.Series) -> np.ndarray:
     """A categorical column as strings, missing values as :data:`UNKNOWN`, one object per distinct value."""
     return one_object_per_value(column.map(lambda v: UNKNOWN if v is None or v != v else str(v)).to_numpy(dtype=object))

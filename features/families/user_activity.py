@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, ViewContext
+from features.families.base import Column, ComputeContext, FeatureFamily, FreshUsers, ViewContext, zero_nan_value
 from features.schema import DAY, Columns
 
 COLUMNS = ("activity", "activity_30d", "user_mean_weight", "days_since_last")
@@ -52,17 +52,13 @@ class UserActivity(FeatureFamily):
         state = {key: np.empty(len(users.rows), dtype=np.float32) for key in (REQUEST_ITEMS, *COLUMNS)}
         for slot, row in users.each():
             before = {c: float(values[row]) for c, values in self.values.items()}
-            activity, count = _zero_nan(before["activity"]), len(users.items[slot])
+            activity, count = zero_nan_value(before["activity"]), len(users.items[slot])
             days = users.days_ago[slot].tolist()
-            total_weight = activity * _zero_nan(before["user_mean_weight"]) + sum(users.weights[slot].tolist())
+            total_weight = activity * zero_nan_value(before["user_mean_weight"]) + sum(users.weights[slot].tolist())
             state[REQUEST_ITEMS][slot] = count
             state["activity"][slot] = activity + count
-            state["activity_30d"][slot] = _zero_nan(before["activity_30d"]) + sum(d <= RECENT_DAYS for d in days)
+            state["activity_30d"][slot] = zero_nan_value(before["activity_30d"]) + sum(d <= RECENT_DAYS for d in days)
             state["user_mean_weight"][slot] = total_weight / max(activity + count, 1)
             # The newest of the snapshot's last interaction (NaN: it never saw the user) and the request's.
             state["days_since_last"][slot] = min((d for d in (before["days_since_last"], *days) if d == d), default=NAN)
         users.state.update(state)
-
-
-def _zero_nan(value: float) -> float:
-    return value if value == value else 0.0

@@ -197,12 +197,13 @@ def _override_user_columns(matrix: np.ndarray, names: tuple[str, ...], pairs: Pa
     columns = _state_columns(names, tuple(state))
     if not len(columns):
         return
+    if pairs.one_owner and pairs.fresh_slots[0] >= 0:  # a lone request's fresh user: its values on every row
+        slot = int(pairs.fresh_slots[0])
+        matrix[:, columns] = [state[names[j]][slot] for j in columns]
+        return
     rows = pairs.fresh_positions
     values = np.array([state[names[j]] for j in columns]).T  # (fresh users, columns)
-    if len(values) == 1 and len(rows) == len(matrix):  # a lone request's user: its values on every row
-        matrix[:, columns] = values[0]
-    else:  # one block assignment, not one masked copy per column
-        matrix[rows[:, None], columns] = values[pairs.fresh_slots[rows]]
+    matrix[rows[:, None], columns] = values[pairs.fresh_slots[rows]]  # one block, not a masked copy per column
 
 
 @functools.lru_cache(maxsize=64)

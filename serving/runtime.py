@@ -296,7 +296,7 @@ class Runtime:
             self.visitor_ranker,
             self.recent_ranker,
         )
-        self.pipeline.category_hashes  # noqa: B018  (built now, not by the first request)
+        self.pipeline.check_fast_scoring()  # the category hashes built now, and checked, not by the first request
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -369,7 +369,7 @@ class Runtime:
 
         def swap(view: FeatureView) -> None:
             pipeline = self.pipeline.with_view(view)
-            pipeline.category_hashes  # noqa: B018  (the new values' hashes, before a request needs them)
+            pipeline.check_fast_scoring()  # the new values' hashes, built and checked before a request needs them
             # One reference assignment: requests in flight keep the pipeline they started with.
             self.pipeline = pipeline
 

@@ -19,6 +19,7 @@ Users the two stages cannot rank are answered by ``stages/cold_start.py``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -34,6 +35,8 @@ from stages.feature_view import FeatureNames, FeatureView
 from stages.ranker import Ranker
 from stages.rules import AttributeFilter, Filters, as_filters, mmr, unit_rows
 from stages.symmetric_trees import FAST_ROWS, CategoryHashes
+
+logger = logging.getLogger(__name__)
 
 TWO_STAGE = "two_stage"
 POPULAR = "popular"
@@ -184,6 +187,34 @@ class TwoStageRecommender:
             names = self.ranker.names
             self._category_hashes = self.ranker.category_hashes(self.view.category_values(names))
         return self._category_hashes
+
+    def check_fast_scoring(self, users: int = 8) -> bool:
+        """Score a few known users' rows both ways, numpy arrays and CatBoost, with every ranker; on any
+        difference (a hash misread from CatBoost's export, an export a new CatBoost writes otherwise) the arrays
+        are not used over this snapshot: logged, and CatBoost scores every row. Where a pipeline goes into service
+        (serving/runtime.py), before any request. A guard against a systematic misreading, not a proof: the users
+        are spread over the candidate model's, and a value none of them has is not checked."""
+        hashes = self.category_hashes
+        known = self.candidates.user_ids
+        spread = np.unique(np.linspace(0, len(known) - 1, min(users, len(known))).astype(np.int64))
+        queries = [Query(str(u)) for u in known[spread]]
+        if hashes is None or not queries:
+            return True
+        indices = np.array([self.candidates.user_index[q.user_id] for q in queries], dtype=np.int64)
+        numeric, categorical = self.pair_rows(indices, self.candidate_lists(queries))
+        codes = hashes.codes(categorical)
+        rankers = {id(r): r for r in (self.ranker, self.visitor_ranker, self.recent_ranker) if r is not None}
+        for ranker in rankers.values():
+            if codes is None or ranker.trees is None:
+                continue
+            if not np.array_equal(ranker.score(numeric, categorical, codes), ranker.score(numeric, categorical)):
+                logger.error(
+                    "the rankers' numpy trees disagree with CatBoost on %s: CatBoost scores every row",
+                    self.view.version,
+                )
+                self._category_hashes = CategoryHashes({})
+                return False
+        return True
 
     def _codes(self, categorical: np.ndarray) -> np.ndarray | None:
         """The rows' categorical hashes for the rankers' numpy trees; ``None`` sends the rows to CatBoost: past

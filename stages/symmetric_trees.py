@@ -20,7 +20,9 @@ combinations with float splits, multi-class CTRs), or a batch larger than
 from __future__ import annotations
 
 import ast
+import itertools
 import json
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -71,10 +73,8 @@ class CategoryHashes:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.py"
             model.save_model(str(path), format="python", pool=pool)
-            source = path.read_text()
-        start = source.index("cat_features_hashes = {") + len("cat_features_hashes = ")
-        table = ast.literal_eval(source[start : source.index("}", start) + 1])
-        return cls({str(k): int(v) for k, v in table.items()})
+            source = path.read_text(encoding="utf-8")
+        return cls(_exported_hashes(source))
 
     def codes(self, categorical: np.ndarray) -> np.ndarray | None:
         """The hashes of a (rows, features) object matrix as int32; None when a value is not known.
@@ -98,6 +98,29 @@ class CategoryHashes:
             return None
         # Every row alike: one row seen as many (stride 0), which SymmetricTrees reads as one.
         return np.ndarray((rows, width), np.int32, buffer=one, strides=(0, 4)) if alike and rows else out
+
+
+# One entry of the export's table: a C string literal of the value's UTF-8 bytes, then its hash.
+_ENTRY = re.compile(r'^    "((?:[^"\\]|\\.)*)": (-?\d+),$')
+
+
+def _exported_hashes(source: str) -> dict[str, int]:
+    """The ``cat_features_hashes`` table of CatBoost's Python export: one ``"value": hash,`` line per value, the
+    value escaped as C does (``\\n``, ``\\"``, bytes past ASCII as ``\\xHH`` or octal), which a Python bytes
+    literal reads alike. A line this cannot read leaves its value out: rows with it go to CatBoost."""
+    lines = source.splitlines()
+    if "cat_features_hashes = {" not in lines:
+        return {}
+    table = {}
+    for line in itertools.takewhile(lambda text: text != "}", lines[lines.index("cat_features_hashes = {") + 1 :]):
+        entry = _ENTRY.match(line)
+        if entry is None:
+            continue
+        try:
+            table[ast.literal_eval(f'b"{entry.group(1)}"').decode("utf-8")] = int(entry.group(2))
+        except (SyntaxError, ValueError):  # not a literal Python reads alike, or not UTF-8 (a ValueError): left out
+            continue
+    return table
 
 
 class SymmetricTrees:

@@ -7,12 +7,14 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 import pytest
+from catboost import CatBoost, Pool
 
 from features.compute import compute_features
 from features.schema import Dataset, validate_interactions
 from stages.candidates import CandidateModel, CandidateParams
 from stages.feature_view import FeatureView
 from stages.pipeline import POPULAR, TWO_STAGE, Query, RecentEvent, TwoStageRecommender
+from stages.ranker import Ranker
 from stages.symmetric_trees import CategoryHashes
 
 # Who took what. Popularity (distinct users): i0 5, i1 4, i2 3, i3 2, i4 1, i5 1 (ties by id).
@@ -269,3 +271,24 @@ def test_cold_start_honours_exclusions(tiny):
     pipeline = pipeline_for(with_newcomer(tiny))
     (answer,) = pipeline.recommend([Query("u3", k=2, exclude_items=["c"])])
     assert answer.item_ids == ["b", "a"]
+
+
+def test_numpy_trees_that_disagree_with_catboost_are_not_used(parts):
+    """The check a pipeline passes before it serves: scores both ways; with hashes that do not match CatBoost's the
+    arrays are dropped for that snapshot, and the answers are CatBoost's."""
+    candidates, view = parts
+    names = view.available()
+    assert names.categorical  # the users' job: hashed categories take part
+    queries = [Query(str(u), k=4) for u in candidates.user_ids]
+    _, (numeric, categorical) = TwoStageRecommender(candidates, None, view, 6).query_rows(queries, names)
+    model = CatBoost({"iterations": 20, "depth": 3, "verbose": False, "random_seed": 0, "allow_writing_files": False})
+    job = categorical[:, names.categorical.index("cat_job")]
+    model.fit(Pool(Ranker.data(names, numeric, categorical), label=(job == "a") * 2.0 + np.arange(len(job)) % 3))
+    served = TwoStageRecommender(candidates, Ranker(model, names), view, 6)
+    assert served.check_fast_scoring()
+    assert served.category_hashes is not None and served.category_hashes.table
+    wrong = CategoryHashes({value: code + 1 for value, code in served.category_hashes.table.items()})
+    misread = TwoStageRecommender(candidates, Ranker(model, names), view, 6, category_hashes=wrong)
+    assert not misread.check_fast_scoring()
+    assert misread.category_hashes is not None and misread.category_hashes.table == {}
+    assert [a.scores for a in misread.recommend(queries)] == [a.scores for a in served.recommend(queries)]

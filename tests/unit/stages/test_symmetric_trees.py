@@ -128,3 +128,22 @@ def test_a_model_the_arrays_cannot_read_is_scored_by_catboost():
     assert codes is None  # no hashes for a model whose rows never go to the arrays
     expected = model.predict(Ranker.data(NAMES, numeric, categorical), prediction_type="RawFormulaVal")
     assert np.array_equal(ranker.score(numeric, categorical, codes), expected.astype(np.float32))
+
+
+def test_categories_with_quotes_braces_escapes_and_other_scripts_are_hashed_as_catboost_hashes_them():
+    """CatBoost's export writes each value as a C string literal of its UTF-8 bytes: every one is read back."""
+    names = FeatureNames(("x",), ("c",))
+    values = ['a"b', "a}b", "a\\b", "line\nbreak", "cr\rx", "tab\there", "ünï©ødé", "日本", "'q'", "{", "", " "]
+    rng = np.random.default_rng(0)
+    numeric = rng.normal(size=(600, 1)).astype(np.float32)
+    categorical = rng.choice(values, 600).astype(object)[:, None]
+    target = numeric[:, 0] + np.array([values.index(v) % 3 for v in categorical[:, 0]])
+    model = CatBoost({"iterations": 30, "depth": 4, "verbose": False, "random_seed": 0, "allow_writing_files": False})
+    model.fit(Pool(Ranker.data(names, numeric, categorical), label=target))
+    hashes = CategoryHashes.of(model, names, values)
+    assert sorted(hashes.table) == sorted(values)
+    codes = hashes.codes(categorical)
+    assert codes is not None
+    trees = SymmetricTrees.of(model, names)
+    data = Ranker.data(names, numeric, categorical)
+    assert np.array_equal(trees.raw(trees.leaves(numeric, codes)), model.predict(data, prediction_type="RawFormulaVal"))

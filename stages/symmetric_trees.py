@@ -26,7 +26,6 @@ import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -260,10 +259,6 @@ class _CtrTable:
     keys: np.ndarray  # sorted uint64
     ctrs: list[int] = field(default_factory=list)
 
-    @cached_property
-    def _slots(self) -> dict[int, int]:
-        return {k: j for j, k in enumerate(self.keys.tolist())}
-
     def slot_of(self, codes: list[int]) -> int:
         """The slot of one row keyed by categories alone (-1: a key training never saw)."""
         hashed = 0
@@ -271,7 +266,8 @@ class _CtrTable:
             hashed = (_MAGIC_INT * (hashed + _MAGIC_INT * (codes[column] & _MASK))) & _MASK
         for column, value in self.exact:
             hashed = (_MAGIC_INT * (hashed + _MAGIC_INT * int(codes[column] == value))) & _MASK
-        return self._slots.get(hashed, -1)
+        slot = int(self.keys.searchsorted(np.uint64(hashed)))  # not a dict: a table can hold a key per user
+        return slot if slot < len(self.keys) and int(self.keys[slot]) == hashed else -1
 
     def slots_of(self, by_column: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Each row's slot in the table (-1: a key training never saw)."""

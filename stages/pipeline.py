@@ -549,7 +549,8 @@ class TwoStageRecommender:
     def _score_rows(
         self, numeric: np.ndarray, categorical: np.ndarray, users: list[_User], lengths: list[int]
     ) -> np.ndarray:
-        """Every row's score, each query's rows by its ranker (one CatBoost call per ranker in the batch)."""
+        """Every row's score, each query's rows by its ranker (one call per ranker in the batch: its numpy trees
+        for up to ``FAST_ROWS`` rows of known categories, CatBoost otherwise)."""
         rankers = [self._ranker_of(user) for user in users]
         codes = self._codes(categorical)
         if all(r is rankers[0] for r in rankers):

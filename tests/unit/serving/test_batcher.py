@@ -293,7 +293,7 @@ def test_cost_units_follow_recent_items_and_explanations():
     plain = RecommendRequest(user_id="1", k=100)
     heavy = RecommendRequest(user_id="1", k=100, explain=True, recent_items=[{"item_id": str(i)} for i in range(100)])
     assert query_cost(plain) == 1.0
-    assert query_cost(heavy) == pytest.approx(1 + 1 + 0.5 + 100 / 30)
+    assert query_cost(heavy) == pytest.approx(1 + 0.6 + 0.6 + 100 / 30)
 
 
 def test_a_slow_small_call_moves_the_clock_as_little_as_it_weighs():

@@ -212,7 +212,7 @@ class TwoStageRecommender:
                     "the rankers' numpy trees disagree with CatBoost on %s: CatBoost scores every row",
                     self.view.version,
                 )
-                self._category_hashes = CategoryHashes({})
+                self._category_hashes = CategoryHashes({}, usable=False)
                 return False
         return True
 

@@ -203,7 +203,7 @@ class Ranker:
         evaluate, and CatBoost scores every row."""
         try:
             return SymmetricTrees.of(self.model, self.names)
-        except Unsupported as exc:
+        except (Unsupported, KeyError, IndexError, TypeError, ValueError) as exc:  # an export it does not know
             logger.info("the ranker is scored by CatBoost alone: %s", exc)
             return None
 

@@ -12,9 +12,9 @@ compare leaves and scores on every row of a trained model).
 Categorical values enter as CatBoost's own 32-bit hashes of their strings,
 which only CatBoost computes: :class:`CategoryHashes` asks it once for every
 value of a feature snapshot. A row with a value it does not know, a model
-with a construct this does not read (non-symmetric trees, CTRs over feature
-combinations with float splits, multi-class CTRs), or a batch larger than
-:data:`FAST_ROWS` goes to CatBoost instead.
+with a construct this does not read (non-symmetric trees, more than one value
+per leaf, multi-class or target-mean CTRs, text features), or a batch larger
+than :data:`FAST_ROWS` goes to CatBoost instead.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from catboost import CatBoost, FeaturesData, Pool
+from catboost import CatBoost, CatBoostError, FeaturesData, Pool
 
 from stages.feature_view import FeatureNames
 
@@ -51,8 +51,9 @@ class Unsupported(ValueError):
 class CategoryHashes:
     """CatBoost's hash of each known categorical value (a string), for :meth:`SymmetricTrees.leaves`."""
 
-    def __init__(self, table: dict[str, int]) -> None:
+    def __init__(self, table: dict[str, int], usable: bool = True) -> None:
         self.table = table
+        self.usable = usable  # False: the numpy trees disagreed with CatBoost over this snapshot; no codes given
 
     @classmethod
     def of(cls, model: CatBoost, names: FeatureNames, values: Iterable[str]) -> CategoryHashes:
@@ -81,6 +82,8 @@ class CategoryHashes:
         Column by column: a lone user's rows share the user's columns (one lookup each), and item columns repeat
         few values.
         """
+        if not self.usable:
+            return None
         table = self.table
         rows, width = categorical.shape
         out = np.empty((rows, width), dtype=np.int32)
@@ -95,8 +98,12 @@ class CategoryHashes:
                     out[:, j], alike = [table[v] for v in column], False
         except (KeyError, TypeError):  # a value this snapshot did not have, or not a string
             return None
-        # Every row alike: one row seen as many (stride 0), which SymmetricTrees reads as one.
-        return np.ndarray((rows, width), np.int32, buffer=one, strides=(0, 4)) if alike and rows else out
+        if not (alike and rows):
+            return out
+        # Every row alike: one row seen as many (stride 0, read-only), which SymmetricTrees reads as one.
+        same = np.ndarray((rows, width), np.int32, buffer=one, strides=(0, 4))
+        same.flags.writeable = False
+        return same
 
 
 # One entry of the export's table: a C string literal of the value's UTF-8 bytes, then its hash.
@@ -127,8 +134,8 @@ class SymmetricTrees:
 
     The splits the trees use are numbered once: float comparisons first, then
     one-hot equalities, then CTR comparisons, then one split that is always
-    false (it pads trees shallower than the deepest). ``levels[t, d]`` is the
-    split of tree ``t`` at depth ``d``.
+    false (it pads trees shallower than the deepest). ``levels_by_depth[d, t]``
+    is the split of tree ``t`` at depth ``d``.
     """
 
     def __init__(self, spec: dict[str, Any], names: FeatureNames) -> None:
@@ -147,6 +154,9 @@ class SymmetricTrees:
         trees = spec.get("oblivious_trees")
         if not trees:
             raise Unsupported("no symmetric trees")
+        scale, bias = spec["scale_and_bias"]
+        if len(bias) != 1 or any(len(t["leaf_values"]) != 1 << len(t["splits"]) for t in trees):
+            raise Unsupported("a multi-dimensional model (one value per leaf is read)")
         depth = max(len(tree["splits"]) for tree in trees)
         if depth > MAX_DEPTH:
             raise Unsupported(f"trees of depth {depth}")
@@ -155,11 +165,9 @@ class SymmetricTrees:
         used = sorted({s for tree in splits for s in tree}, key=lambda s: (kind_order.index(binary[s][0]), s))
         row = {s: j for j, s in enumerate(used)}
         never = len(used)
-        self.levels = np.array(
-            [[row[s] for s in tree] + [never] * (depth - len(tree)) for tree in splits], dtype=np.intp
-        )
-        self.levels_by_depth = np.ascontiguousarray(self.levels.T)
-        self.n_trees, self.depth, self.n_splits = len(trees), depth, len(used)
+        levels = np.array([[row[s] for s in tree] + [never] * (depth - len(tree)) for tree in splits], dtype=np.intp)
+        self.levels_by_depth = np.ascontiguousarray(levels.T)  # (depth, trees): the split of each tree at a depth
+        self.n_trees, self.n_splits = len(trees), len(used)
         kinds = [binary[s] for s in used]
         floats = [k for k in kinds if k[0] == "float"]
         self.float_columns = np.array([k[1] for k in floats], dtype=np.intp)
@@ -186,9 +194,6 @@ class SymmetricTrees:
         index = np.uint16 if self.n_trees << depth <= 1 << 16 else np.intp
         self.offsets = (np.arange(self.n_trees, dtype=index) * (1 << depth))[:, None]
         self.shifts = np.arange(depth, dtype=np.uint64)[:, None, None]
-        scale, bias = spec["scale_and_bias"]
-        if len(bias) != 1:
-            raise Unsupported("a multi-dimensional model")
         self.scale, self.bias = float(scale), float(bias[0])
 
     @classmethod
@@ -196,7 +201,10 @@ class SymmetricTrees:
         """The arrays of a trained model (read from its JSON export); :class:`Unsupported` when it cannot be."""
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.json"
-            model.save_model(str(path), format="json")
+            try:
+                model.save_model(str(path), format="json")
+            except CatBoostError as exc:  # text features, for one, export to cbm only
+                raise Unsupported(f"no JSON export: {exc}") from exc
             spec = json.loads(path.read_text())
         return cls(spec, names)
 
@@ -224,9 +232,10 @@ class SymmetricTrees:
 
     def raw(self, leaves: np.ndarray) -> np.ndarray:
         """Each row's raw score (float64) from its (trees, rows) leaves: CatBoost's ``RawFormulaVal``."""
-        index = np.add(leaves, self.offsets, dtype=self.offsets.dtype)
-        # Summed over axis 0 of a (trees, rows) block, numpy adds tree after tree, as CatBoost does.
-        total = np.take(self.values, index).sum(axis=0)
+        values = np.take(self.values, np.add(leaves, self.offsets, dtype=self.offsets.dtype))  # (trees, rows)
+        # Tree after tree, as CatBoost adds them: numpy sums axis 0 of a (trees, rows) block so from two rows up;
+        # one row is one contiguous run, which it would sum pairwise (the last bit can differ).
+        total = values.sum(axis=0) if values.shape[1] > 1 else np.cumsum(values, axis=0)[-1]
         return total * self.scale + self.bias if self.scale != 1.0 or self.bias else total
 
     def _ctr_values(self, by_column: np.ndarray, codes: np.ndarray) -> np.ndarray:

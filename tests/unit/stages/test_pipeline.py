@@ -290,5 +290,6 @@ def test_numpy_trees_that_disagree_with_catboost_are_not_used(parts):
     wrong = CategoryHashes({value: code + 1 for value, code in served.category_hashes.table.items()})
     misread = TwoStageRecommender(candidates, Ranker(model, names), view, 6, category_hashes=wrong)
     assert not misread.check_fast_scoring()
-    assert misread.category_hashes is not None and misread.category_hashes.table == {}
+    assert misread.category_hashes is not None and not misread.category_hashes.usable
+    assert misread._codes(categorical[:5]) is None and served._codes(categorical[:5]) is not None
     assert [a.scores for a in misread.recommend(queries)] == [a.scores for a in served.recommend(queries)]

@@ -5,6 +5,7 @@ categorical columns), and CatBoost kept for what the arrays do not read."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from catboost import CatBoost, Pool
 
@@ -147,3 +148,56 @@ def test_categories_with_quotes_braces_escapes_and_other_scripts_are_hashed_as_c
     trees = SymmetricTrees.of(model, names)
     data = Ranker.data(names, numeric, categorical)
     assert np.array_equal(trees.raw(trees.leaves(numeric, codes)), model.predict(data, prediction_type="RawFormulaVal"))
+
+
+def test_one_row_alone_sums_its_trees_in_catboosts_order():
+    """One row's leaf values are one contiguous run, which numpy would sum pairwise: each row scored alone equals
+    predict to the bit (300 trees: enough for pairwise and sequential sums to part in the last bit)."""
+    model = _model(iterations=300)
+    trees = SymmetricTrees.of(model, NAMES)
+    numeric, categorical = _unseen_rows()
+    hashes = CategoryHashes.of(model, NAMES, categorical.ravel().tolist())
+    data = Ranker.data(NAMES, numeric, categorical)
+    expected = model.predict(data, prediction_type="RawFormulaVal", thread_count=1)
+    alone = [trees.raw(trees.leaves(numeric[i : i + 1], hashes.codes(categorical[i : i + 1])))[0] for i in range(200)]
+    assert np.array_equal(np.array(alone), expected[:200])
+
+
+def test_hashes_found_unusable_give_no_codes_even_without_categories():
+    """After a failed check the arrays stop for every row, also where a ranker has no categorical column."""
+    assert CategoryHashes({}).codes(np.empty((5, 0), dtype=object)) is not None
+    assert CategoryHashes({}, usable=False).codes(np.empty((5, 0), dtype=object)) is None
+    assert CategoryHashes({"a": 1}, usable=False).codes(np.array([["a"]], dtype=object)) is None
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"loss_function": "MultiClass"}, {"loss_function": "MultiRMSE"}, {"grow_policy": "Lossguide"}],
+)
+def test_models_the_arrays_cannot_read_are_scored_by_catboost(params: dict[str, object]):
+    """Several values per leaf, or trees that are not symmetric: refused when read, never a crash at load."""
+    rng = np.random.default_rng(0)
+    numeric = rng.normal(size=(300, 3)).astype(np.float32)
+    names = FeatureNames(("x0", "x1", "x2"), ())
+    label = (
+        np.stack([numeric[:, 0], numeric[:, 1]], axis=1)
+        if params.get("loss_function") == "MultiRMSE"
+        else ((numeric[:, 0] > 0).astype(int) + (numeric[:, 1] > 0))
+    )
+    model = CatBoost({"iterations": 10, "depth": 3, "verbose": False, "allow_writing_files": False, **params})
+    model.fit(Pool(numeric, label=label))
+    with pytest.raises(Unsupported):
+        SymmetricTrees.of(model, names)
+    assert Ranker(model, names).trees is None
+
+
+def test_a_model_with_text_features_is_scored_by_catboost():
+    """CatBoost exports such a model to cbm only: refused when read."""
+    rng = np.random.default_rng(0)
+    texts = rng.choice(["good film", "bad film", "fine movie", "awful"], 300)
+    frame = pd.DataFrame({"x0": rng.normal(size=300).astype(np.float32), "review": texts})
+    label = (np.char.find(texts.astype(str), "good") >= 0).astype(int)
+    model = CatBoost({"iterations": 10, "verbose": False, "allow_writing_files": False, "loss_function": "Logloss"})
+    model.fit(Pool(frame, label=label, text_features=["review"]))
+    with pytest.raises(Unsupported):
+        SymmetricTrees.of(model, FeatureNames(("x0",), ()))

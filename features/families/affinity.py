@@ -16,7 +16,6 @@ from features.families.base import (
     PairCompute,
     Pairs,
     ViewContext,
-    owner_state,
     user_state,
     zero_nan,
 )
@@ -105,7 +104,7 @@ def _shares(
     cached = f"{key}_by_pair"
     if cached not in pairs.scratch:
         values = onehot[pairs.items]
-        product = (owner_state if pairs.one_owner else user_state)(user_share, pairs, key) * values
+        product = user_state(user_share, pairs, key) * values
         mean = product.sum(axis=1) / counts[pairs.items]
         largest = product.max(axis=1) if product.shape[1] else np.zeros(len(pairs.items), np.float32)
         pairs.scratch[cached] = (mean, largest)  # two numbers a pair, not the pairs x values products

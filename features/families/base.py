@@ -152,8 +152,8 @@ class Pairs:
 
     @cached_property
     def one_owner(self) -> bool:
-        """Whether every pair belongs to one user (a lone request): columns can read that user's row once
-        (:func:`owner_state`) rather than a copy of it per pair."""
+        """Whether every pair belongs to one user (a lone request): columns read that user's row once
+        (:func:`user_state`) rather than a copy of it per pair."""
         return len(self.items) > 0 and not len(self.owner_changes)
 
     @cached_property
@@ -165,26 +165,24 @@ class Pairs:
 
 
 def user_state(values: np.ndarray, pairs: Pairs, key: str) -> np.ndarray:
-    """Per pair, the row of a per-user array: the snapshot's, or the fresh one a family put under ``key``."""
-    if pairs.fresh is None or key not in pairs.fresh.state:
-        return values[pairs.user_rows]
-    fresh = pairs.fresh.state[key]
+    """The rows of a per-user array the pairs read: the snapshot's, or the fresh one a family put under ``key``.
+
+    One row per pair, except for pairs of one user (:attr:`Pairs.one_owner`, a lone request): then that user's
+    row alone, which broadcasts against per-pair arrays, not a copy of it per pair.
+    """
+    fresh = pairs.fresh.state.get(key) if pairs.fresh is not None else None
+    if fresh is None:
+        return values[pairs.user_rows[0]] if pairs.one_owner else values[pairs.user_rows]
     assert pairs.fresh_slots is not None  # set together with ``fresh``
+    if pairs.one_owner:
+        slot = int(pairs.fresh_slots[0])
+        return fresh[slot].astype(values.dtype, copy=False) if slot >= 0 else values[pairs.user_rows[0]]
     where = pairs.fresh_positions
-    if len(where) == len(pairs.items):  # every pair's user is fresh (a lone request): no snapshot row is read
+    if len(where) == len(pairs.items):  # every pair's user is fresh: no snapshot row is read
         return fresh[pairs.fresh_slots].astype(values.dtype, copy=False)
     out = values[pairs.user_rows]
     out[where] = fresh[pairs.fresh_slots[where]]
     return out
-
-
-def owner_state(values: np.ndarray, pairs: Pairs, key: str) -> np.ndarray:
-    """:func:`user_state` for pairs with :attr:`Pairs.one_owner`: that user's one row."""
-    if pairs.fresh is not None and key in pairs.fresh.state and pairs.fresh_slots is not None:
-        slot = int(pairs.fresh_slots[0])
-        if slot >= 0:
-            return pairs.fresh.state[key][slot].astype(values.dtype, copy=False)
-    return values[pairs.user_rows[0]]
 
 
 PairCompute = Callable[[Pairs], np.ndarray]  # one column for every (user, candidate) pair of a request

@@ -15,7 +15,6 @@ from features.families.base import (
     FreshUsers,
     PairCompute,
     Pairs,
-    owner_state,
     user_state,
 )
 from features.schema import DAY, Columns
@@ -125,8 +124,7 @@ def _similarity_columns(
     """
     key = "recent_similarity"
     if key not in pairs.scratch:
-        state = owner_state if pairs.one_owner else user_state
-        recent, ages = state(latest, pairs, LATEST), state(days_ago, pairs, DAYS_AGO)
+        recent, ages = user_state(latest, pairs, LATEST), user_state(days_ago, pairs, DAYS_AGO)
         pairs.scratch[key] = _columns_of(vectors, recent, ages, pairs.items, pairs.owner_changes)
     return pairs.scratch[key]
 

@@ -20,7 +20,6 @@ from features.families.base import (
     Pairs,
     ViewContext,
     one_object_per_value,
-    owner_state,
     user_state,
     with_unknown,
 )
@@ -184,9 +183,6 @@ def _key(attribute: str) -> str:
 
 def _segment_share(matrix: np.ndarray, user_codes: np.ndarray, key: str) -> PairCompute:
     def compute(pairs: Pairs) -> np.ndarray:
-        if pairs.one_owner:  # one user's segment: one row of the matrix, or none
-            code = owner_state(user_codes, pairs, key)
-            return matrix[code, pairs.items] if code >= 0 else np.full(len(pairs.items), np.nan, matrix.dtype)
         codes = user_state(user_codes, pairs, key)
         return np.where(codes >= 0, matrix[codes, pairs.items], np.nan)
 

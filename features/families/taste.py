@@ -14,7 +14,6 @@ from features.families.base import (
     FreshUsers,
     PairCompute,
     Pairs,
-    owner_state,
     user_state,
     zero_nan,
 )
@@ -91,7 +90,6 @@ class Taste(FeatureFamily):
 
 def _difference(item_values: np.ndarray, user_taste: np.ndarray, key: str) -> PairCompute:
     def compute(pairs: Pairs) -> np.ndarray:
-        state = owner_state if pairs.one_owner else user_state  # a lone request: its user's one value
-        return item_values[pairs.items] - state(user_taste, pairs, key)
+        return item_values[pairs.items] - user_state(user_taste, pairs, key)
 
     return compute

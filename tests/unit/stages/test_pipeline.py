@@ -283,7 +283,11 @@ def test_numpy_trees_that_disagree_with_catboost_are_not_used(parts):
     _, (numeric, categorical) = TwoStageRecommender(candidates, None, view, 6).query_rows(queries, names)
     model = CatBoost({"iterations": 20, "depth": 3, "verbose": False, "random_seed": 0, "allow_writing_files": False})
     job = categorical[:, names.categorical.index("cat_job")]
-    model.fit(Pool(Ranker.data(names, numeric, categorical), label=(job == "a") * 2.0 + np.arange(len(job)) % 3))
+    # Trained with every numeric column 0, so the users' job is the only thing the trees can split on, whatever
+    # model this machine's features would give otherwise: misread hashes must then change the scores.
+    blank = np.zeros_like(numeric)
+    model.fit(Pool(Ranker.data(names, blank, categorical), label=(job == "a") * 2.0 + np.arange(len(job)) % 3))
+    assert model.get_feature_importance(prettified=True).set_index("Feature Id").loc["cat_job", "Importances"] > 0
     served = TwoStageRecommender(candidates, Ranker(model, names), view, 6)
     assert served.check_fast_scoring()
     assert served.category_hashes is not None and served.category_hashes.table

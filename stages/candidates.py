@@ -318,34 +318,39 @@ class CandidateModel:
         vectors = self.als.user_factors[np.maximum(users, 0)]  # a gather: a copy of its own
         for row, extra in enumerate(recent):
             if extra is not None:
-                stored_items, stored_weights = self._seen_row(users[row])  # each item once (sum_duplicates)
-                recent_items = extra.items.tolist()
-                # Usually the recent items are new and distinct: known in plain Python for a few us.
-                distinct = len(set(recent_items)) == len(recent_items) and (
-                    not len(stored_items) or set(stored_items.tolist()).isdisjoint(recent_items)
-                )
-                vectors[row] = self._solve_user(
-                    np.concatenate([stored_items, extra.items]),
-                    np.concatenate([stored_weights, extra.weights]),
-                    distinct,
-                )
+                vectors[row] = self._solve_user(*self._history(int(users[row]), extra))
         return vectors
 
-    def _solve_user(self, items: np.ndarray, weights: np.ndarray, distinct: bool = False) -> np.ndarray:
-        """x = (YtY + reg I + Yt (C - I) Y)^-1 Yt C p for one user's items (repeats add up, as in the fit).
+    def _history(self, user: int, extra: Recent) -> tuple[np.ndarray, np.ndarray]:
+        """A user's stored items and then the recent ones, each item once, with its confidence (alpha x weight;
+        repeats add up, as in the fit).
 
-        ``distinct``: the caller knows no item repeats, so the six numpy calls that add repeats up are skipped.
+        The stored row is sorted and each item once (``sum_duplicates``), so
+        one binary search finds the recent items it holds; a request brings a
+        few, so the rest runs in plain Python, where each numpy call would cost
+        more than the arithmetic.
         """
-        if distinct:
-            confidence = self.params.alpha * weights.astype(np.float64)
+        stored_items, stored_weights = self._seen_row(user)
+        confidence = stored_weights.astype(np.float64)  # a copy: recent weights add to it
+        added: dict[int, float] = {}  # recent items the row does not hold, in order, weights summed
+        recent_items, recent_weights = extra.items.tolist(), extra.weights.tolist()
+        if len(stored_items):
+            at = np.searchsorted(stored_items, extra.items.astype(stored_items.dtype))  # one dtype: no copy of the row
+            positions, held = at.tolist(), stored_items[np.minimum(at, len(stored_items) - 1)].tolist()
         else:
-            order = np.argsort(items, kind="stable")
-            items = items[order]
-            first = np.ones(len(items), dtype=bool)
-            np.not_equal(items[1:], items[:-1], out=first[1:])
-            starts = np.flatnonzero(first)
-            confidence = self.params.alpha * np.add.reduceat(weights[order].astype(np.float64), starts)
-            items = items[starts]
+            positions, held = [0] * len(recent_items), [-1] * len(recent_items)
+        for item, weight, at, found in zip(recent_items, recent_weights, positions, held, strict=True):
+            if found == item:
+                confidence[at] += weight
+            else:
+                added[item] = added.get(item, 0.0) + weight
+        if added:
+            confidence = np.concatenate([confidence, list(added.values())])
+            stored_items = np.concatenate([stored_items, list(added)])
+        return stored_items, confidence if self.params.alpha == 1.0 else self.params.alpha * confidence
+
+    def _solve_user(self, items: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+        """x = (YtY + reg I + Yt (C - I) Y)^-1 Yt C p for one user's items (each once, see :meth:`_history`)."""
         factors = self._item_factors64[items]
         system = self._gram + (factors.T * (confidence - 1.0)) @ factors
         # Symmetric positive definite (weights are positive): a Cholesky solve, a third of a general one's time.
@@ -384,7 +389,7 @@ class CandidateModel:
         """A user's stored items and summed weights (none for a user the model does not know)."""
         if user < 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        start, end = self.seen.indptr[user], self.seen.indptr[user + 1]
+        start, end = self.seen.indptr[user : user + 2].tolist()
         return self.seen.indices[start:end], self.seen.data[start:end]
 
     def _seeds(self, users: np.ndarray, recent: list[Recent | None]) -> np.ndarray:
@@ -393,8 +398,9 @@ class CandidateModel:
         for row, extra in enumerate(recent):
             if extra is None:
                 continue
-            stored = self.latest[users[row]] if users[row] >= 0 else np.empty(0, np.int64)
-            merged = _merge([extra.items, stored[stored >= 0]], self.n_items)[: seeds.shape[1]]
+            stored = self.latest[users[row]].tolist() if users[row] >= 0 else []
+            # A few dozen items: in order, each once, in plain Python (a dict keeps the first position).
+            merged = list(dict.fromkeys([*extra.items.tolist(), *(i for i in stored if i >= 0)]))[: seeds.shape[1]]
             seeds[row] = -1
             seeds[row, : len(merged)] = merged
         return seeds
@@ -430,18 +436,18 @@ class CandidateModel:
             merged, ranks = _merge_ranked(list(proposals.values()), self.n_items)
             batch.items.append(merged)
             batch.scores.append(self._exact_scores(vectors[row], merged))
-            batch.cooc_scores.append(cooc[row, merged].astype(np.float32))
+            batch.cooc_scores.append(cooc[row, merged])  # float32 already, and a copy of its own
             for source, rank in zip(proposals, ranks, strict=True):
                 batch.source_ranks[source].append(rank)
         return batch
 
-    def _seen_pairs(self, users: np.ndarray, recent: list[Recent | None]) -> tuple[np.ndarray, np.ndarray]:
+    def _seen_pairs(self, users: np.ndarray, recent: list[Recent | None]) -> tuple[np.ndarray | int, np.ndarray]:
         """(row, item) of every item each user has taken, stored or recent."""
-        if len(users) == 1:  # a lone request: its user's row as it is
+        if len(users) == 1:  # a lone request: its user's row as it is, and the first row of the block
             seen = self._seen_row(int(users[0]))[0]
             if recent[0] is not None:
                 seen = np.concatenate([seen, recent[0].items])
-            return np.zeros(len(seen), dtype=np.intp), seen
+            return 0, seen
         # Slices of the CSR arrays: a sparse row selection costs more than the rest of a request.
         known = np.maximum(users, 0)
         starts = self.seen.indptr[known]
@@ -456,6 +462,12 @@ class CandidateModel:
 
     def _cooc_scores(self, seeds: np.ndarray) -> np.ndarray:
         """Per user, the summed co-consumption weight of every item with the user's latest items (``seeds``)."""
+        if len(seeds) == 1:  # a lone request: its known seeds' neighbours, counted over the catalogue
+            rows = seeds[0][seeds[0] >= 0]
+            neighbours = self.cooc.items[rows]
+            valid = neighbours >= 0
+            totals = np.bincount(neighbours[valid], weights=self.cooc.weights[rows][valid], minlength=self.n_items)
+            return totals[None].astype(np.float32)
         known = seeds >= 0
         rows = np.where(known, seeds, 0)
         neighbours = self.cooc.items[rows]  # (users, seeds, neighbours), -1 pads
@@ -540,11 +552,11 @@ def _top(scores: np.ndarray, n: int) -> list[np.ndarray]:
     )
     out = []
     for row in range(len(scores)):
-        picked = top[row]
+        picked = np.sort(top[row])  # by index, so a stable sort by score breaks ties by index
         picked_scores = scores[row, picked]
-        order = np.lexsort((picked, -picked_scores))
+        order = np.argsort(-picked_scores, kind="stable")
         picked, picked_scores = picked[order], picked_scores[order]
-        out.append(picked[np.isfinite(picked_scores)].astype(np.int64))
+        out.append(picked[np.isfinite(picked_scores)].astype(np.int64, copy=False))
     return out
 
 

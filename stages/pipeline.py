@@ -20,6 +20,7 @@ Users the two stages cannot rank are answered by ``stages/cold_start.py``.
 from __future__ import annotations
 
 import logging
+import operator
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -82,6 +83,9 @@ class Explanation:
 
     because: list[tuple[str, str | None]]
     reasons: list[str]
+
+
+_item_id = operator.attrgetter("item_id")
 
 
 @dataclass(frozen=True)
@@ -332,17 +336,19 @@ class TwoStageRecommender:
         known = [e for e in query.recent_items if e.item_id in item_index]
         if not known:
             return _User(index, row, None, None, len(query.recent_items))
+        # Two stable sorts: item id descending, then age ascending (the second is needless when every item came
+        # without a time, as most do: all are "now").
+        known.sort(key=_item_id, reverse=True)
         as_of = self.view.info.get("data_end", 0)
         ages = [0.0 if e.timestamp is None else max(as_of - e.timestamp, 0) / DAY for e in known]
-        # Two stable sorts: item id descending, then age ascending.
-        by_item = sorted(range(len(known)), key=lambda i: known[i].item_id, reverse=True)
-        order = sorted(by_item, key=lambda i: ages[i])
+        if any(ages):
+            order = sorted(range(len(known)), key=ages.__getitem__)
+            known, ages = [known[i] for i in order], [ages[i] for i in order]
         recent = Recent(
-            items=np.array([item_index[known[i].item_id] for i in order], dtype=np.int64),
-            weights=np.array([known[i].weight for i in order], dtype=np.float32),
+            items=np.array([item_index[e.item_id] for e in known], dtype=np.int64),
+            weights=np.array([e.weight for e in known], dtype=np.float32),
         )
-        days_ago = np.array([ages[i] for i in order], dtype=np.float32)
-        return _User(index, row, recent, days_ago, len(query.recent_items) - len(known))
+        return _User(index, row, recent, np.array(ages, dtype=np.float32), len(query.recent_items) - len(known))
 
     def rankable(self, queries: list[Query]) -> list[bool]:
         """Which queries the two stages answer (a stored or a recent history); the others get popular items."""
@@ -529,6 +535,7 @@ class TwoStageRecommender:
             source_ranks={source: _flat(ranks, np.float32) for source, ranks in batch.source_ranks.items()},
             fresh=fresh.users if fresh is not None else None,
             fresh_slots=np.repeat(fresh.slots, lengths) if fresh is not None else None,
+            lone=len(lengths) == 1,
         )
         if not names:
             # Without names the ranker's are meant: only the two-stage path (``_rank`` with a ranker) leaves them out.
@@ -597,11 +604,11 @@ class TwoStageRecommender:
     def _answer(
         self, query: Query, items: np.ndarray, scores: np.ndarray, strategy: str, message: str | None = None
     ) -> Recommendation:
-        items = items.astype(np.int64)
+        items = items.astype(np.int64, copy=False)
         return Recommendation(
             user_id=query.user_id,
             item_ids=[str(i) for i in self.candidates.item_ids[items].tolist()],
-            scores=[round(s, 6) for s in scores.astype(np.float64).tolist()],  # float(s) of each, in one call
+            scores=[round(s, 6) for s in scores.tolist()],  # float(s) of each (float32 or float64), in one call
             titles=self.view.titles[items].tolist(),
             strategy=strategy,
             message=message,

@@ -140,11 +140,15 @@ class Pairs:
     fresh_slots: np.ndarray | None = None
     # Intermediate results several columns share (one set of pairs, one request: no locking needed).
     scratch: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict, compare=False)
+    # Set when the caller knows every pair is one user's (a lone request), so nobody compares the rows to find out.
+    lone: bool = False
 
     @cached_property
     def owner_changes(self) -> np.ndarray:
         """Where a pair's user differs from the previous pair's (a user: a snapshot row, or a request's fresh slot);
         a user's candidates come together, so these start its run of pairs."""
+        if self.lone:
+            return np.empty(0, dtype=np.intp)
         changes = self.user_rows[1:] != self.user_rows[:-1]
         if self.fresh_slots is not None:
             changes |= self.fresh_slots[1:] != self.fresh_slots[:-1]

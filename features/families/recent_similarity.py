@@ -143,11 +143,11 @@ def _columns_of(
             owner = slice(None) if recent.ndim == 1 else start
             sims[start:end] = candidates[start:end] @ vectors[np.where(valid[owner], recent[owner], 0)].T
     full = bool(valid.all())  # every pair has RECENT_ITEMS latest items (most users): no masking needed
-    largest = (sims if full else np.where(valid, sims, -1.0)).max(axis=1).astype(np.float32)
+    largest = (sims if full else np.where(valid, sims, -1.0)).max(axis=1)  # float32 already
     count = np.maximum(valid.sum(axis=-1), 1)  # an int64 array, or one int64: the division runs in float64 either way
     mean = ((sims if full else np.where(valid, sims, 0.0)).sum(axis=1) / count).astype(np.float32)
     similar = sims >= SIMILAR if full else valid & (sims >= SIMILAR)
     first = similar.argmax(axis=1)  # the newest similar item (columns are newest first)
     newest = ages[first] if ages.ndim == 1 else np.take_along_axis(ages, first[:, None], axis=1)[:, 0]
-    days = np.where(similar.any(axis=1), newest, np.nan).astype(np.float32)
+    days = np.where(similar.any(axis=1), newest, np.nan).astype(np.float32, copy=False)
     return largest, mean, days

@@ -184,6 +184,8 @@ def _key(attribute: str) -> str:
 def _segment_share(matrix: np.ndarray, user_codes: np.ndarray, key: str) -> PairCompute:
     def compute(pairs: Pairs) -> np.ndarray:
         codes = user_state(user_codes, pairs, key)
+        if pairs.one_owner:  # one code (user_state): the user's row of shares, or no segment at all
+            return matrix[codes, pairs.items] if codes >= 0 else np.full(len(pairs.items), np.nan, matrix.dtype)
         return np.where(codes >= 0, matrix[codes, pairs.items], np.nan)
 
     return compute

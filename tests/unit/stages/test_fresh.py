@@ -138,11 +138,14 @@ def test_recent_items_reach_the_answer_and_the_message(history):
     assert pipeline.recommend([Query(str(candidates.user_ids[0]), k=5)])[0].message is None
 
 
-@pytest.mark.parametrize("case", ["repeats", "new and distinct", "one already stored"])
+@pytest.mark.parametrize(
+    "case", ["repeats", "new and distinct", "one already stored", "a stored one twice", "the last stored one"]
+)
 def test_the_re_solved_vector_is_implicits_recalculate_user(history, case):
     """Our numpy solve equals implicit's own (``recalculate_user``), repeats and recent weights included.
 
-    Recent items that are new and distinct take a shorter path (no repeats to add up); the others the full one.
+    A recent item the stored row holds adds its weight to the stored one (found by a binary search, so the row's
+    first and last items are cases of their own); new ones are appended, repeats summed.
     """
     import scipy.sparse as sp
 
@@ -154,6 +157,8 @@ def test_the_re_solved_vector_is_implicits_recalculate_user(history, case):
         "repeats": np.array([3, 3, 10]),
         "new and distinct": new[[0, 5, 9]],
         "one already stored": np.array([new[0], stored_items[2], new[4]]),
+        "a stored one twice": np.array([stored_items[0], new[3], stored_items[0]]),
+        "the last stored one": np.array([stored_items[-1], new[-1], new[1]]),
     }[case]
     extra = Recent(items=items, weights=np.array([1.0, 2.0, 0.5], np.float32))
     ours = candidates.user_vectors(np.array([user, -1]), [extra, extra])

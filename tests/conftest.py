@@ -12,9 +12,11 @@ from __future__ import annotations
 import fcntl
 import os
 import pickle  # nosec B403: our own file, written a moment ago by another worker of this session
+import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ os.environ.pop("RECSYS_FEATURE_STORE", None)
 os.environ.pop("RECSYS_API_KEY", None)
 
 import bentoml  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
@@ -35,6 +38,7 @@ from features.synthetic import generate, write  # noqa: E402
 from serving.runtime import Runtime  # noqa: E402
 from tests.support import BENTOML, FIGURES, REPO, SMALL, quick_config, serve  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
+from train.kernels import pinned_environment  # noqa: E402
 from train.run import RunResult, train  # noqa: E402
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... in an xdist worker; None in a plain run
@@ -171,8 +175,23 @@ def small_run(tmp_path_factory, synthetic_files) -> tuple[RunResult, Path]:
 
 
 def _train_movielens(root: Path) -> RunResult:
+    """The default training as ``python -m train`` runs it: in a child process with the kernels that command pins
+    (train/kernels.py), so the session's model is the one `make serve` trains on any AVX2 machine. Trained in this
+    process, with the kernels it loaded, an AVX-512 machine trained another model and the README's example answer
+    failed there."""
     config = TrainConfig(feature_store=str(root / "feature_store"), report_dir=root / "reports")
-    return train(config, echo=False)
+    given, result = root / "config.pickle", root / "result.pickle"
+    given.write_bytes(pickle.dumps(config))
+    child = (
+        "import pickle, sys\n"
+        "from train.run import train\n"
+        "run = train(pickle.loads(open(sys.argv[1], 'rb').read()), echo=False)\n"
+        "open(sys.argv[2], 'wb').write(pickle.dumps(run))\n"
+    )
+    simd = np.show_config(mode="dicts")["SIMD Extensions"]
+    env = {**os.environ, **pinned_environment(os.environ, platform.machine(), simd)}
+    subprocess.run([sys.executable, "-c", child, str(given), str(result)], cwd=REPO, env=env, check=True)
+    return pickle.loads(result.read_bytes())  # nosec B301: written by the child just now
 
 
 @contextmanager

@@ -220,12 +220,25 @@ class TwoStageRecommender:
                 return False
         return True
 
-    def _codes(self, categorical: np.ndarray) -> np.ndarray | None:
+    def _codes(self, categorical: np.ndarray, names: FeatureNames, one_user: bool = False) -> np.ndarray | None:
         """The rows' categorical hashes for the rankers' numpy trees; ``None`` sends the rows to CatBoost: past
         ``FAST_ROWS`` (CatBoost's loop is cheaper per row once its set-up is paid) or with a value the snapshot
-        does not have (an attribute a request brings)."""
+        does not have (an attribute a request brings).
+
+        ``one_user``: the rows are one user's candidates. When every categorical column is the user's, the rows
+        are alike, and one row's hashes, seen as every row's (stride 0, read-only), stand for all of them.
+        """
         hashes = self.category_hashes
-        return None if hashes is None or len(categorical) > FAST_ROWS else hashes.codes(categorical)
+        if hashes is None or len(categorical) > FAST_ROWS:
+            return None
+        if one_user and len(categorical) and self._user_categories_only(names):
+            return hashes.codes(categorical[:1], repeated=len(categorical))
+        return hashes.codes(categorical)
+
+    def _user_categories_only(self, names: FeatureNames) -> bool:
+        """Whether every categorical column among ``names`` is a user column (pair rows of one user then agree)."""
+        columns = self.view.columns
+        return all(name in columns and columns[name].scope == "user" for name in names.categorical)
 
     @cached_property
     def unit_vectors(self) -> np.ndarray:
@@ -471,7 +484,8 @@ class TwoStageRecommender:
             reasons = [["fits your taste: people with similar taste liked it"] for _ in items]
         else:
             ranker, numeric, categorical = shown
-            contributions = ranker.contributions(numeric, categorical, self._codes(categorical))
+            codes = self._codes(categorical, ranker.names, one_user=True)  # the rows of one user's page
+            contributions = ranker.contributions(numeric, categorical, codes)
             reasons = self._reasons.of(contributions, items, user.row)
         # Ids and titles of every named item in one gather each, not one numpy lookup per item.
         flat = np.concatenate(similar) if similar else np.empty(0, np.int64)
@@ -559,7 +573,7 @@ class TwoStageRecommender:
         """Every row's score, each query's rows by its ranker (one call per ranker in the batch: its numpy trees
         for up to ``FAST_ROWS`` rows of known categories, CatBoost otherwise)."""
         rankers = [self._ranker_of(user) for user in users]
-        codes = self._codes(categorical)
+        codes = self._codes(categorical, rankers[0].names, one_user=len(users) == 1)
         if all(r is rankers[0] for r in rankers):
             return rankers[0].score(numeric, categorical, codes)
         scores = np.empty(len(numeric), dtype=np.float32)

@@ -76,11 +76,11 @@ class CategoryHashes:
             source = path.read_text(encoding="utf-8")
         return cls(_exported_hashes(source))
 
-    def codes(self, categorical: np.ndarray) -> np.ndarray | None:
+    def codes(self, categorical: np.ndarray, repeated: int | None = None) -> np.ndarray | None:
         """The hashes of a (rows, features) object matrix as int32; None when a value is not known.
 
         Column by column: a lone user's rows share the user's columns (one lookup each), and item columns repeat
-        few values.
+        few values. ``repeated``: ``categorical`` is one row standing for that many alike rows.
         """
         if not self.usable:
             return None
@@ -101,7 +101,7 @@ class CategoryHashes:
         if not (alike and rows):
             return out
         # Every row alike: one row seen as many (stride 0, read-only), which SymmetricTrees reads as one.
-        same = np.ndarray((rows, width), np.int32, buffer=one, strides=(0, 4))
+        same = np.ndarray((rows if repeated is None else repeated, width), np.int32, buffer=one, strides=(0, 4))
         same.flags.writeable = False
         return same
 

@@ -295,5 +295,9 @@ def test_numpy_trees_that_disagree_with_catboost_are_not_used(parts):
     misread = TwoStageRecommender(candidates, Ranker(model, names), view, 6, category_hashes=wrong)
     assert not misread.check_fast_scoring()
     assert misread.category_hashes is not None and not misread.category_hashes.usable
-    assert misread._codes(categorical[:5]) is None and served._codes(categorical[:5]) is not None
+    assert misread._codes(categorical[:5], names) is None and served._codes(categorical[:5], names) is not None
+    # One user's rows (the job is a user column): one row's hashes stand for all, as the rows' own would.
+    one = categorical[:4]
+    assert (one == one[0]).all()
+    np.testing.assert_array_equal(served._codes(one, names, one_user=True), served._codes(one, names))
     assert [a.scores for a in misread.recommend(queries)] == [a.scores for a in served.recommend(queries)]

@@ -418,11 +418,16 @@ def rewrite_error(status: int, payload: bytes) -> bytes | None:
 
 
 def rewriting(send: Send) -> Send:
-    """A send callable that turns error responses (4xx/5xx) into the envelope."""
+    """A send callable that turns error responses (4xx/5xx) into the envelope, and sends an answer BentoML
+    streams (its JSON answers come as chunks, without a length) as one body with its length.
+
+    The API's answers are small and never streamed: whole, they cost uvicorn one socket write and one pass down
+    the send chain less than header, chunk and closing chunk, and the client reads a plain body.
+    """
     held: dict[str, Any] = {}
 
     async def send_enveloped(message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] >= 400:
+        if message["type"] == "http.response.start" and (message["status"] >= 400 or _unsized(message)):
             held["start"], held["body"] = message, b""
             return
         if "start" not in held or message["type"] != "http.response.body":
@@ -432,6 +437,11 @@ def rewriting(send: Send) -> Send:
         if message.get("more_body", False):
             return
         start = held.pop("start")
+        if start["status"] < 400:
+            length = (b"content-length", str(len(held["body"])).encode())
+            await send({**start, "headers": [*start.get("headers", []), length]})
+            await send({"type": "http.response.body", "body": held.pop("body")})
+            return
         payload = rewrite_error(start["status"], held["body"]) or held["body"]
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
@@ -443,6 +453,12 @@ def rewriting(send: Send) -> Send:
         await send({"type": "http.response.body", "body": payload})
 
     return send_enveloped
+
+
+def _unsized(start: Message) -> bool:
+    """An answer that would go out chunked: no length, and a status that has a body."""
+    sized = any(name.lower() == b"content-length" for name, _ in start.get("headers", []))
+    return start["status"] not in (204, 304) and not sized
 
 
 # --- the layer ------------------------------------------------------------------------------------

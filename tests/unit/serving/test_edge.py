@@ -9,7 +9,7 @@ import pytest
 
 from serving.api_page import STATIC_FILES
 from serving.batcher import Pressure
-from serving.edge import Edge, EdgeLimits, presented_keys, rewrite_error
+from serving.edge import Edge, EdgeLimits, presented_keys, rewrite_error, rewriting
 
 LIMIT = 100
 KEY = "k3y-0123456789"
@@ -351,3 +351,52 @@ def test_the_room_held_is_what_the_body_brings_from_when_it_is_read_until_the_re
         status == 503
         and body["message"] == "overloaded: this worker's queue has no room for this request; retry shortly"
     )
+
+
+def _through_rewriting(messages: list[dict]) -> list[dict]:
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def run():
+        out = rewriting(send)
+        for message in messages:
+            await out(message)
+
+    asyncio.run(run())
+    return sent
+
+
+def test_an_answer_sent_in_chunks_without_a_length_leaves_as_one_body_with_its_length():
+    """BentoML sends its JSON answers as an iterable (header, chunks, an empty last chunk): the edge sends
+    them whole, so uvicorn writes a plain body, not chunked encoding."""
+    sent = _through_rewriting(
+        [
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]},
+            {"type": "http.response.body", "body": b'{"a": ', "more_body": True},
+            {"type": "http.response.body", "body": memoryview(b"1}"), "more_body": True},
+            {"type": "http.response.body", "body": b"", "more_body": False},
+        ]
+    )
+    assert sent == [
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"8")],
+        },
+        {"type": "http.response.body", "body": b'{"a": 1}'},
+    ]
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        {"type": "http.response.start", "status": 200, "headers": [(b"Content-Length", b"2")]},
+        {"type": "http.response.start", "status": 204, "headers": []},
+    ],
+    ids=["sized", "no content"],
+)
+def test_sized_and_bodiless_answers_pass_as_they_are(start):
+    body = {"type": "http.response.body", "body": b"{}" if start["status"] == 200 else b""}
+    assert _through_rewriting([start, body]) == [start, body]

@@ -427,6 +427,8 @@ def rewriting(send: Send) -> Send:
     held: dict[str, Any] = {}
 
     async def send_enveloped(message: Message) -> None:
+        if message["type"] == "http.response.start" and not isinstance(message.get("headers", []), list):
+            message = {**message, "headers": list(message["headers"])}  # any iterable, read more than once below
         if message["type"] == "http.response.start" and (message["status"] >= 400 or _unsized(message)):
             held["start"], held["body"] = message, b""
             return
@@ -456,9 +458,10 @@ def rewriting(send: Send) -> Send:
 
 
 def _unsized(start: Message) -> bool:
-    """An answer that would go out chunked: no length, and a status that has a body."""
-    sized = any(name.lower() == b"content-length" for name, _ in start.get("headers", []))
-    return start["status"] not in (204, 304) and not sized
+    """An answer uvicorn would send chunked for want of a length (a status with a body, neither a length nor a
+    transfer encoding of its own). ``headers`` must be a list: it is read here and sent on."""
+    named = {name.lower() for name, _ in start.get("headers", [])}
+    return start["status"] not in (204, 304) and not named & {b"content-length", b"transfer-encoding"}
 
 
 # --- the layer ------------------------------------------------------------------------------------

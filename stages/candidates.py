@@ -322,15 +322,19 @@ class CandidateModel:
         return vectors
 
     def _history(self, user: int, extra: Recent) -> tuple[np.ndarray, np.ndarray]:
-        """A user's stored items and then the recent ones, each item once, with its confidence (alpha x weight;
-        repeats add up, as in the fit).
+        """A user's items, stored and recent, each once, with its confidence (alpha x weight; repeats add up, as in
+        the fit).
 
         The stored row is sorted and each item once (``sum_duplicates``), so
         one binary search finds the recent items it holds; a request brings a
         few, so the rest runs in plain Python, where each numpy call would cost
-        more than the arithmetic.
+        more than the arithmetic. The order is the one the solve's float sums
+        have always had: the stored items then the recent ones when none
+        repeats or is stored already (most requests), by item otherwise.
         """
         stored_items, stored_weights = self._seen_row(user)
+        if not self.seen_canonical:  # never for a model fitted here; summed and sorted as fitting would have
+            stored_items, stored_weights = _each_once(stored_items, stored_weights.astype(np.float64))
         confidence = stored_weights.astype(np.float64)  # a copy: recent weights add to it
         added: dict[int, float] = {}  # recent items the row does not hold, in order, weights summed
         recent_items, recent_weights = extra.items.tolist(), extra.weights.tolist()
@@ -339,15 +343,29 @@ class CandidateModel:
             positions, held = at.tolist(), stored_items[np.minimum(at, len(stored_items) - 1)].tolist()
         else:
             positions, held = [0] * len(recent_items), [-1] * len(recent_items)
+        merged = False  # a recent item repeated, or already stored: its weights were added up
         for item, weight, at, found in zip(recent_items, recent_weights, positions, held, strict=True):
             if found == item:
                 confidence[at] += weight
+                merged = True
+            elif item in added:
+                added[item] += weight
+                merged = True
             else:
-                added[item] = added.get(item, 0.0) + weight
+                added[item] = weight
+        items = stored_items
         if added:
             confidence = np.concatenate([confidence, list(added.values())])
-            stored_items = np.concatenate([stored_items, list(added)])
-        return stored_items, confidence if self.params.alpha == 1.0 else self.params.alpha * confidence
+            items = np.concatenate([stored_items, list(added)])
+        if merged:
+            order = np.argsort(items, kind="stable")
+            items, confidence = items[order], confidence[order]
+        return items, confidence if self.params.alpha == 1.0 else self.params.alpha * confidence
+
+    @cached_property
+    def seen_canonical(self) -> bool:
+        """Whether the stored histories are sorted without repeats (checked once, not per request)."""
+        return bool(self.seen.has_canonical_format)
 
     def _solve_user(self, items: np.ndarray, confidence: np.ndarray) -> np.ndarray:
         """x = (YtY + reg I + Yt (C - I) Y)^-1 Yt C p for one user's items (each once, see :meth:`_history`)."""
@@ -571,6 +589,16 @@ def _merge(proposals: list[np.ndarray], n_items: int) -> np.ndarray:
     first = np.empty(n_items, dtype=np.intp)
     first[proposed[::-1]] = at[::-1]  # the last write wins: each item's first position
     return proposed[first[proposed] == at].astype(np.int64, copy=False)
+
+
+def _each_once(items: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Items sorted, each once, their weights summed in the order given."""
+    order = np.argsort(items, kind="stable")
+    items = items[order]
+    first = np.ones(len(items), dtype=bool)
+    np.not_equal(items[1:], items[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    return items[starts], np.add.reduceat(weights[order], starts) if len(items) else weights[:0]
 
 
 def _merge_ranked(proposals: list[np.ndarray], n_items: int) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -461,15 +461,10 @@ class TwoStageRecommender:
     def _history(self, user: _User) -> np.ndarray:
         """The user's items, ascending: stored and recent, each once."""
         stored = self.candidates.seen_items(user.index).astype(np.int64, copy=False)
-        if user.recent is None and self._seen_canonical:
+        if user.recent is None and self.candidates.seen_canonical:
             return stored  # a canonical CSR row is already sorted and free of repeats
         recent = user.recent.items if user.recent is not None else np.empty(0, np.int64)
         return np.unique(np.concatenate([stored, recent]))
-
-    @cached_property
-    def _seen_canonical(self) -> bool:
-        """Whether the stored histories are sorted without repeats (checked once, not per request)."""
-        return bool(self.candidates.seen.has_canonical_format)
 
     def _explain(
         self, user: _User, items: np.ndarray, shown: tuple[Ranker, np.ndarray, np.ndarray] | None

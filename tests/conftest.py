@@ -184,8 +184,10 @@ def _train_movielens(root: Path) -> RunResult:
     given.write_bytes(pickle.dumps(config))
     child = (
         "import pickle, sys\n"
+        "from threadpoolctl import threadpool_limits\n"
         "from train.run import train\n"
-        "run = train(pickle.loads(open(sys.argv[1], 'rb').read()), echo=False)\n"
+        "with threadpool_limits(1, 'blas'):  # as python -m train runs it\n"
+        "    run = train(pickle.loads(open(sys.argv[1], 'rb').read()), echo=False)\n"
         "open(sys.argv[2], 'wb').write(pickle.dumps(run))\n"
     )
     simd = np.show_config(mode="dicts")["SIMD Extensions"]

@@ -393,10 +393,17 @@ def test_an_answer_sent_in_chunks_without_a_length_leaves_as_one_body_with_its_l
     "start",
     [
         {"type": "http.response.start", "status": 200, "headers": [(b"Content-Length", b"2")]},
+        {"type": "http.response.start", "status": 200, "headers": [(b"transfer-encoding", b"chunked")]},
         {"type": "http.response.start", "status": 204, "headers": []},
     ],
-    ids=["sized", "no content"],
+    ids=["sized", "chunked on purpose", "no content"],
 )
 def test_sized_and_bodiless_answers_pass_as_they_are(start):
     body = {"type": "http.response.body", "body": b"{}" if start["status"] == 200 else b""}
     assert _through_rewriting([start, body]) == [start, body]
+
+
+def test_headers_given_as_any_iterable_reach_the_client():
+    start = {"type": "http.response.start", "status": 200, "headers": iter([(b"content-type", b"application/json")])}
+    sent = _through_rewriting([start, {"type": "http.response.body", "body": b"{}"}])
+    assert sent[0]["headers"] == [(b"content-type", b"application/json"), (b"content-length", b"2")]

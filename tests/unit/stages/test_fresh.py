@@ -172,6 +172,30 @@ def test_the_re_solved_vector_is_implicits_recalculate_user(history, case):
     np.testing.assert_allclose(ours[1], np.ravel(only_recent), rtol=1e-3, atol=1e-5)
 
 
+def test_a_stored_row_out_of_order_or_with_repeats_re_solves_as_the_canonical_one(history):
+    """The re-solve finds stored items by a binary search over the row, which a fitted model keeps sorted, each
+    item once; a seen matrix that is not (built elsewhere) is summed and sorted first, so the vector is the same."""
+    import copy
+
+    import scipy.sparse as sp
+
+    candidates = CandidateModel.fit(history.interactions, PARAMS)
+    altered = copy.copy(candidates)  # before either checks its matrix (the check is cached)
+    user, seen = 4, candidates.seen
+    start, end = seen.indptr[user], seen.indptr[user + 1]
+    stored = seen.indices[start:end]
+    extra = Recent(items=np.array([stored[0], stored[-1], stored[0]]), weights=np.array([1.0, 2.0, 0.5], np.float32))
+    canonical = candidates.user_vectors(np.array([user]), [extra])
+    indices, data = seen.indices.copy(), seen.data.copy()
+    indices[start:end], data[start:end] = indices[start:end][::-1], data[start:end][::-1]  # out of order
+    indices, data = np.insert(indices, end, stored[1]), np.insert(data, end, 0.0)  # and one item twice
+    indptr = seen.indptr.copy()
+    indptr[user + 1 :] += 1
+    altered.seen = sp.csr_matrix((data, indices, indptr), shape=seen.shape)
+    assert not altered.seen_canonical and len(stored) > 2
+    np.testing.assert_allclose(altered.user_vectors(np.array([user]), [extra]), canonical, rtol=1e-6, atol=1e-7)
+
+
 def test_a_batch_mixing_fresh_and_plain_users_gives_each_the_rows_it_gets_alone(history):
     """Rows of fresh and plain users scored together equal each user's rows on their own (both paths of user_state)."""
     candidates = CandidateModel.fit(history.interactions, PARAMS)

@@ -296,8 +296,8 @@ def test_numpy_trees_that_disagree_with_catboost_are_not_used(parts):
     assert not misread.check_fast_scoring()
     assert misread.category_hashes is not None and not misread.category_hashes.usable
     assert misread._codes(categorical[:5], names) is None and served._codes(categorical[:5], names) is not None
-    # One user's rows (the job is a user column): one row's hashes stand for all, as the rows' own would.
-    one = categorical[:4]
-    assert (one == one[0]).all()
-    np.testing.assert_array_equal(served._codes(one, names, one_user=True), served._codes(one, names))
+    # One user's rows (the job is a user column): one row's hashes stand for all of them, as their own would.
+    rows = served.query_rows([queries[0]], names)[1][1]
+    assert len(rows) > 1 and (rows == rows[0]).all()
+    np.testing.assert_array_equal(served._codes(rows, names, one_user=True), served._codes(rows, names))
     assert [a.scores for a in misread.recommend(queries)] == [a.scores for a in served.recommend(queries)]

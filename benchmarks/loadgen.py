@@ -3,17 +3,25 @@
 Two modes: a fixed arrival rate (open loop: latency at a given load) and a
 fixed number of connections each sending back to back (closed loop:
 saturation throughput). Every run is bounded in time and count.
+
+Python's cyclic garbage collector is off while a load runs (:func:`no_gc_pauses`): the generator
+keeps every request's task and latency, and a full collection over them stopped its event loop for
+100-140 ms about 40 s into a 200 requests/s run. The answer it was waiting for looked 100 ms slow,
+and the requests it then sent at once looked 25-40 ms slow: a p99 of 17.9 ms charged to the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import random
 import re
 import shutil
 import subprocess  # nosec B404
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -85,19 +93,32 @@ async def _send(session, url, body, result: LoadResult) -> None:
         result.errors[type(exc).__name__] = result.errors.get(type(exc).__name__, 0) + 1
 
 
+@contextlib.contextmanager
+def no_gc_pauses() -> Iterator[None]:
+    """The cyclic collector off for a load's length (see the module docstring), collected before and after."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
+
+
 async def fixed_rate(url: str, bodies: list[dict], rate: float, seconds: float, label: str = "") -> LoadResult:
     """Open loop: one request every 1/rate seconds whatever the server does."""
     result = LoadResult(label or f"{rate:.0f} req/s", seconds)
     connector = aiohttp.TCPConnector(limit=512)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
-        tasks, start = [], time.perf_counter()
-        for i in range(int(rate * seconds)):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_send(session, url, bodies[i % len(bodies)], result)))
-        await asyncio.gather(*tasks)
-        result.seconds = time.perf_counter() - start
+    with no_gc_pauses():
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+            tasks, start = [], time.perf_counter()
+            for i in range(int(rate * seconds)):
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(_send(session, url, bodies[i % len(bodies)], result)))
+            await asyncio.gather(*tasks)
+            result.seconds = time.perf_counter() - start
     return result
 
 
@@ -105,18 +126,19 @@ async def fixed_concurrency(url: str, bodies: list[dict], concurrency: int, seco
     """Closed loop: ``concurrency`` connections, each sending as soon as it has an answer."""
     result = LoadResult(f"{concurrency} connections", seconds)
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
-        deadline = time.perf_counter() + seconds
-        start = time.perf_counter()
+    with no_gc_pauses():
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+            deadline = time.perf_counter() + seconds
+            start = time.perf_counter()
 
-        async def worker(offset: int) -> None:
-            i = offset
-            while time.perf_counter() < deadline:
-                await _send(session, url, bodies[i % len(bodies)], result)
-                i += concurrency
+            async def worker(offset: int) -> None:
+                i = offset
+                while time.perf_counter() < deadline:
+                    await _send(session, url, bodies[i % len(bodies)], result)
+                    i += concurrency
 
-        await asyncio.gather(*(worker(c) for c in range(concurrency)))
-        result.seconds = time.perf_counter() - start
+            await asyncio.gather(*(worker(c) for c in range(concurrency)))
+            result.seconds = time.perf_counter() - start
     return result
 
 

@@ -318,10 +318,10 @@ class CandidateModel:
         vectors = self.als.user_factors[np.maximum(users, 0)]  # a gather: a copy of its own
         for row, extra in enumerate(recent):
             if extra is not None:
-                vectors[row] = self._solve_user(*self._history(int(users[row]), extra))
+                vectors[row] = self._solve_user(*self._weighted_history(int(users[row]), extra))
         return vectors
 
-    def _history(self, user: int, extra: Recent) -> tuple[np.ndarray, np.ndarray]:
+    def _weighted_history(self, user: int, extra: Recent) -> tuple[np.ndarray, np.ndarray]:
         """A user's items, stored and recent, each once, with its confidence (alpha x weight; repeats add up, as in
         the fit).
 
@@ -368,7 +368,7 @@ class CandidateModel:
         return bool(self.seen.has_canonical_format)
 
     def _solve_user(self, items: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-        """x = (YtY + reg I + Yt (C - I) Y)^-1 Yt C p for one user's items (each once, see :meth:`_history`)."""
+        """x = (YtY + reg I + Yt (C - I) Y)^-1 Yt C p for one user's items, each once (:meth:`_weighted_history`)."""
         factors = self._item_factors64[items]
         system = self._gram + (factors.T * (confidence - 1.0)) @ factors
         # Symmetric positive definite (weights are positive): a Cholesky solve, a third of a general one's time.

@@ -416,9 +416,8 @@ class CandidateModel:
         for row, extra in enumerate(recent):
             if extra is None:
                 continue
-            stored = self.latest[users[row]].tolist() if users[row] >= 0 else []
-            # A few dozen items: in order, each once, in plain Python (a dict keeps the first position).
-            merged = list(dict.fromkeys([*extra.items.tolist(), *(i for i in stored if i >= 0)]))[: seeds.shape[1]]
+            stored = self.latest[users[row]] if users[row] >= 0 else np.empty(0, np.int64)
+            merged = _merge([extra.items, stored[stored >= 0]], self.n_items)[: seeds.shape[1]]
             seeds[row] = -1
             seeds[row, : len(merged)] = merged
         return seeds

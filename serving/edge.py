@@ -531,8 +531,9 @@ def serve_behind_edge(service: Any, limits: EdgeLimits, connections: Any = None)
     own metrics, tracing, timeout and concurrency middleware, and offers no
     hook on the finished app. Its worker gets the app from ``service.to_asgi()``,
     so the service object is given a subclass whose ``to_asgi`` returns the
-    app wrapped, and an ``openapi_spec`` that documents what the edge sends
-    (:mod:`serving.openapi`). The subclass adds no state (``__slots__ = ()``):
+    app (built as BentoML builds it, minus per-request lookups:
+    :mod:`serving.bentoml_app`) wrapped, and an ``openapi_spec`` that
+    documents what the edge sends (:mod:`serving.openapi`). The subclass adds no state (``__slots__ = ()``):
     everything else about the service is BentoML's.
     """
     # Every route the service declares is an API route, so a new endpoint passes the edge without a list to edit.
@@ -553,7 +554,9 @@ def serve_behind_edge(service: Any, limits: EdgeLimits, connections: Any = None)
                 from serving import connection
 
                 connection.install(connections)
-            return Edge(super().to_asgi(is_main), limits)
+            from serving.bentoml_app import build_app
+
+            return Edge(build_app(self, is_main), limits)
 
     EdgedService.__name__ = EdgedService.__qualname__ = base.__name__
     service.__class__ = EdgedService  # private BentoML structure: serving/internals.py

@@ -49,7 +49,30 @@ def _http_protocols_auto() -> bool:
     return "auto" in config.HTTP_PROTOCOLS and "import_from_string(HTTP_PROTOCOLS" in inspect.getsource(config)
 
 
+def _worker_app_factory() -> bool:
+    """What serving/bentoml_app.py relies on: where BentoML builds the app, makes the instance, finds an API's
+    method and adds its headers, and that an API method is a descriptor an instance attribute overrides."""
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from _bentoml_sdk import Service
+    from _bentoml_sdk.method import APIMethod
+
+    headers = inspect.signature(inspect.unwrap(ServiceAppFactory._add_response_headers))
+    return (
+        list(headers.parameters) == ["self", "resp", "logging_format"]
+        and "getattr(self._service_instance, name).local" in inspect.getsource(ServiceAppFactory.api_endpoint)
+        and "self._service_instance = self.service()" in inspect.getsource(ServiceAppFactory.create_instance)
+        and "ServiceAppFactory(self, is_main=is_main)" in inspect.getsource(Service.to_asgi)
+        and not hasattr(APIMethod, "__set__")
+    )
+
+
 INTERNALS = (
+    Internal(
+        "_bentoml_impl.server.app.ServiceAppFactory (create_instance, _service_instance, api_endpoint's method "
+        "lookup, _add_response_headers' injected logging_format), Service.to_asgi and APIMethod's __get__",
+        "serving/bentoml_app.py (a worker's per-request lookups made once)",
+        _worker_app_factory,
+    ),
     Internal(
         "bentoml._internal.configuration.containers.BentoMLContainer.prometheus_multiproc_dir",
         "serving/startup.py (a Prometheus directory per server)",

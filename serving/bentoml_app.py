@@ -41,7 +41,10 @@ class WorkerAppFactory(ServiceAppFactory):  # type: ignore[misc]
             # An API method is a descriptor without __set__: a value of the same name in the instance's
             # __dict__ comes first, so api_endpoint's getattr finds the wrapper built here (as BentoML builds it
             # now that the instance and its proxy exist) instead of building a new one per request.
-            instance.__dict__[name] = getattr(instance, name)
+            try:
+                instance.__dict__[name] = getattr(instance, name)
+            except AttributeError:  # an API named like a proxy attribute (``close``): left to fail per request
+                continue
 
     def _add_response_headers(self, resp: Response) -> None:
         _ADD_RESPONSE_HEADERS(self, resp, self._logging_format)

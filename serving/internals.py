@@ -55,13 +55,24 @@ def _worker_app_factory() -> bool:
     from _bentoml_impl.server.app import ServiceAppFactory
     from _bentoml_sdk import Service
     from _bentoml_sdk.method import APIMethod
+    from bentoml._internal.configuration.containers import BentoMLContainer
 
-    headers = inspect.signature(inspect.unwrap(ServiceAppFactory._add_response_headers))
+    headers = inspect.signature(inspect.unwrap(ServiceAppFactory._add_response_headers)).parameters
+    instance = inspect.getsource(ServiceAppFactory.create_instance)
+    to_asgi = [line.strip() for line in inspect.getsource(Service.to_asgi).splitlines()[1:] if line.strip()]
     return (
-        list(headers.parameters) == ["self", "resp", "logging_format"]
+        list(headers) == ["self", "resp", "logging_format"]
+        and headers["logging_format"].default == BentoMLContainer.logging_formatting
         and "getattr(self._service_instance, name).local" in inspect.getsource(ServiceAppFactory.api_endpoint)
-        and "self._service_instance = self.service()" in inspect.getsource(ServiceAppFactory.create_instance)
-        and "ServiceAppFactory(self, is_main=is_main)" in inspect.getsource(Service.to_asgi)
+        and "self._service_instance = self.service()" in instance
+        and "self._service_instance.__self_proxy__ = proxy" in instance
+        and to_asgi  # build_app does what to_asgi does, and to_asgi does nothing else
+        == [
+            "from _bentoml_impl.server.app import ServiceAppFactory",
+            "self.inject_config()",
+            "factory = ServiceAppFactory(self, is_main=is_main)",
+            "return factory()",
+        ]
         and not hasattr(APIMethod, "__set__")
     )
 

@@ -6,7 +6,9 @@ import asyncio
 
 import bentoml
 import httpx
+import pytest
 from _bentoml_impl.server.app import ServiceAppFactory
+from bentoml._internal.configuration.containers import BentoMLContainer
 
 from serving.bentoml_app import WorkerAppFactory
 
@@ -22,7 +24,9 @@ class Tiny:
         return -x
 
 
-Tiny.inject_config()  # what Service.to_asgi does before it builds the app
+@pytest.fixture(autouse=True)
+def tiny_config():
+    Tiny.inject_config()  # what Service.to_asgi does before it builds the app
 
 
 def serve(factory: ServiceAppFactory) -> tuple[list[httpx.Response], object]:
@@ -40,10 +44,13 @@ def serve(factory: ServiceAppFactory) -> tuple[list[httpx.Response], object]:
     return asyncio.run(run())
 
 
+def built(kind: type[ServiceAppFactory]) -> ServiceAppFactory:
+    # Metrics off: two apps in one process would register BentoML's metrics twice.
+    return kind(Tiny, is_main=True, enable_metrics=False)
+
+
 def test_answers_and_headers_are_bentomls_own():
-    # Metrics off in both: two apps in one process would register BentoML's metrics twice.
-    ours, _ = serve(WorkerAppFactory(Tiny, is_main=True, enable_metrics=False))
-    theirs, _ = serve(ServiceAppFactory(Tiny, is_main=True, enable_metrics=False))
+    (ours, _), (theirs, _) = serve(built(WorkerAppFactory)), serve(built(ServiceAppFactory))
     assert [r.json() for r in ours] == [r.json() for r in theirs] == [42, -21, 42, -21]
     for mine, stock in zip(ours, theirs, strict=True):
         assert mine.status_code == stock.status_code == 200
@@ -54,8 +61,51 @@ def test_answers_and_headers_are_bentomls_own():
 
 
 def test_each_api_method_is_looked_up_once_per_worker():
-    _, instance = serve(WorkerAppFactory(Tiny, is_main=True, enable_metrics=False))
+    (_, ours), (_, theirs) = serve(built(WorkerAppFactory)), serve(built(ServiceAppFactory))
     for name in ("double", "negate"):
-        assert getattr(instance, name) is getattr(instance, name)  # the descriptor would build a new one each time
-    assert instance.double.local(x=4) == 8
-    assert asyncio.run(instance.negate.local(x=4)) == -4
+        # BentoML's descriptor builds the local caller (inspect.signature and all) on every lookup.
+        assert getattr(theirs, name).local is not getattr(theirs, name).local
+        assert getattr(ours, name).local is getattr(ours, name).local
+    assert ours.double.local(x=4) == 8
+    assert asyncio.run(ours.negate.local(x=4)) == -4
+
+
+def test_the_logging_format_is_read_once_per_worker_not_per_request(monkeypatch):
+    reads = {"n": 0}
+    read = BentoMLContainer.logging_formatting.get
+
+    def counted():
+        reads["n"] += 1
+        return read()
+
+    monkeypatch.setattr(BentoMLContainer.logging_formatting, "get", counted)
+    for kind, per_worker in ((WorkerAppFactory, 1), (ServiceAppFactory, 0)):
+        reads["n"] = 0
+        factory = built(kind)
+        assert reads["n"] == per_worker
+        answers, _ = serve(factory)
+        assert reads["n"] == (per_worker if kind is WorkerAppFactory else len(answers))
+
+
+@bentoml.service(name="clash")
+class Clash:
+    @bentoml.api
+    def close(self, x: int) -> int:  # named like an attribute of BentoML's proxy: its lookup fails
+        return x
+
+    @bentoml.api
+    def fine(self, x: int) -> int:
+        return x
+
+
+def test_an_api_named_like_a_proxy_attribute_fails_alone_as_in_bentoml():
+    Clash.inject_config()
+
+    async def run(kind: type[ServiceAppFactory]) -> list[int]:
+        app = kind(Clash, is_main=True, enable_metrics=False)()
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://clash") as client:
+                return [(await client.post(f"/{name}", json={"x": 1})).status_code for name in ("close", "fine")]
+
+    assert asyncio.run(run(WorkerAppFactory)) == asyncio.run(run(ServiceAppFactory)) == [500, 200]

@@ -56,6 +56,7 @@ from serving.api_models import (
     SimilarItemsResponse,
 )
 from serving.batcher import MicroBatcher, Overloaded
+from serving.bentoml_app import serve_with_worker_app
 from serving.connection import ConnectionLimits
 from serving.edge import EdgeLimits, serve_behind_edge
 from serving.experiments import ARM_HEADER, arm_error
@@ -295,3 +296,6 @@ class Entry:
 
 # The public edge, as in service.py: routes, headers, key, content type, body, one error envelope.
 serve_behind_edge(Entry, EdgeLimits.from_settings(settings, set()), ConnectionLimits.from_settings(settings))
+# The stages behind it: BentoML's app with its per-request lookups made once per worker, as the entry's.
+serve_with_worker_app(CandidateService)
+serve_with_worker_app(RankerService)

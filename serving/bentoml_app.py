@@ -54,3 +54,22 @@ def build_app(service: Any, is_main: bool) -> Any:
     """What ``Service.to_asgi`` returns, built by :class:`WorkerAppFactory`."""
     service.inject_config()
     return WorkerAppFactory(service, is_main=is_main)()
+
+
+def serve_with_worker_app(service: Any) -> None:
+    """Give ``service`` a ``to_asgi`` that builds its app with :class:`WorkerAppFactory`.
+
+    For a service no edge wraps (the split topology's stages); :func:`serving.edge.serve_behind_edge` does the
+    same for the services it wraps. Like it, a subclass that adds no state (private BentoML structure:
+    serving/internals.py).
+    """
+    base = type(service)
+
+    class WorkerAppService(base):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        def to_asgi(self, is_main: bool = True) -> Any:
+            return build_app(self, is_main)
+
+    WorkerAppService.__name__ = WorkerAppService.__qualname__ = base.__name__
+    service.__class__ = WorkerAppService

@@ -10,7 +10,8 @@ import pytest
 from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.configuration.containers import BentoMLContainer
 
-from serving.bentoml_app import WorkerAppFactory
+from serving import bentoml_app
+from serving.bentoml_app import WorkerAppFactory, serve_with_worker_app
 
 
 @bentoml.service(name="tiny")
@@ -109,3 +110,24 @@ def test_an_api_named_like_a_proxy_attribute_fails_alone_as_in_bentoml():
                 return [(await client.post(f"/{name}", json={"x": 1})).status_code for name in ("close", "fine")]
 
     assert asyncio.run(run(WorkerAppFactory)) == asyncio.run(run(ServiceAppFactory)) == [500, 200]
+
+
+def test_a_service_no_edge_wraps_builds_the_worker_app_too(monkeypatch):
+    @bentoml.service(name="stage")
+    class Stage:
+        @bentoml.api
+        def echo(self, x: int) -> int:
+            return x
+
+    built_by: list[type] = []
+
+    class Recorded(WorkerAppFactory):
+        def __init__(self, *args, **kwargs) -> None:
+            built_by.append(type(self))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(bentoml_app, "WorkerAppFactory", Recorded)
+    serve_with_worker_app(Stage)
+    assert type(Stage).__name__ == "Service" and Stage.name == "stage"
+    Stage.to_asgi(is_main=False)
+    assert built_by == [Recorded]

@@ -120,25 +120,21 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
     candidate_params = config.candidate_params()
     before, after = temporal_split(train_part, config.holdout)
     # One thing at a time, each let go before the next (at 20M interactions this step is the run's peak): the
-    # ranker's labels, its rows from its stage, its fit, the held-out items, then the scored stage. The fit and
-    # that stage held at once took the run to 8.45 GiB at 20M interactions, over the 8 GiB it must stay under;
-    # the labels and held-out items are computed from a copy of the data, so not while a stage is held either.
-    labels = taken_after(before, after)
+    # ranker's rows from its stage, then its fit, then the scored stage. The fit and that stage held at once
+    # took the run to 8.45 GiB at 20M interactions, over the 8 GiB it must stay under.
     label_stage = Stages(Dataset(before, dataset.users, dataset.items), candidate_params).at(None)
-    label_names, rows = example_rows(label_stage, labels, params)
+    label_names, rows = example_rows(label_stage, taken_after(before, after), params)
     names = common_names([label_stage.view.available(), label_names])
-    del label_stage, before, after, labels  # copies of most of the data, which the fit and the scored stage do not need
+    del label_stage, before, after  # copies of most of the data, which the fit and the scored stage do not need
     ranker, fit = fit_on_examples(rows, label_names, names, params, show_progress=False)
     del rows
-    held_out = taken_after(train_part, test_part)
     give_back_memory()
     stage = Stages(Dataset(train_part, dataset.users, dataset.items), candidate_params).at(None)
     if common_names([stage.view.available(), names]) != names:  # both stages are built from the same tables
         missing = sorted(set(names.all) - set(stage.view.available().all))
         raise ValueError(f"per-user split: the scored stage cannot produce the ranker's columns {missing}")
     pipeline = TwoStageRecommender(stage.candidates, ranker, stage.view, config.n_candidates)
-    relevant = {u: items for u, items in held_out.items() if u in stage.candidates.user_index}
-    del held_out
+    relevant = {u: items for u, items in taken_after(train_part, test_part).items() if u in stage.candidates.user_index}
     if not relevant:
         raise NotEnoughHistory("per-user split: no user has a new item in their held-out part")
     users = sorted(relevant)

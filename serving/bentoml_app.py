@@ -59,9 +59,8 @@ def build_app(service: Any, is_main: bool) -> Any:
 def serve_with_worker_app(service: Any) -> None:
     """Give ``service`` a ``to_asgi`` that builds its app with :class:`WorkerAppFactory`.
 
-    For a service no edge wraps (the split topology's stages); :func:`serving.edge.serve_behind_edge` does the
-    same for the services it wraps. Like it, a subclass that adds no state (private BentoML structure:
-    serving/internals.py).
+    The split topology's stages call it directly; :func:`serving.edge.serve_behind_edge` calls it before it
+    puts the edge around the app. A subclass that adds no state (private BentoML structure: serving/internals.py).
     """
     base = type(service)
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from serving.api_page import STATIC_FILES, send_page
 from serving.batcher import release_reservation
+from serving.bentoml_app import serve_with_worker_app
 
 if TYPE_CHECKING:
     from serving.batcher import Pressure, Reservation
@@ -532,12 +533,14 @@ def serve_behind_edge(service: Any, limits: EdgeLimits, connections: Any = None)
     hook on the finished app. Its worker gets the app from ``service.to_asgi()``,
     so the service object is given a subclass whose ``to_asgi`` returns the
     app (built as BentoML builds it, minus per-request lookups:
-    :mod:`serving.bentoml_app`) wrapped, and an ``openapi_spec`` that
-    documents what the edge sends (:mod:`serving.openapi`). The subclass adds no state (``__slots__ = ()``):
-    everything else about the service is BentoML's.
+    :func:`serving.bentoml_app.serve_with_worker_app`) wrapped, and an
+    ``openapi_spec`` that documents what the edge sends (:mod:`serving.openapi`).
+    The subclass adds no state (``__slots__ = ()``): everything else about the
+    service is BentoML's.
     """
     # Every route the service declares is an API route, so a new endpoint passes the edge without a list to edit.
     limits = replace(limits, api_routes=limits.api_routes | {api.route for api in service.apis.values()})
+    serve_with_worker_app(service)  # the app the edge wraps: BentoML's, its per-request lookups made once
     base = type(service)
 
     class EdgedService(base):  # type: ignore[misc, valid-type]
@@ -554,9 +557,7 @@ def serve_behind_edge(service: Any, limits: EdgeLimits, connections: Any = None)
                 from serving import connection
 
                 connection.install(connections)
-            from serving.bentoml_app import build_app
-
-            return Edge(build_app(self, is_main), limits)
+            return Edge(super().to_asgi(is_main), limits)
 
     EdgedService.__name__ = EdgedService.__qualname__ = base.__name__
     service.__class__ = EdgedService  # private BentoML structure: serving/internals.py

@@ -15,6 +15,7 @@ from stages.cold_start import first_k_not_in
 from stages.pipeline import Query, TwoStageRecommender
 
 K = 10
+EVAL_BATCH_USERS = 2_000  # users answered at a time when evaluating (pipeline_lists)
 FEW_USERS = 20  # below this many users per table, differences between models are mostly noise
 
 
@@ -100,9 +101,17 @@ def popularity_lists(
 
 
 def pipeline_lists(pipeline: TwoStageRecommender, users: list[str], k: int = K) -> dict[str, list[str]]:
-    """What the pipeline answers each user (the served path: two-stage, or cold start)."""
-    answers = pipeline.recommend([Query(u, k=k) for u in users])
-    return {u: a.item_ids for u, a in zip(users, answers, strict=True)}
+    """What the pipeline answers each user (the served path: two-stage, or cold start).
+
+    ``EVAL_BATCH_USERS`` at a time: each user's answer is the same in any batch, and the per-user split's 20,000
+    users in one batch held 1.9 GB of feature rows at 20M interactions (docs/bench/training_cli_20m/).
+    """
+    lists: dict[str, list[str]] = {}
+    for first in range(0, len(users), EVAL_BATCH_USERS):
+        batch = users[first : first + EVAL_BATCH_USERS]
+        answers = pipeline.recommend([Query(u, k=k) for u in batch])
+        lists.update((u, a.item_ids) for u, a in zip(batch, answers, strict=True))
+    return lists
 
 
 def candidate_recall(pipeline: TwoStageRecommender, users: list[str], relevant: dict[str, set[str]]) -> dict:

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from features import movielens
 from features.compute import FeatureTables
@@ -46,8 +45,8 @@ from train.ranker_training import (
     example_rows,
     fit_on_examples,
     fit_rankers,
-    fresh_items,
     sample_users,
+    taken_after,
 )
 
 
@@ -91,12 +90,6 @@ def load_data(config: TrainConfig) -> Dataset:
         else movielens.load()
     )
     return with_feedback(dataset, config.events, config.allow_any_dates) if config.events else dataset
-
-
-def taken_after(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, set[str]]:
-    """Per user, the items in ``after`` they had not taken in ``before``."""
-    combined = pd.concat([before.assign(timestamp=0), after.assign(timestamp=1)], ignore_index=True)
-    return fresh_items(combined, 1, None)
 
 
 def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:

@@ -16,6 +16,7 @@ from stages.feature_view import FeatureView
 from stages.pipeline import POPULAR, TWO_STAGE, Query, RecentEvent, TwoStageRecommender
 from stages.ranker import Ranker
 from stages.symmetric_trees import CategoryHashes
+from train import evaluate
 
 # Who took what. Popularity (distinct users): i0 5, i1 4, i2 3, i3 2, i4 1, i5 1 (ties by id).
 # Job "b" (u3, u4, u5) took i2 three times, i0 twice, i1, i3, i4, i5 once each.
@@ -301,3 +302,23 @@ def test_numpy_trees_that_disagree_with_catboost_are_not_used(parts):
     assert len(rows) > 1 and (rows == rows[0]).all()
     np.testing.assert_array_equal(served._codes(rows, names, one_user=True), served._codes(rows, names))
     assert [a.scores for a in misread.recommend(queries)] == [a.scores for a in served.recommend(queries)]
+
+
+def test_evaluation_answers_every_user_the_same_in_batches_of_any_size(parts, monkeypatch):
+    """pipeline_lists answers a few users at a time (memory at 20M interactions): the lists cannot depend on it."""
+    candidates, view = parts
+    names = view.available()
+    users = [str(u) for u in candidates.user_ids]
+    _, (numeric, categorical) = TwoStageRecommender(candidates, None, view, 6).query_rows(
+        [Query(u) for u in users], names
+    )
+    model = CatBoost({"iterations": 20, "depth": 3, "verbose": False, "random_seed": 0, "allow_writing_files": False})
+    model.fit(Pool(Ranker.data(names, numeric, categorical), label=np.arange(len(numeric)) % 5))
+    pipeline = TwoStageRecommender(candidates, Ranker(model, names), view, 6)
+    whole = evaluate.pipeline_lists(pipeline, users)
+    batches: list[int] = []
+    recommend = pipeline.recommend
+    monkeypatch.setattr(pipeline, "recommend", lambda queries: batches.append(len(queries)) or recommend(queries))
+    monkeypatch.setattr(evaluate, "EVAL_BATCH_USERS", 4)
+    assert evaluate.pipeline_lists(pipeline, users) == whole
+    assert batches == [4, 2] and list(whole) == users

@@ -16,7 +16,7 @@ from train.backtest import (
     option_name,
     paired_difference,
 )
-from train.ranker_training import RankerParams, fresh_items, training_cuts
+from train.ranker_training import RankerParams, fresh_items, taken_after, training_cuts
 
 DAY = 86_400
 
@@ -76,6 +76,30 @@ def test_fresh_items_are_new_to_the_user_and_inside_the_window():
     )
     assert fresh_items(data, 10 * DAY, 20 * DAY) == {"u": {"b"}, "v": {"a"}}
     assert fresh_items(data, 10 * DAY, None) == {"u": {"b", "c"}, "v": {"a"}}
+    assert fresh_items(data, 30 * DAY, None) == {}  # nothing in the window
+
+
+def test_fresh_items_match_a_plain_reading_on_random_data():
+    """Users in id order, each with the items of the window they had no earlier row of."""
+    rng = np.random.default_rng(7)
+    rows = [(f"u{rng.integers(40)}", f"i{rng.integers(30)}", int(rng.integers(100))) for _ in range(2_000)]
+    data = interactions(rows)
+    for start, end in ((50, 60), (0, 10), (90, None), (99, 100)):
+        expected: dict[str, set[str]] = {}
+        for user, item, day in rows:
+            inside = day >= start and (end is None or day < end)
+            if inside and not any(u == user and i == item and d < start for u, i, d in rows):
+                expected.setdefault(user, set()).add(item)
+        found = fresh_items(data, start * DAY, end * DAY if end is not None else None)
+        assert found == expected
+        assert list(found) == sorted(expected)
+
+
+def test_taken_after_is_new_items_of_the_later_frame():
+    before = interactions([("u", "a", 5), ("v", "b", 1)])
+    after = interactions([("u", "a", 2), ("u", "c", 3), ("w", "a", 0), ("v", "b", 9)])  # times play no part
+    assert taken_after(before, after) == {"u": {"c"}, "w": {"a"}}
+    assert list(taken_after(before, after)) == ["u", "w"]
 
 
 def test_cold_start_choice_is_the_best_mean_over_every_cut_and_horizon():

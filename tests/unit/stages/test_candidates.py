@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from stages import candidates
 from stages.candidates import CandidateModel, CandidateParams, Recent, _merge_ranked, popularity_share
 
 
@@ -160,6 +161,34 @@ def test_co_consumption_proposes_what_was_taken_with_the_latest_items():
     batch = model.top_n(np.array([model.user_index["u9"]]), n=0)
     assert model.item_ids[batch.items[0]].tolist() == ["b"]
     assert batch.source_ranks["cooc"][0].tolist() == [1.0] and batch.cooc_scores[0][0] > 0
+
+
+def test_co_consumption_in_blocks_is_the_cosine_of_the_whole_matrix(monkeypatch):
+    """Items' rows a block at a time (memory at 20M interactions): each item's neighbours and weights are those
+    of the cosine over the whole user-by-item matrix, ties by item index, whatever the block size."""
+    rng = np.random.default_rng(3)
+    n_users, n_items, width, neighbours = 60, 11, 4, 5
+    latest = np.full((n_users, width), -1, dtype=np.int64)
+    for user in range(n_users):
+        taken = rng.choice(n_items, size=int(rng.integers(0, width + 1)), replace=False)
+        latest[user, : len(taken)] = taken
+    dense = np.zeros((n_users, n_items))
+    for user, item in zip(*np.nonzero(latest >= 0), strict=True):
+        dense[user, latest[user, item]] = 1.0
+    together = dense.T @ dense
+    np.fill_diagonal(together, 0)
+    norm = 1 / np.sqrt(np.maximum(dense.sum(axis=0), 1))
+    cosine = norm[:, None] * together * norm[None, :]
+    whole = candidates._co_consumption(latest, n_items, neighbours)
+    for item in range(n_items):
+        expected = [j for j in np.lexsort((np.arange(n_items), -cosine[item])) if cosine[item, j] > 0][:neighbours]
+        found = whole.items[item]
+        assert found[: len(expected)].tolist() == expected and (found[len(expected) :] == -1).all()
+        np.testing.assert_allclose(whole.weights[item][: len(expected)], cosine[item, expected], rtol=1e-6)
+    for block in (1, 3, 4):
+        monkeypatch.setattr(candidates, "COOC_BLOCK", block)
+        blocked = candidates._co_consumption(latest, n_items, neighbours)
+        assert np.array_equal(blocked.items, whole.items) and np.array_equal(blocked.weights, whole.weights)
 
 
 DAY = 86400

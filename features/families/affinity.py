@@ -29,17 +29,27 @@ class Affinity(FeatureFamily):
 
     @staticmethod
     def compute(data: ComputeContext) -> None:
-        inter = data.interactions
+        (user_codes, user_ids), (item_codes, item_ids) = data.user_codes, data.item_codes
+        # Codes, not ids (ComputeContext.user_codes); sorted like the ids, so the groups' order is theirs.
+        inter = pd.DataFrame(
+            {
+                Columns.user: user_codes,
+                Columns.item: item_codes,
+                Columns.weight: data.interactions[Columns.weight].to_numpy(),
+            }
+        )
         parts = []
         for attribute, kind in data.item_kinds.items():
             if kind == "numeric":
                 continue
             pairs = _exploded(data.items, attribute, kind)
-            joined = inter[[Columns.user, Columns.item, Columns.weight]].merge(pairs, on=Columns.item)
+            pairs[Columns.item] = item_ids.get_indexer(pairs[Columns.item])
+            joined = inter.merge(pairs[pairs[Columns.item] >= 0], on=Columns.item)
             weight = joined.groupby([Columns.user, "value"])[Columns.weight].sum()
             total = inter.groupby(Columns.user)[Columns.weight].sum()
             share = (weight / total.reindex(weight.index.get_level_values(0)).to_numpy()).rename("share")
             frame = share.reset_index()
+            frame[Columns.user] = user_ids[frame[Columns.user].to_numpy()]
             frame.insert(1, "attribute", attribute)
             parts.append(frame)
         if not parts:

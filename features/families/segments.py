@@ -79,18 +79,25 @@ class Segments(FeatureFamily):
     @staticmethod
     def compute(data: ComputeContext) -> None:
         inter, users = data.interactions, data.users
+        (user_codes, user_ids), (item_codes, item_ids) = data.user_codes, data.item_codes
         buckets = {c: bucket_edges(users[c]) for c, k in data.user_kinds.items() if k == "numeric"}
         data.info["buckets"] = buckets
         parts = []
         for attribute, per_user in user_segment_values(users, data.user_kinds, buckets).items():
-            joined = inter[[Columns.user, Columns.item, Columns.weight]].assign(
-                value=per_user.reindex(inter[Columns.user]).to_numpy()
+            # Item codes, not ids (ComputeContext.user_codes); sorted like the ids, so the groups' order is theirs.
+            joined = pd.DataFrame(
+                {
+                    Columns.item: item_codes,
+                    Columns.weight: inter[Columns.weight].to_numpy(),
+                    "value": per_user.reindex(user_ids).to_numpy()[user_codes],
+                }
             )
             joined = joined.dropna(subset=["value"])
             weight = joined.groupby(["value", Columns.item])[Columns.weight].sum()
             total = joined.groupby("value")[Columns.weight].sum()
             share = (weight / total.reindex(weight.index.get_level_values(0)).to_numpy()).rename("share")
             frame = share.reset_index()
+            frame[Columns.item] = item_ids[frame[Columns.item].to_numpy()]
             frame.insert(0, "attribute", attribute)
             parts.append(frame)
         if not parts:

@@ -28,14 +28,16 @@ class Taste(FeatureFamily):
     @staticmethod
     def compute(data: ComputeContext) -> None:
         inter = data.interactions
+        (users, user_ids), (items, item_ids) = data.user_codes, data.item_codes
         for attribute, kind in data.item_kinds.items():
             if kind != "numeric":
                 continue
-            values = data.items[attribute].reindex(inter[Columns.item]).to_numpy(dtype=np.float64)
+            values = data.items[attribute].reindex(item_ids).to_numpy(dtype=np.float64)[items]
             known = ~np.isnan(values)
             w = inter[Columns.weight].to_numpy(dtype=np.float64) * known
-            frame = pd.DataFrame({"u": inter[Columns.user].to_numpy(), "wv": np.nan_to_num(values) * w, "w": w})
+            frame = pd.DataFrame({"u": users, "wv": np.nan_to_num(values) * w, "w": w})
             sums = frame.groupby("u", sort=True)[["wv", "w"]].sum()
+            sums.index = user_ids[sums.index.to_numpy()]
             data.users[f"taste_{attribute}"] = (sums["wv"] / sums["w"].replace(0, np.nan)).astype(np.float32)
             # The weight behind the mean, so a request's recent items can be averaged in (see fresh).
             data.users[f"taste_weight_{attribute}"] = sums["w"].astype(np.float32)

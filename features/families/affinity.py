@@ -29,28 +29,38 @@ class Affinity(FeatureFamily):
 
     @staticmethod
     def compute(data: ComputeContext) -> None:
-        (user_codes, user_ids), (item_codes, item_ids) = data.user_codes, data.item_codes
         # Codes, not ids (ComputeContext.user_codes); sorted like the ids, so the groups' order is theirs.
-        inter = pd.DataFrame(
-            {
-                Columns.user: user_codes,
-                Columns.item: item_codes,
-                Columns.weight: data.interactions[Columns.weight].to_numpy(),
-            }
-        )
+        (users, user_ids), (items, item_ids) = data.user_codes, data.item_codes
+        weights = pd.Series(data.interactions[Columns.weight].to_numpy())
+        total = weights.groupby(users).sum()
         parts = []
         for attribute, kind in data.item_kinds.items():
             if kind == "numeric":
                 continue
             pairs = _exploded(data.items, attribute, kind)
-            pairs[Columns.item] = item_ids.get_indexer(pairs[Columns.item])
-            joined = inter.merge(pairs[pairs[Columns.item] >= 0], on=Columns.item)
-            weight = joined.groupby([Columns.user, "value"])[Columns.weight].sum()
-            total = inter.groupby(Columns.user)[Columns.weight].sum()
-            share = (weight / total.reindex(weight.index.get_level_values(0)).to_numpy()).rename("share")
-            frame = share.reset_index()
-            frame[Columns.user] = user_ids[frame[Columns.user].to_numpy()]
-            frame.insert(1, "attribute", attribute)
+            pair_items = item_ids.get_indexer(pairs[Columns.item])
+            # One value at a time, over the rows of the items that have it: joined to every value of their item
+            # at once, the interactions were 1.9 GB at 20M. A user's weight on a value sums the same rows in
+            # the same order either way, so the shares are the same to the bit.
+            found = []
+            for value in sorted(pairs["value"].unique()):
+                has = np.zeros(len(item_ids), dtype=bool)
+                has[pair_items[(pairs["value"] == value).to_numpy() & (pair_items >= 0)]] = True
+                rows = has[items]
+                sums = weights[rows].groupby(users[rows]).sum()
+                found.append(pd.DataFrame({"code": sums.index, "value": value, "weight": sums.to_numpy()}))
+            if not found:
+                continue
+            frame = pd.concat(found, ignore_index=True).sort_values("code", kind="stable", ignore_index=True)
+            share = frame["weight"] / total.reindex(frame["code"]).to_numpy()
+            frame = pd.DataFrame(
+                {
+                    Columns.user: user_ids[frame["code"].to_numpy()],
+                    "attribute": attribute,
+                    "value": frame["value"],
+                    "share": share,
+                }
+            )
             parts.append(frame)
         if not parts:
             data.affinity = pd.DataFrame({Columns.user: [], "attribute": [], "value": [], "share": []})

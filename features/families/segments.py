@@ -90,15 +90,19 @@ class Segments(FeatureFamily):
             user_value, values = pd.factorize(per_user.reindex(user_ids), sort=True)  # -1: none
             row_value = user_value[user_codes]
             kept = row_value >= 0
-            joined = pd.DataFrame(
-                {"value": row_value[kept], Columns.item: item_codes[kept], Columns.weight: weights[kept]}
+            # One integer key per (value, item), ordered as the pair: grouping by the two columns cost as much
+            # again in pandas' own codes.
+            row_weights = pd.Series(weights[kept])
+            by_pair = row_weights.groupby(row_value[kept] * len(item_ids) + item_codes[kept]).sum()
+            value, item = np.divmod(by_pair.index.to_numpy(), len(item_ids))
+            total = row_weights.groupby(row_value[kept]).sum()
+            frame = pd.DataFrame(
+                {
+                    "value": values[value],
+                    Columns.item: item_ids[item],
+                    "share": by_pair.to_numpy() / total.reindex(value).to_numpy(),
+                }
             )
-            weight = joined.groupby(["value", Columns.item])[Columns.weight].sum()
-            total = joined.groupby("value")[Columns.weight].sum()
-            share = (weight / total.reindex(weight.index.get_level_values(0)).to_numpy()).rename("share")
-            frame = share.reset_index()
-            frame["value"] = values[frame["value"].to_numpy()]
-            frame[Columns.item] = item_ids[frame[Columns.item].to_numpy()]
             frame.insert(0, "attribute", attribute)
             parts.append(frame)
         if not parts:

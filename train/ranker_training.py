@@ -174,15 +174,19 @@ class Stages:
             for key in [k for k in self._rows if k[1] < moment]:  # every key holds its cut second
                 del self._rows[key]
 
-    def rows(self, kind: str, cut: int, names: FeatureNames | None, params: RankerParams) -> RowBlock | None:
+    def rows(
+        self, kind: str, cut: int, names: FeatureNames | None, params: RankerParams, last_use: bool = False
+    ) -> RowBlock | None:
         """One kind of training rows at one cut (cached; see :data:`ROW_KINDS`).
 
         ``names``: the columns wanted (``None``: every column the cut's stage can produce, as cached).
+        ``last_use``: nothing will ask for these rows again, so the cache lets go of them (unless ``keep_rows``).
         """
         key = _row_key(kind, cut, params)
         if key not in self._rows:
             self._rows[key] = build_rows(kind, self.dataset.interactions, self.at(cut), cut, params, self.names(cut))
-        return _columns(self._rows[key], self.names(cut), names)
+        block = self._rows.pop(key) if last_use and not self.keep_rows else self._rows[key]
+        return _columns(block, self.names(cut), names)
 
     def prepare_rows(
         self, cuts: Sequence[int], params: RankerParams, kinds: Sequence[str] = (KNOWN,), names_at: Sequence[int] = ()
@@ -211,14 +215,18 @@ class Stages:
                     self._rows.update(rows)
                     bar.update()
 
-    def training_rows(self, cut: int, names: FeatureNames | None, params: RankerParams) -> RowBlock | None:
+    def training_rows(
+        self, cut: int, names: FeatureNames | None, params: RankerParams, last_use: bool = False
+    ) -> RowBlock | None:
         """The rows a ranker learns from at one training cut, labelled by the ``label_days`` after it (cached)."""
-        return self.rows(KNOWN, cut, names, params)
+        return self.rows(KNOWN, cut, names, params, last_use)
 
-    def request_rows(self, cut: int, names: FeatureNames | None, params: RankerParams, known: bool) -> RowBlock | None:
+    def request_rows(
+        self, cut: int, names: FeatureNames | None, params: RankerParams, known: bool, last_use: bool = False
+    ) -> RowBlock | None:
         """Rows of requests with recent items at one training cut (cached): from users unknown at it (the visitor
         ranker's) or known at it (the recent-items ranker's)."""
-        return self.rows(KNOWN_REQUESTS if known else VISITORS, cut, names, params)
+        return self.rows(KNOWN_REQUESTS if known else VISITORS, cut, names, params, last_use)
 
 
 class Result(Protocol):
@@ -361,35 +369,42 @@ class Rankers:
 
 
 def fit_rankers(
-    stages: Stages, until: int, params: RankerParams, serve_at: int | None, show_progress: bool = True
+    stages: Stages,
+    until: int,
+    params: RankerParams,
+    serve_at: int | None,
+    show_progress: bool = True,
+    rows_again: bool = True,
 ) -> tuple[Rankers, dict]:
     """The main ranker and the two for requests with recent items, on the same cuts before ``until``.
 
     Every kind of row is built at a cut while its stage is held, so the three fits build each stage once.
+    ``rows_again``: whether anything (a backtest) asks for these cuts' rows later; if not, each fit lets go of
+    the rows only it reads before CatBoost's fit, the largest part of this step's memory at 20M interactions.
     """
     kinds = ROW_KINDS if params.recent_items_passed else (KNOWN,)
     stages.prepare_rows(cuts_with_history(stages, until, params), params, kinds)
     ranker, stats = fit_ranker(stages, until, params, serve_at=serve_at, show_progress=show_progress)
-    visitor_ranker, visitor_stats = fit_visitor_ranker(stages, until, params, ranker.names)
+    visitor_ranker, visitor_stats = fit_visitor_ranker(stages, until, params, ranker.names, last_use=not rows_again)
     stats["visitor_ranker"] = {k: v for k, v in visitor_stats.items() if k != "params"}
-    recent_ranker, recent_stats = fit_recent_ranker(stages, until, params, ranker.names)
+    recent_ranker, recent_stats = fit_recent_ranker(stages, until, params, ranker.names, last_use=not rows_again)
     stats["recent_ranker"] = {k: v for k, v in recent_stats.items() if k != "params"}
     return Rankers(ranker, visitor_ranker, recent_ranker), stats
 
 
 def fit_visitor_ranker(
-    stages: Stages, until: int, params: RankerParams, names: FeatureNames
+    stages: Stages, until: int, params: RankerParams, names: FeatureNames, last_use: bool = False
 ) -> tuple[Ranker | None, dict]:
     """The ranker for visitors with recent items, on the same cuts and columns as the main one (None: no examples).
 
     A visitor has no stored history, so every user column comes from the
     request's recent items; the main ranker never saw such rows.
     """
-    return _fit_request_ranker(stages, until, params, names, known=False)
+    return _fit_request_ranker(stages, until, params, names, known=False, last_use=last_use)
 
 
 def fit_recent_ranker(
-    stages: Stages, until: int, params: RankerParams, names: FeatureNames
+    stages: Stages, until: int, params: RankerParams, names: FeatureNames, last_use: bool = False
 ) -> tuple[Ranker | None, dict]:
     """The ranker for known users' requests with recent items, on the main one's cuts and columns (None: none).
 
@@ -398,19 +413,20 @@ def fit_recent_ranker(
     such requests together: the requests alone are too few (docs/quality.md),
     and taught to the main ranker they cost every stored-history answer.
     """
-    return _fit_request_ranker(stages, until, params, names, known=True)
+    return _fit_request_ranker(stages, until, params, names, known=True, last_use=last_use)
 
 
 def _fit_request_ranker(
-    stages: Stages, until: int, params: RankerParams, names: FeatureNames, known: bool
+    stages: Stages, until: int, params: RankerParams, names: FeatureNames, known: bool, last_use: bool
 ) -> tuple[Ranker | None, dict]:
     if not params.recent_items_passed:
         return None, {"rows": 0}
     cuts = cuts_with_history(stages, until, params)
-    blocks = [stages.request_rows(t, names, params, known) for t in cuts]
-    if known and any(b is not None for b in blocks):
-        blocks += [stages.training_rows(t, names, params) for t in cuts]
-    return fit_on_blocks([b for b in blocks if b is not None], names, params, show_progress=False)
+    # One list holds the blocks, which fit_on_blocks empties: with ``last_use`` nothing else does then.
+    blocks = [b for t in cuts if (b := stages.request_rows(t, names, params, known, last_use)) is not None]
+    if known and blocks:
+        blocks += [b for t in cuts if (b := stages.training_rows(t, names, params, last_use)) is not None]
+    return fit_on_blocks(blocks, names, params, show_progress=False)
 
 
 def cuts_with_history(stages: Stages, until: int, params: RankerParams) -> list[int]:
@@ -476,9 +492,12 @@ def fit_on_examples(
 
 
 def fit_on_blocks(
-    blocks: Sequence[RowBlock], names: FeatureNames, params: RankerParams, show_progress: bool = True
+    blocks: list[RowBlock], names: FeatureNames, params: RankerParams, show_progress: bool = True
 ) -> tuple[Ranker | None, dict]:
-    """The prior, then CatBoost boosted from it, on the rows of every block (``rows`` 0: nothing to fit)."""
+    """The prior, then CatBoost boosted from it, on the rows of every block (``rows`` 0: nothing to fit).
+
+    Empties ``blocks`` once their rows are copied, so blocks held nowhere else are freed before CatBoost's fit.
+    """
     if not blocks:
         return None, {"rows": 0}
     # Column-major from the start: Ranker.data would otherwise copy the whole block to make it so. CatBoost's pool
@@ -492,6 +511,7 @@ def fit_on_blocks(
     labels = np.concatenate([b.labels for b in blocks])
     # Query ids unique across blocks: the same user at two cuts is two queries.
     groups = np.concatenate([b.queries + (position << 32) for position, b in enumerate(blocks)])
+    blocks.clear()
     prior = Prior.fit(numeric, names, labels) if params.prior else None
     baseline = prior.score(numeric, names) if prior is not None else None
     pool = Pool(Ranker.data(names, numeric, categorical), label=labels, group_id=groups, baseline=baseline)

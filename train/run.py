@@ -177,7 +177,9 @@ def _train(config: TrainConfig, echo: bool, engine: DaskEngine | None) -> RunRes
     with steps.step("final ranker: trained on the latest cuts"):
         # First: if the data cannot train a ranker, say so before spending time on the evaluation.
         until = int(dataset.interactions[Columns.timestamp].max()) + 1
-        rankers, stats = fit_rankers(stages, until, config.ranker_params(), serve_at=None)
+        rankers, stats = fit_rankers(
+            stages, until, config.ranker_params(), serve_at=None, rows_again=bool(config.backtest_cuts)
+        )
     cold_start = (CandidateParams.cold_start_days, CandidateParams.segment_weight)
     if config.backtest_cuts:
         with steps.step(f"backtest: weekly cuts over the second half (at most {config.backtest_cuts})"):

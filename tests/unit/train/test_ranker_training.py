@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 
 from features.schema import DAY, Columns
 from stages.candidates import CandidateParams
 from train.backtest import fitted_folds
 from train.ranker_training import (
+    ROW_KINDS,
     RankerParams,
     Stages,
     _labelled_rows,
@@ -112,6 +114,23 @@ def test_the_three_final_rankers_build_each_stage_once_holding_at_most_two(small
     built = [t for t, _ in builds]
     assert len(built) == len(set(built)) == QUICK.train_cuts + 1  # the training cuts and all the data
     assert max(held for _, held in builds) <= 2 and sum(t is not None for t in stages.held_stages()) <= 2
+
+
+def test_final_rankers_that_no_backtest_follows_let_go_of_their_rows_and_are_the_same(small_dataset):
+    """Without a backtest after them the fits free the rows only they read (memory at 20M interactions)."""
+    until = int(small_dataset.interactions[Columns.timestamp].max()) + 1
+    fitted, cached = {}, {}
+    for rows_again in (True, False):
+        stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2))
+        rankers, _ = fit_rankers(stages, until, QUICK, serve_at=None, show_progress=False, rows_again=rows_again)
+        fitted[rows_again], cached[rows_again] = rankers, {key[0] for key in stages._rows}
+        if rows_again:
+            rows = next(r for r in stages._rows.values() if r is not None)
+    assert cached[True] == set(ROW_KINDS)
+    assert cached[False] == set()  # each kind read for the last time by the request rankers
+    for kept, freed in [(fitted[True].main, fitted[False].main), (fitted[True].recent, fitted[False].recent)]:
+        assert kept is not None and freed is not None
+        assert np.array_equal(kept.score(rows.numeric, rows.categorical), freed.score(rows.numeric, rows.categorical))
 
 
 def test_the_backtest_folds_build_each_stage_once(small_dataset):

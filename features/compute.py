@@ -23,7 +23,8 @@ def compute_features(dataset: Dataset, as_of: int | None = None) -> FeatureTable
     interactions = dataset.interactions
     if as_of is None:
         as_of = int(interactions[Columns.timestamp].max()) + 1  # just after the last, as the candidate stage counts
-    interactions = interactions[interactions[Columns.timestamp] < as_of]
+    else:  # (all of them otherwise: no copy)
+        interactions = interactions[interactions[Columns.timestamp] < as_of]
     data = ComputeContext(dataset, interactions, int(as_of))
     for family in FAMILIES:
         family.compute(data)

@@ -249,9 +249,8 @@ class RowEngine(Protocol):
 
 def build_stage(dataset: Dataset, params: CandidateParams, as_of: int | None) -> Stage:
     """The candidate model and every feature as of ``as_of``, from the interactions before it (``None``: all)."""
-    inter = dataset.interactions
-    before = inter if as_of is None else inter[inter[Columns.timestamp] < as_of]
-    candidates = CandidateModel.fit(before, params, as_of)
+    # Each reads the interactions before ``as_of`` itself: a copy made here too stayed alive through both.
+    candidates = CandidateModel.fit(dataset.interactions, params, as_of)
     tables = compute_features(dataset, as_of)
     return Stage(candidates, FeatureView(tables, candidates.item_ids, candidates.als.item_factors), tables)
 

@@ -89,7 +89,8 @@ def main(step: str, directory: str) -> None:
         if peak:
             print(f"{first:>26} -> {then:<26} {ended - began:7.1f} s  peak {peak:6d} MB ({peak - start:+6d})")
     step_peak = max(mb for t, mb in samples if t >= marks[0][0])
-    print(f"the step's peak: {step_peak} MB ({step_peak - start:+d} over its start)")
+    took = marks[-1][0] - marks[0][0]
+    print(f"the step's peak: {step_peak} MB ({step_peak - start:+d} over its start), {took:.1f} s")
 
 
 if __name__ == "__main__":

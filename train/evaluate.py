@@ -10,12 +10,15 @@ import numpy as np
 import pandas as pd
 
 from features.schema import Columns
-from stages.candidates import SOURCES, CandidateModel, ranking
+from stages.candidates import SCORE_CHUNK, SOURCES, CandidateModel, ranking
 from stages.cold_start import first_k_not_in
 from stages.pipeline import Query, TwoStageRecommender
 
 K = 10
-EVAL_BATCH_USERS = 2_000  # users answered at a time when evaluating (pipeline_lists)
+# Users answered at a time when evaluating (pipeline_lists): a whole number of the candidate stage's scoring
+# chunks, so the users' ALS scores are computed in the same chunks as in one batch of all (a chunk of one user
+# takes another BLAS path, whose last bits differ).
+EVAL_BATCH_USERS = 2 * SCORE_CHUNK
 FEW_USERS = 20  # below this many users per table, differences between models are mostly noise
 
 
@@ -103,8 +106,8 @@ def popularity_lists(
 def pipeline_lists(pipeline: TwoStageRecommender, users: list[str], k: int = K) -> dict[str, list[str]]:
     """What the pipeline answers each user (the served path: two-stage, or cold start).
 
-    ``EVAL_BATCH_USERS`` at a time: each user's answer is the same in any batch, and the per-user split's 20,000
-    users in one batch held 1.9 GB of feature rows at 20M interactions (docs/bench/training_cli_20m/).
+    ``EVAL_BATCH_USERS`` at a time: the per-user split's 20,000 users in one batch held 1.9 GB of feature rows at
+    20M interactions (docs/bench/training_cli_20m/).
     """
     lists: dict[str, list[str]] = {}
     for first in range(0, len(users), EVAL_BATCH_USERS):

@@ -315,7 +315,8 @@ def _new_items(users: pd.Series, items: pd.Series, before: np.ndarray, window: n
     item_codes, item_ids = pd.factorize(items)
     pairs = user_codes.astype(np.int64) * len(item_ids) + item_codes
     taken, new = _distinct(pairs[before]), _distinct(pairs[window])
-    owners, fresh = np.divmod(new[~np.isin(new, taken, assume_unique=True)], len(item_ids))  # sorted by owner
+    # Sorted by user code, which is first appearance here, not id order: hence the sort at the end.
+    owners, fresh = np.divmod(new[~np.isin(new, taken, assume_unique=True)], len(item_ids))
     if not len(owners):
         return {}
     names, item_names = user_ids.to_numpy(dtype=object), item_ids.to_numpy(dtype=object)
@@ -373,20 +374,21 @@ def fit_rankers(
     params: RankerParams,
     serve_at: int | None,
     show_progress: bool = True,
-    rows_again: bool = True,
+    rows_needed_later: bool = True,
 ) -> tuple[Rankers, dict]:
     """The main ranker and the two for requests with recent items, on the same cuts before ``until``.
 
     Every kind of row is built at a cut while its stage is held, so the three fits build each stage once.
-    ``rows_again``: whether anything (a backtest) asks for these cuts' rows later; if not, each fit lets go of
+    ``rows_needed_later``: whether anything (a backtest) asks for these cuts' rows later; if not, each fit lets go of
     the rows only it reads before CatBoost's fit, the largest part of this step's memory at 20M interactions.
     """
     kinds = ROW_KINDS if params.recent_items_passed else (KNOWN,)
     stages.prepare_rows(cuts_with_history(stages, until, params), params, kinds)
     ranker, stats = fit_ranker(stages, until, params, serve_at=serve_at, show_progress=show_progress)
-    visitor_ranker, visitor_stats = fit_visitor_ranker(stages, until, params, ranker.names, last_use=not rows_again)
+    last_use = not rows_needed_later
+    visitor_ranker, visitor_stats = fit_visitor_ranker(stages, until, params, ranker.names, last_use=last_use)
     stats["visitor_ranker"] = {k: v for k, v in visitor_stats.items() if k != "params"}
-    recent_ranker, recent_stats = fit_recent_ranker(stages, until, params, ranker.names, last_use=not rows_again)
+    recent_ranker, recent_stats = fit_recent_ranker(stages, until, params, ranker.names, last_use=last_use)
     stats["recent_ranker"] = {k: v for k, v in recent_stats.items() if k != "params"}
     return Rankers(ranker, visitor_ranker, recent_ranker), stats
 
@@ -495,7 +497,8 @@ def fit_on_blocks(
 ) -> tuple[Ranker | None, dict]:
     """The prior, then CatBoost boosted from it, on the rows of every block (``rows`` 0: nothing to fit).
 
-    Empties ``blocks`` once their rows are copied, so blocks held nowhere else are freed before CatBoost's fit.
+    Empties ``blocks`` once their rows are gathered (several are copied into one array, a lone one is used as it
+    is), so blocks the caller and the stages' cache no longer hold are freed before CatBoost's fit.
     """
     if not blocks:
         return None, {"rows": 0}

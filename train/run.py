@@ -178,7 +178,7 @@ def _train(config: TrainConfig, echo: bool, engine: DaskEngine | None) -> RunRes
         # First: if the data cannot train a ranker, say so before spending time on the evaluation.
         until = int(dataset.interactions[Columns.timestamp].max()) + 1
         rankers, stats = fit_rankers(
-            stages, until, config.ranker_params(), serve_at=None, rows_again=bool(config.backtest_cuts)
+            stages, until, config.ranker_params(), serve_at=None, rows_needed_later=bool(config.backtest_cuts)
         )
     cold_start = (CandidateParams.cold_start_days, CandidateParams.segment_weight)
     if config.backtest_cuts:

@@ -41,7 +41,7 @@ class Affinity(FeatureFamily):
             pair_items = item_ids.get_indexer(pairs[Columns.item])
             # One value at a time, over the rows of the items that have it: joined to every value of their item
             # at once, the interactions were 1.9 GB at 20M. A user's weight on a value sums the same rows in
-            # the same order either way, so the shares are the same to the bit.
+            # the same order either way (each item has a value once), so the shares are the same to the bit.
             found = []
             for value in sorted(pairs["value"].unique()):
                 has = np.zeros(len(item_ids), dtype=bool)
@@ -153,6 +153,9 @@ def _exploded(items: pd.DataFrame, attribute: str, kind: str) -> pd.DataFrame:
     else:
         column = column.map(lambda v: v if isinstance(v, tuple) else ())
     pairs = column.explode().dropna()
+    # An item has a value or not: a list repeating one ("Drama|Drama") counted its weight twice before
+    # session 47 (a share above 1), where serving (item_values, fresh) counts it once.
     frame = pd.DataFrame({Columns.item: pairs.index.to_numpy(), "value": pairs.astype(str).to_numpy()})
+    frame = frame.drop_duplicates(ignore_index=True)
     top = frame["value"].value_counts().index[:MAX_AFFINITY_VALUES]
     return frame[frame["value"].isin(top)]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from features.compute import compute_features
+from features.schema import Dataset
 
 
 def test_item_and_user_aggregates(tiny):
@@ -38,3 +40,11 @@ def test_affinity_and_segment_shares(tiny):
     seg = tables.segments.set_index(["attribute", "value", "item_id"])["share"]
     assert seg[("job", "y", "c")] == pytest.approx(5 / 9)
     assert ("job", "x", "c") not in seg.index
+
+
+def test_a_value_an_item_lists_twice_counts_once(tiny):
+    """A share is of the user's weight, at most 1, as serving computes it: a repeated value is still one value."""
+    repeated = tiny.items.assign(genres=[("drama", "drama"), ("drama", "comedy", "comedy"), ("comedy",)])
+    tables = compute_features(Dataset(tiny.interactions, tiny.users, repeated))
+    pd.testing.assert_frame_equal(tables.affinity, compute_features(tiny).affinity)
+    assert tables.affinity["share"].max() <= 1.0

@@ -120,11 +120,11 @@ def test_final_rankers_that_no_backtest_follows_let_go_of_their_rows_and_are_the
     """Without a backtest after them the fits free the rows only they read (memory at 20M interactions)."""
     until = int(small_dataset.interactions[Columns.timestamp].max()) + 1
     fitted, cached = {}, {}
-    for rows_again in (True, False):
+    for later in (True, False):
         stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2))
-        rankers, _ = fit_rankers(stages, until, QUICK, serve_at=None, show_progress=False, rows_again=rows_again)
-        fitted[rows_again], cached[rows_again] = rankers, {key[0] for key in stages._rows}
-        if rows_again:
+        rankers, _ = fit_rankers(stages, until, QUICK, serve_at=None, show_progress=False, rows_needed_later=later)
+        fitted[later], cached[later] = rankers, {key[0] for key in stages._rows}
+        if later:
             rows = next(r for r in stages._rows.values() if r is not None)
     assert cached[True] == set(ROW_KINDS)
     assert cached[False] == set()  # each kind read for the last time by the request rankers

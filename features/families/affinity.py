@@ -80,7 +80,7 @@ class Affinity(FeatureFamily):
             values, onehot = view.item_values(attribute)
             share = affinity[affinity["attribute"] == attribute]
             user_share = np.zeros((view.n_users + 1, len(values)), dtype=np.float32)
-            rows = share[Columns.user].map(view.user_row).to_numpy()
+            rows = share[Columns.user].map(view.user_row).to_numpy(dtype=np.int64)  # (none: an empty int array)
             cols = np.searchsorted(values, share["value"].to_numpy())
             user_share[rows, cols] = share["share"].to_numpy(dtype=np.float32)
             self.shares[attribute] = (user_share, onehot)

@@ -127,9 +127,9 @@ class Segments(FeatureFamily):
             matrix = np.zeros((len(values) + 1, len(view.item_ids)), dtype=np.float32)
             cols = seg[Columns.item].map(view.item_position)
             known = cols.notna().to_numpy()
-            matrix[seg["value"].map(code).to_numpy()[known], cols.to_numpy()[known].astype(np.int64)] = seg[
-                "share"
-            ].to_numpy(dtype=np.float32)[known]
+            rows = seg["value"].map(code).to_numpy(dtype=np.int64)  # (none: an empty int array)
+            shares = seg["share"].to_numpy(dtype=np.float32)
+            matrix[rows[known], cols.to_numpy()[known].astype(np.int64)] = shares[known]
             user_codes = values_of_users.map(lambda v, c=code: c.get(str(v), -1) if v is not None else -1)
             self.tables[attribute] = (code, matrix, with_unknown(user_codes.to_numpy(dtype=np.int64), -1))
             self.stored[attribute] = one_object_per_value(view.users[attribute].to_numpy(dtype=object))

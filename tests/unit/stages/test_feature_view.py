@@ -11,6 +11,7 @@ from features.families import Pairs
 from features.families.base import one_object_per_value
 from features.families.recent_similarity import RECENT_ITEMS, RecentSimilarity, _columns_of
 from features.families.segments import bucket_label, bucket_labels
+from features.schema import Dataset
 from stages.feature_view import FeatureView
 
 
@@ -185,3 +186,27 @@ def test_recent_similarity_of_one_owner_equals_the_columns_copied_out_per_pair(n
         np.testing.assert_array_equal(got, expected)
     assert one[0].dtype == one[1].dtype == one[2].dtype == np.float32
     assert np.isnan(one[2]).all() == (n_latest == 0)
+
+
+def test_attributes_that_no_interaction_has_build_a_view_of_empty_shares(tiny):
+    """An item attribute only an untaken item has, a user attribute only a user without interactions has: no
+    share to fill in. The view used to fail on them (an IndexError) next to attributes that had some."""
+    items = tiny.items.assign(studio=[None, None, None])
+    items.loc["d"] = ["D", ("drama",), 2020.0, "s1"]  # never taken
+    users = tiny.users.assign(club=[None, None])
+    users.loc["u3"] = ["z", 30.0, "gold"]  # no interactions
+    tables = compute_features(Dataset(tiny.interactions, users, items))
+    view = FeatureView(tables, np.array(["a", "b", "c"], dtype=object), np.eye(3, dtype=np.float32))
+    names = view.available()
+    assert "aff_genres" in names.numeric and "aff_studio" in names.numeric
+    pairs = Pairs(
+        user_rows=view.user_rows(["u1", "u1"]),
+        items=np.array([0, 2]),
+        als_scores=np.zeros(2, np.float32),
+        cooc_scores=np.zeros(2, np.float32),
+        source_ranks={source: np.ones(2, np.float32) for source in ("als", "popular", "cooc")},
+    )
+    numeric, _ = view.rows(names, pairs)
+    col = {n: numeric[:, i] for i, n in enumerate(names.numeric)}
+    assert col["aff_studio"].tolist() == [0.0, 0.0]
+    assert col["aff_genres"].tolist() == pytest.approx([1.0, 2 / 6])  # u1: drama a, comedy c

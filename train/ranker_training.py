@@ -311,21 +311,19 @@ def _new_items(users: pd.Series, items: pd.Series, before: np.ndarray, window: n
     On integer codes, and each item id one string shared by every set: at 20M interactions a pandas merge of
     the string pairs took 1 GB for a moment, and the sets, a string per pair, outlive it.
     """
-    user_codes, user_ids = pd.factorize(users)
+    user_codes, user_ids = pd.factorize(users, sort=True)  # codes in id order, so the pairs come out by user id
     item_codes, item_ids = pd.factorize(items)
     pairs = user_codes.astype(np.int64) * len(item_ids) + item_codes
     taken, new = _distinct(pairs[before]), _distinct(pairs[window])
-    # Sorted by user code, which is first appearance here, not id order: hence the sort at the end.
     owners, fresh = np.divmod(new[~np.isin(new, taken, assume_unique=True)], len(item_ids))
     if not len(owners):
         return {}
     names, item_names = user_ids.to_numpy(dtype=object), item_ids.to_numpy(dtype=object)
     starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]).tolist()
-    found = {
+    return {
         names[owners[first]]: set(item_names[fresh[first:last]].tolist())
         for first, last in zip(starts, [*starts[1:], len(owners)], strict=True)
     }
-    return dict(sorted(found.items()))
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:

@@ -114,7 +114,8 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
     before, after = temporal_split(train_part, config.holdout)
     # One thing at a time, each let go before the next (at 20M interactions this step is the run's peak): the
     # ranker's rows from its stage, then its fit, then the scored stage. The fit and that stage held at once
-    # took the run to 8.45 GiB at 20M interactions; apart, 8.03 GiB (BENCHMARKS.md, "Training at scale").
+    # took the run to 8.45 GiB at 20M interactions; apart, 8.03 GiB, and 7.19 GiB with the leaner stage builds
+    # (BENCHMARKS.md, "Training memory at 20M").
     label_stage = Stages(Dataset(before, dataset.users, dataset.items), candidate_params).at(None)
     label_names, rows = example_rows(label_stage, taken_after(before, after), params)
     names = common_names([label_stage.view.available(), label_names])

@@ -6,6 +6,11 @@ cluster most of the time, item popularity is Zipf-skewed, the user's
 recovers the clusters; a broken one does not. Usage::
 
     python -m features.synthetic --out var/synthetic --format parquet --users 6040 --items 3706 --interactions 1000000
+
+``--in-blocks`` draws and writes the interactions a block at a time, so 100M
+of them need about 2 GB rather than about 33 GB; its rows differ from the
+in-memory draw of the same seed (each block has its own seeded generator) but
+are just as reproducible.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ from features.schema import LIST_SEPARATOR, Columns, Dataset, finalize
 START = 1_704_067_200  # 2024-01-01T00:00:00Z
 SPAN_SECONDS = 365 * 24 * 3600
 MAX_ROUNDS = 8
+# Draws per block of --in-blocks. Fixed, not a setting: the rows depend on the
+# config alone, never on how much memory the writing machine had.
+BLOCK_DRAWS = 1 << 22
+# The pairs already written are one bit each; above this many bytes (users x
+# items / 8) the bitmap itself would crowd the machine.
+MAX_BITMAP_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -66,9 +77,7 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> Dataset:
     """Build the dataset in memory; same config, same data."""
     rng = np.random.default_rng([config.seed, 3])
     users_c, items_c = _user_clusters(config), _item_clusters(config)
-    popularity = 1.0 / np.power(rng.permutation(config.n_items) + 1.0, 0.9)
-    activity = rng.lognormal(0.0, 0.8, config.n_users)
-    activity /= activity.sum()
+    popularity, activity = _popularity_and_activity(config, rng)
 
     # Repeated (user, item) pairs are dropped, so draw more until the target is
     # met; skewed popularity inside small clusters can make it unreachable.
@@ -89,19 +98,118 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> Dataset:
             f"asked for {config.n_interactions:,} interactions; {len(keep):,} distinct (user, item) pairs "
             "came out at this many users and items: add users or items for more"
         )
-    match = users_c[user_idx] == items_c[item_idx]
-    rating = np.where(match, rng.integers(4, 6, keep.size), rng.integers(1, 4, keep.size))
-    timestamps = START + rng.integers(0, SPAN_SECONDS, keep.size)
-
+    rating, timestamps = _ratings_and_times(rng, users_c[user_idx] == items_c[item_idx])
     interactions = pd.DataFrame(
         {
             Columns.user: np.char.add("u", user_idx.astype(str)).astype(object),
             Columns.item: np.char.add("i", item_idx.astype(str)).astype(object),
-            Columns.timestamp: timestamps.astype(np.int64),
-            Columns.weight: rating.astype(np.float32),
+            Columns.timestamp: timestamps,
+            Columns.weight: rating,
         }
     )
     return finalize(Dataset(interactions, _users(config, users_c, rng), _items(config, items_c, rng), notes))
+
+
+def _popularity_and_activity(config: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Zipf-skewed item popularity in a random order, and each user's share of the draws."""
+    popularity = 1.0 / np.power(rng.permutation(config.n_items) + 1.0, 0.9)
+    activity = rng.lognormal(0.0, 0.8, config.n_users)
+    return popularity, activity / activity.sum()
+
+
+def _ratings_and_times(rng: np.random.Generator, match: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """4-5 stars inside the user's cluster, 1-3 outside; times uniform over the year."""
+    rating = np.where(match, rng.integers(4, 6, match.size), rng.integers(1, 4, match.size))
+    timestamps = START + rng.integers(0, SPAN_SECONDS, match.size)
+    return rating.astype(np.float32), timestamps.astype(np.int64)
+
+
+INTERACTIONS_SCHEMA = pa.schema(
+    [
+        (Columns.user, pa.string()),
+        (Columns.item, pa.string()),
+        (Columns.timestamp, pa.int64()),
+        (Columns.weight, pa.float32()),
+    ]
+)
+
+
+def write_in_blocks(config: SyntheticConfig, out: Path) -> tuple[dict[str, Path], int, list[str]]:
+    """Draw and write the interactions a block at a time, in bounded memory.
+
+    Why: ``generate`` holds every draw, the distinct-pair search and a Python
+    string per id at once (about 33 GB at 100M). Here a bit per possible
+    (user, item) pair remembers what was written, and only one block of draws
+    is alive; each block becomes a parquet row group. Returns the paths, the
+    number of interactions written and notes.
+    """
+    bitmap_bytes = -(-config.n_users * config.n_items // 8)
+    if bitmap_bytes > MAX_BITMAP_BYTES:
+        raise ValueError(
+            f"{config.n_users:,} users x {config.n_items:,} items need a {bitmap_bytes / 2**30:.1f} GiB bitmap of "
+            f"written pairs, over {MAX_BITMAP_BYTES / 2**30:.0f} GiB: use fewer users or items"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / f"{name}.parquet" for name in ("interactions", "users", "items")}
+    users_c, items_c = _user_clusters(config), _item_clusters(config)
+    popularity, activity = _popularity_and_activity(config, np.random.default_rng([config.seed, 3]))
+    written_pairs = np.zeros(bitmap_bytes, np.uint8)
+    written, block = 0, 0
+    max_blocks = -(-MAX_ROUNDS * (int(config.n_interactions * 1.6) + 100) // BLOCK_DRAWS)
+    with pq.ParquetWriter(paths["interactions"], INTERACTIONS_SCHEMA) as writer:
+        while written < config.n_interactions and block < max_blocks:
+            rng = np.random.default_rng([config.seed, 4, block])
+            user_idx, item_idx = _draw(config, rng, users_c, items_c, popularity, activity, BLOCK_DRAWS)
+            keep = _first_new_pairs(user_idx * config.n_items + item_idx, written_pairs)
+            keep = keep[: config.n_interactions - written]
+            user_idx, item_idx = user_idx[keep], item_idx[keep]
+            _mark_written(user_idx * config.n_items + item_idx, written_pairs)
+            rating, timestamps = _ratings_and_times(rng, users_c[user_idx] == items_c[item_idx])
+            columns = [
+                pa.array(np.char.add("u", user_idx.astype(str))),
+                pa.array(np.char.add("i", item_idx.astype(str))),
+                pa.array(timestamps),
+                pa.array(rating),
+            ]
+            if keep.size:
+                writer.write_table(pa.Table.from_arrays(columns, schema=INTERACTIONS_SCHEMA))
+            written += keep.size
+            block += 1
+    notes = []
+    if written < config.n_interactions:
+        notes.append(
+            f"asked for {config.n_interactions:,} interactions; {written:,} distinct (user, item) pairs "
+            "came out at this many users and items: add users or items for more"
+        )
+    attributes = np.random.default_rng([config.seed, 5])
+    pq.write_table(pa.Table.from_pandas(_users(config, users_c, attributes).reset_index()), paths["users"])
+    items = _items(config, items_c, attributes).reset_index()
+    items["genres"] = items["genres"].map(list)
+    pq.write_table(pa.Table.from_pandas(items), paths["items"])
+    return paths, written, notes
+
+
+def _first_new_pairs(keys: np.ndarray, written_pairs: np.ndarray) -> np.ndarray:
+    """Positions, in draw order, of each key's first draw in the block, unless an earlier block wrote it."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    first = np.ones(keys.size, bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    positions = np.sort(order[first])
+    drawn = keys[positions]
+    already = (written_pairs[drawn >> 3] >> (drawn & 7).astype(np.uint8)) & 1
+    return positions[already == 0]
+
+
+def _mark_written(keys: np.ndarray, written_pairs: np.ndarray) -> None:
+    """Set each key's bit; keys are distinct, but several can share a byte, hence the per-byte OR."""
+    if not keys.size:
+        return
+    keys = np.sort(keys)
+    byte = keys >> 3
+    bits = np.left_shift(np.uint8(1), (keys & 7).astype(np.uint8))
+    starts = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
+    written_pairs[byte[starts]] |= np.bitwise_or.reduceat(bits, starts)
 
 
 def _draw(
@@ -192,13 +300,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interactions", type=int, default=defaults.n_interactions)
     parser.add_argument("--clusters", type=int, default=defaults.n_clusters)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--in-blocks",
+        action="store_true",
+        help="draw and write the interactions a block at a time (parquet only): bounded memory for 100M rows",
+    )
     args = parser.parse_args(argv)
     config = SyntheticConfig(args.users, args.items, args.interactions, args.clusters, seed=args.seed)
+    if args.in_blocks:
+        if args.format != "parquet":
+            parser.error("--in-blocks writes parquet only")
+        try:
+            paths, written, notes = write_in_blocks(config, args.out)
+        except ValueError as error:
+            parser.error(str(error))
+        _report(notes, written, paths)
+        return
     dataset = generate(config)
-    for note in dataset.notes:
+    _report(dataset.notes, len(dataset.interactions), write(dataset, args.out, args.format))
+
+
+def _report(notes: list[str], n_interactions: int, paths: dict[str, Path]) -> None:
+    for note in notes:
         print(f"note: {note}")
-    paths = write(dataset, args.out, args.format)
-    print(f"{len(dataset.interactions):,} interactions")
+    print(f"{n_interactions:,} interactions")
     for name, path in paths.items():
         print(f"{name}: {path}")
 

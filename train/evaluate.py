@@ -28,13 +28,23 @@ def temporal_split(interactions: pd.DataFrame, holdout: float = 0.2) -> tuple[pd
     Users keep at least one interaction in the training part; ties in time
     keep file order, so the split is deterministic.
     """
-    ordered = interactions.reset_index(drop=True)
-    ordered = ordered.iloc[np.lexsort((ordered.index.to_numpy(), ordered[Columns.timestamp].to_numpy()))]
-    position = ordered.groupby(Columns.user, sort=False).cumcount().to_numpy()
-    count = ordered.groupby(Columns.user, sort=False)[Columns.item].transform("size").to_numpy()
-    n_test = np.floor(count * holdout).astype(np.int64)
-    is_test = position >= count - n_test
-    return ordered[~is_test].reset_index(drop=True), ordered[is_test].reset_index(drop=True)
+    # On row positions and integer user codes, each part taken from the table once: a reordered copy of the
+    # whole table and a groupby over its id strings held two copies of the data at once (4 GB at 20M rows).
+    by_time = np.lexsort((np.arange(len(interactions)), interactions[Columns.timestamp].to_numpy()))
+    user_codes = pd.factorize(interactions[Columns.user])[0][by_time]
+    by_user = np.argsort(user_codes, kind="stable")  # each user's rows together, in time order
+    count = np.bincount(user_codes)
+    first_of_user = np.cumsum(count) - count
+    position = np.empty(len(by_time), np.int64)
+    position[by_user] = np.arange(len(by_time)) - first_of_user[user_codes[by_user]]
+    del by_user
+    count = count[user_codes]
+    is_test = position >= count - np.floor(count * holdout).astype(np.int64)
+    del position, count, user_codes
+    return (
+        interactions.take(by_time[~is_test]).reset_index(drop=True),
+        interactions.take(by_time[is_test]).reset_index(drop=True),
+    )
 
 
 def ranking_metrics(

@@ -271,3 +271,18 @@ def test_is_in_answers_as_pandas_isin_for_arrow_strings_and_objects():
     assert is_in(values, among).tolist() == [True, False, True, False] == values.isin(among).tolist()
     assert is_in(np.array(["u2"], dtype=object), pd.Index(["u2"], dtype="str")).tolist() == [True]
     assert is_in([], among).tolist() == []
+
+
+@pytest.mark.parametrize(
+    ("timestamps", "message"),
+    [
+        ([1.7e9, np.nan], "blank timestamp"),  # a parquet float column with a null
+        (pd.array([1_700_000_000, None], dtype="Int64"), "blank timestamp"),
+        (pd.to_datetime([1.7e9, np.nan], unit="s", utc=True), "blank timestamp"),
+        (["1700000000", " null "], "missing timestamp ' null '"),
+    ],
+)
+def test_a_missing_timestamp_is_found_in_numbers_datetimes_and_text(timestamps, message):
+    frame = pd.DataFrame({"user_id": ["u", "v"], "item_id": ["a", "b"], "timestamp": timestamps})
+    with pytest.raises(DataError, match=rf"column 'timestamp': row 3 \(header = row 1\): {message}$"):
+        validate_interactions(frame)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,23 +29,50 @@ def temporal_split(interactions: pd.DataFrame, holdout: float = 0.2) -> tuple[pd
     Users keep at least one interaction in the training part; ties in time
     keep file order, so the split is deterministic.
     """
-    # On row positions and integer user codes, each part taken from the table once: a reordered copy of the
-    # whole table and a groupby over its id strings held two copies of the data at once (4 GB at 20M rows).
+    rows = holdout_rows(interactions, holdout)
+    return rows_of(interactions, rows.train), rows_of(interactions, rows.test)
+
+
+class HoldoutRows(NamedTuple):
+    """Row positions, each part in time order: ``train``/``test`` as :func:`temporal_split` parts them, and
+    ``before``/``after`` as it would part ``train`` again (the per-user split's ranker learns on those)."""
+
+    train: np.ndarray
+    test: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
+
+
+def holdout_rows(interactions: pd.DataFrame, holdout: float) -> HoldoutRows:
+    """Both per-user splits as row positions, from one pass over integer codes.
+
+    Why positions: a caller takes each part from the table only while it needs it. The parts as tables, the
+    whole table reordered and a groupby over id strings had held three copies of the data at once.
+    """
     by_time = np.lexsort((np.arange(len(interactions)), interactions[Columns.timestamp].to_numpy()))
     user_codes = pd.factorize(interactions[Columns.user])[0][by_time]
     by_user = np.argsort(user_codes, kind="stable")  # each user's rows together, in time order
     count = np.bincount(user_codes)
     first_of_user = np.cumsum(count) - count
-    position = np.empty(len(by_time), np.int64)
-    position[by_user] = np.arange(len(by_time)) - first_of_user[user_codes[by_user]]
+    place = np.empty(len(by_time), np.int64)  # a row's place among its user's rows by time, 0 the first
+    place[by_user] = np.arange(len(by_time)) - first_of_user[user_codes[by_user]]
     del by_user
-    count = count[user_codes]
-    is_test = position >= count - np.floor(count * holdout).astype(np.int64)
-    del position, count, user_codes
-    return (
-        interactions.take(by_time[~is_test]).reset_index(drop=True),
-        interactions.take(by_time[is_test]).reset_index(drop=True),
+    n_train = count - np.floor(count * holdout).astype(np.int64)
+    n_before = (n_train - np.floor(n_train * holdout).astype(np.int64))[user_codes]
+    n_train = n_train[user_codes]
+    del user_codes
+    positions = by_time.astype(np.int32) if len(by_time) < 2**31 else by_time
+    return HoldoutRows(
+        train=positions[place < n_train],
+        test=positions[place >= n_train],
+        before=positions[place < n_before],
+        after=positions[(place >= n_before) & (place < n_train)],
     )
+
+
+def rows_of(interactions: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    """The rows at ``positions``, in that order, indexed from 0."""
+    return interactions.take(positions).reset_index(drop=True)
 
 
 def ranking_metrics(

@@ -297,12 +297,14 @@ def fresh_items(interactions: pd.DataFrame, start: int, end: int | None) -> dict
     return _new_items(interactions[Columns.user], interactions[Columns.item], times < start, in_window)
 
 
-def taken_after(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, set[str]]:
-    """Per user, the items in ``after`` they had not taken in ``before``."""
-    users = pd.concat([before[Columns.user], after[Columns.user]], ignore_index=True)
-    items = pd.concat([before[Columns.item], after[Columns.item]], ignore_index=True)
-    earlier = np.arange(len(users)) < len(before)
-    return _new_items(users, items, earlier, ~earlier)
+def taken_after(interactions: pd.DataFrame, before: np.ndarray, after: np.ndarray) -> dict[str, set[str]]:
+    """Per user, the items of the rows at positions ``after`` that they have no row of at positions ``before``.
+
+    Positions, not tables: the per-user split's parts are copies of most of the data, taken only while needed.
+    """
+    earlier, window = np.zeros(len(interactions), bool), np.zeros(len(interactions), bool)
+    earlier[before], window[after] = True, True
+    return _new_items(interactions[Columns.user], interactions[Columns.item], earlier, window)
 
 
 def _new_items(users: pd.Series, items: pd.Series, before: np.ndarray, window: np.ndarray) -> dict[str, set[str]]:

@@ -29,11 +29,12 @@ from train.engine import DaskEngine, connect
 from train.evaluate import (
     K,
     candidate_recall,
+    holdout_rows,
     markdown_table,
     pipeline_lists,
     popularity_lists,
     ranking_metrics,
-    temporal_split,
+    rows_of,
     write_report,
 )
 from train.kernels import kernels_in_use
@@ -104,31 +105,36 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
     served one (``max_train_users``): a sample of 300 made it an underfit
     stand-in that lost to ALS at 20M interactions (docs/quality.md).
     """
-    train_part, test_part = temporal_split(dataset.interactions, config.holdout)
     params = replace(
         config.ranker_params(),
         iterations=config.fold_iterations or config.ranker_iterations,
         train_cuts=1,  # one labelled stage, not cuts: all the sample's users go to it
     )
     candidate_params = config.candidate_params()
-    before, after = temporal_split(train_part, config.holdout)
     # One thing at a time, each let go before the next (at 20M interactions this step is the run's peak): the
     # ranker's rows from its stage, then its fit, then the scored stage. The fit and that stage held at once
     # took the run to 8.45 GiB at 20M interactions; apart, 8.03 GiB, and 7.19 GiB with the leaner stage builds
-    # (BENCHMARKS.md, "Training memory at 20M").
+    # (BENCHMARKS.md, "Training memory at 20M"). Each part of the data is a copy, taken only while needed.
+    parts = holdout_rows(dataset.interactions, config.holdout)
+    before = rows_of(dataset.interactions, parts.before)
     label_stage = Stages(Dataset(before, dataset.users, dataset.items), candidate_params).at(None)
-    label_names, rows = example_rows(label_stage, taken_after(before, after), params)
+    del before
+    labels = taken_after(dataset.interactions, parts.before, parts.after)
+    label_names, rows = example_rows(label_stage, labels, params)
     names = common_names([label_stage.view.available(), label_names])
-    del label_stage, before, after  # copies of most of the data, which the fit and the scored stage do not need
+    del label_stage, labels
     ranker, fit = fit_on_examples(rows, label_names, names, params, show_progress=False)
     del rows
     give_back_memory()
+    train_part = rows_of(dataset.interactions, parts.train)
     stage = Stages(Dataset(train_part, dataset.users, dataset.items), candidate_params).at(None)
     if common_names([stage.view.available(), names]) != names:  # both stages are built from the same tables
         missing = sorted(set(names.all) - set(stage.view.available().all))
         raise ValueError(f"per-user split: the scored stage cannot produce the ranker's columns {missing}")
     pipeline = TwoStageRecommender(stage.candidates, ranker, stage.view, config.n_candidates)
-    relevant = {u: items for u, items in taken_after(train_part, test_part).items() if u in stage.candidates.user_index}
+    held_out = taken_after(dataset.interactions, parts.train, parts.test)
+    relevant = {u: items for u, items in held_out.items() if u in stage.candidates.user_index}
+    del held_out
     if not relevant:
         raise NotEnoughHistory("per-user split: no user has a new item in their held-out part")
     users = sorted(relevant)

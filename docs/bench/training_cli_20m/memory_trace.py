@@ -11,6 +11,7 @@ measured here.
 """
 
 import itertools
+import resource
 import sys
 import threading
 import time
@@ -60,7 +61,14 @@ def mark_steps() -> None:
     ranker_training.FeatureView = marked(ranker_training.FeatureView, "feature view")
     for family in FAMILIES:
         family.compute = staticmethod(marked(family.compute, family.__name__))  # type: ignore[method-assign]
-    for name in ("example_rows", "fit_on_examples", "taken_after", "pipeline_lists", "candidate_recall"):
+    for name in (
+        "holdout_rows",
+        "example_rows",
+        "fit_on_examples",
+        "taken_after",
+        "pipeline_lists",
+        "candidate_recall",
+    ):
         setattr(run, name, marked(getattr(run, name), name))
     ranker_training.CatBoost.fit = marked(ranker_training.CatBoost.fit, "CatBoost fit")
     run.Stages.at = marked(run.Stages.at, "stage")
@@ -73,6 +81,7 @@ def main(step: str, directory: str) -> None:
     mark_steps()
     with threadpool_limits(1, "blas"):
         dataset = run.load_data(config)
+        print(f"loading's peak: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB", flush=True)
         run.give_back_memory()
         time.sleep(0.1)
         start = resident_mb()

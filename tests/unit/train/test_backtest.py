@@ -95,11 +95,12 @@ def test_fresh_items_match_a_plain_reading_on_random_data():
         assert list(found) == sorted(expected)
 
 
-def test_taken_after_is_new_items_of_the_later_frame():
-    before = interactions([("u", "a", 5), ("v", "b", 1)])
-    after = interactions([("u", "a", 2), ("u", "c", 3), ("w", "a", 0), ("v", "b", 9)])  # times play no part
-    assert taken_after(before, after) == {"u": {"c"}, "w": {"a"}}
-    assert list(taken_after(before, after)) == ["u", "w"]
+def test_taken_after_is_new_items_of_the_later_rows():
+    data = interactions([("u", "a", 2), ("w", "a", 0), ("u", "a", 5), ("u", "c", 3), ("v", "b", 1), ("v", "b", 9)])
+    before, after = np.array([2, 4]), np.array([0, 3, 1, 5])  # times play no part, nor do other rows
+    assert taken_after(data, before, after) == {"u": {"c"}, "w": {"a"}}
+    assert list(taken_after(data, before, after)) == ["u", "w"]
+    assert taken_after(data, np.array([], int), np.array([2])) == {"u": {"a"}}
 
 
 def test_cold_start_choice_is_the_best_mean_over_every_cut_and_horizon():

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from train.evaluate import ndcg_per_user, ranking_metrics, temporal_split
+from train.evaluate import holdout_rows, ndcg_per_user, ranking_metrics, rows_of, temporal_split
 
 
 def test_metrics_known_answer():
@@ -43,3 +43,24 @@ def test_temporal_split_holds_out_each_users_latest():
     train, test = temporal_split(frame, holdout=0.4)
     assert test["item_id"].tolist() == ["d", "e"]  # the two latest of u's five
     assert sorted(train["item_id"]) == ["a", "b", "c", "z"]  # v keeps its only interaction
+
+
+def test_holdout_rows_part_the_training_part_again_as_temporal_split_would():
+    rng = np.random.default_rng(3)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "user_id": rng.choice(["a", "b", "9", "10", "é"], n),
+            "item_id": [f"i{i}" for i in range(n)],
+            "timestamp": rng.integers(0, 6, n),  # many ties: file order decides them
+            "weight": np.float32(1),
+        },
+        index=rng.permutation(n) + 7,
+    )
+    rows = holdout_rows(frame, 0.3)
+    train, test = temporal_split(frame, 0.3)
+    before, after = temporal_split(train, 0.3)
+    for part, positions in ((train, rows.train), (test, rows.test), (before, rows.before), (after, rows.after)):
+        pd.testing.assert_frame_equal(part, rows_of(frame, positions))
+    assert sorted(np.concatenate([rows.before, rows.after])) == sorted(rows.train)
+    assert len(test) == sum(int(np.floor(c * 0.3)) for c in frame["user_id"].value_counts())

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from features.schema import DAY, Columns
 from stages.candidates import CandidateParams
@@ -104,16 +105,17 @@ def counting_builds(stages: Stages) -> list[tuple[int | None, int]]:
     return builds
 
 
-def test_the_three_final_rankers_build_each_stage_once_holding_at_most_two(small_dataset):
+@pytest.mark.parametrize("held", [2, 1])  # two with a backtest after them, one without (train.run)
+def test_the_three_final_rankers_build_each_stage_once_holding_no_more_than_asked(small_dataset, held):
     # Held all at once, the final rankers' nine stages were most of a 20M-interaction training's memory.
-    stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2))
+    stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2), held=held)
     builds = counting_builds(stages)
     until = int(small_dataset.interactions[Columns.timestamp].max()) + 1
     rankers, _ = fit_rankers(stages, until, QUICK, serve_at=None, show_progress=False)
     assert rankers.recent is not None  # the synthetic data has no visitors late on, known users' requests
     built = [t for t, _ in builds]
     assert len(built) == len(set(built)) == QUICK.train_cuts + 1  # the training cuts and all the data
-    assert max(held for _, held in builds) <= 2 and sum(t is not None for t in stages.held_stages()) <= 2
+    assert max(n for _, n in builds) <= held and sum(t is not None for t in stages.held_stages()) <= held
 
 
 def test_final_rankers_that_no_backtest_follows_let_go_of_their_rows_and_are_the_same(small_dataset):

@@ -46,6 +46,7 @@ from features.schema import DAY, Columns
 
 SCORE_CHUNK = 1024  # users scored at once: a few 1024 x catalogue arrays (27k items: several hundred MB)
 COOC_HISTORY = 50  # a user's latest items that count towards co-consumption (bounds the work on heavy users)
+LATEST_BLOCK_ROWS = 1 << 21  # interactions per block when finding users' latest items (bounds its memory)
 COOC_BLOCK = 2048  # items whose co-consumption rows are computed at once (bounds that step's memory)
 
 
@@ -217,7 +218,7 @@ class CandidateModel:
             recent_share += popularity_share(interactions, item_ids, as_of, params.popular_recent_days, damping)
         popular = ranking(recent_share)[: int((recent_share > 0).sum())]  # items nobody took lately are no proposal
         cold_share = popularity_share(interactions, item_ids, as_of, params.cold_start_days)
-        order = np.lexsort((items.codes, -times))  # newest first
+        order = np.lexsort((items.codes, -times, users.codes))  # by user, newest first
         latest = _latest_items(users.codes[order], items.codes[order], len(users.categories), COOC_HISTORY)
         return cls(
             als,
@@ -617,13 +618,21 @@ def _merge_ranked(proposals: list[np.ndarray], n_items: int) -> tuple[np.ndarray
 def _latest_items(user_codes: np.ndarray, item_codes: np.ndarray, n_users: int, width: int) -> np.ndarray:
     """Each user's ``width`` latest distinct items, newest first (rows padded with -1).
 
-    Expects the pairs sorted newest first.
+    Expects the pairs grouped by user, each user's newest first. Whole users a block of rows at a time: one
+    pandas pass over every pair took 0.9 GB at 20M interactions and 4.5 GB at 100M.
     """
-    frame = pd.DataFrame({"u": user_codes, "i": item_codes}).drop_duplicates()
-    frame["slot"] = frame.groupby("u").cumcount()
-    frame = frame[frame["slot"] < width]
     latest = np.full((n_users, width), -1, dtype=np.int64)
-    latest[frame["u"].to_numpy(), frame["slot"].to_numpy()] = frame["i"].to_numpy()
+    user_starts = np.flatnonzero(np.r_[True, user_codes[1:] != user_codes[:-1]])
+    low = 0
+    while low < len(user_codes):
+        # The block ends where the first user starting at or after LATEST_BLOCK_ROWS more rows starts.
+        next_start = np.searchsorted(user_starts, low + LATEST_BLOCK_ROWS)
+        high = int(user_starts[next_start]) if next_start < len(user_starts) else len(user_codes)
+        frame = pd.DataFrame({"u": user_codes[low:high], "i": item_codes[low:high]}).drop_duplicates()
+        slot = frame.groupby("u", sort=False).cumcount().to_numpy()
+        kept = slot < width
+        latest[frame["u"].to_numpy()[kept], slot[kept]] = frame["i"].to_numpy()[kept]
+        low = high
     return latest
 
 

@@ -253,3 +253,19 @@ def test_merged_candidates_keep_the_sources_order_and_each_sources_rank():
     np.testing.assert_array_equal(als, [1, 2, 3, np.nan])
     np.testing.assert_array_equal(popular, [4, 1, np.nan, 2])
     np.testing.assert_array_equal(cooc, [np.nan] * 4)
+
+
+@pytest.mark.parametrize("block_rows", [1, 5, 64, 1 << 21])
+def test_latest_items_in_blocks_are_each_users_newest_distinct_items(monkeypatch, block_rows):
+    """Whole users a block of rows at a time (memory at 100M interactions): each user's ``width`` newest
+    distinct items, ties in time by item code, whatever the block size (a user longer than a block included)."""
+    monkeypatch.setattr(candidates, "LATEST_BLOCK_ROWS", block_rows)
+    rng = np.random.default_rng(5)
+    n_users, n_items, width, n = 12, 9, 4, 300
+    users, items, times = rng.integers(0, n_users - 1, n), rng.integers(0, n_items, n), rng.integers(0, 20, n)
+    order = np.lexsort((items, -times, users))
+    latest = candidates._latest_items(users[order], items[order], n_users, width)
+    for user in range(n_users):
+        newest_first = sorted((-t, i) for u, i, t in zip(users, items, times, strict=True) if u == user)
+        distinct = list(dict.fromkeys(i for _, i in newest_first))[:width]
+        assert latest[user].tolist() == distinct + [-1] * (width - len(distinct))  # the last user has none

@@ -1,4 +1,4 @@
-"""Training at scale: synthetic data at MovieLens-1M and MovieLens-20M sizes.
+"""Training at scale: synthetic data at MovieLens-100K, -1M and -20M sizes and at the Netflix prize's (100M).
 
 For each size: generate the data (seeded), write parquet, run the whole
 training pipeline (in a fresh process, with a throwaway BentoML store and
@@ -71,8 +71,10 @@ def child(name: str, tmp: Path, backtest_cuts: int, engine: str | None) -> None:
     shape = [f"--{key}={size[key]}" for key in ("users", "items", "interactions")]
     blocks = ["--in-blocks"] if size.get("in_blocks") else []
     generator = [sys.executable, "-m", "features.synthetic", "--out", str(tmp / "data"), "--clusters=20", "--seed=42"]
-    subprocess.run([*generator, *shape, *blocks], check=True, capture_output=True)  # nosec B603: this interpreter
-    files = {name: tmp / "data" / f"{name}.parquet" for name in ("interactions", "users", "items")}
+    generated = subprocess.run([*generator, *shape, *blocks], capture_output=True, text=True)  # nosec B603
+    if generated.returncode:
+        raise SystemExit(f"the generator failed: {generated.stderr[-2000:]}")
+    files = {part: tmp / "data" / f"{part}.parquet" for part in ("interactions", "users", "items")}
     generate_s = time.perf_counter() - start
     generate_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     config = TrainConfig(
@@ -96,7 +98,7 @@ def child(name: str, tmp: Path, backtest_cuts: int, engine: str | None) -> None:
         latencies.append((time.perf_counter() - begin) * 1000)
     result = {
         "size": name,
-        **size,
+        **{key: size[key] for key in ("users", "items", "interactions")},
         "generate_seconds": round(generate_s, 1),
         "generate_peak_mb": round(generate_peak),
         "generator": "in blocks" if size.get("in_blocks") else "in memory",

@@ -8,9 +8,9 @@ recovers the clusters; a broken one does not. Usage::
     python -m features.synthetic --out var/synthetic --format parquet --users 6040 --items 3706 --interactions 1000000
 
 ``--in-blocks`` draws and writes the interactions a block at a time, so 100M
-of them need about 2 GB rather than about 33 GB; its rows differ from the
-in-memory draw of the same seed (each block has its own seeded generator) but
-are just as reproducible.
+of them need about 2 GB rather than about 33 GB; its rows (and the attribute
+tables' values) differ from the in-memory draw of the same seed (each block has
+its own seeded generator) but are just as reproducible.
 """
 
 from __future__ import annotations
@@ -140,15 +140,13 @@ def write_in_blocks(config: SyntheticConfig, out: Path) -> tuple[dict[str, Path]
     Why: ``generate`` holds every draw, the distinct-pair search and a Python
     string per id at once (about 33 GB at 100M). Here a bit per possible
     (user, item) pair remembers what was written, and only one block of draws
-    is alive; each block becomes a parquet row group. Returns the paths, the
-    number of interactions written and notes.
+    is alive, written as it is drawn. Returns the paths, the number of
+    interactions written and notes.
     """
+    problem = blocks_problem(config)
+    if problem:
+        raise ValueError(problem)
     bitmap_bytes = -(-config.n_users * config.n_items // 8)
-    if bitmap_bytes > MAX_BITMAP_BYTES:
-        raise ValueError(
-            f"{config.n_users:,} users x {config.n_items:,} items need a {bitmap_bytes / 2**30:.1f} GiB bitmap of "
-            f"written pairs, over {MAX_BITMAP_BYTES / 2**30:.0f} GiB: use fewer users or items"
-        )
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / f"{name}.parquet" for name in ("interactions", "users", "items")}
     users_c, items_c = _user_clusters(config), _item_clusters(config)
@@ -187,6 +185,17 @@ def write_in_blocks(config: SyntheticConfig, out: Path) -> tuple[dict[str, Path]
     items["genres"] = items["genres"].map(list)
     pq.write_table(pa.Table.from_pandas(items), paths["items"])
     return paths, written, notes
+
+
+def blocks_problem(config: SyntheticConfig) -> str | None:
+    """Why :func:`write_in_blocks` cannot write this config, if it cannot."""
+    bitmap_bytes = -(-config.n_users * config.n_items // 8)
+    if bitmap_bytes > MAX_BITMAP_BYTES:
+        return (
+            f"{config.n_users:,} users x {config.n_items:,} items need a {bitmap_bytes / 2**30:.1f} GiB bitmap of "
+            f"written pairs, over {MAX_BITMAP_BYTES / 2**30:.0f} GiB: use fewer users or items"
+        )
+    return None
 
 
 def _first_new_pairs(keys: np.ndarray, written_pairs: np.ndarray) -> np.ndarray:
@@ -310,10 +319,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.in_blocks:
         if args.format != "parquet":
             parser.error("--in-blocks writes parquet only")
-        try:
-            paths, written, notes = write_in_blocks(config, args.out)
-        except ValueError as error:
-            parser.error(str(error))
+        problem = blocks_problem(config)
+        if problem:
+            parser.error(problem)
+        paths, written, notes = write_in_blocks(config, args.out)
         _report(notes, written, paths)
         return
     dataset = generate(config)

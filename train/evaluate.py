@@ -1,4 +1,4 @@
-"""Offline evaluation: temporal split, ranking metrics, baselines, report."""
+"""Offline evaluation: the per-user split, ranking metrics, baselines, report."""
 
 from __future__ import annotations
 
@@ -23,50 +23,43 @@ EVAL_BATCH_USERS = 2 * SCORE_CHUNK
 FEW_USERS = 20  # below this many users per table, differences between models are mostly noise
 
 
-def temporal_split(interactions: pd.DataFrame, holdout: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each user's last ``holdout`` share of interactions (by time) held out.
-
-    Users keep at least one interaction in the training part; ties in time
-    keep file order, so the split is deterministic.
-    """
-    rows = holdout_rows(interactions, holdout)
-    return rows_of(interactions, rows.train), rows_of(interactions, rows.test)
-
-
 class HoldoutRows(NamedTuple):
-    """Row positions, each part in time order: ``train``/``test`` as :func:`temporal_split` parts them, and
-    ``before``/``after`` as it would part ``train`` again (the per-user split's ranker learns on those)."""
+    """Row positions of the per-user split's parts, each in time order."""
 
     train: np.ndarray
-    test: np.ndarray
-    before: np.ndarray
+    test: np.ndarray  # each user's last ``holdout`` share
+    before: np.ndarray  # ``train`` parted again the same way: the per-user split's ranker learns on these
     after: np.ndarray
 
 
 def holdout_rows(interactions: pd.DataFrame, holdout: float) -> HoldoutRows:
-    """Both per-user splits as row positions, from one pass over integer codes.
+    """Each user's last ``holdout`` share of interactions (by time) held out, and the rest parted again.
 
-    Why positions: a caller takes each part from the table only while it needs it. The parts as tables, the
-    whole table reordered and a groupby over id strings had held three copies of the data at once.
+    Users keep at least one interaction in each training part; ties in time keep file order, so the split is
+    deterministic. Expects validated interactions (no missing id). Positions, not tables, from integer codes:
+    a caller copies each part out of the data only while it needs it (at 20M rows the parts as tables, the
+    whole table reordered and a groupby over its id strings had held three copies of the data at once).
     """
-    by_time = np.lexsort((np.arange(len(interactions)), interactions[Columns.timestamp].to_numpy()))
-    user_codes = pd.factorize(interactions[Columns.user])[0][by_time]
-    by_user = np.argsort(user_codes, kind="stable")  # each user's rows together, in time order
+    n = len(interactions)
+    index = np.int32 if n < 2**31 else np.int64  # half the memory of every per-row array below 2G rows
+    by_time = np.lexsort((np.arange(n), interactions[Columns.timestamp].to_numpy())).astype(index)
+    user_codes = pd.factorize(interactions[Columns.user])[0].astype(np.int32)[by_time]
+    by_user = np.argsort(user_codes, kind="stable").astype(index)  # each user's rows together, in time order
     count = np.bincount(user_codes)
-    first_of_user = np.cumsum(count) - count
-    place = np.empty(len(by_time), np.int64)  # a row's place among its user's rows by time, 0 the first
-    place[by_user] = np.arange(len(by_time)) - first_of_user[user_codes[by_user]]
+    first_of_user = (np.cumsum(count) - count).astype(index)
+    place = np.empty(n, index)  # a row's place among its user's rows by time, 0 the first
+    place[by_user] = np.arange(n, dtype=index) - first_of_user[user_codes[by_user]]
     del by_user
     n_train = count - np.floor(count * holdout).astype(np.int64)
-    n_before = (n_train - np.floor(n_train * holdout).astype(np.int64))[user_codes]
-    n_train = n_train[user_codes]
-    del user_codes
-    positions = by_time.astype(np.int32) if len(by_time) < 2**31 else by_time
+    n_before = n_train - np.floor(n_train * holdout).astype(np.int64)
+    in_train = place < n_train.astype(index)[user_codes]
+    in_before = place < n_before.astype(index)[user_codes]
+    del place, user_codes
     return HoldoutRows(
-        train=positions[place < n_train],
-        test=positions[place >= n_train],
-        before=positions[place < n_before],
-        after=positions[(place >= n_before) & (place < n_train)],
+        train=by_time[in_train],
+        test=by_time[~in_train],
+        before=by_time[in_before],
+        after=by_time[in_train & ~in_before],
     )
 
 

@@ -120,19 +120,21 @@ def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
     label_stage = Stages(Dataset(before, dataset.users, dataset.items), candidate_params).at(None)
     del before
     labels = taken_after(dataset.interactions, parts.before, parts.after)
+    train_rows, test_rows = parts.train, parts.test
+    del parts  # the label stage's positions
     label_names, rows = example_rows(label_stage, labels, params)
     names = common_names([label_stage.view.available(), label_names])
     del label_stage, labels
     ranker, fit = fit_on_examples(rows, label_names, names, params, show_progress=False)
     del rows
     give_back_memory()
-    train_part = rows_of(dataset.interactions, parts.train)
+    train_part = rows_of(dataset.interactions, train_rows)
     stage = Stages(Dataset(train_part, dataset.users, dataset.items), candidate_params).at(None)
     if common_names([stage.view.available(), names]) != names:  # both stages are built from the same tables
         missing = sorted(set(names.all) - set(stage.view.available().all))
         raise ValueError(f"per-user split: the scored stage cannot produce the ranker's columns {missing}")
     pipeline = TwoStageRecommender(stage.candidates, ranker, stage.view, config.n_candidates)
-    held_out = taken_after(dataset.interactions, parts.train, parts.test)
+    held_out = taken_after(dataset.interactions, train_rows, test_rows)
     relevant = {u: items for u, items in held_out.items() if u in stage.candidates.user_index}
     del held_out
     if not relevant:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from train.evaluate import holdout_rows, ndcg_per_user, ranking_metrics, rows_of, temporal_split
+from train.evaluate import holdout_rows, ndcg_per_user, ranking_metrics, rows_of
 
 
 def test_metrics_known_answer():
@@ -31,7 +31,7 @@ def test_perfect_list_scores_one():
     assert result["ndcg@10"] == 1.0 and result["map@10"] == 1.0 and result["recall@10"] == 1.0
 
 
-def test_temporal_split_holds_out_each_users_latest():
+def test_the_per_user_split_holds_out_each_users_latest():
     frame = pd.DataFrame(
         {
             "user_id": ["u"] * 5 + ["v"],
@@ -40,27 +40,38 @@ def test_temporal_split_holds_out_each_users_latest():
             "weight": [1.0] * 6,
         }
     )
-    train, test = temporal_split(frame, holdout=0.4)
-    assert test["item_id"].tolist() == ["d", "e"]  # the two latest of u's five
-    assert sorted(train["item_id"]) == ["a", "b", "c", "z"]  # v keeps its only interaction
+    rows = holdout_rows(frame, holdout=0.4)
+    assert rows_of(frame, rows.test)["item_id"].tolist() == ["d", "e"]  # the two latest of u's five
+    assert sorted(rows_of(frame, rows.train)["item_id"]) == ["a", "b", "c", "z"]  # v keeps its only interaction
+    assert rows_of(frame, rows.after)["item_id"].tolist() == ["c"]  # the latest of u's three left (floor(1.2))
+    assert rows_of(frame, rows.before)["item_id"].tolist() == ["a", "b", "z"]  # in time order
 
 
-def test_holdout_rows_part_the_training_part_again_as_temporal_split_would():
+def test_the_per_user_split_parts_each_users_rows_by_time_then_file_order():
+    """Against a plain reading, user by user: many ties in time (file order decides), odd ids, any index."""
     rng = np.random.default_rng(3)
-    n = 400
+    n, holdout = 400, 0.3
     frame = pd.DataFrame(
         {
             "user_id": rng.choice(["a", "b", "9", "10", "é"], n),
             "item_id": [f"i{i}" for i in range(n)],
-            "timestamp": rng.integers(0, 6, n),  # many ties: file order decides them
+            "timestamp": rng.integers(0, 6, n),
             "weight": np.float32(1),
         },
         index=rng.permutation(n) + 7,
     )
-    rows = holdout_rows(frame, 0.3)
-    train, test = temporal_split(frame, 0.3)
-    before, after = temporal_split(train, 0.3)
-    for part, positions in ((train, rows.train), (test, rows.test), (before, rows.before), (after, rows.after)):
-        pd.testing.assert_frame_equal(part, rows_of(frame, positions))
-    assert sorted(np.concatenate([rows.before, rows.after])) == sorted(rows.train)
-    assert len(test) == sum(int(np.floor(c * 0.3)) for c in frame["user_id"].value_counts())
+    expected: dict[str, list[int]] = {"train": [], "test": [], "before": [], "after": []}
+    for user in frame["user_id"].unique():
+        mine = sorted(np.flatnonzero(frame["user_id"].to_numpy() == user), key=lambda r: (frame["timestamp"].iat[r], r))
+        n_train = len(mine) - int(np.floor(len(mine) * holdout))
+        n_before = n_train - int(np.floor(n_train * holdout))
+        for part, rows in (("train", mine[:n_train]), ("test", mine[n_train:])):
+            expected[part] += rows
+        for part, rows in (("before", mine[:n_before]), ("after", mine[n_before:n_train])):
+            expected[part] += rows
+    rows = holdout_rows(frame, holdout)
+    by_time = np.lexsort((np.arange(n), frame["timestamp"].to_numpy()))
+    for part, positions in rows._asdict().items():
+        assert sorted(positions.tolist()) == sorted(expected[part])  # the rows of each part
+        assert positions.tolist() == [r for r in by_time.tolist() if r in set(expected[part])]  # in time order
+    pd.testing.assert_frame_equal(rows_of(frame, rows.test), frame.iloc[rows.test].reset_index(drop=True))

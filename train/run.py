@@ -185,8 +185,8 @@ def _train(config: TrainConfig, echo: bool, engine: DaskEngine | None) -> RunRes
     # numpy's arrays never reuse: at 20M interactions the resident set after loading went 1,899 -> 974 MB.
     give_back_memory()
     # A backtest fold holds the stage it scores while building its training cuts' one at a time: two. With none,
-    # the final rankers need each cut's stage only while its rows are built, so one: a stage of 100M interactions
-    # held for nothing was several GB.
+    # the final rankers need each cut's stage only while its rows are built, so one (a stage fewer alive while
+    # the next is built; not measured on its own).
     held = 2 if config.backtest_cuts else 1
     stages = Stages(dataset, config.candidate_params(), echo=echo, engine=engine, held=held)
     results: dict = {"dataset": config.dataset_name, "k": K}

@@ -24,6 +24,7 @@ from features.compute import FeatureTables, compute_features
 from features.schema import DAY, Columns, Dataset, is_in
 from stages.candidates import CandidateBatch, CandidateModel, CandidateParams
 from stages.feature_view import FeatureNames, FeatureView
+from stages.memory import give_back_memory
 from stages.pipeline import Query, RecentEvent, TwoStageRecommender
 from stages.ranker import Prior, Ranker
 
@@ -135,14 +136,27 @@ class Stages:
 
     def at(self, as_of: int | None) -> Stage:
         """The stage as of ``as_of`` (``None``: all the data, for serving; never let go)."""
-        stage = self._built.pop(as_of, None) or self._build(as_of)
+        stage = self._built.pop(as_of, None)
+        if stage is None:
+            if as_of is not None:
+                self._make_room()
+            stage = self._build(as_of)
         self._built[as_of] = stage
         self._names.setdefault(as_of, stage.view.available())
-        if self.held is not None:
-            dated = [t for t in self._built if t is not None]
-            for old in dated[: max(0, len(dated) - self.held)]:
-                del self._built[old]
         return stage
+
+    def _make_room(self) -> None:
+        """Let go of the least recently used dated stages before a new one is built, not after: a stage's build is
+        the peak of a training (100M interactions: 19.4 GB sampled in a build, with the previous cut's stage still
+        held), and the stages let go are the same either way."""
+        if self.held is None:
+            return
+        dated = [t for t in self._built if t is not None]
+        let_go = dated[: max(0, len(dated) + 1 - self.held)]
+        for old in let_go:
+            del self._built[old]
+        if let_go:
+            give_back_memory()  # a stage's arrays freed in the heap would otherwise stay with the process
 
     def _build(self, as_of: int | None) -> Stage:
         started = time.perf_counter()

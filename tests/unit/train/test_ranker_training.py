@@ -115,7 +115,9 @@ def test_the_three_final_rankers_build_each_stage_once_holding_no_more_than_aske
     assert rankers.recent is not None  # the synthetic data has no visitors late on, known users' requests
     built = [t for t, _ in builds]
     assert len(built) == len(set(built)) == QUICK.train_cuts + 1  # the training cuts and all the data
-    assert max(n for _, n in builds) <= held and sum(t is not None for t in stages.held_stages()) <= held
+    # A dated stage is built with at most held - 1 others alive: the ones let go go before the build, its peak.
+    assert max(n for t, n in builds if t is not None) == held - 1
+    assert sum(t is not None for t in stages.held_stages()) <= held
 
 
 def test_final_rankers_that_no_backtest_follows_let_go_of_their_rows_and_are_the_same(small_dataset):
@@ -143,6 +145,7 @@ def test_the_backtest_folds_build_each_stage_once(small_dataset):
     assert [cut for cut, _, _ in fitted_folds(stages, cuts, QUICK)] == cuts
     built = [t for t, _ in builds]
     assert len(built) == len(set(built)) == QUICK.train_cuts + len(cuts)  # weekly: each fold adds one stage
+    assert max(n for _, n in builds) == 1  # the stage scored last, which the next fold trains on, and the new one
 
 
 def test_rows_cut_to_fewer_columns_equal_rows_built_with_those_columns(small_dataset):

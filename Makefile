@@ -34,7 +34,7 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/bandit -q -c pyproject.toml -r $(SOURCES)
-	$(BIN)/mypy stages features
+	$(BIN)/mypy stages features train
 	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 # Two workers pay here too on the slower machines of this kind: 93 s against 103-110 s serially (2026-12-06).
@@ -45,7 +45,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/bandit -q -c pyproject.toml -r $(SOURCES)
-	$(BIN)/mypy stages features
+	$(BIN)/mypy stages features train
 
 format: install
 	$(BIN)/ruff format .

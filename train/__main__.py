@@ -51,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         default = field.get_default(call_default_factory=True)
         shown = f" (default: {default})" if default not in (None, {}) else ""
+        assert field.description is not None, f"TrainConfig.{name} has no description, the flag's help"
         if field.annotation is bool:
             cli.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description + shown)
         else:

@@ -17,18 +17,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
-from features.schema import Columns, Dataset
+from features.schema import DAY, Columns, Dataset
 from stages.candidates import CandidateParams, popularity_share, ranking
 from stages.cold_start import cold_start_scores
 from stages.pipeline import TwoStageRecommender
 from stages.ranker import Ranker
 from train.evaluate import K, candidate_recall, ndcg_per_user, pipeline_lists, popularity_lists, ranking_metrics
 from train.ranker_training import (
-    DAY,
     NotEnoughHistory,
     RankerParams,
     Stage,
@@ -92,11 +92,14 @@ def backtest_cuts(interactions: pd.DataFrame, params: BacktestParams) -> list[in
     return sorted({int(last - n * step) for n in steps_back})
 
 
-def run_backtest(stages: Stages, ranker_params: RankerParams, params: BacktestParams, echo: bool = False) -> dict:
+def run_backtest(
+    stages: Stages, ranker_params: RankerParams, params: BacktestParams, echo: bool = False
+) -> dict[str, Any]:
     """Every cut, both horizons, warm and cold users: metrics per model, candidate recall, the summary."""
     inter = stages.dataset.interactions
     cuts = backtest_cuts(inter, params)
     fold_params = replace(ranker_params, iterations=params.fold_iterations or ranker_params.iterations)
+    folds: Iterator[list[dict[str, Any]]]
     if stages.engine is None:
         folds = (
             _fold_rows(stage, pipeline, inter, cut, params)
@@ -104,7 +107,7 @@ def run_backtest(stages: Stages, ranker_params: RankerParams, params: BacktestPa
         )
     else:
         folds = _folds_on_engine(stages, cuts, fold_params, params)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for fold in folds:
         rows += fold
         if echo:
@@ -156,7 +159,7 @@ def fitted_folds(
 
 def _fold_rows(
     stage: Stage, pipeline: TwoStageRecommender, inter: pd.DataFrame, cut: int, params: BacktestParams
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """One fold's rows: both horizons, warm and cold users."""
     horizons = {f"{params.horizon_days} days": params.horizon_days, "all after the cut": None}
     rows = []
@@ -168,7 +171,7 @@ def _fold_rows(
 
 def score_fold(
     dataset: Dataset, candidates: CandidateParams, cut: int, ranker: Ranker, n_candidates: int, params: BacktestParams
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """One fold scored where its stage is built, with the ranker fitted for it (an engine's task)."""
     stage = build_stage(dataset, candidates, cut)
     pipeline = TwoStageRecommender(stage.candidates, ranker, stage.view, n_candidates)
@@ -177,7 +180,7 @@ def score_fold(
 
 def _folds_on_engine(
     stages: Stages, cuts: list[int], fold_params: RankerParams, params: BacktestParams
-) -> Iterator[list[dict]]:
+) -> Iterator[list[dict[str, Any]]]:
     """The folds with an engine: every training cut's rows and every cut's columns built on its workers at once,
     the rankers fitted here in turn, each fold scored on a worker while the next ranker fits."""
     engine = stages.engine
@@ -196,7 +199,7 @@ def _folds_on_engine(
         yield fold.result()
 
 
-def rows_known_at(rows: list[dict], cuts: list[int], cut: int, horizon_days: int) -> list[dict]:
+def rows_known_at(rows: list[dict[str, Any]], cuts: list[int], cut: int, horizon_days: int) -> list[dict[str, Any]]:
     """The rows of the cuts whose short horizon ended by ``cut``: all a choice made at ``cut`` may read.
 
     Cuts are a week apart and the horizon two weeks long: the previous cut's
@@ -219,7 +222,7 @@ def _score_cut(
     taken: dict[str, set[str]],
     horizon: str,
     params: BacktestParams,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     candidates = stage.candidates
     warm = sorted(u for u in taken if u in candidates.user_index)
     cold = sorted(u for u in taken if u not in candidates.user_index)
@@ -274,7 +277,7 @@ def _cold_start_lists(stage: Stage, share: np.ndarray, weight: float, users: lis
     attributes (without segment weight: once), not once per user.
     """
     out = {}
-    by_attributes: dict[tuple, list[str]] = {}
+    by_attributes: dict[tuple[tuple[str, object], ...], list[str]] = {}
     for user in users:
         attributes = stage.view.stored_attributes(user) if weight else {}
         key = tuple(sorted(attributes.items()))
@@ -289,7 +292,7 @@ def option_name(days: int | None, weight: float) -> str:
     return f"{'all time' if days is None else f'{days} days'}, segment weight {weight:g}"
 
 
-def choose_cold_start(rows: list[dict], horizon: str) -> tuple[int | None, float]:
+def choose_cold_start(rows: list[dict[str, Any]], horizon: str) -> tuple[int | None, float]:
     """The cold-start window and segment weight with the best mean NDCG over the rows' cold users at ``horizon``.
 
     One horizon only: at the last cut the longer horizon is the same window again.
@@ -307,10 +310,10 @@ def choose_cold_start(rows: list[dict], horizon: str) -> tuple[int | None, float
     return best if means[best] > means[default] * (1 + CHANGE_MARGIN) else default
 
 
-def summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """Mean and spread over cuts of NDCG@k, per horizon, segment and model."""
     key = f"ndcg@{K}"
-    out: dict = {}
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
     for row in rows:
         for model, metrics in row["models"].items():
             out.setdefault(row["horizon"], {}).setdefault(row["segment"], {}).setdefault(model, []).append(metrics[key])
@@ -330,12 +333,12 @@ def cut_label(timestamp: int) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def _summary(row: dict) -> str:
+def _summary(row: dict[str, Any]) -> str:
     best = max(row["models"].items(), key=lambda kv: kv[1][f"ndcg@{K}"])
     return f"{row['segment']} {row['users']} users, best {best[0]} {best[1][f'ndcg@{K}']:.4f}"
 
 
-def compare(rows: list[dict]) -> dict:
+def compare(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """Per horizon: the served answer against the best popularity list, over every cut.
 
     The best list is the popularity window with the best mean over the cuts
@@ -348,7 +351,7 @@ def compare(rows: list[dict]) -> dict:
     more than the cut's paired 95% interval (:func:`paired_difference`).
     """
     key = f"ndcg@{K}"
-    out: dict = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for horizon in dict.fromkeys(r["horizon"] for r in rows):
         for segment, served in (("warm", TWO_STAGE_MODEL), ("cold", COLD_START)):
             chosen = [r for r in rows if r["horizon"] == horizon and r["segment"] == segment and served in r["models"]]
@@ -359,16 +362,16 @@ def compare(rows: list[dict]) -> dict:
             pairs = [(np.asarray(r["per_user"][served]), np.asarray(r["per_user"][best])) for r in chosen]
             ratio, low, high = paired_ratio(pairs)
 
-            def rival(row: dict) -> str:
+            def rival(row: dict[str, Any]) -> str:
                 """The cut's best baseline (warm: ALS too)."""
                 others = [m for m in row["models"] if m not in (COLD_START, TWO_STAGE_MODEL)]
                 return max(others, key=lambda m: row["models"][m][key])
 
-            def won(row: dict, served: str = served, segment: str = segment) -> bool:
+            def won(row: dict[str, Any], served: str = served, segment: str = segment) -> bool:
                 ours, theirs = row["models"][served][key], row["models"][rival(row)][key]
                 return ours > theirs if segment == "warm" else ours >= theirs
 
-            def lost_clearly(row: dict, served: str = served) -> bool:
+            def lost_clearly(row: dict[str, Any], served: str = served) -> bool:
                 ours, theirs = np.asarray(row["per_user"][served]), np.asarray(row["per_user"][rival(row)])
                 return paired_difference(ours, theirs)[2] < 0
 
@@ -413,7 +416,9 @@ def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: in
     return float(gaps.mean()), float(low), float(high)
 
 
-def paired_ratio(per_cut: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 2000, seed: int = 0) -> tuple[float, ...]:
+def paired_ratio(
+    per_cut: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean-over-cuts NDCG of a over b's, with a 95% bootstrap interval (NaN where b scores 0).
 
     Users are resampled within each cut and the same draw serves both models
@@ -424,7 +429,9 @@ def paired_ratio(per_cut: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 200
     if not per_cut or any(len(a) != len(b) or not len(a) for a, b in per_cut):
         raise ValueError("every cut needs the same users, at least one, for both models")
     rng = np.random.default_rng(seed)
-    means = sum(resampled_means(np.column_stack([a, b]), n_boot, rng) for a, b in per_cut) / len(per_cut)
+    # An array: per_cut is not empty, so the sum never stays at its start, 0.
+    total = cast(np.ndarray, sum(resampled_means(np.column_stack([a, b]), n_boot, rng) for a, b in per_cut))
+    means = total / len(per_cut)
     numerator, denominator = means[:, 0], means[:, 1]
     base = np.mean([b.mean() for _, b in per_cut])
     if base == 0 or not (denominator > 0).any():
@@ -435,7 +442,7 @@ def paired_ratio(per_cut: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 200
     return float(point), float(low), float(high)
 
 
-def beaten_by(backtest: dict, horizon: str) -> tuple[str, float, float] | None:
+def beaten_by(backtest: dict[str, Any], horizon: str) -> tuple[str, float, float] | None:
     """The best baseline, its NDCG@k and the two-stage model's, when the baseline won on warm users at ``horizon``."""
     models = backtest.get("mean", {}).get(horizon, {}).get("warm", {})
     if TWO_STAGE_MODEL not in models:

@@ -7,6 +7,7 @@ import difflib
 import json
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -208,7 +209,7 @@ class ConfigError(ValueError):
     """A bad configuration file, key or value; the message names the file (or flag) and the key."""
 
 
-def read_config_file(path: Path) -> dict:
+def read_config_file(path: Path) -> dict[str, Any]:
     """A TOML or JSON file of :class:`TrainConfig` keys (``ranker_iterations`` or ``ranker-iterations``)."""
     kind = {".toml": "TOML", ".json": "JSON"}.get(path.suffix.lower())
     if kind is None:
@@ -234,7 +235,7 @@ def _known_key(key: str, path: Path) -> str:
     return name
 
 
-def build_config(file_values: dict, flag_values: dict, path: Path | None = None) -> TrainConfig:
+def build_config(file_values: dict[str, Any], flag_values: dict[str, Any], path: Path | None = None) -> TrainConfig:
     """Flags over the file over the defaults; a bad value is reported with where it came from."""
     try:
         return TrainConfig(**{**file_values, **flag_values})

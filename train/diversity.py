@@ -17,18 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from features import movielens
-from features.schema import Columns
+from features.schema import DAY, Columns
 from stages.candidates import CandidateParams
 from stages.pipeline import Query, TwoStageRecommender
 from stages.rules import intra_list_diversity
 from train.backtest import BacktestParams, backtest_cuts
 from train.evaluate import K, ranking_metrics
-from train.ranker_training import DAY, RankerParams, Stages, fit_ranker
+from train.ranker_training import RankerParams, Stages, fit_ranker
 
 LEVELS = (0.0, 0.25, 0.5)
 
@@ -63,8 +64,12 @@ def genre_diversity(items: list[str], genres: dict[str, frozenset[str]]) -> floa
 
 
 def evaluate_cut(
-    pipeline: TwoStageRecommender, interactions: pd.DataFrame, cut: int, params: DiversityParams, genres: dict
-) -> dict:
+    pipeline: TwoStageRecommender,
+    interactions: pd.DataFrame,
+    cut: int,
+    params: DiversityParams,
+    genres: dict[str, frozenset[str]],
+) -> dict[str, Any]:
     """One cut: per diversity level, NDCG@k and the mean intra-list diversity over the warm users."""
     relevant = {u: r for u, r in relevant_after(interactions, cut, params.horizon_days).items()}
     users = [u for u in relevant if u in pipeline.candidates.user_index]
@@ -84,7 +89,7 @@ def evaluate_cut(
     return {"cut": int(cut), "users": len(users), "levels": levels}
 
 
-def run(stages: Stages, ranker_params: RankerParams, params: DiversityParams, echo: bool = True) -> dict:
+def run(stages: Stages, ranker_params: RankerParams, params: DiversityParams, echo: bool = True) -> dict[str, Any]:
     """Every backtest cut; the means over cuts per diversity level."""
     inter = stages.dataset.interactions
     items = stages.dataset.items
@@ -116,7 +121,7 @@ def run(stages: Stages, ranker_params: RankerParams, params: DiversityParams, ec
     }
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict[str, Any]) -> str:
     """The README's table: mean NDCG@k and intra-list diversity per level."""
     lines = [f"| diversity | NDCG@{K} | intra-list diversity (ALS cosine) | intra-list diversity (genres) |"]
     lines.append("|---|---|---|---|")

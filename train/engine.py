@@ -31,7 +31,7 @@ from features.schema import Dataset
 from stages.candidates import CandidateParams
 from stages.feature_view import FeatureNames
 from train.kernels import kernels_in_use
-from train.ranker_training import RankerParams, RowBlock, cut_rows
+from train.ranker_training import RankerParams, RowBlock, RowKey, cut_rows
 
 LOCAL = re.compile(r"^local(?::(\d+))?$")
 ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://\S+$")
@@ -100,12 +100,12 @@ class DaskEngine:
 
     def rows_at(
         self, dataset: Dataset, candidates: CandidateParams, wanted: dict[int, list[str]], params: RankerParams
-    ) -> Iterator[tuple[int, FeatureNames, dict[tuple, RowBlock | None]]]:
+    ) -> Iterator[tuple[int, FeatureNames, dict[RowKey, RowBlock | None]]]:
         """Every cut of ``wanted`` at once, one task each; yields each as it is done, and frees it there."""
         from dask.distributed import as_completed
 
         tasks = {self.submit(cut_rows, dataset, candidates, cut, kinds, params): cut for cut, kinds in wanted.items()}
-        for task in as_completed(tasks):
+        for task in as_completed(tasks):  # type: ignore[no-untyped-call]  # distributed: untyped
             names, rows = task.result()
             cut = tasks.pop(task)
             task.release()
@@ -145,7 +145,7 @@ def connect(spec: str | None, timeout: float = CONNECT_TIMEOUT) -> Iterator[Dask
         if local:
             workers = int(local.group(1) or os.cpu_count() or 1)
             # Processes, a thread each: a stage's ALS fit parallelises itself, and pandas holds the GIL.
-            cluster = LocalCluster(
+            cluster = LocalCluster(  # type: ignore[no-untyped-call]  # distributed: untyped
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
@@ -155,9 +155,9 @@ def connect(spec: str | None, timeout: float = CONNECT_TIMEOUT) -> Iterator[Dask
                 scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 silence_logs=logging.ERROR,
             )
-            client = Client(cluster)
+            client = Client(cluster)  # type: ignore[no-untyped-call]  # distributed: untyped
         else:
-            client = Client(spec, timeout=f"{timeout:g}s")
+            client = Client(spec, timeout=f"{timeout:g}s")  # type: ignore[no-untyped-call]  # distributed: untyped
     except OSError as exc:  # TimeoutError is one: no scheduler at that address
         if cluster is not None:
             cluster.close()
@@ -166,7 +166,7 @@ def connect(spec: str | None, timeout: float = CONNECT_TIMEOUT) -> Iterator[Dask
         _await_a_worker(client, spec, timeout)
         yield DaskEngine(client)
     finally:
-        client.close()
+        client.close()  # type: ignore[no-untyped-call]  # distributed: untyped
         if cluster is not None:
             cluster.close()
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
 
+from features.families.candidate_pair import SOURCES
 from features.schema import Columns
-from stages.candidates import SCORE_CHUNK, SOURCES, CandidateModel, ranking
+from stages.candidates import SCORE_CHUNK, CandidateModel, ranking
 from stages.cold_start import first_k_not_in
 from stages.pipeline import Query, TwoStageRecommender
 
@@ -21,6 +22,7 @@ K = 10
 # takes another BLAS path, whose last bits differ).
 EVAL_BATCH_USERS = 2 * SCORE_CHUNK
 FEW_USERS = 20  # below this many users per table, differences between models are mostly noise
+UserId = TypeVar("UserId")  # the metrics take users by any key (the pipeline's ids are str)
 
 
 class HoldoutRows(NamedTuple):
@@ -69,7 +71,7 @@ def rows_of(interactions: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
 
 
 def ranking_metrics(
-    recommended: dict[int, list[str]], relevant: dict[int, set[str]], n_catalogue: int, k: int = K
+    recommended: dict[UserId, list[str]], relevant: dict[UserId, set[str]], n_catalogue: int, k: int = K
 ) -> dict[str, float]:
     """NDCG, Recall, MAP and HitRate at k (averaged over users), and coverage.
 
@@ -97,7 +99,7 @@ def ranking_metrics(
     }
 
 
-def ndcg_per_user(recommended: dict, relevant: dict[object, set[str]], k: int = K) -> np.ndarray:
+def ndcg_per_user(recommended: dict[UserId, list[str]], relevant: dict[UserId, set[str]], k: int = K) -> np.ndarray:
     """Binary-relevance NDCG@k of each user in ``relevant`` (in its order), for paired comparisons."""
     return np.array(
         [
@@ -148,7 +150,9 @@ def pipeline_lists(pipeline: TwoStageRecommender, users: list[str], k: int = K) 
     return lists
 
 
-def candidate_recall(pipeline: TwoStageRecommender, users: list[str], relevant: dict[str, set[str]]) -> dict:
+def candidate_recall(
+    pipeline: TwoStageRecommender, users: list[str], relevant: dict[str, set[str]]
+) -> dict[str, float]:
     """Share of each user's next items among the candidates, per source and merged: the ranker's ceiling."""
     batch = pipeline.candidate_lists([Query(u) for u in users])
     ids = pipeline.candidates.item_ids
@@ -163,7 +167,7 @@ def candidate_recall(pipeline: TwoStageRecommender, users: list[str], relevant: 
     return {**{name: float(np.mean(values)) for name, values in recall.items()}, "mean_candidates": mean_size}
 
 
-def write_report(results: dict, directory: Path) -> dict[str, Path]:
+def write_report(results: dict[str, Any], directory: Path) -> dict[str, Path]:
     """JSON, Markdown table and a PNG bar chart of the evaluation."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -177,7 +181,7 @@ def write_report(results: dict, directory: Path) -> dict[str, Path]:
     return paths
 
 
-def markdown_table(results: dict) -> str:
+def markdown_table(results: dict[str, Any]) -> str:
     """The evaluation as Markdown (also printed after training): the backtest first, the per-user split after."""
     parts = []
     if "backtest" in results:
@@ -187,7 +191,7 @@ def markdown_table(results: dict) -> str:
     return "\n".join(parts)
 
 
-def backtest_table(backtest: dict) -> str:
+def backtest_table(backtest: dict[str, Any]) -> str:
     """Per horizon and user segment: NDCG@k per cut (a row each) and model, the mean, and the served answer
     against the best popularity list (ratio, 95% interval, cuts won); candidate recall per source."""
     if "skipped" in backtest:
@@ -238,7 +242,7 @@ def backtest_table(backtest: dict) -> str:
     return "\n".join(lines)
 
 
-def summary_line(found: dict) -> str:
+def summary_line(found: dict[str, Any]) -> str:
     """The served answer against the best popularity list, in one sentence."""
     verb = "beats" if found["model"] == "two-stage (ALS + CatBoost)" else "matches or beats"
     clearly = found.get("lost_clearly")  # absent from model cards saved before it was counted
@@ -260,7 +264,7 @@ def too_few_users(users: int) -> str:
     return f"Note: as few as {users} users per table (under {FEW_USERS}): too few to tell the models apart."
 
 
-def per_user_table(split: dict) -> str:
+def per_user_table(split: dict[str, Any]) -> str:
     """The secondary, per-user holdout table."""
     if "skipped" in split:
         return f"Per-user split (secondary) skipped: {split['skipped']}.\n"
@@ -283,7 +287,7 @@ def per_user_table(split: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _chart(results: dict, path: Path) -> None:
+def _chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

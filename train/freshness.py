@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from features import movielens
-from features.schema import Columns
+from features.schema import DAY, Columns
 from stages.candidates import CandidateModel, CandidateParams, popularity_share, ranking
 from stages.pipeline import Query, RecentEvent, TwoStageRecommender
 from train.backtest import POPULARITY_WINDOWS, BacktestParams, backtest_cuts, paired_ratio, popularity_name
 from train.evaluate import K, ndcg_per_user, popularity_lists, ranking_metrics
 from train.kernels import restart_with_pinned_kernels
-from train.ranker_training import DAY, RankerParams, Stages, fit_rankers
+from train.ranker_training import RankerParams, Stages, fit_rankers
 
 WITHOUT = "two-stage, recent items not passed"
 EXCLUDED = "two-stage, recent items only excluded"
@@ -68,14 +70,18 @@ def events(rows: pd.DataFrame) -> list[RecentEvent]:
     ]
 
 
-def evaluate_cut(pipeline: TwoStageRecommender, inter: pd.DataFrame, cut: int, params: FreshnessParams) -> list[dict]:
+def evaluate_cut(
+    pipeline: TwoStageRecommender, inter: pd.DataFrame, cut: int, params: FreshnessParams
+) -> list[dict[str, Any]]:
     """Warm and unknown users at one cut: NDCG and friends for each way of answering."""
     candidates = pipeline.candidates
     before = inter[inter[Columns.timestamp] < cut]
     had = before.groupby(Columns.user)[Columns.item].agg(set).to_dict()
     rows = []
     for segment, in_segment in (("warm", True), ("unknown", False)):
-        users, relevant, recent = [], {}, {}
+        users: list[str] = []
+        relevant: dict[str, set[str]] = {}
+        recent: dict[str, pd.DataFrame] = {}
         for user, after in split_after(inter, cut, params.horizon_days, params.n_recent).items():
             if (user in candidates.user_index) != in_segment:
                 continue
@@ -110,7 +116,7 @@ def _lists(
     segment: str,
     relevant: dict[str, set[str]],
 ) -> dict[str, dict[str, list[str]]]:
-    def answer(make: callable) -> dict[str, list[str]]:
+    def answer(make: Callable[[str], Query]) -> dict[str, list[str]]:
         answers = pipeline.recommend([make(u) for u in users])
         return {u: a.item_ids for u, a in zip(users, answers, strict=True)}
 
@@ -169,11 +175,11 @@ def item_knn_lists(candidates: CandidateModel, told: dict[str, list[str]], k: in
     return out
 
 
-def run(stages: Stages, ranker_params: RankerParams, params: FreshnessParams, echo: bool = True) -> dict:
+def run(stages: Stages, ranker_params: RankerParams, params: FreshnessParams, echo: bool = True) -> dict[str, Any]:
     """Every backtest cut; the mean NDCG@k per segment and way of answering."""
     inter = stages.dataset.interactions
     cuts = backtest_cuts(inter, BacktestParams(n_cuts=params.n_cuts, horizon_days=params.horizon_days))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for cut in cuts:
         rankers, _ = fit_rankers(stages, cut, ranker_params, serve_at=cut, show_progress=False)
         stage = stages.at(cut)  # after the rankers, which build their training cuts' stages and let them go
@@ -189,7 +195,7 @@ def run(stages: Stages, ranker_params: RankerParams, params: FreshnessParams, ec
         if echo:
             print(f"  cut {cut}: " + ", ".join(f"{r['segment']} {r['users']} users" for r in rows[-2:]), flush=True)
     key = f"ndcg@{K}"
-    mean: dict[str, dict[str, float]] = {}
+    mean: dict[str, dict[str, list[float]]] = {}
     for row in rows:
         for model, metrics in row["models"].items():
             mean.setdefault(row["segment"], {}).setdefault(model, []).append(metrics[key])
@@ -206,7 +212,7 @@ def run(stages: Stages, ranker_params: RankerParams, params: FreshnessParams, ec
     }
 
 
-def gains(rows: list[dict], means: dict[str, dict[str, float]]) -> list[dict]:
+def gains(rows: list[dict[str, Any]], means: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """The comparisons the targets are about, each with a 95% interval from a paired bootstrap.
 
     Warm users: recent items passed over not passed, and over only excluded.
@@ -219,7 +225,7 @@ def gains(rows: list[dict], means: dict[str, dict[str, float]]) -> list[dict]:
     wanted = [("warm", WITH, WITHOUT), ("warm", WITH, EXCLUDED), ("unknown", WITH, ITEM_KNN)]
     popular = [m for m in means.get("unknown", {}) if m.startswith("popular")]
     if popular:
-        best = max(popular, key=means["unknown"].get)
+        best = max(popular, key=means["unknown"].__getitem__)
         wanted += [("unknown", WITH, best), ("unknown", HINDSIGHT, best)]
     for segment, model, baseline in wanted:
         per_cut = [
@@ -235,7 +241,7 @@ def gains(rows: list[dict], means: dict[str, dict[str, float]]) -> list[dict]:
     return out
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict[str, Any]) -> str:
     """The README's table: mean NDCG@k over the cuts per segment and way of answering."""
     lines = [f"| users | answered by | NDCG@{K} |", "|---|---|---|"]
     for segment, models in results["mean"].items():

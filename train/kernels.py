@@ -18,16 +18,18 @@ import os
 import platform
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 NATIVE = "RECSYS_NATIVE_KERNELS"
 OPENBLAS_AVX2 = "Haswell"  # OpenBLAS's AVX2 + FMA kernels: what every x86-64-v3 CPU runs
 # numpy's dispatch targets beyond AVX2 (the names of numpy 2.x, then of 1.x): disabled when the build has them.
 BEYOND_AVX2 = ("X86_V4", "AVX512_ICL", "AVX512_SPR", "AVX512F", "AVX512CD", "AVX512_SKX", "AVX512_CLX", "AVX512_CNL")
 AVX2_NAMES = ("X86_V3", "AVX2")
+# numpy's ``show_config(mode="dicts")["SIMD Extensions"]`` as its stubs type it: a TypedDict, not a Mapping[str, list].
+SIMDExtensions = TypedDict("SIMDExtensions", {"baseline": list[str], "found": list[str], "not found": list[str]})
 
 
-def pinned_environment(environ: Mapping[str, str], machine: str, simd: Mapping[str, list[str]]) -> dict[str, str]:
+def pinned_environment(environ: Mapping[str, str], machine: str, simd: SIMDExtensions) -> dict[str, str]:
     """The variables to add so that numpy and OpenBLAS load AVX2 kernels.
 
     ``simd`` is numpy's ``show_config(mode="dicts")["SIMD Extensions"]``.

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ LOSSES = ("YetiRank", "PairLogit", "Logloss")
 # next), and requests with recent items from visitors and from known users (the other two rankers').
 KNOWN, VISITORS, KNOWN_REQUESTS = "known", "visitors", "known users' requests"
 ROW_KINDS = (KNOWN, VISITORS, KNOWN_REQUESTS)
+# A cached block's key (:func:`_row_key`): the kind, the cut second, the settings the rows depend on (the request
+# rows' one more).
+RowKey: TypeAlias = tuple[str, int, int, int, int, int] | tuple[str, int, int, int, int, int, int]
 
 
 class NotEnoughHistory(ValueError):
@@ -132,7 +135,7 @@ class Stages:
         self.engine = engine
         self._built: dict[int | None, Stage] = {}  # least recently used first
         self._names: dict[int | None, FeatureNames] = {}
-        self._rows: dict[tuple, RowBlock | None] = {}
+        self._rows: dict[RowKey, RowBlock | None] = {}
 
     def at(self, as_of: int | None) -> Stage:
         """The stage as of ``as_of`` (``None``: all the data, for serving; never let go)."""
@@ -256,7 +259,7 @@ class RowEngine(Protocol):
 
     def rows_at(
         self, dataset: Dataset, candidates: CandidateParams, wanted: dict[int, list[str]], params: RankerParams
-    ) -> Iterator[tuple[int, FeatureNames, dict[tuple, RowBlock | None]]]:
+    ) -> Iterator[tuple[int, FeatureNames, dict[RowKey, RowBlock | None]]]:
         """For each cut of ``wanted`` as it is done: the cut, its stage's columns, its rows of the kinds wanted."""
         ...
 
@@ -271,7 +274,7 @@ def build_stage(dataset: Dataset, params: CandidateParams, as_of: int | None) ->
 
 def cut_rows(
     dataset: Dataset, candidates: CandidateParams, cut: int, kinds: Sequence[str], params: RankerParams
-) -> tuple[FeatureNames, dict[tuple, RowBlock | None]]:
+) -> tuple[FeatureNames, dict[RowKey, RowBlock | None]]:
     """Build the stage at ``cut`` and the rows of ``kinds`` there, with every column it has (an engine's task)."""
     stage = build_stage(dataset, candidates, cut)
     names = stage.view.available()
@@ -290,7 +293,7 @@ def build_rows(
     return _request_rows(stage, examples, params, names)
 
 
-def _row_key(kind: str, cut: int, params: RankerParams) -> tuple:
+def _row_key(kind: str, cut: int, params: RankerParams) -> RowKey:
     """The cache key of one kind of rows at a cut: the cut second, and every setting the rows depend on."""
     if kind not in ROW_KINDS:
         raise ValueError(f"unknown kind of rows {kind!r}: one of {ROW_KINDS}")
@@ -351,7 +354,7 @@ def _distinct(values: np.ndarray) -> np.ndarray:
 
 def fit_ranker(
     stages: Stages, until: int, params: RankerParams, serve_at: int | None, show_progress: bool = True
-) -> tuple[Ranker, dict]:
+) -> tuple[Ranker, dict[str, Any]]:
     """Train on the cuts before ``until`` (labels never reach ``until``) for serving the stage at ``serve_at``.
 
     The ranker's columns are those every training stage and the served stage can produce.
@@ -365,8 +368,8 @@ def fit_ranker(
         )
     stages.prepare_rows(cuts, params)
     names = common_names([stages.names(serve_at), *(stages.names(t) for t in cuts)])
-    blocks = [stages.training_rows(t, names, params) for t in cuts]
-    names, blocks = _without(params.exclude_features, names, [b for b in blocks if b is not None])
+    blocks = [b for b in (stages.training_rows(t, names, params) for t in cuts) if b is not None]
+    names, blocks = _without(params.exclude_features, names, blocks)
     ranker, stats = fit_on_blocks(blocks, names, params, show_progress)
     if ranker is None:
         raise _no_rows(stages, cuts, params)
@@ -389,7 +392,7 @@ def fit_rankers(
     serve_at: int | None,
     show_progress: bool = True,
     rows_needed_later: bool = True,
-) -> tuple[Rankers, dict]:
+) -> tuple[Rankers, dict[str, Any]]:
     """The main ranker and the two for requests with recent items, on the same cuts before ``until``.
 
     Every kind of row is built at a cut while its stage is held, so the three fits build each stage once.
@@ -409,7 +412,7 @@ def fit_rankers(
 
 def fit_visitor_ranker(
     stages: Stages, until: int, params: RankerParams, names: FeatureNames, last_use: bool = False
-) -> tuple[Ranker | None, dict]:
+) -> tuple[Ranker | None, dict[str, Any]]:
     """The ranker for visitors with recent items, on the same cuts and columns as the main one (None: no examples).
 
     A visitor has no stored history, so every user column comes from the
@@ -420,7 +423,7 @@ def fit_visitor_ranker(
 
 def fit_recent_ranker(
     stages: Stages, until: int, params: RankerParams, names: FeatureNames, last_use: bool = False
-) -> tuple[Ranker | None, dict]:
+) -> tuple[Ranker | None, dict[str, Any]]:
     """The ranker for known users' requests with recent items, on the main one's cuts and columns (None: none).
 
     Such a request adds what the user just did to a stored history, which no
@@ -433,14 +436,15 @@ def fit_recent_ranker(
 
 def _fit_request_ranker(
     stages: Stages, until: int, params: RankerParams, names: FeatureNames, known: bool, last_use: bool
-) -> tuple[Ranker | None, dict]:
+) -> tuple[Ranker | None, dict[str, Any]]:
     if not params.recent_items_passed:
         return None, {"rows": 0}
     cuts = cuts_with_history(stages, until, params)
-    # One list holds the blocks, which fit_on_blocks empties: with ``last_use`` nothing else does then.
-    blocks = [b for t in cuts if (b := stages.request_rows(t, names, params, known, last_use)) is not None]
+    # One list holds the blocks, which fit_on_blocks empties: with ``last_use`` nothing else does then (a name bound
+    # by := in a comprehension is the function's, and kept the last block through the fit).
+    blocks = [b for b in (stages.request_rows(t, names, params, known, last_use) for t in cuts) if b is not None]
     if known and blocks:
-        blocks += [b for t in cuts if (b := stages.training_rows(t, names, params, last_use)) is not None]
+        blocks += [b for b in (stages.training_rows(t, names, params, last_use) for t in cuts) if b is not None]
     return fit_on_blocks(blocks, names, params, show_progress=False)
 
 
@@ -496,7 +500,7 @@ def example_rows(
 
 def fit_on_examples(
     rows: RowBlock | None, have: FeatureNames, names: FeatureNames, params: RankerParams, show_progress: bool = True
-) -> tuple[Ranker, dict]:
+) -> tuple[Ranker, dict[str, Any]]:
     """Fit on :func:`example_rows` (built with the columns ``have``) using the columns ``names``
     (the per-user table's ranker)."""
     block = _columns(rows, have, names)
@@ -508,7 +512,7 @@ def fit_on_examples(
 
 def fit_on_blocks(
     blocks: list[RowBlock], names: FeatureNames, params: RankerParams, show_progress: bool = True
-) -> tuple[Ranker | None, dict]:
+) -> tuple[Ranker | None, dict[str, Any]]:
     """The prior, then CatBoost boosted from it, on the rows of every block (``rows`` 0: nothing to fit).
 
     Empties ``blocks`` once their rows are gathered (several are copied into one array, a lone one is used as it
@@ -643,7 +647,7 @@ def _request_rows(
     return RowBlock(numeric[keep], categorical[keep], labels, groups[keep])
 
 
-def catboost_params(params: RankerParams) -> dict:
+def catboost_params(params: RankerParams) -> dict[str, str | int | float | bool]:
     """CatBoost settings for a :class:`RankerParams`."""
     return {
         "loss_function": params.loss,

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -55,7 +56,7 @@ from train.ranker_training import (
 class RunResult:
     """What a run produced (tags are empty when nothing was saved)."""
 
-    evaluation: dict
+    evaluation: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     peak_mb: dict[str, int] = field(default_factory=dict)
     candidates_tag: str = ""
@@ -93,7 +94,7 @@ def load_data(config: TrainConfig) -> Dataset:
     return with_feedback(dataset, config.events, config.allow_any_dates) if config.events else dataset
 
 
-def per_user_split(config: TrainConfig, dataset: Dataset) -> dict:
+def per_user_split(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
     """The secondary evaluation: each user's last ``holdout`` share held out.
 
     Other users' later activity sits in the training part here, so this
@@ -189,7 +190,7 @@ def _train(config: TrainConfig, echo: bool, engine: DaskEngine | None) -> RunRes
     # the next is built; not measured on its own).
     held = 2 if config.backtest_cuts else 1
     stages = Stages(dataset, config.candidate_params(), echo=echo, engine=engine, held=held)
-    results: dict = {"dataset": config.dataset_name, "k": K}
+    results: dict[str, Any] = {"dataset": config.dataset_name, "k": K}
     with steps.step("final ranker: trained on the latest cuts"):
         # First: if the data cannot train a ranker, say so before spending time on the evaluation.
         until = int(dataset.interactions[Columns.timestamp].max()) + 1
@@ -235,13 +236,21 @@ def _train(config: TrainConfig, echo: bool, engine: DaskEngine | None) -> RunRes
     return result
 
 
+class Provenance(TypedDict):
+    """What both model cards say of the data and the time they were trained."""
+
+    data_fingerprint: str
+    dataset: str
+    trained_at: str
+
+
 def save(
     config: TrainConfig,
     final: CandidateModel,
     rankers: Rankers,
     tables: FeatureTables,
     data_fingerprint: str,
-    results: dict,
+    results: dict[str, Any],
     result: RunResult,
 ) -> None:
     """Model store first (candidates, then the ranker naming it), feature store last.
@@ -252,7 +261,11 @@ def save(
     import bentoml
 
     created_at = datetime.now(UTC).isoformat()
-    common = {"data_fingerprint": data_fingerprint, "dataset": config.dataset_name, "trained_at": created_at}
+    common: Provenance = {
+        "data_fingerprint": data_fingerprint,
+        "dataset": config.dataset_name,
+        "trained_at": created_at,
+    }
     card = CandidatesCard(**common, **final.counts(), params=final.params)
     with bentoml.models.create(CANDIDATES_MODEL, metadata=card.to_metadata(), labels={"stage": "candidates"}) as model:
         final.save(Path(model.path))
@@ -297,7 +310,7 @@ def save_rankers(directory: Path, rankers: Rankers) -> None:
             ranker.save(directory / file)
 
 
-def compare_with_baselines(config: TrainConfig, results: dict) -> None:
+def compare_with_baselines(config: TrainConfig, results: dict[str, Any]) -> None:
     """Say loudly when a baseline beat the two-stage model in the backtest (an error when so configured).
 
     The warning is kept in the results, so the model card and ``/model_info`` carry it too.
@@ -322,7 +335,7 @@ def compare_with_baselines(config: TrainConfig, results: dict) -> None:
     )
 
 
-def _or_skipped(evaluate: Callable[[], dict]) -> dict:
+def _or_skipped(evaluate: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """An evaluation's results, or why it could not run on this data (printed as a note)."""
     try:
         return evaluate()
@@ -331,7 +344,7 @@ def _or_skipped(evaluate: Callable[[], dict]) -> dict:
         return {"skipped": str(exc)}
 
 
-def model_card_evaluation(results: dict) -> dict:
+def model_card_evaluation(results: dict[str, Any]) -> dict[str, Any]:
     """What the model card keeps of the evaluation: every metric, not the per-option or per-user detail."""
     card = {k: v for k, v in results.items() if k != "ranker_training"}
     if "rows" in card.get("backtest", {}):

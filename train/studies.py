@@ -21,6 +21,7 @@ import itertools
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def variants(stages: Stages) -> list[Variant]:
     return out
 
 
-def warm_means(backtest: dict) -> tuple[float, float, int]:
+def warm_means(backtest: dict[str, Any]) -> tuple[float, float, int]:
     """Warm users' mean NDCG@k at both horizons, and the cuts won at the short one."""
     mean = backtest["mean"]
     return (
@@ -171,7 +172,7 @@ WARM_HEADER = " | ".join(f"warm NDCG@{K}, {h} | ratio (95%) | cuts won (clearly 
 WARM_ALIGN = "|".join(["---:"] * 6)
 
 
-def warm_cells(rows: list[dict]) -> str:
+def warm_cells(rows: list[dict[str, Any]]) -> str:
     """Warm users' mean NDCG, ratio to the best list, cuts won (and lost clearly), both horizons, from backtest rows."""
     warm = [r for r in rows if r["segment"] == "warm"]
     summary = compare(warm)
@@ -207,7 +208,7 @@ def nested(grid: list[str], fraction: float = 1.0) -> str:
     combos = [tuple(combo) for combo in itertools.product(*axes)]
     dataset = prefix_of(movielens.load(), fraction)
     horizon = BacktestParams().horizon_days
-    runs: dict[tuple[str, ...], dict] = {}
+    runs: dict[tuple[str, ...], dict[str, Any]] = {}
     for combo in combos:
         ranker, candidates = overridden(RankerParams(), CandidateParams(), list(combo))
         runs[combo] = run_backtest(Stages(dataset, candidates), ranker, BacktestParams())
@@ -215,7 +216,7 @@ def nested(grid: list[str], fraction: float = 1.0) -> str:
     labels = runs[combos[0]]["cuts"]
     cuts = backtest_cuts(dataset.interactions, BacktestParams())
 
-    def warm(combo: tuple[str, ...], label: str, horizon_name: str) -> dict:
+    def warm(combo: tuple[str, ...], label: str, horizon_name: str) -> dict[str, Any]:
         rows = runs[combo]["rows"]
         return next(r for r in rows if r["cut"] == label and r["horizon"] == horizon_name and r["segment"] == "warm")
 
@@ -232,7 +233,9 @@ def nested(grid: list[str], fraction: float = 1.0) -> str:
     return "\n".join(lines) + f"\n\nchosen: {picks}"
 
 
-def chosen_per_cut(scores: dict[tuple[str, ...], list[float]], cuts: list[int], horizon_days: int) -> list:
+def chosen_per_cut(
+    scores: dict[tuple[str, ...], list[float]], cuts: list[int], horizon_days: int
+) -> list[tuple[str, ...]]:
     """Per cut, the key whose scores were best on average over the cuts whose horizon had ended by then.
 
     Before any has, the first key (the defaults). A cut's own score, and any
@@ -258,12 +261,18 @@ def overridden(
     for setting in settings:
         name, _, value = setting.partition("=")
         scope, _, field_name = name.rpartition(".")
-        owners = {"ranker": (ranker,), "candidates": (candidates,), "": (ranker, candidates)}.get(scope, ())
+        scopes: dict[str, tuple[RankerParams | CandidateParams, ...]] = {
+            "ranker": (ranker,),
+            "candidates": (candidates,),
+            "": (ranker, candidates),
+        }
+        owners = scopes.get(scope, ())
         target = next((p for p in owners if field_name in p.__dataclass_fields__), None)
         if target is None or not value:
             raise SystemExit(f"--set {setting}: expected name=value with a field of RankerParams or CandidateParams")
         try:
-            parsed = _as_field(getattr(target, field_name), target.__dataclass_fields__[field_name].type, value)
+            # Any: the field's own type, known only at run time (replace checks each field's type statically).
+            parsed: Any = _as_field(getattr(target, field_name), target.__dataclass_fields__[field_name].type, value)
         except ValueError as error:
             raise SystemExit(f"--set {setting}: {error}") from None
         if target is ranker:

@@ -160,3 +160,31 @@ def test_rows_cut_to_fewer_columns_equal_rows_built_with_those_columns(small_dat
     assert rows is not None and direct is not None and rows.numeric.shape[1] == len(fewer.numeric)
     pd.testing.assert_frame_equal(pd.DataFrame(rows.numeric), pd.DataFrame(direct.numeric))
     assert (rows.categorical == direct.categorical).all() and (rows.labels == direct.labels).all()
+
+
+def test_final_rankers_fit_with_nothing_but_their_list_holding_the_rows_that_no_backtest_reads(
+    small_dataset, monkeypatch
+):
+    """Without a backtest, each fit's row blocks are let go once gathered: at 20M-100M interactions a block kept
+    alive through a fit is memory at the peak (a name bound in a comprehension had kept the last one)."""
+    import weakref
+
+    from train import ranker_training
+
+    fit = ranker_training.fit_on_blocks
+    alive_in_fits: list[int] = []
+
+    def watched(blocks, *args, **kwargs):
+        refs = [weakref.ref(b) for b in blocks]
+        try:
+            return fit(blocks, *args, **kwargs)
+        finally:
+            alive_in_fits.append(sum(r() is not None for r in refs))  # fit_on_blocks has emptied the list
+
+    monkeypatch.setattr(ranker_training, "fit_on_blocks", watched)
+    until = int(small_dataset.interactions[Columns.timestamp].max()) + 1
+    stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2), held=1)
+    fit_rankers(stages, until, QUICK, serve_at=None, show_progress=False, rows_needed_later=False)
+    # The main ranker's rows stay cached for the recent-items ranker, which reads them again; the request rankers'
+    # fits are the last to read theirs.
+    assert len(alive_in_fits) == 3 and alive_in_fits[1:] == [0, 0]

@@ -101,10 +101,7 @@ def run_backtest(
     fold_params = replace(ranker_params, iterations=params.fold_iterations or ranker_params.iterations)
     folds: Iterator[list[dict[str, Any]]]
     if stages.engine is None:
-        folds = (
-            _fold_rows(stage, pipeline, inter, cut, params)
-            for cut, stage, pipeline in fitted_folds(stages, cuts, fold_params)
-        )
+        folds = _folds_here(stages, cuts, fold_params, params)
     else:
         folds = _folds_on_engine(stages, cuts, fold_params, params)
     rows: list[dict[str, Any]] = []
@@ -153,8 +150,21 @@ def fitted_folds(
         ranker, _ = fit_ranker(stages, cut, params, serve_at=cut, show_progress=False)
         stage = stages.at(cut)
         yield cut, stage, TwoStageRecommender(stage.candidates, ranker, stage.view, params.n_candidates)
+        del stage  # not alive through the next fold's builds unless the cache holds it
         if position + 1 < len(cuts):
             stages.forget_before(training_cuts(cuts[position + 1], params)[0])
+
+
+def _folds_here(
+    stages: Stages, cuts: list[int], fold_params: RankerParams, params: BacktestParams
+) -> Iterator[list[dict[str, Any]]]:
+    """The folds built and scored in this process, one after the other. A fold's stage and pipeline are let go
+    before the next fold builds its stages (a generator expression's names had kept them through its builds)."""
+    inter = stages.dataset.interactions
+    for cut, stage, pipeline in fitted_folds(stages, cuts, fold_params):
+        rows = _fold_rows(stage, pipeline, inter, cut, params)
+        del stage, pipeline
+        yield rows
 
 
 def _fold_rows(

@@ -149,16 +149,23 @@ class Stages:
         return stage
 
     def _make_room(self) -> None:
-        """Let go of the least recently used dated stages before a new one is built, not after: a stage's build is
-        the peak of a training (100M interactions: 19.4 GB sampled in a build, with the previous cut's stage still
-        held), and the stages let go are the same either way."""
-        if self.held is None:
-            return
-        dated = [t for t in self._built if t is not None]
-        let_go = dated[: max(0, len(dated) + 1 - self.held)]
-        for old in let_go:
-            del self._built[old]
-        if let_go:
+        """Let go of the least recently used dated stages before a new dated one is built, not after: a stage's
+        build is the peak of a training (100M interactions: 19.4 GB sampled in a build, with the previous cut's
+        stage still held), and the stages let go are the same either way. The stage of all the data counts for
+        none: its build keeps the dated ones held (at 100M it peaked lower, 15.4 GB)."""
+        if self.held is not None:
+            dated = [t for t in self._built if t is not None]
+            self._let_go(dated[: max(0, len(dated) + 1 - self.held)])
+
+    def let_go_of_dated_stages(self) -> None:
+        """Let go of every dated stage now, for a caller that asks for none of them again (their columns and rows
+        stay cached): otherwise the last one is held through the build of the stage of all the data."""
+        self._let_go([t for t in self._built if t is not None])
+
+    def _let_go(self, times: Sequence[int | None]) -> None:
+        for as_of in times:
+            del self._built[as_of]
+        if times:
             give_back_memory()  # a stage's arrays freed in the heap would otherwise stay with the process
 
     def _build(self, as_of: int | None) -> Stage:
@@ -396,13 +403,16 @@ def fit_rankers(
     """The main ranker and the two for requests with recent items, on the same cuts before ``until``.
 
     Every kind of row is built at a cut while its stage is held, so the three fits build each stage once.
-    ``rows_needed_later``: whether anything (a backtest) asks for these cuts' rows later; if not, each fit lets go of
-    the rows only it reads before CatBoost's fit, the largest part of this step's memory at 20M interactions.
+    ``rows_needed_later``: whether anything (a backtest) asks for these cuts' rows or stages later; if not, the cuts'
+    stages go once their rows are built, and each fit lets go of the rows only it reads before CatBoost's fit, the
+    largest part of this step's memory at 20M interactions.
     """
     kinds = ROW_KINDS if params.recent_items_passed else (KNOWN,)
     stages.prepare_rows(cuts_with_history(stages, until, params), params, kinds)
-    ranker, stats = fit_ranker(stages, until, params, serve_at=serve_at, show_progress=show_progress)
     last_use = not rows_needed_later
+    if last_use:
+        stages.let_go_of_dated_stages()  # the fits read cached rows; the served stage is built without them
+    ranker, stats = fit_ranker(stages, until, params, serve_at=serve_at, show_progress=show_progress)
     visitor_ranker, visitor_stats = fit_visitor_ranker(stages, until, params, ranker.names, last_use=last_use)
     stats["visitor_ranker"] = {k: v for k, v in visitor_stats.items() if k != "params"}
     recent_ranker, recent_stats = fit_recent_ranker(stages, until, params, ranker.names, last_use=last_use)

@@ -10,7 +10,7 @@ import pytest
 
 from features.schema import DAY, Columns
 from stages.candidates import CandidateParams
-from train.backtest import fitted_folds
+from train.backtest import BacktestParams, _folds_here, fitted_folds
 from train.ranker_training import (
     ROW_KINDS,
     RankerParams,
@@ -117,6 +117,7 @@ def test_the_three_final_rankers_build_each_stage_once_holding_no_more_than_aske
     assert len(built) == len(set(built)) == QUICK.train_cuts + 1  # the training cuts and all the data
     # A dated stage is built with at most held - 1 others alive: the ones let go go before the build, its peak.
     assert max(n for t, n in builds if t is not None) == held - 1
+    assert [n for t, n in builds if t is None] == [held]  # rows needed later (a backtest): its stages may be too
     assert sum(t is not None for t in stages.held_stages()) <= held
 
 
@@ -148,6 +149,39 @@ def test_the_backtest_folds_build_each_stage_once(small_dataset):
     assert max(n for _, n in builds) == 1  # the stage scored last, which the next fold trains on, and the new one
 
 
+def alive_at_builds(stages: Stages) -> list[int]:
+    """At each dated stage's build: how many dated stages are still alive anywhere (weakrefs, after a collection)."""
+    import gc
+    import weakref
+
+    born: list[weakref.ref] = []
+    alive: list[int] = []
+    build = stages._build
+
+    def watched(as_of: int | None):
+        if as_of is not None:
+            gc.collect()
+            alive.append(sum(r() is not None for r in born))
+        stage = build(as_of)
+        if as_of is not None:
+            born.append(weakref.ref(stage))
+        return stage
+
+    stages._build = watched  # type: ignore[method-assign]
+    return alive
+
+
+def test_backtest_folds_two_weeks_apart_let_go_of_a_fold_s_stage_before_the_next_fold_builds(small_dataset):
+    """Folds further apart than the training cuts share no stage: the scored one must not live on in a loop's names
+    through the next fold's builds (on long histories the backtest's 16 folds are more than a week apart)."""
+    stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2))  # held 2, as with a backtest
+    alive = alive_at_builds(stages)
+    end = int(small_dataset.interactions[Columns.timestamp].max())
+    cuts = [end - 42 * DAY, end - 28 * DAY, end - 14 * DAY]
+    assert len(list(_folds_here(stages, cuts, QUICK, BacktestParams(horizon_days=7)))) == len(cuts)
+    assert len(alive) >= 2 * len(cuts) and max(alive) == 1, alive  # the new stage and the one the cache holds
+
+
 def test_rows_cut_to_fewer_columns_equal_rows_built_with_those_columns(small_dataset):
     # Rows are built once with every column a stage has; a ranker that uses fewer gets those columns of them.
     stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2))
@@ -173,9 +207,11 @@ def test_final_rankers_fit_with_nothing_but_their_list_holding_the_rows_that_no_
 
     fit = ranker_training.fit_on_blocks
     alive_in_fits: list[int] = []
+    blocks_in_fits: list[int] = []
 
     def watched(blocks, *args, **kwargs):
         refs = [weakref.ref(b) for b in blocks]
+        blocks_in_fits.append(len(refs))
         try:
             return fit(blocks, *args, **kwargs)
         finally:
@@ -184,7 +220,10 @@ def test_final_rankers_fit_with_nothing_but_their_list_holding_the_rows_that_no_
     monkeypatch.setattr(ranker_training, "fit_on_blocks", watched)
     until = int(small_dataset.interactions[Columns.timestamp].max()) + 1
     stages = Stages(small_dataset, CandidateParams(factors=8, iterations=2), held=1)
+    builds = counting_builds(stages)
     fit_rankers(stages, until, QUICK, serve_at=None, show_progress=False, rows_needed_later=False)
+    assert [n for t, n in builds if t is None] == [0]  # the stage of all the data built with no dated one held
     # The main ranker's rows stay cached for the recent-items ranker, which reads them again; the request rankers'
     # fits are the last to read theirs.
     assert len(alive_in_fits) == 3 and alive_in_fits[1:] == [0, 0]
+    assert blocks_in_fits[2] > 1  # the recent-items ranker's fit had blocks to let go (visitors' may have none)

@@ -32,6 +32,15 @@ def test_fingerprint_changes_with_data(tiny):
     assert fingerprint(tiny) != before
 
 
+def test_fingerprint_reads_lists_of_ids_and_is_the_same_for_the_same_data(tiny):
+    before = fingerprint(tiny)
+    assert fingerprint(tiny) == before
+    listed = next(c for c in tiny.items.columns if tiny.items[c].map(lambda v: isinstance(v, tuple)).any())
+    first = tiny.items.index[0]
+    tiny.items.at[first, listed] = (*tiny.items.at[first, listed], "another")
+    assert fingerprint(tiny) != before
+
+
 def test_truncated_snapshot_is_rejected(tmp_path, tiny):
     root = str(tmp_path / "store")
     version = write_snapshot(compute_features(tiny), root, "f" * 64)

@@ -152,7 +152,7 @@ class Stages:
         """Let go of the least recently used dated stages before a new dated one is built, not after: a stage's
         build is the peak of a training (100M interactions: 19.4 GB sampled in a build, with the previous cut's
         stage still held), and the stages let go are the same either way. The stage of all the data counts for
-        none: its build keeps the dated ones held (at 100M it peaked lower, 15.4 GB)."""
+        none: a caller that needs no dated stage after it lets them go first (:meth:`let_go_of_dated_stages`)."""
         if self.held is not None:
             dated = [t for t in self._built if t is not None]
             self._let_go(dated[: max(0, len(dated) + 1 - self.held)])
